@@ -1,0 +1,25 @@
+from setuptools import setup
+
+setup(
+    name="vfinfer",
+    version="0.1.0",
+    description="Fast, dependable inference for Varifocal-Net chromosome classification",
+    python_requires=">=3.9",
+    packages=["vfinfer", "vfinfer.backends", "vfinfer_export"],
+    package_dir={"vfinfer_export": "export"},
+    package_data={"vfinfer": ["demo_model/*.onnx", "demo_model/*.json"]},
+    install_requires=[
+        "numpy>=1.23",
+        "opencv-python-headless>=4.8",
+        "onnxruntime>=1.17",
+        "click>=8.1",
+    ],
+    extras_require={
+        # torch>=2.4 is met by the 2.13.0 CPU wheel when it is installed first (see README)
+        "export": ["torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxconverter-common>=1.14",
+                   "scipy>=1.10"],
+        "gpu": ["tensorrt>=10.0", "cuda-python>=12.6"],
+        "dev": ["pytest>=8", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["vfinfer=vfinfer.cli:main"]},
+)

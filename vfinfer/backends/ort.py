@@ -1,0 +1,50 @@
+"""ONNX Runtime backend: the CPU execution provider by default, CUDA when present."""
+
+import onnxruntime as ort
+
+from .base import Backend, BackendError, GraphRunner
+
+
+class OrtRunner(GraphRunner):
+    def __init__(self, path, providers, threads):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BackendError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from None
+        self.label = path.name
+        self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        self.outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        self._output_names = list(self.outputs)
+
+    def infer(self, feeds):
+        self.check_feeds(feeds, self.label)
+        values = self.session.run(self._output_names, feeds)  # InferenceSession.run is thread-safe
+        return dict(zip(self._output_names, values))
+
+    def close(self):
+        self.session = None
+
+
+def available_providers():
+    return ort.get_available_providers()
+
+
+def create(manifest, threads=0, device="cpu", precision="fp32"):
+    """An ONNX Runtime backend for ``manifest``'s graphs on ``device`` ('cpu' or 'cuda')."""
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available_providers():
+            raise BackendError("ONNX Runtime here has no CUDA execution provider "
+                               "(install onnxruntime-gpu on a machine with an NVIDIA GPU)")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    runners = {role: OrtRunner(manifest.graph_path(role, precision), providers, threads)
+               for role in ("gnet", "lnet", "heads")}
+    used = runners["gnet"].session.get_providers()[0]
+    details = {"provider": used, "threads": threads or "default", "precision": precision,
+               "onnxruntime": ort.__version__}
+    name = "onnxruntime-cuda" if used == "CUDAExecutionProvider" else "onnxruntime-cpu"
+    return Backend(name, details=details, **runners)

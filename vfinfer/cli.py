@@ -1,0 +1,169 @@
+"""The ``vfinfer`` command line: export, run, synth, env.
+
+Every command fails with one line on stderr and a non-zero exit; set VFINFER_DEBUG=1 to see
+the Python traceback behind an unexpected error.
+"""
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+EXIT_FAILED = 1
+
+
+def fail(message):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+def one_line_errors(command):
+    """Turn any exception into one readable line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("VFINFER_DEBUG"):
+                raise
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            known = isinstance(exc, (ValueError, OSError, RuntimeError))
+            fail(text if known else f"unexpected {type(exc).__name__}: {text}")
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vfinfer")
+def main():
+    """Varifocal-Net chromosome classification: export models, run cases, measure them."""
+
+
+# -- export -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Model directory to create (graphs + manifest.json).")
+@click.option("--preset", default=None,
+              help="Model preset: paper or compact (default: the checkpoint's, else compact).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Model config JSON for a bare state_dict checkpoint.")
+@click.option("--random-init", is_flag=True, help="Export a He-initialized, untrained model.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --random-init.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a checkpoint holding a pickled module (runs code from the file).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out.")
+@click.option("--threads", default=0, help="ONNX Runtime threads for the parity check.")
+@one_line_errors
+def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pickle,
+           overwrite, threads):
+    """Export a trained model to ONNX (gnet, lnet, heads) with parity checks."""
+    from .config import preset as preset_config
+    from .manifest import sha256_file
+
+    if checkpoint is None and not random_init:
+        fail("give a CHECKPOINT to export, or --random-init for an untrained model")
+    if checkpoint is not None and random_init:
+        fail("give either a CHECKPOINT or --random-init, not both")
+    if checkpoint is not None and not checkpoint.is_file():
+        fail(f"{checkpoint}: checkpoint file not found")
+    config = preset_config(preset) if preset else None  # an unknown preset fails here
+    torch, load_checkpoint, VarifocalNet, export_model = _import_export_side()
+    if random_init:
+        torch.manual_seed(seed)
+        model = VarifocalNet(config or preset_config("compact"))
+        source = {"kind": "random-init", "seed": seed}
+    else:
+        model = load_checkpoint(checkpoint, config_path or config, trust_pickle=trust_pickle)
+        source = {"kind": "checkpoint", "path": str(checkpoint),
+                  "sha256": sha256_file(checkpoint)}
+    started = time.perf_counter()
+    export_model(model, out_dir, source, overwrite=overwrite, log=click.echo, threads=threads)
+    click.echo(f"wrote {out_dir} ({model.config.preset} preset) in "
+               f"{time.perf_counter() - started:.1f} s")
+
+
+def _import_export_side():
+    """torch and the export package, or one line saying how to install them."""
+    try:
+        import torch
+
+        from vfinfer_export.checkpoint import load_checkpoint
+        from vfinfer_export.models import VarifocalNet
+        from vfinfer_export.onnx_export import export_model
+    except ImportError as exc:
+        fail(f"this command needs the export extra ({exc.name} is missing): "
+             "pip install torch==2.13.0 && pip install -e '.[export]'")
+    return torch, load_checkpoint, VarifocalNet, export_model
+
+
+# -- run ----------------------------------------------------------------------------------------
+@main.command()
+@click.argument("case_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="Model directory (default: the bundled demo model).")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "ort", "ort-cuda", "trt"]))
+@click.option("--out", "out_dir", default="vfinfer-results", show_default=True,
+              type=click.Path(path_type=Path), help="Results go to OUT/<case>/.")
+@click.option("--dispatch", "dispatch_mode", default="paper", show_default=True,
+              type=click.Choice(["paper", "none"]),
+              help="paper: Algorithm 1 of the paper; none: plain argmax.")
+@click.option("--no-karyogram", is_flag=True, help="Skip karyogram.png.")
+@click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
+@click.option("--batch-size", default=None, type=int, help="Chromosomes per engine call.")
+@click.option("--overwrite", is_flag=True, help="Replace existing results.")
+@one_line_errors
+def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, threads,
+        batch_size, overwrite):
+    """Classify the chromosomes of each CASE_DIR (one cell per directory)."""
+    from .runner import run_cases
+
+    failed = run_cases(case_dirs, model_dir=model_dir, backend=backend, out_dir=out_dir,
+                       dispatch_mode=dispatch_mode, karyogram=not no_karyogram,
+                       threads=threads, batch_size=batch_size, overwrite=overwrite,
+                       echo=click.echo)
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+# -- synth --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--karyotype", default="46,XY", show_default=True,
+              help='Numerical karyotype, e.g. "47,XY,+21", "45,X", "46,XX".')
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cases", default=1, show_default=True)
+@click.option("--flip-polarity", default=0.0, show_default=True,
+              help="Fraction of images flipped vertically (labelled q-arm up).")
+@one_line_errors
+def synth(karyotype, out_dir, seed, cases, flip_polarity):
+    """Write synthetic G-banded cases with known labels (DIR/labels.csv, DIR/<case>/)."""
+    from .synth import write_cases
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = write_cases(karyotype, out_dir, seed, cases=cases, flip_polarity=flip_polarity)
+    click.echo(f"wrote {len(names)} case(s) of {karyotype} to {out_dir}: {', '.join(names)}")
+
+
+# -- env ----------------------------------------------------------------------------------------
+@main.command()
+@one_line_errors
+def env():
+    """Print versions, ONNX Runtime providers and GPU facts (or why they are absent)."""
+    from .environment import describe_environment
+
+    for key, value in describe_environment().items():
+        click.echo(f"{key:22s} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Model configuration: every size and constant of a Varifocal-Net model.
+
+The same numbers travel into the exported model's manifest, so the runtime never
+hard-codes them. Two presets:
+
+* ``paper``: the network of Qin et al. 2019 (Tables II-III, section III-B): canvas 320,
+  G input 256, L input 128, T1 = 64, T2 = 128, a WRN-28-10 style trunk (16-channel stem,
+  blocks of 160/320/640 channels, four wide residual units each, each block downsampling
+  by 2), trunk output 640 x 32 x 32 for the G input.
+* ``compact``: the same design sized for a 2-core CPU: canvas 176, G input 128, L input 64,
+  T1 = 32, T2 = 64 (the paper's ratios), a stride-2 stem and blocks of 32/64/128 channels
+  with two units each. About 0.11 GMAC per chromosome (G + L + heads); see
+  ``export.vfinfer_export.models.count_macs``.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str
+    canvas: int  # square padding canvas (pixels of the original image)
+    g_input: int  # G-Net input side after resizing the canvas
+    l_input: int  # L-Net input side (the crop is resized to this)
+    t1: float  # eq. 5 minimum margin, in G-input pixels
+    t2: float  # eq. 5 maximum shift, in G-input pixels
+    stem_channels: int
+    stem_stride: int
+    widths: tuple  # channels of the three residual blocks
+    units_per_block: int
+    cls_pool: int  # max-pool output side for classification features (4 in the paper)
+    loc_pool: int  # max-pool output side for the localization subnet (8 in the paper)
+    loc_hidden: int  # FC width in the localization subnet (1024)
+    mlp_hidden: int  # FC width in each MLP head (512)
+    pad_value: int = 255
+    n_types: int = 24
+    n_polarities: int = 2
+    dispatch_threshold: float = 0.9
+
+    def __post_init__(self):
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        for name in ("g_input", "l_input"):
+            side = getattr(self, name) // self.trunk_stride
+            if side % self.cls_pool:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} gives a {side}x{side} trunk output, "
+                    f"not divisible by cls_pool={self.cls_pool}"
+                )
+        if (self.g_input // self.trunk_stride) % self.loc_pool:
+            raise ValueError("the G trunk output side must be divisible by loc_pool")
+        if self.t1 + self.t2 + self.t1 > self.g_input:
+            raise ValueError("eq. 5 boxes must stay inside the G input: 2*T1 + T2 <= g_input")
+
+    @property
+    def trunk_stride(self):
+        return self.stem_stride * 8  # three blocks, each downsampling by 2
+
+    @property
+    def feature_channels(self):
+        return self.widths[-1]
+
+    @property
+    def feature_size(self):
+        """Length of one pooled feature vector (C x cls_pool x cls_pool)."""
+        return self.feature_channels * self.cls_pool * self.cls_pool
+
+    def to_dict(self):
+        data = asdict(self)
+        data["widths"] = list(self.widths)
+        return data
+
+    @classmethod
+    def from_dict(cls, data):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+PRESETS = {
+    "paper": ModelConfig(
+        preset="paper", canvas=320, g_input=256, l_input=128, t1=64, t2=128,
+        stem_channels=16, stem_stride=1, widths=(160, 320, 640), units_per_block=4,
+        cls_pool=4, loc_pool=8, loc_hidden=1024, mlp_hidden=512,
+    ),
+    "compact": ModelConfig(
+        preset="compact", canvas=176, g_input=128, l_input=64, t1=32, t2=64,
+        stem_channels=16, stem_stride=2, widths=(32, 64, 128), units_per_block=2,
+        cls_pool=4, loc_pool=8, loc_hidden=256, mlp_hidden=256,
+    ),
+}
+
+
+def preset(name):
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}"
+        ) from None

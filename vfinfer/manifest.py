@@ -1,0 +1,157 @@
+"""The model directory's ``manifest.json``: every constant the runtime needs, in one place.
+
+A model directory holds ``gnet.onnx``, ``lnet.onnx``, ``heads.onnx`` and ``manifest.json``.
+The manifest records the preset and all preprocessing / crop / dispatch constants, the class
+names, each graph's tensor names and shapes and sha256, and the producer versions. The
+runtime reads constants from here only (design.md, "Contracts").
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .classes import POLARITY_NAMES, TYPE_NAMES
+from .config import ModelConfig
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GRAPH_ROLES = ("gnet", "lnet", "heads")
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be used; the message names the file and the problem."""
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path, data):
+    """Write JSON next to its final name, then rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_manifest(config, graphs, producer, source, parity=None):
+    """The manifest dict for a freshly exported model.
+
+    ``graphs`` maps a role (gnet, lnet, heads) to ``{"file", "sha256", "inputs", "outputs"}``
+    where inputs / outputs are lists of ``{"name", "shape", "dtype"}`` in graph order.
+    """
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "preset": config.preset,
+        "config": config.to_dict(),
+        "preprocess": {
+            "color": "gray",
+            "bit_depth": 8,
+            "canvas": config.canvas,
+            "pad_value": config.pad_value,
+            "fit": "shrink images larger than the canvas to fit, keeping aspect",
+            "g_input": config.g_input,
+            "normalize": "per-image z-score (x - mean) / std (eq. 11)",
+        },
+        "crop": {
+            "t1": config.t1,
+            "t2": config.t2,
+            "l_input": config.l_input,
+            "box": "eq. 5: centre = T1 + u * T2, half side = u_l * T1 / 2 + T1 / 2",
+            "interpolation": "bilinear, half-pixel centres, edge clamp",
+        },
+        "dispatch": {"algorithm": "paper", "threshold": config.dispatch_threshold},
+        "classes": {"type": list(TYPE_NAMES), "polarity": list(POLARITY_NAMES)},
+        "graphs": graphs,
+        "parity": parity or {},
+        "producer": producer,
+        "source": source,
+    }
+
+
+class Manifest:
+    """A loaded, validated manifest of one model directory."""
+
+    def __init__(self, model_dir, data):
+        self.model_dir = Path(model_dir)
+        self.data = data
+        try:
+            self.config = ModelConfig.from_dict(data["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{self.path}: bad or missing 'config': {exc}") from None
+        self.threshold = float(data.get("dispatch", {}).get("threshold", 0.9))
+        self.type_names = list(data["classes"]["type"])
+        self.polarity_names = list(data["classes"]["polarity"])
+
+    @property
+    def path(self):
+        return self.model_dir / MANIFEST_NAME
+
+    def graph(self, role, precision="fp32"):
+        """The record of one graph: file, sha256, inputs, outputs."""
+        key = role if precision == "fp32" else f"{role}_{precision}"
+        try:
+            return self.data["graphs"][key]
+        except KeyError:
+            have = ", ".join(sorted(self.data.get("graphs", {}))) or "none"
+            raise ModelDirError(
+                f"{self.path}: no {precision} graph for {role} (graphs listed: {have})"
+            ) from None
+
+    def graph_path(self, role, precision="fp32", verify=True):
+        record = self.graph(role, precision)
+        path = self.model_dir / record["file"]
+        if not path.is_file():
+            raise ModelDirError(f"{path}: graph file listed in the manifest is missing")
+        if verify and record.get("sha256") and sha256_file(path) != record["sha256"]:
+            raise ModelDirError(
+                f"{path}: sha256 differs from the manifest; the graph was changed after "
+                "export. Re-export the model (vfinfer export) instead of editing graphs."
+            )
+        return path
+
+    def summary(self):
+        """The short model description that goes into each result."""
+        return {
+            "dir": str(self.model_dir),
+            "preset": self.data.get("preset"),
+            "source": self.data.get("source", {}),
+            "gnet_sha256": self.data["graphs"].get("gnet", {}).get("sha256"),
+        }
+
+
+def load_manifest(model_dir):
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST_NAME
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: model directory not found")
+    if not path.is_file():
+        raise ModelDirError(
+            f"{path}: not found; a model directory is made by 'vfinfer export'"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"{path}: not valid JSON ({exc})") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ModelDirError(
+            f"{path}: schema_version {version!r} is not {SCHEMA_VERSION}; "
+            "re-export the model with this version of vfinfer"
+        )
+    for key in ("config", "classes", "graphs"):
+        if key not in data:
+            raise ModelDirError(f"{path}: missing '{key}'")
+    return Manifest(model_dir, data)

@@ -1,0 +1,186 @@
+"""The per-case pipeline: preprocess -> G-Net -> eq. 5 box -> crop -> L-Net -> heads -> dispatch.
+
+``Pipeline`` is created once from a model directory (or the bundled demo model) and is safe to
+share between threads: ``run_case`` keeps all per-call state local, the numerical steps are
+pure functions and ONNX Runtime sessions accept concurrent ``run`` calls.
+
+    with Pipeline("engines/compact") as pipe:
+        result = pipe.run_case(images, name="cell_07")
+        print(result["karyotype"], result["warnings"])
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import backends
+from .classes import Q_ARM_DOWN
+from .crop import crop_and_resize, decode_boxes
+from .dispatch import argmax_types, dispatch
+from .imageio import to_gray8
+from .karyotype import karyotype_summary
+from .manifest import load_manifest
+from .preprocess import preprocess_batch
+
+DISPATCH_MODES = ("paper", "none")
+DEFAULT_BATCH = 64  # chromosomes per engine call when the engine sets no limit
+
+
+def demo_model_dir():
+    """The compact demo model shipped inside the package (trained on synthetic cells only)."""
+    return Path(__file__).parent / "demo_model"
+
+
+class Pipeline:
+    """Batched Varifocal-Net inference for whole cases on one backend."""
+
+    def __init__(self, model_dir=None, backend="auto", threads=0, batch_size=None,
+                 dispatch_mode="paper", precision="fp32"):
+        if dispatch_mode not in DISPATCH_MODES:
+            raise ValueError(f"unknown dispatch mode {dispatch_mode!r}: choose one of "
+                             f"{', '.join(DISPATCH_MODES)}")
+        self.manifest = load_manifest(model_dir or demo_model_dir())
+        self.config = self.manifest.config
+        self.dispatch_mode = dispatch_mode
+        self.backend = backends.create(backend, self.manifest, threads=threads,
+                                       precision=precision)
+        limit = self.backend.max_batch
+        self.batch_size = min(batch_size or limit or DEFAULT_BATCH, limit or 1 << 30)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self):
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- inference ---------------------------------------------------------------------------
+    def infer(self, images, timing=None):
+        """Network outputs for a list of gray uint8 cut-outs, in chunks of ``batch_size``.
+
+        Returns a dict of arrays: type_probs (N, 24), polarity_probs (N, 2), loc (N, 3) and
+        boxes (N, 4, eq. 5, G-input pixels). ``timing`` (a dict) collects ms per stage.
+        """
+        if self.backend is None:
+            raise RuntimeError("this Pipeline was closed")
+        timing = {} if timing is None else timing
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            parts.append(self._infer_chunk(images[start:start + self.batch_size], timing))
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+    def _infer_chunk(self, images, timing):
+        config, backend = self.config, self.backend
+        clock = _Clock(timing)
+        g_input = preprocess_batch(images, config)
+        clock.lap("preprocess")
+        g_out = backend.gnet.infer({"image": g_input})
+        clock.lap("gnet")
+        boxes = decode_boxes(g_out["loc"], config.t1, config.t2)
+        crops = crop_and_resize(g_input, boxes, config.l_input)
+        clock.lap("crop")
+        l_out = backend.lnet.infer({"crop": crops})
+        clock.lap("lnet")
+        heads = backend.heads.infer({"g_features": g_out["g_features"],
+                                     "l_features": l_out["l_features"]})
+        clock.lap("heads")
+        return {"type_probs": heads["type_probs"], "polarity_probs": heads["polarity_probs"],
+                "loc": g_out["loc"], "boxes": boxes}
+
+    def run_case(self, images, name="case", files=None):
+        """Classify the chromosomes of one cell and return the result dict of design.md.
+
+        ``images``: list of 2-D arrays (gray uint8; 16-bit, float, colour and alpha are
+        converted as when reading files). ``files``: names reported per chromosome.
+        """
+        started = time.perf_counter()
+        if len(images) == 0:
+            raise ValueError(f"{name}: no chromosome images")
+        files = list(files) if files is not None else [f"image_{i}" for i in range(len(images))]
+        if len(files) != len(images):
+            raise ValueError(f"{name}: {len(images)} images but {len(files)} file names")
+        images = [to_gray8(np.asarray(img), f) for img, f in zip(images, files)]
+        timing = {}
+        outputs = self.infer(images, timing)
+        return self.build_result(name, files, images, outputs, timing, started)
+
+    def build_result(self, name, files, images, outputs, timing, started):
+        clock = _Clock(timing)
+        probs = outputs["type_probs"]
+        before = argmax_types(probs)
+        if self.dispatch_mode == "paper":
+            types, warnings = dispatch(probs, self.manifest.threshold)
+        else:
+            types, warnings = before, []
+        karyotype, karyotype_warnings = karyotype_summary(types)
+        clock.lap("dispatch")
+        names = self.manifest.type_names
+        polarity = outputs["polarity_probs"].argmax(1)
+        chromosomes = []
+        for i, file in enumerate(files):
+            row = probs[i]
+            top3 = np.argsort(-row, kind="stable")[:3]
+            type_prob = float(row[types[i]])
+            chromosomes.append({
+                "file": str(file),
+                "type": names[types[i]],
+                "type_prob": round(type_prob, 6),
+                "top3": [[names[j], round(float(row[j]), 6)] for j in top3],
+                "polarity": self.manifest.polarity_names[polarity[i]],
+                "polarity_prob": round(float(outputs["polarity_probs"][i, polarity[i]]), 6),
+                "box": [round(float(v), 2) for v in outputs["boxes"][i]],
+                "type_before_dispatch": names[before[i]],
+                "low_confidence": bool(type_prob < self.manifest.threshold
+                                       or types[i] != before[i]),
+                "size": list(images[i].shape),
+            })
+        timing["total"] = (time.perf_counter() - started) * 1000
+        return {
+            "case": name,
+            "model": self.manifest.summary(),
+            "backend": self.backend.describe(),
+            "dispatch": self.dispatch_mode,
+            "n_chromosomes": len(files),
+            "karyotype": karyotype,
+            "warnings": warnings + karyotype_warnings + _image_warnings(images, files),
+            "timing_ms": {k: round(v, 3) for k, v in timing.items()},
+            "chromosomes": chromosomes,
+        }
+
+
+def q_arm_down(result):
+    """Per chromosome: True when its polarity call is q-arm down (for drawing karyograms)."""
+    return [c["polarity"] == "q-arm down" for c in result["chromosomes"]]
+
+
+def _image_warnings(images, files):
+    small = [str(f) for img, f in zip(images, files) if min(img.shape) < 4]
+    blank = [str(f) for img, f in zip(images, files) if img.min() == img.max()]
+    notes = []
+    if small:
+        notes.append(f"images too small to hold a chromosome: {', '.join(small)}")
+    if blank:
+        notes.append(f"blank images (one gray level): {', '.join(blank)}")
+    return notes
+
+
+class _Clock:
+    """Adds elapsed milliseconds per stage into a dict."""
+
+    def __init__(self, timing):
+        self.timing = timing
+        self.last = time.perf_counter()
+
+    def lap(self, stage):
+        now = time.perf_counter()
+        self.timing[stage] = self.timing.get(stage, 0.0) + (now - self.last) * 1000
+        self.last = now
+
+
+__all__ = ["Pipeline", "demo_model_dir", "DISPATCH_MODES", "Q_ARM_DOWN"]

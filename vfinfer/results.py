@@ -1,0 +1,89 @@
+"""Writing one case's results: result.json, result.csv and karyogram.png in OUT/<case>/.
+
+Every file is written under a temporary name in the same directory and renamed into place,
+so a crash never leaves half a file; an existing result is kept unless overwrite is asked.
+"""
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+
+from .classes import type_index
+from .karyogram import render_karyogram
+
+RESULT_FILES = ("result.json", "result.csv", "karyogram.png")
+CSV_COLUMNS = ("file", "type", "type_prob", "type_before_dispatch", "low_confidence",
+               "polarity", "polarity_prob", "top2", "top2_prob", "box_x0", "box_y0",
+               "box_x1", "box_y1")
+
+
+class ResultExistsError(FileExistsError):
+    """OUT/<case>/ already holds a result and overwrite was not asked for."""
+
+
+def write_atomic(path, data: bytes):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def result_csv(result):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in result["chromosomes"]:
+        second = c["top3"][1] if len(c["top3"]) > 1 else ["", ""]
+        writer.writerow([c["file"], c["type"], c["type_prob"], c["type_before_dispatch"],
+                         int(c["low_confidence"]), c["polarity"], c["polarity_prob"],
+                         second[0], second[1], *c["box"]])
+    return buffer.getvalue()
+
+
+def karyogram_png(result, images):
+    chromosomes = result["chromosomes"]
+    picture = render_karyogram(
+        images,
+        [type_index(c["type"]) for c in chromosomes],
+        [1 if c["polarity"] == "q-arm down" else 0 for c in chromosomes],
+        [c["low_confidence"] for c in chromosomes],
+        title=f"{result['case']}   {result['karyotype']}",
+        notes=result["warnings"],
+    )
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise RuntimeError("could not encode the karyogram as PNG")
+    return encoded.tobytes()
+
+
+def existing_result(case_dir):
+    return [name for name in RESULT_FILES if (Path(case_dir) / name).exists()]
+
+
+def write_case(out_root, result, images=None, overwrite=False):
+    """Write the files of one case; returns the case's output directory."""
+    case_dir = Path(out_root) / result["case"]
+    found = existing_result(case_dir)
+    if found and not overwrite:
+        raise ResultExistsError(f"{case_dir}: already holds {', '.join(found)}; "
+                                "left untouched (pass --overwrite to replace)")
+    case_dir.mkdir(parents=True, exist_ok=True)
+    if images is not None:
+        write_atomic(case_dir / "karyogram.png", karyogram_png(result, images))
+    elif overwrite and (case_dir / "karyogram.png").exists():
+        (case_dir / "karyogram.png").unlink()  # a stale picture would contradict the result
+    write_atomic(case_dir / "result.csv", result_csv(result).encode("utf-8"))
+    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(case_dir / "result.json", text.encode("utf-8"))
+    return case_dir
