@@ -179,7 +179,7 @@ def count_macs(config):
                 if n_in != width or i == 0:
                     total += n_in * width * s * s
                 n_in = width
-        total += 2 * config.feature_size * (config.n_types + config.n_polarities)
+        total += config.feature_size * (config.n_types + config.n_polarities)
         if with_loc:
             loc_in = config.feature_channels * config.loc_pool ** 2
             total += loc_in * config.loc_hidden + config.loc_hidden * 3

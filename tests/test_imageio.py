@@ -208,7 +208,8 @@ def test_rgb_jpeg(tmp_path):
     img = chromosome()
     bgr = cv2.merge([img, img, img])
     bgr[:5, :5] = (255, 0, 0)  # pure blue corner
-    out = read_gray8(write(tmp_path / "c.JPEG", encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 100])))
+    data = encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    out = read_gray8(write(tmp_path / "c.JPEG", data))
     assert out.dtype == np.uint8 and out.shape == img.shape
     assert out[-1, -1] >= 250  # white background stays white
     assert 20 <= out[1, 1] <= 40  # blue -> about 0.114 * 255 = 29

@@ -26,7 +26,8 @@ def plain(h, w=16, value=100):
 def components(picture, lo, hi, min_area=50):
     """Bounding boxes (x, y, w, h) of the gray blobs with values in [lo, hi], left to right."""
     gray = picture.astype(np.int16)
-    is_gray = (np.abs(gray[:, :, 0] - gray[:, :, 2]) < 3) & (np.abs(gray[:, :, 1] - gray[:, :, 2]) < 3)
+    blue_red = np.abs(gray[:, :, 0] - gray[:, :, 2]) < 3
+    is_gray = blue_red & (np.abs(gray[:, :, 1] - gray[:, :, 2]) < 3)
     mask = (is_gray & (gray[:, :, 0] >= lo) & (gray[:, :, 0] <= hi)).astype(np.uint8)
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     boxes = [tuple(int(v) for v in stats[i, :4]) for i in range(1, n) if stats[i, 4] >= min_area]

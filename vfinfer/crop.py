@@ -2,10 +2,11 @@
 
 ``decode_boxes`` maps the localization output (u_x, u_y, u_l) in [0, 1] to a square box in
 G-input pixels (eq. 5). ``crop_and_resize`` cuts that box out of the normalized G input and
-resizes it bilinearly to the L-Net input. Sampling uses half-pixel centres inside the box
-with clamping at the image edge; for a box on whole pixels this is exactly the paper's
-"crop by indexed slicing, then bilinear rescale" (section II-A.3), and it stays continuous in
-the box, so runtimes whose localizer outputs differ in the last float bit crop the same.
+resizes it bilinearly to the L-Net input. Sampling uses half-pixel centres inside the box,
+clamped to the box's own pixel centres and to the image; for a box on whole pixels this is
+exactly the paper's "crop by indexed slicing, then bilinear rescale" (section II-A.3), and
+it stays continuous in the box, so runtimes whose localizer outputs differ in the last float
+bit crop the same.
 """
 
 import numpy as np
@@ -31,6 +32,7 @@ def _sample_positions(start, stop, out_size, limit):
     """Source pixel coordinates of ``out_size`` half-pixel-centred samples of [start, stop)."""
     step = (stop - start) / out_size  # (N,)
     src = start[:, None] + (np.arange(out_size, dtype=np.float32) + 0.5) * step[:, None] - 0.5
+    src = np.clip(src, start[:, None], (stop - 1)[:, None])  # stay on the box's pixels
     src = np.clip(src, 0, limit - 1)
     low = np.floor(src).astype(np.int64)
     high = np.minimum(low + 1, limit - 1)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from . import backends
-from .classes import Q_ARM_DOWN
 from .crop import crop_and_resize, decode_boxes
 from .dispatch import argmax_types, dispatch
 from .imageio import to_gray8
@@ -154,11 +153,6 @@ class Pipeline:
         }
 
 
-def q_arm_down(result):
-    """Per chromosome: True when its polarity call is q-arm down (for drawing karyograms)."""
-    return [c["polarity"] == "q-arm down" for c in result["chromosomes"]]
-
-
 def _image_warnings(images, files):
     small = [str(f) for img, f in zip(images, files) if min(img.shape) < 4]
     blank = [str(f) for img, f in zip(images, files) if img.min() == img.max()]
@@ -182,5 +176,3 @@ class _Clock:
         self.timing[stage] = self.timing.get(stage, 0.0) + (now - self.last) * 1000
         self.last = now
 
-
-__all__ = ["Pipeline", "demo_model_dir", "DISPATCH_MODES", "Q_ARM_DOWN"]

@@ -50,7 +50,7 @@ class GraphRunner(ABC):
             raise BackendError(f"{graph_label}: batch {batch} exceeds the maximum "
                                f"{self.max_batch} this engine was built for")
 
-    def close(self):
+    def close(self):  # noqa: B027 - runners without resources need no close
         """Release resources; safe to call twice."""
 
 

@@ -1,0 +1,275 @@
+"""Training data: labels, slide-wise split, cached G inputs with the paper's augmentation.
+
+* ``load_labels(data_dir, labels_csv=None)``: rows ``cell,slide,file,type,polarity`` ->
+  ``Record``s (type 0-based, 0-23; polarity 1 = q-arm down). ``slide`` is optional: without
+  the column (or with an empty value) the cell id stands for the slide.
+* ``split_by_slide(records, val_fraction, seed)``: seeded, deterministic (train, val) split in
+  which no slide is on both sides (chromosomes of one patient stay together, paper III-A).
+* ``ChromosomeDataset``: reads every image once (thread pool), pads it to the canvas and
+  resizes it to the G input exactly as ``vfinfer.preprocess.preprocess`` does, and caches that
+  uint8 canvas. ``__getitem__`` augments the uint8 canvas (paper III-B: horizontal flip,
+  rotation by +-[0, 45] degrees with the pad value as border, vertical flip that flips the
+  polarity label), z-scores it (eq. 11) and computes the localization target of section
+  II-A.4 on the augmented canvas.
+"""
+
+import csv
+import math
+import os
+import random
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from vfinfer.imageio import read_gray8
+from vfinfer.preprocess import pad_to_canvas, zscore
+
+REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
+# A pixel belongs to the chromosome when it is darker than the pad value by more than this
+# (the resize to the G input blends the outline into the white background).
+DARK_MARGIN = 8
+MAX_ROTATION = 45.0  # degrees, paper III-B
+
+
+@dataclass(frozen=True)
+class Record:
+    cell: str
+    slide: str
+    path: Path
+    type: int  # 0-23 (22 = X, 23 = Y)
+    polarity: int  # 1 = q-arm down, 0 = q-arm up
+
+
+def load_labels(data_dir, labels_csv=None):
+    """Read the labels CSV -> list of ``Record``.
+
+    ``labels_csv`` defaults to ``data_dir/labels.csv``; the ``file`` column is relative to
+    ``data_dir``, which in the standard layout is the labels' folder. Raises ValueError
+    naming the CSV and line of a bad row.
+    """
+    data_dir = Path(data_dir)
+    csv_path = Path(labels_csv) if labels_csv is not None else data_dir / "labels.csv"
+    if not csv_path.is_file():
+        raise ValueError(f"{csv_path}: labels file not found")
+    records = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{csv_path}: missing column(s) {', '.join(missing)} "
+                f"(expected cell,slide,file,type,polarity; found {','.join(columns) or 'none'})"
+            )
+        reader.fieldnames = columns
+        for row in reader:
+            line = reader.line_num
+            records.append(_parse_row(row, csv_path, line, data_dir))
+    if not records:
+        raise ValueError(f"{csv_path}: no label rows")
+    return records
+
+
+def _parse_row(row, csv_path, line, data_dir):
+    def bad(problem):
+        return ValueError(f"{csv_path}, line {line}: {problem}")
+
+    if None in row:
+        raise bad("more fields than columns")
+    values = {k: (v or "").strip() for k, v in row.items()}
+    cell, file = values["cell"], values["file"]
+    if not cell:
+        raise bad("empty cell")
+    if not file:
+        raise bad("empty file")
+    try:
+        type_number = int(values["type"])
+    except ValueError:
+        raise bad(f"type must be an integer 1-24, got {values['type']!r}") from None
+    if not 1 <= type_number <= 24:
+        raise bad(f"type must be 1-24 (23 = X, 24 = Y), got {type_number}")
+    if values["polarity"] not in ("0", "1"):
+        raise bad(f"polarity must be 0 or 1, got {values['polarity']!r}")
+    slide = values.get("slide") or cell
+    return Record(cell, slide, data_dir / file, type_number - 1, int(values["polarity"]))
+
+
+def split_by_slide(records, val_fraction, seed):
+    """Split ``records`` into (train, val) by slide, about ``val_fraction`` of the images in val.
+
+    Slides are shuffled with ``seed`` and moved to validation until it holds at least
+    ``val_fraction`` of the images; at least one slide stays on each side when there are two
+    or more and ``0 < val_fraction < 1``. Order within each side follows ``records``.
+    """
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    sizes = OrderedDict()
+    for r in records:
+        key = r.slide or r.cell
+        sizes[key] = sizes.get(key, 0) + 1
+    slides = sorted(sizes)
+    random.Random(int(seed)).shuffle(slides)
+    target = val_fraction * len(records)
+    val_slides, count = set(), 0
+    if val_fraction > 0 and len(slides) > 1:
+        for slide in slides[:-1]:  # the last one always stays in training
+            if count >= target and val_slides:
+                break
+            val_slides.add(slide)
+            count += sizes[slide]
+    train = [r for r in records if (r.slide or r.cell) not in val_slides]
+    val = [r for r in records if (r.slide or r.cell) in val_slides]
+    return train, val
+
+
+def slides_of(records):
+    return sorted({r.slide or r.cell for r in records})
+
+
+def to_g_canvas(image, config):
+    """uint8 image -> uint8 (g_input, g_input): ``vfinfer.preprocess.preprocess`` up to the
+    z-score (same padding, same resize call)."""
+    canvas = pad_to_canvas(image, config.canvas, config.pad_value)
+    if config.canvas != config.g_input:
+        interpolation = cv2.INTER_AREA if config.g_input < config.canvas else cv2.INTER_LINEAR
+        canvas = cv2.resize(canvas, (config.g_input, config.g_input), interpolation=interpolation)
+    return canvas
+
+
+def localization_target(canvas, config):
+    """Ground truth (u_x*, u_y*, u_l*) of section II-A.4 for a uint8 G-input canvas.
+
+    u_x* = u_y* = 0.5; t_l is the half side of the smallest square centred on the eq. 5 box
+    centre at u = 0.5 (T1 + T2 / 2, the image centre for g_input = 2 T1 + T2) that covers every
+    chromosome pixel (darker than pad value - DARK_MARGIN), and u_l* = (t_l - T1/2) / (T1/2)
+    clipped to [0, 1] (eq. 5 inverted).
+    """
+    dark_rows = np.flatnonzero((canvas < config.pad_value - DARK_MARGIN).any(axis=1))
+    dark_cols = np.flatnonzero((canvas < config.pad_value - DARK_MARGIN).any(axis=0))
+    if dark_rows.size == 0:
+        u_l = 0.0
+    else:
+        centre = config.t1 + 0.5 * config.t2
+        # pixel i covers [i, i + 1)
+        half = max(centre - dark_cols[0], dark_cols[-1] + 1 - centre,
+                   centre - dark_rows[0], dark_rows[-1] + 1 - centre)
+        u_l = float(np.clip((half - config.t1 / 2) / (config.t1 / 2), 0.0, 1.0))
+    return np.array([0.5, 0.5, u_l], dtype=np.float32)
+
+
+def augment(canvas, polarity, rng, pad_value):
+    """Paper III-B augmentation of a uint8 canvas -> (canvas, polarity)."""
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1]
+    if rng.random() < 0.5:
+        canvas = canvas[::-1]
+        polarity = 1 - polarity
+    angle = rng.uniform(0.0, MAX_ROTATION) * (1.0 if rng.random() < 0.5 else -1.0)
+    side = canvas.shape[0]
+    matrix = cv2.getRotationMatrix2D(((side - 1) / 2.0, (side - 1) / 2.0), angle, 1.0)
+    canvas = cv2.warpAffine(np.ascontiguousarray(canvas), matrix, (side, side),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=int(pad_value))
+    return canvas, polarity
+
+
+def load_canvases(paths, config, threads=None):
+    """Read and pad/resize every image -> uint8 array (N, g_input, g_input)."""
+    out = np.empty((len(paths), config.g_input, config.g_input), dtype=np.uint8)
+
+    def work(i):
+        out[i] = to_g_canvas(read_gray8(paths[i]), config)
+
+    workers = threads or min(8, (os.cpu_count() or 1) + 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(work, range(len(paths)), chunksize=64):
+            pass
+    return out
+
+
+class ChromosomeDataset(torch.utils.data.Dataset):
+    """Cached uint8 G-input canvases of ``records`` for one ModelConfig.
+
+    ``__getitem__(i)`` -> (image float32 (1, g, g), type, polarity, loc target float32 (3,)).
+    With ``augment=True`` each item is augmented by a generator seeded from (seed, epoch, i),
+    so an epoch is reproducible in any order and after a resume; call ``set_epoch``.
+    ``balance_polarity=True`` (no augmentation; used for validation) flips every other image
+    vertically and labels it q-arm up, so that polarity accuracy is measured on both classes
+    (the stored images are all q-arm down).
+    """
+
+    def __init__(self, records, config, augment=False, seed=0, balance_polarity=False,
+                 threads=None, canvases=None):
+        self.records = list(records)
+        self.config = config
+        self.augment = bool(augment)
+        self.seed = int(seed)
+        self.balance_polarity = bool(balance_polarity)
+        self.epoch = 0
+        self.types = np.array([r.type for r in self.records], dtype=np.int64)
+        self.polarities = np.array([r.polarity for r in self.records], dtype=np.int64)
+        if canvases is None:
+            canvases = load_canvases([r.path for r in self.records], config, threads)
+        self.canvases = canvases
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.records)
+
+    def item(self, index):
+        """(uint8 canvas after augmentation, type, polarity)."""
+        canvas = self.canvases[index]
+        polarity = int(self.polarities[index])
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            canvas, polarity = augment(canvas, polarity, rng, self.config.pad_value)
+        elif self.balance_polarity and index % 2 == 1:
+            canvas, polarity = canvas[::-1], 1 - polarity
+        return canvas, int(self.types[index]), polarity
+
+    def __getitem__(self, index):
+        canvas, type_index, polarity = self.item(index)
+        image = torch.from_numpy(zscore(canvas)[None])
+        target = torch.from_numpy(localization_target(canvas, self.config))
+        return image, type_index, polarity, target
+
+
+def batches(dataset, batch_size, shuffle_seed=None):
+    """Yield collated batches (images, types, polarities, loc targets) of ``dataset``.
+
+    ``shuffle_seed`` None keeps the order; otherwise a seeded permutation (deterministic).
+    """
+    order = np.arange(len(dataset))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(dataset))
+    for start in range(0, len(order), batch_size):
+        items = [dataset[int(i)] for i in order[start:start + batch_size]]
+        yield (torch.stack([it[0] for it in items]),
+               torch.tensor([it[1] for it in items], dtype=torch.long),
+               torch.tensor([it[2] for it in items], dtype=torch.long),
+               torch.stack([it[3] for it in items]))
+
+
+def n_batches(n_items, batch_size):
+    return math.ceil(n_items / batch_size)
+
+
+__all__ = [
+    "ChromosomeDataset",
+    "Record",
+    "augment",
+    "batches",
+    "load_canvases",
+    "load_labels",
+    "localization_target",
+    "slides_of",
+    "split_by_slide",
+    "to_g_canvas",
+]

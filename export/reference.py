@@ -1,0 +1,41 @@
+"""The whole Varifocal-Net pipeline in PyTorch, for tests and benchmarks only.
+
+It shares the runtime's preprocessing (``vfinfer.preprocess``, NumPy) so the comparison
+isolates what the runtime does differently: the exported graphs, the eq. 5 box decode and
+the crop between the engines (here ``grid_sample``, in the runtime a NumPy gather).
+"""
+
+import numpy as np
+import torch
+
+from vfinfer.preprocess import preprocess_batch
+
+from .varifocal_ops import crop_and_resize_torch, decode_boxes_torch
+
+
+class ReferencePipeline:
+    """Eager PyTorch inference with a loaded VarifocalNet (eval mode, no grad)."""
+
+    def __init__(self, model, batch_size=64):
+        self.model = model.eval()
+        self.config = model.config
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def infer_batch(self, g_input):
+        """(N, 1, G, G) float32 array -> dict of NumPy arrays like ``Pipeline.infer``."""
+        config = self.config
+        image = torch.from_numpy(g_input)
+        g_features, loc, _, _ = self.model.gnet(image)
+        boxes = decode_boxes_torch(loc, config.t1, config.t2)
+        crops = crop_and_resize_torch(image, boxes, config.l_input)
+        l_features = self.model.lnet(crops)[0]
+        type_probs, polarity_probs = self.model.heads.probabilities(g_features, l_features)
+        return {"type_probs": type_probs.numpy(), "polarity_probs": polarity_probs.numpy(),
+                "loc": loc.numpy(), "boxes": boxes.numpy()}
+
+    def infer(self, images):
+        """Gray uint8 cut-outs -> network outputs, ``batch_size`` images at a time."""
+        parts = [self.infer_batch(preprocess_batch(images[i:i + self.batch_size], self.config))
+                 for i in range(0, len(images), self.batch_size)]
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}

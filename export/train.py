@@ -1,0 +1,425 @@
+"""Reference trainer: the four-step strategy of Qin et al. 2019 (section II-C).
+
+    from vfinfer_export.train import train
+    model_pt = train("/data/pki3", None, "runs/compact", preset="compact")
+
+Steps (run in this order; each trains only its own parameters, everything else frozen by
+``requires_grad`` and left out of the optimizer, and frozen BN layers kept in eval mode):
+
+1. He initialization (``VarifocalNet`` does it on construction).
+2. ``gnet``: G-Net trunk + classification subnet, multi-task loss
+   L = CE(type) + 0.5 CE(polarity) (eq. 1-3).
+3. ``loc``: pre-training of the localization subnet alone (``gnet.loc``) with smooth-L1
+   (eq. 8) against the ground-truth boxes of section II-A.4; trunk frozen.
+4. ``local``: ``epochs["local"]`` rounds, each one epoch of
+   (a) ``local-a``: L-Net on the crops chosen by the fixed localizer (the runtime's crop),
+       multi-task loss (eq. 3);
+   (b) ``local-b``: localizer fine-tuning with L-Net fixed: the L-Net loss (eq. 3) plus the
+       smooth-L1 term (eq. 9), back-propagated into u through the boxcar approximation of the
+       crop (eq. 6-7, logistic step with k = 10; ``varifocal_ops.boxcar_crop``).
+5. ``heads``: the two MLP heads (Fig. 6) on the frozen G and L features, CE(type) + CE(polarity).
+
+Losses are batch means (the paper writes sums over N, which only rescales the learning
+rate). Adam (0.9, 0.999); the paper uses lr 1e-4 decayed x0.1 every 10 epochs
+(``lr_schedule="paper"``); the default here is lr 1e-3 with a per-iteration cosine decay to
+5 % over each step, which suits the few epochs a CPU can afford.
+
+Every epoch of every step writes ``OUT/last.pt`` (atomic, ``save_checkpoint`` with extra =
+step, epoch, optimizer state, history, split slides, seed, options) and
+``OUT/history.json``; the end writes ``OUT/model.pt``. ``resume=True`` continues after the
+last completed epoch recorded in ``OUT/last.pt``. Data order and augmentation are seeded
+from (seed, epoch number), so a resumed run repeats what the interrupted one would have done.
+"""
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from vfinfer.config import ModelConfig
+from vfinfer.config import preset as preset_config
+
+from .checkpoint import CheckpointError, load_state, save_checkpoint
+from .data import ChromosomeDataset, batches, load_labels, slides_of, split_by_slide
+from .models import VarifocalNet
+from .varifocal_ops import DEFAULT_K, varifocal_crop
+
+STEPS = ("gnet", "loc", "local", "heads")
+PARTS = ("gnet", "loc", "local-a", "local-b", "heads")
+# Chosen from measured CPU timings (see the timing figures in the project notes): with the
+# compact preset on ~18k training images, 2 CPU cores.
+DEFAULT_EPOCHS = {"gnet": 6, "loc": 1, "local": 2, "heads": 2}
+DEFAULT_BATCH = 64
+DEFAULT_LR = 1e-3
+LR_SCHEDULES = ("cosine", "paper", "constant")
+POLARITY_WEIGHT = 0.5  # lambda of eq. 3
+HEADS_POLARITY_WEIGHT = 1.0
+LOC_WEIGHT = 1.0  # weight of the smooth-L1 term of eq. 9 while fine-tuning the localizer
+BOXCAR_K = DEFAULT_K  # eq. 7
+COSINE_FLOOR = 0.05  # the cosine schedule ends at this fraction of lr
+
+
+def _stderr(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- parts and losses
+
+
+def trainable(model, part):
+    """The modules whose parameters ``part`` updates (all others are frozen)."""
+    return {
+        "gnet": [model.gnet.trunk, model.gnet.cls],
+        "loc": [model.gnet.loc],
+        "local-a": [model.lnet],
+        "local-b": [model.gnet.loc],
+        "heads": [model.heads],
+    }[part]
+
+
+def prepare(model, part):
+    """Freeze everything but ``part``'s modules, set train/eval modes, return its parameters.
+
+    Frozen modules are in eval mode, so their BN running statistics do not move.
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown part {part!r}: choose one of {', '.join(PARTS)}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = []
+    for module in trainable(model, part):
+        module.train()
+        for p in module.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    return params
+
+
+def loc_loss(u, target):
+    """Eq. 8: smooth-L1 summed over (x, y, l), averaged over the batch."""
+    return F.smooth_l1_loss(u, target, reduction="none", beta=1.0).sum(1).mean()
+
+
+def cls_loss(type_logits, polarity_logits, types, polarities, weight=POLARITY_WEIGHT):
+    """Eq. 3: CE(type) + weight * CE(polarity), batch means."""
+    return (F.cross_entropy(type_logits, types)
+            + weight * F.cross_entropy(polarity_logits, polarities))
+
+
+def part_loss(model, part, batch, boxcar_k=BOXCAR_K, loc_weight=LOC_WEIGHT):
+    """Training loss of ``part`` on one batch (images, types, polarities, loc targets).
+
+    Call ``prepare(model, part)`` first; frozen parts run without building a graph.
+    """
+    images, types, polarities, targets = batch
+    config = model.config
+    gnet, lnet = model.gnet, model.lnet
+    if part == "gnet":
+        trunk_out = gnet.trunk(images)
+        _, type_logits, polarity_logits = gnet.cls(trunk_out)
+        return cls_loss(type_logits, polarity_logits, types, polarities)
+    if part == "loc":
+        with torch.no_grad():
+            trunk_out = gnet.trunk(images)
+        return loc_loss(gnet.loc(trunk_out), targets)
+    if part == "local-a":
+        with torch.no_grad():
+            loc = gnet.loc(gnet.trunk(images))
+            crops = varifocal_crop(images, loc, config)
+        _, type_logits, polarity_logits = lnet(crops)
+        return cls_loss(type_logits, polarity_logits, types, polarities)
+    if part == "local-b":
+        with torch.no_grad():
+            trunk_out = gnet.trunk(images)
+        loc = gnet.loc(trunk_out)
+        crops = varifocal_crop(images, loc, config, k=boxcar_k)
+        _, type_logits, polarity_logits = lnet(crops)
+        loss = cls_loss(type_logits, polarity_logits, types, polarities)
+        if loc_weight:
+            loss = loss + loc_weight * loc_loss(loc, targets)
+        return loss
+    if part == "heads":
+        with torch.no_grad():
+            g_features, loc, _, _ = gnet(images)
+            l_features = lnet(varifocal_crop(images, loc, config))[0]
+        type_logits, polarity_logits = model.heads(g_features, l_features)
+        return cls_loss(type_logits, polarity_logits, types, polarities,
+                        HEADS_POLARITY_WEIGHT)
+    raise ValueError(f"unknown part {part!r}")
+
+
+def make_optimizer(params, lr):
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+
+
+def learning_rate(base, schedule, iteration, total, iterations_per_epoch):
+    if schedule == "constant" or total <= 1:
+        return base
+    if schedule == "paper":  # x0.1 every 10 epochs
+        return base * 0.1 ** (iteration // max(1, 10 * iterations_per_epoch))
+    progress = iteration / max(1, total - 1)
+    return base * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def evaluate(model, part, dataset, batch_size):
+    """Validation of ``part``'s outputs -> dict(val_loss, val_type_acc, val_polarity_acc).
+
+    gnet: G-Net classification subnet; loc: smooth-L1 and mean |u_l - u_l*|; local-a/b: L-Net
+    on the runtime crop of the current localizer; heads: the MLP heads.
+    """
+    if dataset is None or len(dataset) == 0:
+        return {"val_loss": None, "val_type_acc": None, "val_polarity_acc": None}
+    model.eval()
+    config = model.config
+    total_loss, n, type_ok, pol_ok, l_err = 0.0, 0, 0, 0, 0.0
+    for images, types, polarities, targets in batches(dataset, batch_size):
+        g_features, loc, g_type, g_pol = model.gnet(images)
+        if part == "loc":
+            loss = loc_loss(loc, targets)
+            l_err += float((loc[:, 2] - targets[:, 2]).abs().sum())
+        else:
+            if part == "gnet":
+                type_logits, pol_logits = g_type, g_pol
+            else:
+                l_features, l_type, l_pol = model.lnet(varifocal_crop(images, loc, config))
+                if part == "heads":
+                    type_logits, pol_logits = model.heads(g_features, l_features)
+                else:
+                    type_logits, pol_logits = l_type, l_pol
+            weight = HEADS_POLARITY_WEIGHT if part == "heads" else POLARITY_WEIGHT
+            loss = cls_loss(type_logits, pol_logits, types, polarities, weight)
+            type_ok += int((type_logits.argmax(1) == types).sum())
+            pol_ok += int((pol_logits.argmax(1) == polarities).sum())
+        total_loss += float(loss) * len(types)
+        n += len(types)
+    result = {"val_loss": total_loss / n}
+    if part == "loc":
+        result.update(val_type_acc=None, val_polarity_acc=None, val_ul_mae=l_err / n)
+    else:
+        result.update(val_type_acc=type_ok / n, val_polarity_acc=pol_ok / n)
+    return result
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def schedule(epochs):
+    """Flat list of (part, epoch, n_epochs_of_that_part) units, one epoch each, in order."""
+    units = [("gnet", e, epochs["gnet"]) for e in range(epochs["gnet"])]
+    units += [("loc", e, epochs["loc"]) for e in range(epochs["loc"])]
+    for r in range(epochs["local"]):
+        units += [("local-a", r, epochs["local"]), ("local-b", r, epochs["local"])]
+    units += [("heads", e, epochs["heads"]) for e in range(epochs["heads"])]
+    return units
+
+
+def _step_of(part):
+    return "local" if part.startswith("local") else part
+
+
+def _normalize_epochs(epochs):
+    merged = dict(DEFAULT_EPOCHS)
+    if epochs:
+        unknown = sorted(set(epochs) - set(STEPS))
+        if unknown:
+            raise ValueError(f"unknown step(s) in epochs: {', '.join(unknown)} "
+                             f"(steps: {', '.join(STEPS)})")
+        merged.update({k: int(v) for k, v in epochs.items()})
+    if any(v < 0 for v in merged.values()):
+        raise ValueError(f"epochs must be non-negative, got {merged}")
+    return merged
+
+
+def _seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=None,
+          batch_size=DEFAULT_BATCH, lr=DEFAULT_LR, lr_schedule="cosine", val_fraction=0.15,
+          seed=0, resume=False, threads=None, limit=None, log=None):
+    """Train a Varifocal-Net with the four-step strategy; return the Path of OUT/model.pt.
+
+    ``data_dir``: folder of the labels and images; ``labels``: the labels CSV (default
+    ``data_dir/labels.csv``). ``preset``: a preset name or a ``ModelConfig``. ``epochs``:
+    dict with any of gnet / loc / local (alternation rounds) / heads, missing ones from
+    ``DEFAULT_EPOCHS``. ``lr_schedule``: cosine | paper | constant. ``limit``: use a seeded
+    random subset of that many labelled images (quick trials). ``threads``: torch threads.
+    ``log``: callable taking one line (default: stderr). With ``resume=True`` the run in
+    ``out_dir/last.pt`` continues with its own recorded options (``epochs`` may be raised to
+    train longer).
+    """
+    log = log or _stderr
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, model_path = out_dir / "last.pt", out_dir / "model.pt"
+    if threads:
+        torch.set_num_threads(int(threads))
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}: choose one of "
+                         f"{', '.join(LR_SCHEDULES)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    config = preset if isinstance(preset, ModelConfig) else preset_config(preset)
+    options = {
+        "data_dir": str(data_dir), "labels": None if labels is None else str(labels),
+        "preset": config.preset, "config": config.to_dict(),
+        "epochs": _normalize_epochs(epochs), "batch_size": int(batch_size), "lr": float(lr),
+        "lr_schedule": lr_schedule, "val_fraction": float(val_fraction), "seed": int(seed),
+        "limit": None if limit is None else int(limit), "polarity_weight": POLARITY_WEIGHT,
+        "heads_polarity_weight": HEADS_POLARITY_WEIGHT, "loc_weight": LOC_WEIGHT,
+        "boxcar_k": BOXCAR_K, "cosine_floor": COSINE_FLOOR, "optimizer": "adam(0.9, 0.999)",
+    }
+
+    state = None
+    if resume and last_path.is_file():
+        state = _load_resume(last_path)
+        stored = state["extra"]["options"]
+        changed = sorted(k for k in options
+                         if k not in ("epochs", "data_dir", "labels") and options[k] != stored.get(k))
+        if changed:
+            log(f"resume: using the checkpoint's {', '.join(changed)} (differ from the call)")
+        options = {**stored, "epochs": options["epochs"] if epochs else stored["epochs"]}
+        config = ModelConfig.from_dict(options["config"])
+    elif resume:
+        log(f"resume: {last_path} not found, starting a new run")
+
+    seed = options["seed"]
+    _seed_everything(seed)
+    records = load_labels(data_dir, labels)
+    if options["limit"] is not None and options["limit"] < len(records):
+        keep = sorted(random.Random(seed).sample(range(len(records)), options["limit"]))
+        records = [records[i] for i in keep]
+    train_records, val_records = split_by_slide(records, options["val_fraction"], seed)
+    split = {"train": slides_of(train_records), "val": slides_of(val_records)}
+    if state is not None and state["extra"].get("split") != split:
+        raise CheckpointError(f"{last_path}: the train/validation split differs from this "
+                              "data (labels changed?); cannot resume")
+    started = time.perf_counter()
+    train_set = ChromosomeDataset(train_records, config, augment=True, seed=seed,
+                                  threads=threads)
+    val_set = ChromosomeDataset(val_records, config, balance_polarity=True,
+                                threads=threads) if val_records else None
+    log(f"data: {len(train_records)} train images ({len(split['train'])} slides), "
+        f"{len(val_records)} validation images ({len(split['val'])} slides), "
+        f"loaded in {time.perf_counter() - started:.1f}s")
+
+    model = VarifocalNet(config)  # step 1: He initialization (seeded above)
+    history, done, optimizer_states = [], 0, {}
+    if state is not None:
+        load_state(model, state["state_dict"], last_path)
+        history = list(state["extra"]["history"])
+        done = int(state["extra"]["done"])
+        optimizer_states = state["extra"].get("optimizer") or {}
+        log(f"resume: {done} epoch(s) done, last {state['extra']['step']} "
+            f"epoch {state['extra']['epoch'] + 1 if state['extra']['epoch'] is not None else '-'}")
+
+    units = schedule(options["epochs"])
+    batch_size = options["batch_size"]
+    iterations = math.ceil(len(train_set) / batch_size)
+    optimizers = {}
+    for index, (part, epoch, n_epochs) in enumerate(units):
+        if index < done:
+            continue
+        step = _step_of(part)
+        # optimizers live for one step; a new step starts with fresh Adam state
+        for name in [n for n in optimizers if _step_of(n) != step]:
+            del optimizers[name]
+        params = prepare(model, part)
+        if part not in optimizers:
+            optimizers[part] = make_optimizer(params, options["lr"])
+            if part in optimizer_states:
+                optimizers[part].load_state_dict(optimizer_states[part])
+        optimizer = optimizers[part]
+        tic = time.perf_counter()
+        train_set.set_epoch(index)
+        total_loss, n = 0.0, 0
+        for i, batch in enumerate(batches(train_set, batch_size, shuffle_seed=[seed, index])):
+            lr_now = learning_rate(options["lr"], options["lr_schedule"],
+                                   epoch * iterations + i, n_epochs * iterations, iterations)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            loss = part_loss(model, part, batch, options["boxcar_k"], options["loc_weight"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss) * len(batch[1])
+            n += len(batch[1])
+        train_seconds = time.perf_counter() - tic
+        metrics = evaluate(model, part, val_set, max(batch_size, 64))
+        entry = {"step": part, "epoch": epoch, "epochs": n_epochs,
+                 "train_loss": total_loss / max(1, n), **metrics, "lr": lr_now,
+                 "train_seconds": round(train_seconds, 2),
+                 "seconds": round(time.perf_counter() - tic, 2)}
+        history.append(entry)
+        done = index + 1
+        extra = {"step": part, "epoch": epoch, "done": done,
+                 "optimizer": {k: v.state_dict() for k, v in optimizers.items()},
+                 "history": history, "split": split, "seed": seed, "options": options}
+        save_checkpoint(model, last_path, extra)
+        _write_json(out_dir / "history.json", history)
+        extra_text = (f" val_ul_mae {entry['val_ul_mae']:.4f}" if "val_ul_mae" in entry else "")
+        log(f"{part} epoch {epoch + 1}/{n_epochs} train_loss {entry['train_loss']:.4f} "
+            f"val_loss {_fmt(entry['val_loss'], '.4f')} "
+            f"val_type_acc {_fmt(entry['val_type_acc'], '.4f')} "
+            f"val_polarity_acc {_fmt(entry['val_polarity_acc'], '.4f')}{extra_text} "
+            f"lr {lr_now:.2e} {entry['seconds']:.1f}s")
+
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    save_checkpoint(model, model_path, {"step": "done", "epoch": None, "done": len(units),
+                                        "history": history, "split": split, "seed": seed,
+                                        "options": options})
+    _write_json(out_dir / "history.json", history)
+    log(f"saved {model_path}")
+    return model_path
+
+
+def _load_resume(path):
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
+    extra = payload.get("extra") if isinstance(payload, dict) else None
+    if not extra or "done" not in extra or "options" not in extra:
+        raise CheckpointError(f"{path}: not a training checkpoint of this trainer")
+    return payload
+
+
+def _write_json(path, data):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "PARTS",
+    "STEPS",
+    "evaluate",
+    "learning_rate",
+    "loc_loss",
+    "make_optimizer",
+    "part_loss",
+    "prepare",
+    "schedule",
+    "train",
+]

@@ -1,0 +1,53 @@
+"""Shared fixtures: a random-init compact model exported once per session, synthetic cases."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vfinfer.config import preset
+from vfinfer.synth import write_cases
+
+PKI3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pki3"
+
+
+@pytest.fixture(scope="session")
+def compact_model():
+    torch = pytest.importorskip("torch", reason="the export extra (torch) is not installed")
+    from vfinfer_export.models import VarifocalNet
+
+    torch.manual_seed(0)
+    return VarifocalNet(preset("compact")).eval()
+
+
+@pytest.fixture(scope="session")
+def model_dir(compact_model, tmp_path_factory):
+    from vfinfer_export.onnx_export import export_model
+
+    out = tmp_path_factory.mktemp("models") / "compact"
+    export_model(compact_model, out, {"kind": "random-init", "seed": 0}, log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """Two synthetic cells: a normal male and a trisomy 21 (46 and 47 images)."""
+    root = tmp_path_factory.mktemp("synth")
+    write_cases("46,XY", root, seed=11)
+    write_cases("47,XY,+21", root, seed=12)
+    return root
+
+
+@pytest.fixture()
+def case_dirs(synth_root):
+    return sorted(p for p in synth_root.iterdir() if p.is_dir())
+
+
+@pytest.fixture()
+def fresh_copy(tmp_path):
+    """Copy a directory into tmp_path (so a test can damage it)."""
+    def copy(src, name=None):
+        dst = tmp_path / (name or Path(src).name)
+        shutil.copytree(src, dst)
+        return dst
+    return copy

@@ -1,0 +1,108 @@
+"""``vfinfer run`` on good and bad cases: one line per problem, other cases still finish."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vfinfer.cli import main
+
+
+@pytest.fixture()
+def chromosome(case_dirs):
+    """One real-looking synthetic chromosome image (uint8 gray)."""
+    return cv2.imread(str(sorted(case_dirs[0].glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
+
+
+def make_case(root, name, files):
+    case = root / name
+    case.mkdir()
+    for filename, data in files.items():
+        (case / filename).write_bytes(data)
+    return case
+
+
+def png(image):
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def bad_input_cases(root, chromosome):
+    good = png(chromosome)
+    rgb = cv2.cvtColor(chromosome, cv2.COLOR_GRAY2BGR)
+    rgba = np.dstack([rgb, np.where(chromosome < 250, 255, 0).astype(np.uint8)])
+    tiff16 = cv2.imencode(".tiff", chromosome.astype(np.uint16) * 16)[1].tobytes()
+    return {
+        "zero_byte": ({"a.png": good, "b.png": b""}, "failed", "empty file (0 bytes)"),
+        "text_as_png": ({"a.png": good, "b.png": b"hello, not an image"}, "failed",
+                        "not a readable image"),
+        "truncated_png": ({"a.png": good, "b.png": good[: len(good) * 2 // 3]}, "failed",
+                          "truncated PNG"),
+        "tiff16": ({"a.tif": tiff16}, "ok", None),
+        "rgb_jpeg": ({"a.jpg": cv2.imencode(".jpg", rgb)[1].tobytes()}, "ok", None),
+        "rgba_png": ({"a.png": png(rgba)}, "ok", None),
+        "one_by_one": ({"a.png": png(np.zeros((1, 1), np.uint8))}, "ok", None),
+        "huge": ({"a.png": png(np.full((6000, 6000), 255, np.uint8))}, "ok", None),
+        "one_image": ({"a.png": good, "notes.txt": b"x"}, "ok", None),
+        "empty": ({}, "failed", "no chromosome images found"),
+        "many": ({f"c{i:03d}.png": good for i in range(120)}, "ok", None),
+    }
+
+
+def test_bad_inputs_never_stop_the_run(tmp_path, model_dir, chromosome):
+    cases = bad_input_cases(tmp_path, chromosome)
+    dirs = [make_case(tmp_path, name, files) for name, (files, _, _) in cases.items()]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", *map(str, dirs), "--model", str(model_dir),
+                                       "--out", str(out)])
+    assert "Traceback" not in result.output
+    assert result.exit_code == 1  # some cases failed, after all others finished
+    lines = result.output.splitlines()
+    for name, (files, expected, message) in cases.items():
+        [line] = [x for x in lines if x.startswith(f"{name}: ")]
+        if expected == "failed":
+            assert "failed" in line and message in line, line
+            assert not (out / name).exists()
+        else:
+            saved = json.loads((out / name / "result.json").read_text())
+            images = [f for f in files if not f.endswith(".txt")]
+            assert saved["n_chromosomes"] == len(images), line
+            assert (out / name / "karyogram.png").stat().st_size > 0
+            assert (out / name / "result.csv").read_text().count("\n") == len(images) + 1
+    one_by_one = json.loads((out / "one_by_one" / "result.json").read_text())
+    assert any("too small" in w for w in one_by_one["warnings"])
+    one_image = json.loads((out / "one_image" / "result.json").read_text())
+    assert one_image["ignored_files"] == ["notes.txt"]
+
+
+def test_second_run_leaves_results_untouched(tmp_path, model_dir, case_dirs):
+    out = tmp_path / "out"
+    args = ["run", *map(str, case_dirs), "--model", str(model_dir), "--out", str(out)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    written = {p: p.read_bytes() for p in out.glob("*/*")}
+    assert len(written) == 3 * len(case_dirs)
+    second = CliRunner().invoke(main, args + ["--no-karyogram"])
+    assert second.exit_code == 0
+    assert second.output.count("already holds results") == len(case_dirs)
+    assert {p: p.read_bytes() for p in out.glob("*/*")} == written
+    third = CliRunner().invoke(main, args + ["--overwrite", "--dispatch", "none"])
+    assert third.exit_code == 0
+    saved = json.loads(next(out.glob("*/result.json")).read_text())
+    assert saved["dispatch"] == "none"
+
+
+def test_missing_model_is_one_line(tmp_path, case_dirs):
+    result = CliRunner().invoke(main, ["run", str(case_dirs[0]), "--model",
+                                       str(tmp_path / "nope")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path / 'nope'}: model directory not found"]
+
+
+def test_tensorrt_backend_is_refused_clearly(model_dir, case_dirs):
+    result = CliRunner().invoke(main, ["run", str(case_dirs[0]), "--model", str(model_dir),
+                                       "--backend", "trt"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "TensorRT" in result.output
