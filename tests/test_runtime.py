@@ -101,3 +101,16 @@ def test_runtime_never_imports_torch(model_dir, case_dirs, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "out").glob("*/result.json"))) == len(case_dirs)
+
+
+def test_cases_sharing_a_batch_match_single_runs(model_dir, synth_root):
+    cases = [read_case(p)[0] for p in sorted(synth_root.iterdir()) if p.is_dir()]
+    small = [cases[0][:5], cases[1][:9], cases[0][10:13]]
+    with Pipeline(model_dir, batch_size=64) as pipe:
+        together = pipe.run_cases([(f"c{i}", imgs, None) for i, imgs in enumerate(small)])
+        alone = [pipe.run_case(imgs, name=f"c{i}") for i, imgs in enumerate(small)]
+    for a, b in zip(together, alone):
+        assert a["case"] == b["case"] and a["karyotype"] == b["karyotype"]
+        for ca, cb in zip(a["chromosomes"], b["chromosomes"]):
+            assert ca["type"] == cb["type"] and ca["polarity"] == cb["polarity"]
+            assert abs(ca["type_prob"] - cb["type_prob"]) < 1e-5

@@ -98,18 +98,42 @@ class Pipeline:
         ``images``: list of 2-D arrays (gray uint8; 16-bit, float, colour and alpha are
         converted as when reading files). ``files``: names reported per chromosome.
         """
+        return self.run_cases([(name, images, files)])[0]
+
+    def run_cases(self, cases):
+        """Several cells at once: ``cases`` is a list of (name, images, files or None).
+
+        The chromosomes of all cases share engine batches (small cases fill a batch
+        together); dispatch and the karyotype stay per case. Stage times are shared out
+        by chromosome count.
+        """
         started = time.perf_counter()
+        prepared = [self._prepare(name, images, files) for name, images, files in cases]
+        all_images = [image for _, images, _ in prepared for image in images]
+        timing = {}
+        outputs = self.infer(all_images, timing)
+        elapsed = (time.perf_counter() - started) * 1000
+        results, offset = [], 0
+        for name, images, files in prepared:
+            n = len(images)
+            share = n / len(all_images)
+            part = {key: value[offset:offset + n] for key, value in outputs.items()}
+            offset += n
+            case_timing = {stage: ms * share for stage, ms in timing.items()}
+            case_timing["total"] = elapsed * share
+            results.append(self._build_result(name, files, images, part, case_timing))
+        return results
+
+    @staticmethod
+    def _prepare(name, images, files):
         if len(images) == 0:
             raise ValueError(f"{name}: no chromosome images")
-        files = list(files) if files is not None else [f"image_{i}" for i in range(len(images))]
+        files = [f"image_{i}" for i in range(len(images))] if files is None else list(files)
         if len(files) != len(images):
             raise ValueError(f"{name}: {len(images)} images but {len(files)} file names")
-        images = [to_gray8(np.asarray(img), f) for img, f in zip(images, files)]
-        timing = {}
-        outputs = self.infer(images, timing)
-        return self.build_result(name, files, images, outputs, timing, started)
+        return name, [to_gray8(np.asarray(img), f) for img, f in zip(images, files)], files
 
-    def build_result(self, name, files, images, outputs, timing, started):
+    def _build_result(self, name, files, images, outputs, timing):
         clock = _Clock(timing)
         probs = outputs["type_probs"]
         before = argmax_types(probs)
@@ -119,6 +143,7 @@ class Pipeline:
             types, warnings = before, []
         karyotype, karyotype_warnings = karyotype_summary(types)
         clock.lap("dispatch")
+        timing["total"] += timing["dispatch"]
         names = self.manifest.type_names
         polarity = outputs["polarity_probs"].argmax(1)
         chromosomes = []
@@ -139,7 +164,6 @@ class Pipeline:
                                        or types[i] != before[i]),
                 "size": list(images[i].shape),
             })
-        timing["total"] = (time.perf_counter() - started) * 1000
         return {
             "case": name,
             "model": self.manifest.summary(),

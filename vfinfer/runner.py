@@ -1,10 +1,13 @@
-"""``vfinfer run``: many case directories through one pipeline, each case on its own.
+"""``vfinfer run``: many case directories through one pipeline.
 
-One bad case (unreadable image, empty directory, existing result) is reported in one line and
-never stops the others; the caller gets the number of failed cases.
+Cases are read one by one and their chromosomes are sent to the engines in shared batches
+(several small cases fill one batch). One bad case (unreadable image, empty directory,
+existing result) is reported in one line and never stops the others; the caller gets the
+number of failed cases.
 """
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -14,12 +17,20 @@ from .pipeline import Pipeline
 from .results import ResultExistsError, existing_result, write_case
 
 
+@dataclass
+class LoadedCase:
+    name: str
+    images: list
+    files: list
+    ignored: list = field(default_factory=list)
+
+
 def case_name(case_dir):
     return Path(case_dir).resolve().name or "case"
 
 
-def run_one(pipeline, case_dir, out_dir, karyogram, overwrite):
-    """Run one case directory; returns (status, line) with status ok / skipped / failed."""
+def load_case(case_dir, out_dir, overwrite):
+    """A LoadedCase, or (status, line) when the case is skipped or cannot be read."""
     name = case_name(case_dir)
     if existing_result(Path(out_dir) / name) and not overwrite:
         return "skipped", (f"{name}: skipped, {Path(out_dir) / name} already holds results "
@@ -27,45 +38,68 @@ def run_one(pipeline, case_dir, out_dir, karyogram, overwrite):
     try:
         paths, ignored = list_case(case_dir)
         images = [read_gray8(p) for p in paths]
-        result = pipeline.run_case(images, name=name, files=[p.name for p in paths])
     except (CaseError, ImageReadError) as exc:
         return "failed", f"{name}: failed: {exc}"
-    if ignored:
-        result["ignored_files"] = ignored
-        result["warnings"].append(f"ignored {len(ignored)} non-image entries: "
-                                  f"{', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''}")
+    return LoadedCase(name, images, [p.name for p in paths], ignored)
+
+
+def save_result(case, result, out_dir, karyogram, overwrite):
+    """Write one result; returns (status, line)."""
+    if case.ignored:
+        shown = ", ".join(case.ignored[:5]) + (" ..." if len(case.ignored) > 5 else "")
+        result["ignored_files"] = case.ignored
+        result["warnings"].append(f"ignored {len(case.ignored)} non-image entries: {shown}")
     try:
-        target = write_case(out_dir, result, images if karyogram else None, overwrite)
+        target = write_case(out_dir, result, case.images if karyogram else None, overwrite)
     except ResultExistsError as exc:
-        return "skipped", f"{name}: skipped, {exc}"
+        return "skipped", f"{case.name}: skipped, {exc}"
     except OSError as exc:
-        return "failed", f"{name}: failed: cannot write results ({exc})"
+        return "failed", f"{case.name}: failed: cannot write results ({exc})"
     n_warn = len(result["warnings"])
-    return "ok", (f"{name}: {result['n_chromosomes']} chromosomes, {result['karyotype']}, "
+    return "ok", (f"{case.name}: {result['n_chromosomes']} chromosomes, {result['karyotype']}, "
                   f"{n_warn} warning{'s' if n_warn != 1 else ''}, "
                   f"{result['timing_ms']['total']:.0f} ms -> {target}")
 
 
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="paper", karyogram=True, threads=0, batch_size=None,
-              overwrite=False, echo=print):
+              overwrite=False, echo=click.echo):
     """Run every case; returns the number of cases that failed."""
     names = [case_name(d) for d in case_dirs]
-    duplicates = {n for n in names if names.count(n) > 1}
+    duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"several case directories are named {', '.join(sorted(duplicates))}; "
+        raise ValueError(f"several case directories are named {', '.join(duplicates)}; "
                          "results would collide in OUT/<case>/: rename or run them separately")
     counts = {"ok": 0, "skipped": 0, "failed": 0}
+
+    def report(status, line):
+        counts[status] += 1
+        echo(line)
+
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
                   dispatch_mode=dispatch_mode) as pipeline:
         echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
              f"backend {pipeline.backend.name}")
+        pending = []
+
+        def flush():
+            results = pipeline.run_cases([(c.name, c.images, c.files) for c in pending])
+            for case, result in zip(pending, results):
+                report(*save_result(case, result, out_dir, karyogram, overwrite))
+            pending.clear()
+
         show_bar = len(case_dirs) > 1 and sys.stderr.isatty()
         with click.progressbar(case_dirs, label="cases", file=sys.stderr,
                                hidden=not show_bar) as bar:
             for case_dir in bar:
-                status, line = run_one(pipeline, case_dir, out_dir, karyogram, overwrite)
-                counts[status] += 1
-                echo(line, err=status == "failed") if echo is click.echo else echo(line)
+                loaded = load_case(case_dir, out_dir, overwrite)
+                if not isinstance(loaded, LoadedCase):
+                    report(*loaded)
+                    continue
+                pending.append(loaded)
+                if sum(len(c.images) for c in pending) >= pipeline.batch_size:
+                    flush()
+            if pending:
+                flush()
     echo(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
     return counts["failed"]
