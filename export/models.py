@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vfinfer.config import count_macs  # noqa: F401 - re-exported for the torch side
+
 
 class WideResidualUnit(nn.Module):
     """Pre-activation wide residual unit (Fig. 4): BN-ReLU-conv3x3-BN-ReLU-conv3x3 + shortcut."""
@@ -162,28 +164,3 @@ def he_init(module):
     elif isinstance(module, nn.BatchNorm2d):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def count_macs(config):
-    """Multiply-accumulates per chromosome of G-Net + L-Net + heads (convs and FCs)."""
-    total = 0
-    for side, with_loc in ((config.g_input, True), (config.l_input, False)):
-        s = side // config.stem_stride
-        total += 9 * config.stem_channels * s * s
-        n_in = config.stem_channels
-        for width in config.widths:
-            for i in range(config.units_per_block):
-                if i == 0:
-                    s //= 2
-                total += 9 * n_in * width * s * s + 9 * width * width * s * s
-                if n_in != width or i == 0:
-                    total += n_in * width * s * s
-                n_in = width
-        total += config.feature_size * (config.n_types + config.n_polarities)
-        if with_loc:
-            loc_in = config.feature_channels * config.loc_pool ** 2
-            total += loc_in * config.loc_hidden + config.loc_hidden * 3
-    fused = 2 * config.feature_size
-    total += 2 * fused * config.mlp_hidden
-    total += config.mlp_hidden * (config.n_types + config.n_polarities)
-    return total

@@ -22,7 +22,8 @@ Steps (run in this order; each trains only its own parameters, everything else f
 Losses are batch means (the paper writes sums over N, which only rescales the learning
 rate). Adam (0.9, 0.999); the paper uses lr 1e-4 decayed x0.1 every 10 epochs
 (``lr_schedule="paper"``); the default here is lr 1e-3 with a per-iteration cosine decay to
-5 % over each step, which suits the few epochs a CPU can afford.
+5 % over each step, which suits the few epochs a CPU can afford. The localizer's steps (loc,
+local-b) use lr * ``LOC_LR_SCALE`` (0.1; see there).
 
 Every epoch of every step writes ``OUT/last.pt`` (atomic, ``save_checkpoint`` with extra =
 step, epoch, optimizer state, history, split slides, seed, options) and
@@ -64,6 +65,11 @@ HEADS_POLARITY_WEIGHT = 1.0
 LOC_WEIGHT = 1.0  # weight of the smooth-L1 term of eq. 9 while fine-tuning the localizer
 BOXCAR_K = DEFAULT_K  # eq. 7
 COSINE_FLOOR = 0.05  # the cosine schedule ends at this fraction of lr
+# The localization subnet's first FC sees C * loc_pool^2 (8192 in the compact preset)
+# features: Adam's per-weight steps of lr 1e-3 move its outputs by several units per step,
+# saturating the sigmoid (u collapses to 0 or 1 and stops learning). Its two steps (loc,
+# local-b) therefore run at lr * LOC_LR_SCALE.
+LOC_LR_SCALE = 0.1
 
 
 def _stderr(message):
@@ -285,15 +291,16 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
         "lr_schedule": lr_schedule, "val_fraction": float(val_fraction), "seed": int(seed),
         "limit": None if limit is None else int(limit), "polarity_weight": POLARITY_WEIGHT,
         "heads_polarity_weight": HEADS_POLARITY_WEIGHT, "loc_weight": LOC_WEIGHT,
-        "boxcar_k": BOXCAR_K, "cosine_floor": COSINE_FLOOR, "optimizer": "adam(0.9, 0.999)",
+        "boxcar_k": BOXCAR_K, "cosine_floor": COSINE_FLOOR, "loc_lr_scale": LOC_LR_SCALE,
+        "optimizer": "adam(0.9, 0.999)",
     }
 
     state = None
     if resume and last_path.is_file():
         state = _load_resume(last_path)
         stored = state["extra"]["options"]
-        changed = sorted(k for k in options
-                         if k not in ("epochs", "data_dir", "labels") and options[k] != stored.get(k))
+        free = ("epochs", "data_dir", "labels")
+        changed = sorted(k for k in options if k not in free and options[k] != stored.get(k))
         if changed:
             log(f"resume: using the checkpoint's {', '.join(changed)} (differ from the call)")
         options = {**stored, "epochs": options["epochs"] if epochs else stored["epochs"]}
@@ -348,11 +355,12 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
             if part in optimizer_states:
                 optimizers[part].load_state_dict(optimizer_states[part])
         optimizer = optimizers[part]
+        base_lr = options["lr"] * (options["loc_lr_scale"] if part in ("loc", "local-b") else 1)
         tic = time.perf_counter()
         train_set.set_epoch(index)
         total_loss, n = 0.0, 0
         for i, batch in enumerate(batches(train_set, batch_size, shuffle_seed=[seed, index])):
-            lr_now = learning_rate(options["lr"], options["lr_schedule"],
+            lr_now = learning_rate(base_lr, options["lr_schedule"],
                                    epoch * iterations + i, n_epochs * iterations, iterations)
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
@@ -360,7 +368,7 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(batch[1])
+            total_loss += float(loss.detach()) * len(batch[1])
             n += len(batch[1])
         train_seconds = time.perf_counter() - tic
         metrics = evaluate(model, part, val_set, max(batch_size, 64))

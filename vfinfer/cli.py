@@ -1,4 +1,4 @@
-"""The ``vfinfer`` command line: export, run, synth, env.
+"""The ``vfinfer`` command line: export, run, eval, bench, synth, env (and train).
 
 Every command fails with one line on stderr and a non-zero exit; set VFINFER_DEBUG=1 to see
 the Python traceback behind an unexpected error.
@@ -133,6 +133,88 @@ def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, thr
                        echo=click.echo)
     if failed:
         sys.exit(EXIT_FAILED)
+
+
+# -- eval ---------------------------------------------------------------------------------------
+@main.command("eval")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--labels", "labels_csv", default="labels.csv", show_default=True,
+              type=click.Path(path_type=Path),
+              help="Labels CSV (cell,file,type,polarity); a relative path is looked up in "
+                   "DATA_DIR first, then in the current directory.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="Model directory (default: the bundled demo model).")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "ort", "ort-cuda", "trt"]))
+@click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
+@click.option("--batch-size", default=None, type=int, help="Chromosomes per engine call.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the results as JSON here, and the type confusion heat map "
+                   "next to it as <stem>_confusion.png.")
+@click.option("--flip-half", is_flag=True,
+              help="Flip a seeded half of the images vertically and label them q-arm up, so "
+                   "that polarity is measured on both classes.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --flip-half.")
+@one_line_errors
+def eval_(data_dir, labels_csv, model_dir, backend, threads, batch_size, json_path,
+          flip_half, seed):
+    """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper."""
+    from .evaluate import evaluate, format_report, save_eval
+
+    results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
+                       threads=threads, batch_size=batch_size, flip_half=flip_half,
+                       seed=seed, log=lambda line: click.echo(line, err=True))
+    click.echo(format_report(results))
+    if json_path is not None:
+        written, picture = save_eval(results, json_path)
+        click.echo(f"wrote {written} and {picture}")
+
+
+# -- bench ----------------------------------------------------------------------------------------
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="Model directory (default: the bundled demo model).")
+@click.option("--preset", default=None,
+              help="Time an untrained model of this preset instead (needs the export extra).")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "ort", "ort-cuda", "trt"]))
+@click.option("--cases", "n_cases", default=20, show_default=True)
+@click.option("--chromosomes", default=46, show_default=True, help="Chromosomes per case.")
+@click.option("--batch", "batch_size", default=None, type=int, help="Chromosomes per engine call.")
+@click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
+@click.option("--warmup", default=3.0, show_default=True, help="Warm-up seconds.")
+@click.option("--precision", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--no-reference", is_flag=True, help="Skip the PyTorch eager comparison.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report.")
+@one_line_errors
+def bench(model_dir, preset, backend, n_cases, chromosomes, batch_size, threads, warmup,
+          precision, no_reference, json_path):
+    """Time whole cases stage by stage; compare with PyTorch eager."""
+    import tempfile
+
+    from .bench import format_report, run_bench, save_report
+
+    if model_dir and preset:
+        fail("give --model or --preset, not both")
+    with tempfile.TemporaryDirectory(prefix="vfinfer-bench-model-") as tmp:
+        if preset:
+            from .config import preset as preset_config
+
+            config = preset_config(preset)
+            torch, _, VarifocalNet, export_model = _import_export_side()
+            torch.manual_seed(0)
+            model_dir = Path(tmp) / preset
+            click.echo(f"exporting an untrained {preset} model to time it ...")
+            export_model(VarifocalNet(config), model_dir, {"kind": "random-init", "seed": 0},
+                         log=lambda *a: None, batches=(2,))
+        report = run_bench(model_dir, backend=backend, n_cases=n_cases,
+                           n_chromosomes=chromosomes, batch_size=batch_size, threads=threads,
+                           warmup_s=warmup, reference=not no_reference, precision=precision)
+    click.echo(format_report(report))
+    if json_path:
+        save_report(report, json_path)
+        click.echo(f"wrote {json_path}")
 
 
 # -- synth --------------------------------------------------------------------------------------

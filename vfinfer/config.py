@@ -9,8 +9,7 @@ hard-codes them. Two presets:
   by 2), trunk output 640 x 32 x 32 for the G input.
 * ``compact``: the same design sized for a 2-core CPU: canvas 176, G input 128, L input 64,
   T1 = 32, T2 = 64 (the paper's ratios), a stride-2 stem and blocks of 32/64/128 channels
-  with two units each. About 0.11 GMAC per chromosome (G + L + heads); see
-  ``export.vfinfer_export.models.count_macs``.
+  with two units each: 0.131 GMAC per chromosome (G + L + heads, ``count_macs``).
 """
 
 from dataclasses import asdict, dataclass, fields
@@ -99,3 +98,28 @@ def preset(name):
         raise ValueError(
             f"unknown preset {name!r}: choose one of {', '.join(sorted(PRESETS))}"
         ) from None
+
+
+def count_macs(config):
+    """Multiply-accumulates per chromosome of G-Net + L-Net + heads (convs and FCs)."""
+    total = 0
+    for side, with_loc in ((config.g_input, True), (config.l_input, False)):
+        s = side // config.stem_stride
+        total += 9 * config.stem_channels * s * s
+        n_in = config.stem_channels
+        for width in config.widths:
+            for i in range(config.units_per_block):
+                if i == 0:
+                    s //= 2
+                total += 9 * n_in * width * s * s + 9 * width * width * s * s
+                if n_in != width or i == 0:
+                    total += n_in * width * s * s
+                n_in = width
+        total += config.feature_size * (config.n_types + config.n_polarities)
+        if with_loc:
+            loc_in = config.feature_channels * config.loc_pool ** 2
+            total += loc_in * config.loc_hidden + config.loc_hidden * 3
+    fused = 2 * config.feature_size
+    total += 2 * fused * config.mlp_hidden
+    total += config.mlp_hidden * (config.n_types + config.n_polarities)
+    return total

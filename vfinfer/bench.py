@@ -1,0 +1,209 @@
+"""``vfinfer bench``: per-stage and end-to-end latency of whole cases, with a JSON report.
+
+Cases come from ``vfinfer.synth`` (no outside data). After a time-based warm-up every case
+is timed from reading its files to writing its results; the pipeline's own stage clock splits
+the network part. Figures: median, p90, p99 per stage and end to end, ms per image, images per
+second, GMAC/s against this CPU's FP32 peak. With torch installed, the PyTorch eager pipeline
+(same weights, same preprocessing, same threads) is timed in the same run and the ratio given,
+because absolute times on shared machines drift.
+"""
+
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import count_macs
+from .imageio import read_case
+from .pipeline import Pipeline
+from .results import write_atomic, write_case
+
+STAGES = ("read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch", "write")
+
+
+def cpu_facts():
+    """Cores, frequency, vector width and the FP32 peak derived from them (documented)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", info)
+    flags = set((re.search(r"flags\s*:\s*(.*)", info) or [None, ""])[1].split())
+    vendor = "AMD" if "AMD" in info else ("Intel" if "Intel" in info else "unknown")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ghz = float(mhz.group(1)) / 1000 if mhz else None
+    if "avx512f" in flags and vendor == "Intel":
+        lanes, note = 32, "2 x 512-bit FMA pipes (Intel AVX-512 server core)"
+    elif "avx512f" in flags or "avx2" in flags or "fma" in flags:
+        lanes, note = 16, "2 x 256-bit FMA pipes (AVX2, or AMD Zen 4 AVX-512 on 256-bit units)"
+    else:
+        lanes, note = 8, "assumed 2 x 128-bit FMA pipes (no AVX2/FMA flags)"
+    peak = cores * ghz * lanes if ghz else None  # GMAC/s: one FMA = one multiply-accumulate
+    return {"model": model.group(1).strip() if model else platform.processor(),
+            "vendor": vendor, "cores": cores, "ghz": ghz,
+            "fp32_macs_per_cycle_per_core": lanes, "fp32_peak_gmacs": peak,
+            "peak_rule": f"cores x GHz x FP32 MACs per cycle ({note}); nominal, not turbo"}
+
+
+def percentiles(values):
+    values = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
+            "p99": float(np.percentile(values, 99)), "n": int(values.size)}
+
+
+def make_cases(root, n_cases, n_chromosomes, seed):
+    """Synthetic cells of ``n_chromosomes`` each (46 -> 46,XY; else a 46,XY cell cut/extended)."""
+    from .synth import write_cases
+
+    write_cases("46,XY", root, seed, cases=n_cases)
+    cases = sorted(p for p in Path(root).iterdir() if p.is_dir())
+    if n_chromosomes != 46:
+        for case in cases:
+            files = sorted(case.glob("*.png"))
+            for i in range(n_chromosomes, len(files)):
+                files[i].unlink()
+            for i in range(len(files), n_chromosomes):
+                shutil.copy(files[i % len(files)], case / f"extra_{i:03d}.png")
+    return cases
+
+
+def time_case(pipeline, case_dir, out_dir):
+    """One case from files to written results; returns stage ms and the end-to-end ms."""
+    start = time.perf_counter()
+    images, paths, _ = read_case(case_dir)
+    read_ms = (time.perf_counter() - start) * 1000
+    result = pipeline.run_case(images, name=case_dir.name, files=[p.name for p in paths])
+    before_write = time.perf_counter()
+    write_case(out_dir, result, images, overwrite=True)
+    end = time.perf_counter()
+    stages = {"read": read_ms, "write": (end - before_write) * 1000}
+    stages.update({k: v for k, v in result["timing_ms"].items() if k != "total"})
+    return stages, (end - start) * 1000, len(images)
+
+
+def time_reference(manifest, cases, threads, warmup_s, batch_size):
+    """The same cases through the PyTorch eager pipeline (needs the export extra)."""
+    try:
+        import torch
+
+        from vfinfer_export.checkpoint import load_checkpoint
+        from vfinfer_export.models import VarifocalNet
+        from vfinfer_export.reference import ReferencePipeline
+    except ImportError as exc:
+        return {"skipped": f"torch side not installed ({exc.name})"}
+    if threads:
+        torch.set_num_threads(threads)
+    source = manifest.data.get("source", {})
+    if source.get("kind") == "checkpoint" and Path(source.get("path", "")).is_file():
+        model, weights = load_checkpoint(source["path"]), f"checkpoint {source['path']}"
+    else:  # timing does not depend on weight values; say which were used
+        model, weights = VarifocalNet(manifest.config).eval(), "same architecture, random init"
+    reference = ReferencePipeline(model, batch_size=batch_size)
+    loaded = [read_case(c)[0] for c in cases]
+    deadline = time.perf_counter() + warmup_s
+    while time.perf_counter() < deadline:
+        reference.infer(loaded[0])
+    times = []
+    for images in loaded:
+        start = time.perf_counter()
+        reference.infer(images)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"inference_ms_per_case": percentiles(times), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "weights": weights}
+
+
+def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batch_size=None,
+              threads=0, warmup_s=3.0, seed=0, reference=True, precision="fp32", log=print):
+    with tempfile.TemporaryDirectory(prefix="vfinfer-bench-") as tmp:
+        cases = make_cases(Path(tmp) / "cases", n_cases, n_chromosomes, seed)
+        out_dir = Path(tmp) / "out"
+        with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
+                      precision=precision) as pipe:
+            manifest = pipe.manifest
+            deadline = time.perf_counter() + warmup_s
+            warm = 0
+            while time.perf_counter() < deadline or warm == 0:
+                time_case(pipe, cases[warm % len(cases)], out_dir)
+                warm += 1
+            per_stage = {s: [] for s in STAGES}
+            end_to_end = []
+            for case in cases:
+                stages, total, n = time_case(pipe, case, out_dir)
+                for s in STAGES:
+                    per_stage[s].append(stages.get(s, 0.0))
+                end_to_end.append(total)
+            backend_info = pipe.backend.describe()
+            used_batch = pipe.batch_size
+        ref = (time_reference(manifest, cases, threads, warmup_s, used_batch)
+               if reference else {"skipped": "not requested"})
+
+    gmac = count_macs(manifest.config) / 1e9
+    e2e = percentiles(end_to_end)
+    def summed(stages):
+        return percentiles([sum(per_stage[s][i] for s in stages) for i in range(len(cases))])
+
+    network = summed(("gnet", "lnet", "heads"))
+    inference = summed(("preprocess", "gnet", "crop", "lnet", "heads"))
+    cpu = cpu_facts()
+    achieved = gmac * n_chromosomes / (network["median"] / 1000)
+    report = {
+        "machine": {"cpu": cpu, "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "settings": {"model_dir": str(manifest.model_dir), "preset": manifest.config.preset,
+                     "backend": backend_info, "cases": n_cases, "chromosomes": n_chromosomes,
+                     "batch": used_batch, "threads": threads or "default",
+                     "warmup_s": warmup_s, "warmup_cases": warm, "precision": precision},
+        "gmac_per_chromosome": gmac,
+        "stages_ms_per_case": {s: percentiles(v) for s, v in per_stage.items()},
+        "end_to_end_ms_per_case": e2e,
+        "ms_per_image": e2e["median"] / n_chromosomes,
+        "images_per_second": n_chromosomes / (e2e["median"] / 1000),
+        "network_ms_per_case": network,
+        "inference_ms_per_case": inference,
+        "outside_networks_fraction": 1 - network["median"] / e2e["median"],
+        "achieved_gmacs": achieved,
+        "fraction_of_fp32_peak": achieved / cpu["fp32_peak_gmacs"] if cpu["fp32_peak_gmacs"]
+        else None,
+        "pytorch_eager": ref,
+    }
+    if "inference_ms_per_case" in ref:
+        report["speedup_vs_pytorch"] = (ref["inference_ms_per_case"]["median"]
+                                        / inference["median"])
+    return report
+
+
+def format_report(report):
+    lines = [f"{'stage':12s} {'median ms':>10s} {'p90 ms':>9s} {'p99 ms':>9s}"]
+    for stage, p in report["stages_ms_per_case"].items():
+        lines.append(f"{stage:12s} {p['median']:10.2f} {p['p90']:9.2f} {p['p99']:9.2f}")
+    e = report["end_to_end_ms_per_case"]
+    lines.append(f"{'end to end':12s} {e['median']:10.2f} {e['p90']:9.2f} {e['p99']:9.2f}")
+    s = report["settings"]
+    lines.append(f"{s['chromosomes']} chromosomes per case, {s['cases']} cases, batch "
+                 f"{s['batch']}, threads {s['threads']}, backend {s['backend']['name']}")
+    lines.append(f"ms per image {report['ms_per_image']:.2f}   images/s "
+                 f"{report['images_per_second']:.0f}   outside the networks "
+                 f"{report['outside_networks_fraction']:.1%}")
+    cpu = report["machine"]["cpu"]
+    peak = report["fraction_of_fp32_peak"]
+    lines.append(f"{report['gmac_per_chromosome']:.3f} GMAC/chromosome, "
+                 f"{report['achieved_gmacs']:.1f} GMAC/s in the networks"
+                 + (f" = {peak:.0%} of FP32 peak {cpu['fp32_peak_gmacs']:.0f} GMAC/s "
+                    f"({cpu['peak_rule']})" if peak else ""))
+    ref = report["pytorch_eager"]
+    if "inference_ms_per_case" in ref:
+        lines.append(f"PyTorch eager, preprocess to heads, same threads: "
+                     f"{ref['inference_ms_per_case']['median']:.1f} ms per case vs "
+                     f"{report['inference_ms_per_case']['median']:.1f} ms here: "
+                     f"{report['speedup_vs_pytorch']:.2f}x")
+    else:
+        lines.append(f"PyTorch eager comparison: {ref.get('skipped')}")
+    return "\n".join(lines)
+
+
+def save_report(report, path):
+    write_atomic(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))

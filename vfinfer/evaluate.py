@@ -1,0 +1,572 @@
+"""``vfinfer eval``: the metrics of the paper (Sec. III-C, Table IV) on a labelled data set.
+
+The data set is laid out like ``shared/data/pki3``: ``DATA_DIR/labels.csv`` with the columns
+``cell,file,type,polarity`` (more columns, such as ``slide``, are ignored), ``type`` 1-24
+(23 = X, 24 = Y; ``X`` and ``Y`` are accepted too), ``polarity`` 1 = q-arm down and 0 = q-arm
+up, ``file`` relative to DATA_DIR.
+
+    results = evaluate("data/pki3", "labels.csv", model_dir="engines/compact")
+    print(format_report(results))
+    save_eval(results, "eval.json")          # eval.json + eval_confusion.png
+
+One pass of the networks gives both the figures without dispatch (argmax) and with the
+dispatch strategy of Algorithm 1, which is applied here per cell on the type probabilities.
+
+``flip_half``: Pki-3 style data holds only q-arm-down images (polarity 1), so polarity
+accuracy on it says nothing. With ``flip_half`` a seeded half of the images (exactly
+n // 2 of them, chosen by ``flip_selection(n, seed)`` over the images in CSV order) is
+flipped vertically and its polarity label inverted, as the paper makes polarity examples.
+"""
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from .classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
+from .dispatch import argmax_types, dispatch_counts
+from .imageio import read_gray8
+from .karyotype import karyotype_summary
+from .metrics import (
+    abnormal_cells,
+    accuracy,
+    case_accuracies,
+    confusion_matrix,
+    dispatch_by_case,
+    macro_f1,
+    per_case_accuracy,
+    per_class_prf,
+    warning_stats,
+)
+from .pipeline import Pipeline
+from .results import write_atomic
+
+REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
+MAX_GROUP = 1024  # images read and sent to the pipeline at a time
+PROGRESS_EVERY_S = 5.0
+
+__all__ = [
+    "LabelRow",
+    "confusion_png",
+    "evaluate",
+    "flip_selection",
+    "format_report",
+    "load_labels",
+    "save_eval",
+]
+
+
+class LabelRow(NamedTuple):
+    """One labelled chromosome image: its path, 0-based type and polarity (1 = q-arm down)."""
+
+    path: Path
+    type: int
+    polarity: int
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _labels_path(data_dir, labels_csv):
+    """The labels file: a relative path is looked up in DATA_DIR first, then as given (from
+    the current directory); None means DATA_DIR/labels.csv."""
+    given = Path("labels.csv" if labels_csv is None else labels_csv)
+    inside = Path(data_dir) / given
+    if not given.is_absolute() and inside.is_file():
+        return inside
+    if given.is_file():
+        return given
+    where = str(given) if given.is_absolute() else f"{given} (not in {data_dir} nor here)"
+    raise ValueError(f"labels file not found: {where}")
+
+
+def load_labels(data_dir, labels_csv=None):
+    """Read and check a labels CSV: ``{cell: [LabelRow(path, type, polarity), ...]}``.
+
+    ``labels_csv``: relative to ``data_dir`` (default ``labels.csv``), or else to the
+    current directory, or absolute.
+    Cells and their images keep the CSV's order. Raises ValueError naming the CSV (and the
+    line) for a missing column, a row with an empty or bad field, a file listed twice, no
+    rows at all, or image files that do not exist (all missing ones are counted, the first
+    few named).
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(f"{data_dir}: data directory not found")
+    csv_path = _labels_path(data_dir, labels_csv)
+    cells, seen, missing = {}, {}, []
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{csv_path}: empty file (expected a header "
+                                 f"{','.join(REQUIRED_COLUMNS)})")
+            header = [h.strip().lower() for h in header]
+            absent = [c for c in REQUIRED_COLUMNS if c not in header]
+            if absent:
+                raise ValueError(f"{csv_path}: line 1: missing column(s) {', '.join(absent)} "
+                                 f"(header is {','.join(header)}; need "
+                                 f"{','.join(REQUIRED_COLUMNS)})")
+            col = {c: header.index(c) for c in REQUIRED_COLUMNS}
+            for row in reader:
+                line = reader.line_num
+                if not any(field.strip() for field in row):
+                    continue  # blank line
+                cell, file, type_text, pol_text = _fields(row, col, csv_path, line)
+                try:
+                    type_ = type_index(type_text)
+                except ValueError:
+                    raise ValueError(f"{csv_path}: line {line}: type {type_text!r} is not "
+                                     "1-24 (23 = X, 24 = Y), X or Y") from None
+                if pol_text not in ("0", "1"):
+                    raise ValueError(f"{csv_path}: line {line}: polarity {pol_text!r} is not "
+                                     "0 (q-arm up) or 1 (q-arm down)")
+                if file in seen:
+                    raise ValueError(f"{csv_path}: line {line}: file {file} is listed again "
+                                     f"(first on line {seen[file]})")
+                seen[file] = line
+                path = data_dir / file
+                if not path.is_file():
+                    missing.append(f"line {line}: {path}")
+                cells.setdefault(cell, []).append(LabelRow(path, type_, int(pol_text)))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv_path}: not a UTF-8 text file ({exc.reason})") from None
+    except csv.Error as exc:
+        raise ValueError(f"{csv_path}: line {reader.line_num}: bad CSV ({exc})") from None
+    if missing:
+        shown = "; ".join(missing[:3]) + ("; ..." if len(missing) > 3 else "")
+        raise ValueError(f"{csv_path}: {len(missing)} of {len(seen)} listed image files are "
+                         f"missing: {shown}")
+    if not cells:
+        raise ValueError(f"{csv_path}: no labelled images (only a header)")
+    return cells
+
+
+def _fields(row, col, csv_path, line):
+    values = {}
+    for name, k in col.items():
+        value = row[k].strip() if k < len(row) else ""
+        if not value:
+            raise ValueError(f"{csv_path}: line {line}: empty or missing {name!r} "
+                             f"(row has {len(row)} fields: {','.join(row)})")
+        values[name] = value
+    return values["cell"], values["file"], values["type"], values["polarity"]
+
+
+def flip_selection(n_images, seed):
+    """The images that ``flip_half`` flips: ``n_images // 2`` sorted indices, seeded."""
+    rng = np.random.default_rng([int(seed), 0xF11B])
+    return np.sort(rng.permutation(int(n_images))[: int(n_images) // 2])
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
+             batch_size=None, flip_half=False, seed=0, log=print):
+    """Run the model over every labelled image and compute the paper's metrics.
+
+    One ``Pipeline`` (dispatch off) gives the type and polarity probabilities; dispatch
+    (Algorithm 1, the model's threshold) is then run per cell. Returns a JSON-ready dict
+    (fractions in 0..1; ``format_report`` prints them as percentages). ``log`` gets a few
+    progress lines.
+    """
+    started = time.perf_counter()
+    cells = load_labels(data_dir, labels_csv)
+    rows = [(cell, row) for cell, cell_rows in cells.items() for row in cell_rows]
+    n = len(rows)
+    case_ids = [cell for cell, _ in rows]
+    true_type = np.array([row.type for _, row in rows], dtype=np.int64)
+    true_pol = np.array([row.polarity for _, row in rows], dtype=np.int64)
+    flipped = np.zeros(n, dtype=bool)
+    if flip_half:
+        flipped[flip_selection(n, seed)] = True
+        true_pol = np.where(flipped, 1 - true_pol, true_pol)
+
+    type_probs = np.empty((n, N_TYPES), dtype=np.float64)
+    pol_probs = np.empty((n, 2), dtype=np.float64)
+    with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
+                  dispatch_mode="none") as pipe:
+        model, engine = pipe.manifest.summary(), pipe.backend.describe()
+        threshold = pipe.manifest.threshold
+        log(f"evaluating {n} images of {len(cells)} cells on {engine.get('name')}")
+        group = max(1, min(pipe.batch_size, MAX_GROUP))
+        infer_s, last_log = 0.0, time.perf_counter()
+        for start in range(0, n, group):
+            stop = min(start + group, n)
+            images = [_read(rows[i][1].path, flipped[i]) for i in range(start, stop)]
+            t0 = time.perf_counter()
+            out = pipe.infer(images)
+            infer_s += time.perf_counter() - t0
+            type_probs[start:stop] = out["type_probs"]
+            pol_probs[start:stop] = out["polarity_probs"]
+            if time.perf_counter() - last_log >= PROGRESS_EVERY_S and stop < n:
+                log(f"  {stop}/{n} images")
+                last_log = time.perf_counter()
+
+    results = _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, threshold)
+    results.update({
+        "data_dir": str(data_dir),
+        "labels": str(_labels_path(data_dir, labels_csv)),
+        "n_cells": len(cells),
+        "n_images": n,
+        "flip_half": bool(flip_half),
+        "seed": int(seed) if flip_half else None,
+        "n_flipped": int(flipped.sum()),
+        "model": model,
+        "backend": engine,
+        "threshold": threshold,
+        "errors": _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs,
+                          results.pop("_dispatched"), Path(data_dir)),
+    })
+    elapsed = time.perf_counter() - started
+    results["seconds"] = round(elapsed, 3)
+    results["inference_seconds"] = round(infer_s, 3)
+    results["ms_per_image"] = round(infer_s * 1000 / n, 3)
+    log(f"done: {n} images in {elapsed:.1f} s")
+    return _key_order(results)
+
+
+def _read(path, flip):
+    image = read_gray8(path)
+    return np.ascontiguousarray(np.flipud(image)) if flip else image
+
+
+def _class_table(true, pred, names):
+    prf = per_class_prf(true, pred, len(names))
+    return [{"class": name, "precision": float(prf["precision"][k]),
+             "recall": float(prf["recall"][k]), "f1": float(prf["f1"][k]),
+             "support": int(prf["support"][k]), "predicted": int(prf["predicted"][k]),
+             "present": bool(prf["present"][k])} for k, name in enumerate(names)]
+
+
+def _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, threshold):
+    pred_type = argmax_types(type_probs)
+    pred_pol = pol_probs.argmax(axis=1).astype(np.int64)
+    dispatched, warnings = dispatch_by_case(type_probs, case_ids, threshold)
+
+    names, acc_t = case_accuracies(true_type, pred_type, case_ids)
+    _, acc_td = case_accuracies(true_type, dispatched, case_ids)
+    _, acc_p = case_accuracies(true_pol, pred_pol, case_ids)
+    position = {cell: k for k, cell in enumerate(names)}
+    ids = np.array([position[c] for c in case_ids])
+    true_by_cell = [true_type[ids == k] for k in range(len(names))]
+    pred_by_cell = [dispatched[ids == k] for k in range(len(names))]
+    abnormal = abnormal_cells(true_by_cell)
+    warned = np.array([bool(warnings[c]) for c in names], dtype=bool)
+    exact = np.array([np.array_equal(dispatch_counts(t), dispatch_counts(p))
+                      for t, p in zip(true_by_cell, pred_by_cell)], dtype=bool)
+    abnormality = warning_stats(abnormal, warned)
+    abnormality.update({
+        "counts_exact": int(exact.sum()),
+        "counts_exact_abnormal": int((exact & abnormal).sum()),
+    })
+    per_cell = [{
+        "cell": cell,
+        "n_images": int(t.size),
+        "type_accuracy": float(acc_t[k]),
+        "type_accuracy_dispatch": float(acc_td[k]),
+        "polarity_accuracy": float(acc_p[k]),
+        "true_karyotype": karyotype_summary(t)[0],
+        "predicted_karyotype": karyotype_summary(p)[0],
+        "abnormal": bool(abnormal[k]),
+        "warnings": warnings[cell],
+    } for k, (cell, t, p) in enumerate(zip(names, true_by_cell, pred_by_cell))]
+    return {
+        "type": {
+            "accuracy": accuracy(true_type, pred_type),
+            "macro_f1": macro_f1(true_type, pred_type, N_TYPES),
+            "acc_per_case": float(np.mean(acc_t)),
+            "acc_per_case_dispatch": float(np.mean(acc_td)),
+            "accuracy_dispatch": accuracy(true_type, dispatched),
+            "macro_f1_dispatch": macro_f1(true_type, dispatched, N_TYPES),
+            "per_class": _class_table(true_type, pred_type, TYPE_NAMES),
+            "confusion": confusion_matrix(true_type, pred_type, N_TYPES).tolist(),
+            "confusion_dispatch": confusion_matrix(true_type, dispatched, N_TYPES).tolist(),
+        },
+        "polarity": {
+            "accuracy": accuracy(true_pol, pred_pol),
+            "macro_f1": macro_f1(true_pol, pred_pol, 2),
+            "acc_per_case": per_case_accuracy(true_pol, pred_pol, case_ids),
+            "per_class": _class_table(true_pol, pred_pol, POLARITY_NAMES),
+            "confusion": confusion_matrix(true_pol, pred_pol, 2).tolist(),
+        },
+        "abnormality": abnormality,
+        "cells": per_cell,
+        "_dispatched": dispatched,
+    }
+
+
+def _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs, dispatched, data_dir):
+    """Images wrong in type (with or without dispatch) or polarity."""
+    pred_type = type_probs.argmax(axis=1)
+    pred_pol = pol_probs.argmax(axis=1)
+    wrong = (pred_type != true_type) | (dispatched != true_type) | (pred_pol != true_pol)
+    out = []
+    for i in np.flatnonzero(wrong):
+        cell, row = rows[i]
+        try:
+            file = row.path.relative_to(data_dir).as_posix()
+        except ValueError:
+            file = str(row.path)
+        out.append({
+            "cell": cell, "file": file, "flipped": bool(flipped[i]),
+            "true_type": TYPE_NAMES[true_type[i]], "type": TYPE_NAMES[pred_type[i]],
+            "type_prob": round(float(type_probs[i, pred_type[i]]), 6),
+            "type_dispatch": TYPE_NAMES[dispatched[i]],
+            "true_polarity": POLARITY_NAMES[true_pol[i]],
+            "polarity": POLARITY_NAMES[pred_pol[i]],
+        })
+    return out
+
+
+_ORDER = ("data_dir", "labels", "n_cells", "n_images", "flip_half", "seed", "n_flipped",
+          "model", "backend", "threshold", "seconds", "inference_seconds", "ms_per_image",
+          "type", "polarity", "abnormality", "cells", "errors")
+
+
+def _key_order(results):
+    return {key: results[key] for key in _ORDER if key in results}
+
+
+# --------------------------------------------------------------------------- text report
+
+
+def _pct(value):
+    return "   -  " if value is None else f"{100 * value:6.2f}"
+
+
+def _describe_model(model):
+    source = model.get("source") or {}
+    kind = source.get("kind", "unknown source")
+    if kind == "random-init":
+        origin = f"random-init, seed {source.get('seed')} (untrained)"
+    elif kind == "checkpoint":
+        origin = f"checkpoint {source.get('path')}"
+    else:
+        origin = str(kind)
+    return f"{model.get('preset')} preset, {origin} ({model.get('dir')})"
+
+
+def _describe_backend(backend):
+    details = ", ".join(f"{k} {v}" for k, v in backend.items() if k != "name")
+    return f"{backend.get('name')} ({details})" if details else str(backend.get("name"))
+
+
+def _class_lines(table, title):
+    lines = [f"{title:<12s}{'F1 (%)':>8s}{'Precision (%)':>15s}{'Recall (%)':>12s}"
+             f"{'true':>7s}{'predicted':>11s}"]
+    for row in table:
+        if row["present"]:
+            figures = (f"{_pct(row['f1']):>8s}{_pct(row['precision']):>15s}"
+                       f"{_pct(row['recall']):>12s}")
+        else:
+            figures = f"{'-':>8s}{'-':>15s}{'-':>12s}"
+        lines.append(f"{row['class']:<12s}{figures}{row['support']:>7d}{row['predicted']:>11d}")
+    absent = [row["class"] for row in table if not row["present"]]
+    if absent:
+        lines.append(f"  not in labels or predictions, left out of the mean F1: "
+                     f"{', '.join(absent)}")
+    return lines
+
+
+def _top_confusions(matrix, names, k=10):
+    m = np.array(matrix)
+    np.fill_diagonal(m, 0)
+    order = np.argsort(-m, axis=None, kind="stable")[:k]
+    pairs = [np.unravel_index(i, m.shape) for i in order]
+    return [f"{names[t]} -> {names[p]}: {m[t, p]}" for t, p in pairs if m[t, p] > 0]
+
+
+def format_report(results):
+    """The evaluation as text: Table IV's four metrics (T and P), then per class, then cells."""
+    t, p, ab = results["type"], results["polarity"], results["abnormality"]
+    label = str(results["model"].get("preset") or "model")
+    lines = [
+        f"Varifocal-Net evaluation: {results['n_cells']} cells, {results['n_images']} images "
+        f"({results['labels']})",
+        f"model     {_describe_model(results['model'])}",
+        f"backend   {_describe_backend(results['backend'])}",
+        f"time      {results['seconds']:.1f} s in all, {results['ms_per_image']:.2f} ms per "
+        f"image in the networks; dispatch threshold {results['threshold']:g}",
+    ]
+    if results["flip_half"]:
+        lines.append(f"polarity  {results['n_flipped']} of {results['n_images']} images "
+                     f"flipped vertically and labelled q-arm up (--flip-half, seed "
+                     f"{results['seed']})")
+    width = max(len(label), 13)
+    lines += [
+        "",
+        f"{'':<{width}s}  {'F1 (%)':<16s}{'Acc. (%)':<16s}{'Acc. per Case (%)':<20s}"
+        "Acc. per Case-D (%)",
+        f"{'':<{width}s}  {'T':>6s}  {'P':>6s}  {'T':>6s}  {'P':>6s}  {'T':>6s}  {'P':>6s}"
+        f"      {'T':>6s}",
+        f"{label:<{width}s}  {_pct(t['macro_f1'])}  {_pct(p['macro_f1'])}  "
+        f"{_pct(t['accuracy'])}  {_pct(p['accuracy'])}  {_pct(t['acc_per_case'])}  "
+        f"{_pct(p['acc_per_case'])}      {_pct(t['acc_per_case_dispatch'])}",
+        "",
+        f"type with dispatch over all images: Acc. {_pct(t['accuracy_dispatch']).strip()} %, "
+        f"F1 {_pct(t['macro_f1_dispatch']).strip()} %",
+        "",
+    ]
+    lines += _class_lines(t["per_class"], "Type")
+    lines.append("")
+    lines += _class_lines(p["per_class"], "Polarity")
+    confusions = _top_confusions(t["confusion"], TYPE_NAMES)
+    lines += ["", "most frequent type confusions (true -> predicted, no dispatch):"
+              + ("" if confusions else " none")]
+    lines += ["  " + "; ".join(confusions[k:k + 5]) for k in range(0, len(confusions), 5)]
+
+    def rate(value):
+        return "" if value is None else f" ({100 * value:.1f} %)"
+
+    lines += [
+        "",
+        "numerical abnormality warnings (Algorithm 1 line 17, after dispatch):",
+        f"  abnormal cells (true counts: an autosome != 2 or X+Y != 2): {ab['n_abnormal']}; "
+        f"warned (caught): {ab['caught']}{rate(ab['caught_rate'])}; missed: {ab['missed']}",
+        f"  normal cells: {ab['n_normal']}; warned (false warnings): "
+        f"{ab['false_warnings']}{rate(ab['false_warning_rate'])}",
+        f"  cells whose dispatched counts equal the true counts: {ab['counts_exact']} of "
+        f"{results['n_cells']} (abnormal: {ab['counts_exact_abnormal']} of "
+        f"{ab['n_abnormal']})",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- heat map
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_INK = (40, 40, 40)
+_DARK = np.array([110, 60, 25], dtype=np.float64)  # BGR of a full row (dark blue)
+
+
+def _text(img, text, org, scale, color=_INK, thickness=1):
+    cv2.putText(img, text, (int(org[0]), int(org[1])), _FONT, scale, color, thickness,
+                cv2.LINE_AA)
+
+
+def _size(text, scale, thickness=1):
+    (w, h), base = cv2.getTextSize(text, _FONT, scale, thickness)
+    return w, h, base
+
+
+def _centered(img, text, cx, cy, scale, color=_INK, thickness=1):
+    w, h, _ = _size(text, scale, thickness)
+    _text(img, text, (cx - w / 2, cy + h / 2), scale, color, thickness)
+
+
+def _vertical_label(img, text, x, cy, scale, thickness=1):
+    """Text reading bottom to top, its left edge at x, centred on cy."""
+    w, h, base = _size(text, scale, thickness)
+    patch = np.full((h + base + 4, w + 4, 3), 255, dtype=np.uint8)
+    _text(patch, text, (2, h + 2), scale, _INK, thickness)
+    patch = cv2.rotate(patch, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    top = int(cy - patch.shape[0] / 2)
+    img[top:top + patch.shape[0], x:x + patch.shape[1]] = np.minimum(
+        img[top:top + patch.shape[0], x:x + patch.shape[1]], patch)
+
+
+def confusion_png(matrix, names, title=None):
+    """A confusion-matrix heat map as PNG bytes (OpenCV only).
+
+    Rows are the true classes, columns the predicted ones. Each cell is shaded by its share
+    of its row, i.e. normalized by the true count (white 0 to dark blue 1, on a square-root
+    scale so that errors of a few per cent still show); non-zero counts are written in the
+    cells, zeros are left blank. Row totals (true counts) are shown on the right.
+    """
+    m = np.asarray(matrix, dtype=np.int64)
+    n = len(names)
+    if m.shape != (n, n):
+        raise ValueError(f"confusion matrix must be {n} x {n} for {n} names, got {m.shape}")
+    totals = m.sum(axis=1)
+    share = np.divide(m, totals[:, None], out=np.zeros(m.shape), where=totals[:, None] > 0)
+
+    cell = int(np.clip(840 // max(n, 1), 34, 90))
+    count_scale = 0.42 if cell < 60 else 0.6
+    widest = max(_size(str(v), count_scale)[0] for v in m.ravel())
+    if widest > cell - 6:
+        count_scale *= (cell - 6) / widest
+    name_scale = 0.5 if cell < 60 else 0.6
+    name_w = max(_size(str(s), name_scale)[0] for s in names)
+    name_h = max(_size(str(s), name_scale)[1] for s in names)
+    label_scale = 0.6
+    total_w = max(_size(str(v), name_scale)[0] for v in list(totals) + ["n"]) + 16
+
+    left = 14 + _size("true", label_scale)[1] + 14 + name_w + 10
+    top = 16 + (_size(title, 0.65, 2)[1] + 18 if title else 0)
+    grid = n * cell
+    rotate_cols = name_w > cell - 6
+    col_label_h = (name_w if rotate_cols else name_h) + 14
+    bottom = col_label_h + _size("predicted", label_scale)[1] + 24 + 30
+    width = max(left + grid + total_w + 16, 460)
+    height = top + grid + bottom
+    img = np.full((height, width, 3), 255, dtype=np.uint8)
+
+    if title:
+        _text(img, title, (left, 16 + _size(title, 0.65, 2)[1]), 0.65, _INK, 2)
+    for i in range(n):
+        for j in range(n):
+            x0, y0 = left + j * cell, top + i * cell
+            v = np.sqrt(share[i, j])  # square root: a few % of a row still shows
+            color = 255.0 * (1.0 - v) + _DARK * v
+            img[y0:y0 + cell, x0:x0 + cell] = color.astype(np.uint8)
+            if m[i, j]:
+                ink = (255, 255, 255) if v > 0.5 else _INK
+                _centered(img, str(m[i, j]), x0 + cell / 2, y0 + cell / 2, count_scale, ink)
+    for k in range(n + 1):  # grid lines
+        cv2.line(img, (left + k * cell, top), (left + k * cell, top + grid), (205, 205, 205), 1)
+        cv2.line(img, (left, top + k * cell), (left + grid, top + k * cell), (205, 205, 205), 1)
+    for k in range(n):  # the diagonal, outlined
+        x0, y0 = left + k * cell, top + k * cell
+        cv2.rectangle(img, (x0, y0), (x0 + cell, y0 + cell), (60, 60, 60), 1)
+
+    for i, name in enumerate(names):  # row names (true), right-aligned
+        w, h, _ = _size(str(name), name_scale)
+        _text(img, str(name), (left - 10 - w, top + i * cell + cell / 2 + h / 2), name_scale)
+    for j, name in enumerate(names):  # column names (predicted), below the grid
+        cx = left + j * cell + cell / 2
+        if rotate_cols:
+            _vertical_label(img, str(name), int(cx - name_h / 2), top + grid + 8 + name_w / 2,
+                            name_scale)
+        else:
+            _centered(img, str(name), cx, top + grid + 8 + name_h / 2, name_scale)
+    for i, total in enumerate(totals):  # row totals
+        w, h, _ = _size(str(total), name_scale)
+        _text(img, str(total), (left + grid + total_w - 6 - w, top + i * cell + cell / 2 + h / 2),
+              name_scale, (120, 120, 120))
+    w, h, _ = _size("n", name_scale)
+    _text(img, "n", (left + grid + total_w - 6 - w, top - 6), name_scale, (120, 120, 120))
+
+    _centered(img, "predicted", left + grid / 2, top + grid + col_label_h + 12, label_scale,
+              _INK, 1)
+    _vertical_label(img, "true", 14, top + grid // 2, label_scale)
+    note = "shade: share of the true class's row (square-root scale); blank = 0"
+    _text(img, note, (left, height - 12), 0.45, (120, 120, 120))
+
+    ok, encoded = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("could not encode the confusion matrix as PNG")
+    return encoded.tobytes()
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_eval(results, json_path):
+    """Write ``results`` as JSON and the type confusion heat map as ``<stem>_confusion.png``
+    next to it, each atomically. Returns ``(json_path, png_path)``."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    png_path = json_path.with_name(f"{json_path.stem}_confusion.png")
+    title = (f"type confusion, no dispatch: {results['n_images']} images, "
+             f"{results['n_cells']} cells")
+    write_atomic(png_path, confusion_png(results["type"]["confusion"], TYPE_NAMES, title))
+    text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(json_path, text.encode("utf-8"))
+    return json_path, png_path
