@@ -18,7 +18,7 @@ setup(
         # torch>=2.4 is met by the 2.13.0 CPU wheel when it is installed first (see README)
         "export": ["torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxconverter-common>=1.14",
                    "scipy>=1.10"],
-        "gpu": ["tensorrt>=10.0", "cuda-python>=12.6"],
+        "gpu": ["tensorrt>=10.0", "cuda-python>=12.6.1"],
         "dev": ["pytest>=8", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["vfinfer=vfinfer.cli:main"]},

@@ -589,17 +589,19 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
     (the FP32 records' fields plus ``kept_fp32``) and adds an ``fp16_audit`` section (range
     summaries and the FP16-vs-FP32 pipeline agreement). Calibration images come from
     ``calib_case_dir`` (one case directory) or, when none is given, from vfinfer.synth.
-    If anything fails, the manifest and graph files are left as they were.
+    FP16 graphs from an earlier conversion are replaced. If anything fails, the manifest is
+    left without FP16 graphs (as it was, when it had none) and no FP16 file remains.
     """
     model_dir = Path(model_dir)
     manifest_path = model_dir / MANIFEST_NAME
-    original = load_manifest(model_dir).data
     images, source = calibration_images(calib_case_dir)
+    if any(f"{role}_fp16" in load_manifest(model_dir).data["graphs"] for role in GRAPH_ROLES):
+        log("replacing the FP16 graphs of an earlier conversion")
+        remove_fp16_graphs(model_dir)
+    original = load_manifest(model_dir).data
     log(f"FP16 conversion of {model_dir} with {len(images)} calibration images ({source})")
-    written = []
     try:
         records, audit = convert_model_dir_to_fp16(model_dir, images, log=log)
-        written = [name for record in records.values() for name in record["files"]]
         data = copy.deepcopy(original)
         for role, record in records.items():
             data["graphs"][f"{role}_fp16"] = record
@@ -616,8 +618,9 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
         write_json_atomic(manifest_path, data)
     except BaseException:
         write_json_atomic(manifest_path, original)
-        for name in written:
-            (model_dir / name).unlink(missing_ok=True)
+        for role in GRAPH_ROLES:  # also the files of a conversion that stopped half way
+            for path in model_dir.glob(f"{role}_fp16.onnx*"):
+                path.unlink(missing_ok=True)
         raise
     log(format_agreement(agreement))
     if agreement["type_argmax_agreement"] < AGREEMENT_WARN_BELOW:

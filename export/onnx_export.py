@@ -217,8 +217,12 @@ def producer_versions():
 
 
 def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES,
-                 log=print, threads=0):
-    """Export ``model`` into ``out_dir`` and return the manifest written there."""
+                 log=print, threads=0, fp16=False, calib_case_dir=None):
+    """Export ``model`` into ``out_dir`` and return the manifest written there.
+
+    ``fp16``: also write the audited mixed-precision FP16 graphs (vfinfer_export.fp16),
+    calibrated on ``calib_case_dir`` (a case directory) or on synthetic images.
+    """
     model = model.eval()
     tmp_dir = _prepare_destination(out_dir, overwrite)
     try:
@@ -242,6 +246,13 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
                                   parity={"batches": list(batches), "outputs": report,
                                           "tolerance_abs_probabilities": PROBABILITY_TOLERANCE})
         write_json_atomic(tmp_dir / "manifest.json", manifest)
+        if fp16:  # before publishing: the directory appears only when every check passed
+            from vfinfer.manifest import load_manifest
+
+            from .fp16 import add_fp16_graphs
+
+            add_fp16_graphs(tmp_dir, calib_case_dir=calib_case_dir, log=log)
+            manifest = load_manifest(tmp_dir).data
         _publish(tmp_dir, out_dir)
         return manifest
     finally:

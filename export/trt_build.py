@@ -233,19 +233,20 @@ def _write_bytes_atomic(path, data):
 
 
 # --------------------------------------------------------------------------- TensorRT side
-def _make_logger(trt):
+def _make_logger(trt, log):
     class CapturingLogger(trt.ILogger):
-        """Prints warnings and errors and keeps the errors for the exception message."""
+        """Passes warnings and errors to ``log`` and keeps the errors for the exceptions."""
 
         def __init__(self):
             trt.ILogger.__init__(self)
             self.errors = []
 
         def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+            errors = (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR)
+            if severity in errors:
                 self.errors.append(msg)
-            if severity <= trt.ILogger.Severity.WARNING:
-                print(f"[TensorRT] {severity.name}: {msg}")
+            if severity in errors or severity == trt.ILogger.Severity.WARNING:
+                log(f"[TensorRT] {severity.name}: {msg}")
 
     return CapturingLogger()
 
@@ -307,7 +308,7 @@ def build_one(trt, logger, graph_path, profile, recipe, kept_nodes, workspace_mb
                 f"{', '.join(constraints['unmatched_nodes'])}")
     optimization_profile = builder.create_optimization_profile()
     for name, (low, opt, high) in profile.items():
-        optimization_profile.set_shape(name, low, opt, high)
+        optimization_profile.set_shape(name, tuple(low), tuple(opt), tuple(high))
     config.add_optimization_profile(optimization_profile)
     _timing_cache(config, cache_path, log)
     logger.errors.clear()
@@ -374,7 +375,7 @@ def build_engines(model_dir, max_batch=64, opt_batch=46, workspace_mb=2048, timi
         manifest = load_manifest(model_dir)
     machine = machine_facts()
     cache_path = Path(timing_cache) if timing_cache else model_dir / TIMING_CACHE_NAME
-    logger = _make_logger(trt)
+    logger = _make_logger(trt, log)
     log(f"TensorRT {trt.__version__} on {machine['gpu']} (sm {machine['compute_capability']}):"
         f" {recipe['path']}")
     records = {}

@@ -108,7 +108,7 @@ def test_activation_ranges_reports_every_tensor(model_dir):
     produced = [o for n in model.graph.node for o in n.output]
     assert set(ranges) == set(produced)  # every node output is a float tensor here
     assert list(ranges) == produced  # graph order
-    for name, entry in ranges.items():
+    for entry in ranges.values():
         assert entry["max_abs"] >= 0 and 0 <= entry["underflow_fraction"] <= 1
         assert entry["flush_fraction"] <= entry["underflow_fraction"]
         assert entry["producer"] is not None
@@ -189,3 +189,18 @@ def test_calibration_from_a_case_dir_and_failure_leaves_manifest(model_dir, case
         fp16.add_fp16_graphs(out, calib_case_dir=case_dirs[0], log=lambda *a: None)
     assert (out / "manifest.json").read_text() == before
     assert not list(out.glob("*_fp16.onnx"))
+
+
+def test_reconversion_replaces_the_fp16_graphs(fp16_dir, tmp_path):
+    out, _audit, _lines = fp16_dir
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    lines = []
+    fp16.add_fp16_graphs(again, log=lines.append)
+    assert lines[0] == "replacing the FP16 graphs of an earlier conversion"
+    assert load_manifest(again).graph("gnet", "fp16")["sha256"] == \
+        load_manifest(out).graph("gnet", "fp16")["sha256"]  # deterministic
+    fp16.remove_fp16_graphs(again)
+    data = load_manifest(again).data
+    assert "fp16_audit" not in data and not any(k.endswith("_fp16") for k in data["graphs"])
+    assert not list(again.glob("*_fp16.onnx"))

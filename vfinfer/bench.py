@@ -117,7 +117,7 @@ def time_reference(manifest, cases, threads, warmup_s, batch_size):
 
 
 def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batch_size=None,
-              threads=0, warmup_s=3.0, seed=0, reference=True, precision="fp32", log=print):
+              threads=0, warmup_s=3.0, seed=0, reference=True, precision=None, log=print):
     with tempfile.TemporaryDirectory(prefix="vfinfer-bench-") as tmp:
         cases = make_cases(Path(tmp) / "cases", n_cases, n_chromosomes, seed)
         out_dir = Path(tmp) / "out"
@@ -156,7 +156,7 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
         "settings": {"model_dir": str(manifest.model_dir), "preset": manifest.config.preset,
                      "backend": backend_info, "cases": n_cases, "chromosomes": n_chromosomes,
                      "batch": used_batch, "threads": threads or "default",
-                     "warmup_s": warmup_s, "warmup_cases": warm, "precision": precision},
+                     "warmup_s": warmup_s, "warmup_cases": warm},
         "gmac_per_chromosome": gmac,
         "stages_ms_per_case": {s: percentiles(v) for s, v in per_stage.items()},
         "end_to_end_ms_per_case": e2e,

@@ -1,4 +1,4 @@
-"""The ``vfinfer`` command line: export, run, eval, bench, synth, env (and train).
+"""The ``vfinfer`` command line: export, fp16, build, run, eval, bench, synth, env, train.
 
 Every command fails with one line on stderr and a non-zero exit; set VFINFER_DEBUG=1 to see
 the Python traceback behind an unexpected error.
@@ -62,9 +62,14 @@ def main():
               help="Allow a checkpoint holding a pickled module (runs code from the file).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out.")
 @click.option("--threads", default=0, help="ONNX Runtime threads for the parity check.")
+@click.option("--fp16", is_flag=True,
+              help="Also write audited mixed-precision FP16 graphs (needed for TensorRT 11).")
+@click.option("--calib", "calib_case_dir", type=click.Path(path_type=Path),
+              help="Case directory of chromosome images for the FP16 range audit "
+                   "(default: synthetic images).")
 @one_line_errors
 def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pickle,
-           overwrite, threads):
+           overwrite, threads, fp16, calib_case_dir):
     """Export a trained model to ONNX (gnet, lnet, heads) with parity checks."""
     from .config import preset as preset_config
     from .manifest import sha256_file
@@ -85,8 +90,11 @@ def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pi
         model = load_checkpoint(checkpoint, config_path or config, trust_pickle=trust_pickle)
         source = {"kind": "checkpoint", "path": str(checkpoint),
                   "sha256": sha256_file(checkpoint)}
+    if calib_case_dir is not None and not fp16:
+        fail("--calib only applies with --fp16")
     started = time.perf_counter()
-    export_model(model, out_dir, source, overwrite=overwrite, log=click.echo, threads=threads)
+    export_model(model, out_dir, source, overwrite=overwrite, log=click.echo, threads=threads,
+                 fp16=fp16, calib_case_dir=calib_case_dir)
     click.echo(f"wrote {out_dir} ({model.config.preset} preset) in "
                f"{time.perf_counter() - started:.1f} s")
 
@@ -183,8 +191,8 @@ def eval_(data_dir, labels_csv, model_dir, backend, threads, batch_size, json_pa
 @click.option("--batch", "batch_size", default=None, type=int, help="Chromosomes per engine call.")
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
 @click.option("--warmup", default=3.0, show_default=True, help="Warm-up seconds.")
-@click.option("--precision", default="fp32", show_default=True,
-              type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Graphs to run (default: fp32 on ONNX Runtime, fp16 engines on TensorRT).")
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch eager comparison.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report.")
 @one_line_errors
@@ -215,6 +223,49 @@ def bench(model_dir, preset, backend, n_cases, chromosomes, batch_size, threads,
     if json_path:
         save_report(report, json_path)
         click.echo(f"wrote {json_path}")
+
+
+# -- fp16 / build (GPU path) ---------------------------------------------------------------------
+@main.command("fp16")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--calib", "calib_case_dir", type=click.Path(path_type=Path),
+              help="Case directory of chromosome images for the range audit "
+                   "(default: synthetic images).")
+@one_line_errors
+def fp16_(model_dir, calib_case_dir):
+    """Add audited FP16 graphs to an exported model directory (replaces earlier ones)."""
+    try:
+        from vfinfer_export.fp16 import add_fp16_graphs
+    except ImportError as exc:
+        fail(f"this command needs the export extra ({exc.name} is missing): "
+             "pip install -e '.[export]'")
+    add_fp16_graphs(model_dir, calib_case_dir=calib_case_dir, log=click.echo)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--max-batch", default=64, show_default=True,
+              help="Largest batch the engines accept (profile max).")
+@click.option("--opt-batch", default=46, show_default=True,
+              help="Batch TensorRT tunes for (profile opt; 46 = one normal cell).")
+@click.option("--workspace-mb", default=2048, show_default=True,
+              help="Builder workspace limit in MiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="Timing cache file to load and update (default: DIR/timing.cache).")
+@one_line_errors
+def build(model_dir, max_batch, opt_batch, workspace_mb, timing_cache):
+    """Build verified FP16 TensorRT engines from DIR's ONNX graphs (NVIDIA GPU only)."""
+    try:
+        from vfinfer_export.trt_build import build_engines
+    except ImportError as exc:
+        fail(f"this command needs the export extra ({exc.name} is missing): "
+             "pip install -e '.[export,gpu]'")
+    started = time.perf_counter()
+    records = build_engines(model_dir, max_batch=max_batch, opt_batch=opt_batch,
+                            workspace_mb=workspace_mb, timing_cache=timing_cache,
+                            log=click.echo)
+    click.echo(f"wrote {', '.join(r['file'] for r in records.values())} in {model_dir} "
+               f"({time.perf_counter() - started:.1f} s)")
 
 
 # -- synth --------------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ def check_engine_record(record, machine, graph_sha256, plan_path=None, model_dir
     elif record["source_sha256"] != graph_sha256:
         problems.append(f"{name}: built from a different {record['source_graph']} (sha256 "
                         f"{str(record['source_sha256'])[:12]}..., the manifest now lists "
-                        f"{graph_sha256[:12]}...): the model was re-exported; {fix}")
+                        f"{graph_sha256[:12]}...): the graph was re-exported or re-converted;"
+                        f" {fix}")
     if record["precision"] != ENGINE_PRECISION:
         problems.append(f"{name}: precision is {record['precision']!r}, not "
                         f"{ENGINE_PRECISION!r} (vfinfer only runs verified FP16 engines); {fix}")

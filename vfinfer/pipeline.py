@@ -35,7 +35,7 @@ class Pipeline:
     """Batched Varifocal-Net inference for whole cases on one backend."""
 
     def __init__(self, model_dir=None, backend="auto", threads=0, batch_size=None,
-                 dispatch_mode="paper", precision="fp32"):
+                 dispatch_mode="paper", precision=None):
         if dispatch_mode not in DISPATCH_MODES:
             raise ValueError(f"unknown dispatch mode {dispatch_mode!r}: choose one of "
                              f"{', '.join(DISPATCH_MODES)}")

@@ -10,13 +10,19 @@ from .base import Backend, BackendError, GraphRunner
 BACKEND_NAMES = ("auto", "ort", "ort-cuda", "trt")
 
 
-def create(name, manifest, threads=0, precision="fp32"):
+def create(name, manifest, threads=0, precision=None):
+    """A backend by name; ``precision`` None means the backend's own (fp32 ORT, fp16 TRT)."""
     if name not in BACKEND_NAMES:
         raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
     if name == "trt":
-        raise BackendError("the TensorRT backend is not part of vfinfer 0.1.0 yet; "
-                           "use --backend ort (ONNX Runtime)")
+        from . import trt
+
+        # engines are FP16 by construction (vfinfer build verifies it); trt.create refuses
+        # any other precision instead of silently running something else
+        return trt.create(manifest, threads, precision=precision or "fp16")
     from . import ort
+
+    precision = precision or "fp32"
 
     if name == "ort-cuda" or (name == "auto" and
                               "CUDAExecutionProvider" in ort.available_providers()):

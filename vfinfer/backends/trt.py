@@ -165,8 +165,18 @@ class TrtRunner(GraphRunner):
             if self._closed:
                 raise BackendError(f"{self.label}: this TensorRT runner was closed")
             state = _ThreadState()
-            self._states.append(state)  # registered first: close() frees partial allocations
-        self._allocate(state)
+            self._states.append(state)
+        try:
+            self._allocate(state)
+        except BaseException as exc:
+            with self._lock:
+                if state in self._states:
+                    self._states.remove(state)
+            errors = self._free(state)  # what was allocated before the failure
+            if errors:
+                raise BackendError(f"{exc}; freeing the partial allocation also failed: "
+                                   + "; ".join(errors)) from exc
+            raise
         self._local.state = state
         return state
 
@@ -189,12 +199,11 @@ class TrtRunner(GraphRunner):
                 raise BackendError(f"{self.label}: output {name} has no static shape at the "
                                    f"profile maximum ({shape})")
             dtype = self.dtypes[name]
-            count = int(np.prod(shape))
-            nbytes = max(count * dtype.itemsize, 1)
+            nbytes = max(int(np.prod(shape)), 1) * dtype.itemsize
             host = self._check(cudart.cudaMallocHost(nbytes), f"cudaMallocHost({name})")
-            state.host[name] = (host, None)
-            pointer = ctypes.cast(host, ctypes.POINTER(np.ctypeslib.as_ctypes_type(dtype)))
-            state.host[name] = (host, np.ctypeslib.as_array(pointer, (max(count, 1),)))
+            state.host[name] = (host, None)  # registered before anything else can fail
+            raw = ctypes.cast(host, ctypes.POINTER(ctypes.c_uint8))  # FP16 has no ctypes type
+            state.host[name] = (host, np.ctypeslib.as_array(raw, (nbytes,)).view(dtype))
             state.device[name] = self._check(cudart.cudaMalloc(nbytes), f"cudaMalloc({name})")
             if not state.context.set_tensor_address(name, int(state.device[name])):
                 raise BackendError(f"{self.label}: set_tensor_address({name}) was refused")
@@ -236,30 +245,37 @@ class TrtRunner(GraphRunner):
         return results
 
     # -- lifecycle --------------------------------------------------------------------------
+    def _free(self, state):
+        """Free one thread's resources; every step is attempted, failures are returned."""
+        errors = []
+        cudart = self._cudart
+
+        def attempt(result, what):
+            try:
+                check(result, f"{self.label}: {what}", cudart)
+            except BackendError as exc:
+                errors.append(str(exc))
+
+        if state.stream is not None:
+            attempt(cudart.cudaStreamSynchronize(state.stream), "cudaStreamSynchronize")
+        state.context = None  # the context before the memory it points at
+        for name, pointer in state.device.items():
+            attempt(cudart.cudaFree(pointer), f"cudaFree({name})")
+        for name, (pointer, _view) in state.host.items():
+            attempt(cudart.cudaFreeHost(pointer), f"cudaFreeHost({name})")
+        if state.stream is not None:
+            attempt(cudart.cudaStreamDestroy(state.stream), "cudaStreamDestroy")
+        state.device, state.host, state.stream = {}, {}, None
+        return errors
+
     def close(self):
         """Free every thread's buffers, streams and contexts; raise if any step failed."""
         with self._lock:
             states, self._states = self._states, []
             self._closed = True
         errors = []
-
-        def attempt(result, what):
-            try:
-                check(result, f"{self.label}: {what}", self._cudart)
-            except BackendError as exc:
-                errors.append(str(exc))
-
         for state in states:
-            if state.stream is not None:
-                attempt(self._cudart.cudaStreamSynchronize(state.stream), "cudaStreamSynchronize")
-            state.context = None  # contexts before the memory they point at
-            for name, pointer in state.device.items():
-                attempt(self._cudart.cudaFree(pointer), f"cudaFree({name})")
-            for name, (pointer, _view) in state.host.items():
-                attempt(self._cudart.cudaFreeHost(pointer), f"cudaFreeHost({name})")
-            if state.stream is not None:
-                attempt(self._cudart.cudaStreamDestroy(state.stream), "cudaStreamDestroy")
-            state.device, state.host, state.stream = {}, {}, None
+            errors += self._free(state)
         self.engine = None  # after the contexts; TensorRT frees the engine with it
         if errors:
             raise BackendError("; ".join(errors))
@@ -301,6 +317,7 @@ def create(manifest, threads=0, precision="fp16", device=0):
     problems = [p for role in ROLES for p in engine_problems(manifest, machine, role)]
     if problems:
         raise BackendError("cannot use the TensorRT engines here: " + "; ".join(problems))
+    check(cudart.cudaSetDevice(device), "cudaSetDevice", cudart)  # engines load onto it
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
     runners, notes = {}, []
