@@ -54,9 +54,11 @@ from .varifocal_ops import DEFAULT_K, varifocal_crop
 
 STEPS = ("gnet", "loc", "local", "heads")
 PARTS = ("gnet", "loc", "local-a", "local-b", "heads")
-# Chosen from measured CPU timings (see the timing figures in the project notes): with the
-# compact preset on ~18k training images, 2 CPU cores.
-DEFAULT_EPOCHS = {"gnet": 6, "loc": 1, "local": 2, "heads": 2}
+# Chosen from measured timings of the compact preset, batch 64, on a quiet 2-core CPU
+# (synthetic cells, 15.7k training + 2.8k validation images): seconds per epoch about
+# gnet 90, loc 28, local-a 47, local-b 43, heads 35, plus ~8 s validation and ~4 s
+# augmentation per epoch. On ~18.5k real training images these defaults take ~27 minutes.
+DEFAULT_EPOCHS = {"gnet": 8, "loc": 1, "local": 3, "heads": 3}
 DEFAULT_BATCH = 64
 DEFAULT_LR = 1e-3
 LR_SCHEDULES = ("cosine", "paper", "constant")
@@ -338,6 +340,8 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
         log(f"resume: {done} epoch(s) done, last {state['extra']['step']} "
             f"epoch {state['extra']['epoch'] + 1 if state['extra']['epoch'] is not None else '-'}")
 
+    # (channels-last would make the G-Net step ~20 % faster on CPU, but torch 2.13's CPU
+    # backward of a 1x1 stride-2 conv in channels-last crashes the process for small widths)
     units = schedule(options["epochs"])
     batch_size = options["batch_size"]
     iterations = math.ceil(len(train_set) / batch_size)

@@ -178,6 +178,46 @@ def eval_(data_dir, labels_csv, model_dir, backend, threads, batch_size, json_pa
         click.echo(f"wrote {written} and {picture}")
 
 
+# -- train --------------------------------------------------------------------------------------
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels CSV (default: DATA_DIR/labels.csv).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory: last.pt (resumable), model.pt, history.json.")
+@click.option("--preset", default="compact", show_default=True)
+@click.option("--epochs-gnet", type=int, help="Step 2 epochs (G-Net trunk + classification).")
+@click.option("--epochs-loc", type=int, help="Step 3 epochs (localizer pre-training).")
+@click.option("--epochs-local", type=int, help="Step 4 rounds (L-Net / localizer alternation).")
+@click.option("--epochs-heads", type=int, help="Stage 2 epochs (MLP heads).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--lr-schedule", default="cosine", show_default=True,
+              type=click.Choice(["cosine", "paper", "constant"]))
+@click.option("--val-fraction", default=0.15, show_default=True,
+              help="Fraction of slides held out for validation (split by slide).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--limit", type=int, default=None, help="Train on a seeded subset of N images.")
+@one_line_errors
+def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
+          epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit):
+    """Train a model with the paper's four-step strategy (section II-C)."""
+    _import_export_side()
+    from vfinfer_export.train import train as run_training
+
+    epochs = {k: v for k, v in (("gnet", epochs_gnet), ("loc", epochs_loc),
+                                ("local", epochs_local), ("heads", epochs_heads)) if v}
+    started = time.perf_counter()
+    model_path = run_training(data_dir, labels, out_dir, preset=preset, epochs=epochs or None,
+                              batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+                              val_fraction=val_fraction, seed=seed, resume=resume,
+                              threads=threads, limit=limit)
+    click.echo(f"wrote {model_path} in {(time.perf_counter() - started) / 60:.1f} min; export "
+               f"it with: vfinfer export {model_path} --out engines/{preset}")
+
+
 # -- bench ----------------------------------------------------------------------------------------
 @main.command()
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),
