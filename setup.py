@@ -13,6 +13,7 @@ setup(
         "opencv-python-headless>=4.8",
         "onnxruntime>=1.17",
         "click>=8.1",
+        "scipy>=1.10",  # optimal dispatch (linear_sum_assignment)
     ],
     extras_require={
         # torch>=2.4 is met by the 2.13.0 CPU wheel when it is installed first (see README)

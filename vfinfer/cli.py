@@ -1,4 +1,5 @@
-"""The ``vfinfer`` command line: export, fp16, build, run, eval, bench, synth, env, train.
+"""The ``vfinfer`` command line: export, fp16, build, run, eval, calibrate, bench, synth, env,
+train.
 
 Every command fails with one line on stderr and a non-zero exit; set VFINFER_DEBUG=1 to see
 the Python traceback behind an unexpected error.
@@ -123,22 +124,51 @@ def _import_export_side():
 @click.option("--out", "out_dir", default="vfinfer-results", show_default=True,
               type=click.Path(path_type=Path), help="Results go to OUT/<case>/.")
 @click.option("--dispatch", "dispatch_mode", default="paper", show_default=True,
-              type=click.Choice(["paper", "none"]),
-              help="paper: Algorithm 1 of the paper; none: plain argmax.")
+              type=click.Choice(["paper", "none", "optimal"]),
+              help="paper: Algorithm 1 of the paper; none: plain argmax; optimal: the most "
+                   "likely karyotype by global assignment (parameters from 'vfinfer "
+                   "calibrate', else uncalibrated defaults).")
 @click.option("--no-karyogram", is_flag=True, help="Skip karyogram.png.")
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
 @click.option("--batch-size", default=None, type=int, help="Chromosomes per engine call.")
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
+@click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
+              help="Group cases by patient: the first group of REGEX in the case name (else "
+                   "the whole match), e.g. '^([^.]+)\\.' for 97002023.12 -> 97002023; writes "
+                   "OUT/<patient>/patient.json (ISCN clones). Best with --dispatch optimal.")
+@click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
+              help="CSV with the columns cell,patient: group cases by patient (instead of "
+                   "--patient-from).")
 @one_line_errors
 def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, threads,
-        batch_size, overwrite):
+        batch_size, overwrite, patient_from, sample_sheet):
     """Classify the chromosomes of each CASE_DIR (one cell per directory)."""
-    from .runner import run_cases
+    from .runner import case_name, run_cases
 
+    grouping = patient_from is not None or sample_sheet is not None
+    if grouping:
+        from .patient import group_cells, patients_from_results
+
+        # check the regex / sample sheet before any work
+        group_cells([case_name(d) for d in case_dirs], sample_sheet=sample_sheet,
+                    pattern=patient_from)
+        if dispatch_mode != "optimal":
+            click.echo(f"note: patient karyotypes from --dispatch {dispatch_mode} count every "
+                       "misclassification as a gain or loss; --dispatch optimal is meant for "
+                       "this", err=True)
     failed = run_cases(case_dirs, model_dir=model_dir, backend=backend, out_dir=out_dir,
                        dispatch_mode=dispatch_mode, karyogram=not no_karyogram,
                        threads=threads, batch_size=batch_size, overwrite=overwrite,
                        echo=click.echo)
+    if grouping:
+        patients = patients_from_results(out_dir, [case_name(d) for d in case_dirs],
+                                         sample_sheet=sample_sheet, pattern=patient_from,
+                                         echo=click.echo)
+        n_clone = sum(p["abnormal"] for p in patients)
+        n_non_clonal = sum(bool(p["non_clonal"]) for p in patients)
+        click.echo(f"{len(patients)} patient(s): {n_clone} with an abnormal clone, "
+                   f"{n_non_clonal} with non-clonal findings only or besides; "
+                   "patient.json in OUT/<patient>/")
     if failed:
         sys.exit(EXIT_FAILED)
 
@@ -163,19 +193,130 @@ def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, thr
               help="Flip a seeded half of the images vertically and label them q-arm up, so "
                    "that polarity is measured on both classes.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --flip-half.")
+@click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
+              help="Patient of a cell: the first group of REGEX in its name (default: the "
+                   "labels' slide column, if any).")
+@click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
+              help="CSV with the columns cell,patient for the patient-level figures.")
 @one_line_errors
 def eval_(data_dir, labels_csv, model_dir, backend, threads, batch_size, json_path,
-          flip_half, seed):
-    """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper."""
-    from .evaluate import evaluate, format_report, save_eval
+          flip_half, seed, patient_from, sample_sheet):
+    """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper, and
+    argmax / Algorithm 1 / optimal dispatch per cell and per patient."""
+    from .evaluate import evaluate, format_report, roc_paths, save_eval
 
     results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
                        threads=threads, batch_size=batch_size, flip_half=flip_half,
-                       seed=seed, log=lambda line: click.echo(line, err=True))
+                       seed=seed, log=lambda line: click.echo(line, err=True),
+                       patient_from=patient_from, sample_sheet=sample_sheet)
     click.echo(format_report(results))
     if json_path is not None:
         written, picture = save_eval(results, json_path)
-        click.echo(f"wrote {written} and {picture}")
+        roc_json, roc_picture = roc_paths(written)
+        click.echo(f"wrote {written}, {picture}, {roc_json} and {roc_picture}")
+
+
+# -- calibrate ----------------------------------------------------------------------------------
+def _read_ids(path):
+    """Slide or cell ids from a text file (one per line, # comments) or a JSON list, or a
+    JSON object with a "train" list (also under "split")."""
+    import json
+
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith(("[", "{")):
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data = (data.get("split") or data).get("train")
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of ids or {{\"train\": [...]}}")
+        return {str(v) for v in data}
+    return {line.split("#")[0].strip() for line in text.splitlines()} - {""}
+
+
+@main.command("calibrate")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--labels", "labels_csv", default="labels.csv", show_default=True,
+              type=click.Path(path_type=Path),
+              help="Labels CSV of the TRAINING cells (e.g. the train.csv of "
+                   "benchmarks/split_by_slide.py); never the slides you report results on.")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Model directory; its manifest.json receives dispatch.optimal.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "ort", "ort-cuda", "trt"]))
+@click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
+@click.option("--batch-size", default=None, type=int, help="Chromosomes per engine call.")
+@click.option("--slides-from", type=click.Path(path_type=Path), default=None,
+              help="Use only the cells of these slides: a text file with one slide id per "
+                   "line, or a JSON list (or {\"train\": [...]}).")
+@click.option("--exclude", multiple=True, metavar="ID|@FILE",
+              help="Leave out a slide or cell (repeatable); @FILE reads ids from a file.")
+@click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
+              help="Slide of a cell from its name when the labels have no slide column.")
+@click.option("--min-sensitivity", default=1.0, show_default=True,
+              help="Share of the abnormal training cells the threshold must flag.")
+@click.option("--threshold-position", default=0.0, show_default=True,
+              help="Where in the interval of equally good thresholds: 0 the smallest, 0.5 "
+                   "the middle, 1 the largest.")
+@click.option("--dry-run", is_flag=True, help="Report only; leave manifest.json alone.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the calibration report here.")
+@one_line_errors
+def calibrate_(data_dir, labels_csv, model_dir, backend, threads, batch_size, slides_from,
+               exclude, patient_from, min_sensitivity, threshold_position, dry_run,
+               json_path):
+    """Fit optimal-dispatch parameters on labelled training cells; store them in the model."""
+    from .calibrate import calibrate, format_calibration, store_params
+    from .evaluate import cell_probabilities, load_cell_slides
+    from .manifest import write_json_atomic
+    from .patient import patient_of
+
+    slides = load_cell_slides(data_dir, labels_csv)
+
+    def slide_of(cell):
+        if cell in slides:
+            return slides[cell]
+        found = patient_of(cell, patient_from) if patient_from else None
+        return found or cell
+
+    allowed = _read_ids(slides_from) if slides_from is not None else None
+    excluded = set()
+    for item in exclude:
+        excluded |= _read_ids(item[1:]) if item.startswith("@") else {item}
+
+    def keep(cell):
+        slide = slide_of(cell)
+        if cell in excluded or slide in excluded:
+            return False
+        return allowed is None or slide in allowed
+
+    def log(line):
+        click.echo(line, err=True)
+
+    data = cell_probabilities(data_dir, labels_csv, model_dir=model_dir, backend=backend,
+                              threads=threads, batch_size=batch_size, keep=keep, log=log)
+    used = sorted({slide_of(c) for c in data["probs"]})
+    if allowed is not None and not allowed & set(used):
+        raise ValueError(f"{slides_from}: none of its slide ids matches a labelled cell")
+    click.echo(f"calibrating on {len(data['probs'])} cells of {len(used)} slides from "
+               f"{data['labels']}: these must be training slides, not the ones you report "
+               "results on")
+    params, report = calibrate(data["probs"], data["true"], min_sensitivity=min_sensitivity,
+                               threshold_position=threshold_position,
+                               paper_threshold=data["threshold"], log=log)
+    report["data"] = {"data_dir": str(data_dir), "labels": data["labels"],
+                      "n_slides": len(used), "slides": used, "excluded": sorted(excluded),
+                      "slides_from": None if slides_from is None else str(slides_from),
+                      "model": data["model"], "backend": data["backend"]}
+    click.echo(format_calibration(report))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_path, report)
+        click.echo(f"wrote {json_path}")
+    if dry_run:
+        click.echo("dry run: manifest.json left unchanged")
+    else:
+        click.echo(f"wrote dispatch.optimal and dispatch.calibration to "
+                   f"{store_params(model_dir, params, report)}")
 
 
 # -- train --------------------------------------------------------------------------------------

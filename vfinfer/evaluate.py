@@ -10,7 +10,12 @@ up, ``file`` relative to DATA_DIR.
     save_eval(results, "eval.json")          # eval.json + eval_confusion.png
 
 One pass of the networks gives both the figures without dispatch (argmax) and with the
-dispatch strategy of Algorithm 1, which is applied here per cell on the type probabilities.
+dispatch strategy of Algorithm 1, which is applied here per cell on the type probabilities;
+optimal dispatch (``vfinfer.optimal``, the model's calibrated parameters or the defaults) is
+compared with both under ``results["optimal"]``: accuracy per case, abnormal cells flagged,
+normal cells falsely flagged, the ROC of its margin, and the same per patient (cells grouped
+by the labels' ``slide`` column, a sample sheet or a ``patient_from`` regex) with the ISCN
+clone rules of ``vfinfer.patient``.
 
 ``flip_half``: Pki-3 style data holds only q-arm-down images (polarity 1), so polarity
 accuracy on it says nothing. With ``flip_half`` a seeded half of the images (exactly
@@ -27,6 +32,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from .calibrate import dispatch_comparison, load_params
 from .classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
 from .dispatch import argmax_types, dispatch_counts
 from .imageio import read_gray8
@@ -42,6 +48,7 @@ from .metrics import (
     per_class_prf,
     warning_stats,
 )
+from .patient import group_cells, patient_evaluation
 from .pipeline import Pipeline
 from .results import write_atomic
 
@@ -51,11 +58,15 @@ PROGRESS_EVERY_S = 5.0
 
 __all__ = [
     "LabelRow",
+    "cell_probabilities",
     "confusion_png",
     "evaluate",
     "flip_selection",
     "format_report",
+    "load_cell_slides",
     "load_labels",
+    "roc_paths",
+    "roc_png",
     "save_eval",
 ]
 
@@ -158,6 +169,23 @@ def _fields(row, col, csv_path, line):
     return values["cell"], values["file"], values["type"], values["polarity"]
 
 
+def load_cell_slides(data_dir, labels_csv=None):
+    """``{cell: slide}`` from the labels' optional ``slide`` column ({} without it; a cell
+    with an empty slide is left out)."""
+    csv_path = _labels_path(data_dir, labels_csv)
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip().lower() for h in next(reader, [])]
+        if "slide" not in header or "cell" not in header:
+            return {}
+        ci, si = header.index("cell"), header.index("slide")
+        out = {}
+        for row in reader:
+            if len(row) > max(ci, si) and row[ci].strip() and row[si].strip():
+                out.setdefault(row[ci].strip(), row[si].strip())
+    return out
+
+
 def flip_selection(n_images, seed):
     """The images that ``flip_half`` flips: ``n_images // 2`` sorted indices, seeded."""
     rng = np.random.default_rng([int(seed), 0xF11B])
@@ -168,14 +196,19 @@ def flip_selection(n_images, seed):
 
 
 def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
-             batch_size=None, flip_half=False, seed=0, log=print):
+             batch_size=None, flip_half=False, seed=0, log=print, patient_from=None,
+             sample_sheet=None, optimal_params=None):
     """Run the model over every labelled image and compute the paper's metrics.
 
     One ``Pipeline`` (dispatch off) gives the type and polarity probabilities; dispatch
     (Algorithm 1, the model's threshold) is then run per cell. Returns a JSON-ready dict
     (fractions in 0..1; ``format_report`` prints them as percentages). ``log`` gets a few
-    progress lines.
+    progress lines. ``patient_from`` (regex on the cell name) or ``sample_sheet`` (CSV
+    cell,patient) group cells by patient; by default the labels' ``slide`` column does.
+    ``optimal_params``: ``OptimalParams`` to use instead of the model's.
     """
+    if patient_from is not None and sample_sheet is not None:
+        raise ValueError("give either patient_from or sample_sheet, not both")
     started = time.perf_counter()
     cells = load_labels(data_dir, labels_csv)
     rows = [(cell, row) for cell, cell_rows in cells.items() for row in cell_rows]
@@ -188,28 +221,22 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
         flipped[flip_selection(n, seed)] = True
         true_pol = np.where(flipped, 1 - true_pol, true_pol)
 
-    type_probs = np.empty((n, N_TYPES), dtype=np.float64)
-    pol_probs = np.empty((n, 2), dtype=np.float64)
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
                   dispatch_mode="none") as pipe:
         model, engine = pipe.manifest.summary(), pipe.backend.describe()
         threshold = pipe.manifest.threshold
+        if optimal_params is None:
+            optimal = load_params(getattr(pipe.manifest, "data", {}))
+        else:
+            optimal = (optimal_params, True, "optimal-dispatch parameters given by the caller")
         log(f"evaluating {n} images of {len(cells)} cells on {engine.get('name')}")
-        group = max(1, min(pipe.batch_size, MAX_GROUP))
-        infer_s, last_log = 0.0, time.perf_counter()
-        for start in range(0, n, group):
-            stop = min(start + group, n)
-            images = [_read(rows[i][1].path, flipped[i]) for i in range(start, stop)]
-            t0 = time.perf_counter()
-            out = pipe.infer(images)
-            infer_s += time.perf_counter() - t0
-            type_probs[start:stop] = out["type_probs"]
-            pol_probs[start:stop] = out["polarity_probs"]
-            if time.perf_counter() - last_log >= PROGRESS_EVERY_S and stop < n:
-                log(f"  {stop}/{n} images")
-                last_log = time.perf_counter()
+        type_probs, pol_probs, infer_s = _infer_rows(pipe, rows, flipped, log)
 
     results = _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, threshold)
+    groups, how = _patient_groups(data_dir, labels_csv, list(cells), patient_from,
+                                  sample_sheet)
+    results["optimal"] = _optimal_metrics(results["cells"], case_ids, true_type, type_probs,
+                                          threshold, optimal, groups, how)
     results.update({
         "data_dir": str(data_dir),
         "labels": str(_labels_path(data_dir, labels_csv)),
@@ -230,6 +257,57 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     results["ms_per_image"] = round(infer_s * 1000 / n, 3)
     log(f"done: {n} images in {elapsed:.1f} s")
     return _key_order(results)
+
+
+def _infer_rows(pipe, rows, flipped, log):
+    """Type and polarity probabilities of every labelled row, in groups; also the seconds
+    spent in the networks."""
+    n = len(rows)
+    type_probs = np.empty((n, N_TYPES), dtype=np.float64)
+    pol_probs = np.empty((n, 2), dtype=np.float64)
+    group = max(1, min(pipe.batch_size, MAX_GROUP))
+    infer_s, last_log = 0.0, time.perf_counter()
+    for start in range(0, n, group):
+        stop = min(start + group, n)
+        images = [_read(rows[i][1].path, flipped[i]) for i in range(start, stop)]
+        t0 = time.perf_counter()
+        out = pipe.infer(images)
+        infer_s += time.perf_counter() - t0
+        type_probs[start:stop] = out["type_probs"]
+        pol_probs[start:stop] = out["polarity_probs"]
+        if time.perf_counter() - last_log >= PROGRESS_EVERY_S and stop < n:
+            log(f"  {stop}/{n} images")
+            last_log = time.perf_counter()
+    return type_probs, pol_probs, infer_s
+
+
+def cell_probabilities(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
+                       batch_size=None, keep=None, log=print):
+    """Type probabilities of labelled cells from one dispatch-off pass, as in ``evaluate``
+    (no flipping); used by ``vfinfer calibrate``.
+
+    ``keep``: a predicate on the cell name (None keeps every cell); only kept cells are run.
+    Returns a dict: ``probs`` ({cell: N x 24 array}), ``true`` ({cell: N 0-based types}),
+    ``labels`` (the CSV used), ``model``, ``backend`` and ``threshold`` (Algorithm 1's).
+    """
+    cells = load_labels(data_dir, labels_csv)
+    if keep is not None:
+        cells = {cell: rows for cell, rows in cells.items() if keep(cell)}
+    if not cells:
+        raise ValueError("no labelled cell is left after the selection")
+    rows = [(cell, row) for cell, cell_rows in cells.items() for row in cell_rows]
+    ids = np.array([cell for cell, _ in rows])
+    true_type = np.array([row.type for _, row in rows], dtype=np.int64)
+    with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
+                  dispatch_mode="none") as pipe:
+        model, engine = pipe.manifest.summary(), pipe.backend.describe()
+        threshold = pipe.manifest.threshold
+        log(f"running {len(rows)} images of {len(cells)} cells on {engine.get('name')}")
+        type_probs, _, _ = _infer_rows(pipe, rows, np.zeros(len(rows), dtype=bool), log)
+    return {"probs": {c: type_probs[ids == c] for c in cells},
+            "true": {c: true_type[ids == c] for c in cells},
+            "labels": str(_labels_path(data_dir, labels_csv)),
+            "model": model, "backend": engine, "threshold": threshold}
 
 
 def _read(path, flip):
@@ -302,6 +380,53 @@ def _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, thresh
     }
 
 
+def _patient_groups(data_dir, labels_csv, cells, patient_from, sample_sheet):
+    """(patient -> cells, how they were grouped) or (None, reason) for the patient level."""
+    if patient_from is not None or sample_sheet is not None:
+        groups, unmatched = group_cells(cells, sample_sheet=sample_sheet, pattern=patient_from)
+        how = (f"--patient-from {patient_from}" if patient_from is not None
+               else f"sample sheet {sample_sheet}")
+        if unmatched:
+            how += f" ({len(unmatched)} cells without a patient left out)"
+        return groups, how
+    slides = load_cell_slides(data_dir, labels_csv)
+    if not slides:
+        return None, "no slide column, --patient-from or --sample-sheet"
+    groups = {}
+    for cell in cells:
+        groups.setdefault(slides.get(cell, cell), []).append(cell)
+    return groups, "the labels' slide column"
+
+
+def _optimal_metrics(cell_rows, case_ids, true_type, type_probs, threshold, optimal, groups,
+                     how):
+    """``results["optimal"]``: argmax / Algorithm 1 / optimal dispatch compared per cell and
+    per patient; also adds the optimal call to each entry of ``cell_rows``."""
+    params, calibrated, note = optimal
+    ids = np.asarray(case_ids)
+    names = [row["cell"] for row in cell_rows]
+    probs = {c: type_probs[ids == c] for c in names}
+    true = {c: true_type[ids == c] for c in names}
+    out = dispatch_comparison(probs, true, params, paper_threshold=threshold)
+    per_cell = out.pop("cells")
+    for row, found in zip(cell_rows, per_cell):
+        row.update({"optimal_karyotype": found["optimal_karyotype"],
+                    "optimal_abnormal": found["optimal_abnormal"],
+                    "margin": found["margin"],
+                    "type_accuracy_optimal": found["type_accuracy_optimal"]})
+    out["params_note"] = note
+    out["calibrated"] = bool(calibrated)
+    out["operating_threshold"] = params.threshold
+    out["patients"] = None
+    out["patient_grouping"] = how
+    if groups:
+        info = [{"cell": f["cell"], "true_karyotype": f["true_karyotype"],
+                 "best_normal": f["best_normal"], "best_abnormal": f["best_abnormal"],
+                 "margin": f["margin"], "called": f["optimal_karyotype"]} for f in per_cell]
+        out["patients"] = patient_evaluation(info, groups, params.threshold)
+    return out
+
+
 def _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs, dispatched, data_dir):
     """Images wrong in type (with or without dispatch) or polarity."""
     pred_type = type_probs.argmax(axis=1)
@@ -327,7 +452,7 @@ def _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs, dispatche
 
 _ORDER = ("data_dir", "labels", "n_cells", "n_images", "flip_half", "seed", "n_flipped",
           "model", "backend", "threshold", "seconds", "inference_seconds", "ms_per_image",
-          "type", "polarity", "abnormality", "cells", "errors")
+          "type", "polarity", "abnormality", "optimal", "cells", "errors")
 
 
 def _key_order(results):
@@ -436,7 +561,48 @@ def format_report(results):
         f"{results['n_cells']} (abnormal: {ab['counts_exact_abnormal']} of "
         f"{ab['n_abnormal']})",
     ]
+    if results.get("optimal"):
+        lines += [""] + _optimal_lines(results["optimal"], results["n_cells"])
     return "\n".join(lines)
+
+
+def _optimal_lines(opt, n_cells):
+    """The dispatch comparison of ``results["optimal"]`` as text."""
+    acc, fl = opt["acc_per_case"], opt["flags"]
+
+    def share(stats, key, total):
+        count = stats[key]
+        return f"{count} of {total}" + ("" if not total else f" ({100 * count / total:.1f} %)")
+
+    auc = opt["optimal"]["roc"]["auc"]
+    lines = [
+        f"optimal dispatch (margin threshold {opt['operating_threshold']:g}; "
+        f"{'calibrated' if opt['calibrated'] else 'UNCALIBRATED defaults'}):",
+        f"  Acc. per Case T (%): argmax {_pct(acc['none']).strip()}, Algorithm 1 "
+        f"{_pct(acc['paper']).strip()}, optimal {_pct(acc['optimal']).strip()}",
+        f"  abnormal cells flagged: Algorithm 1 "
+        f"{share(fl['paper'], 'caught', fl['paper']['n_abnormal'])}, optimal "
+        f"{share(fl['optimal'], 'caught', fl['optimal']['n_abnormal'])}",
+        f"  normal cells falsely flagged: Algorithm 1 "
+        f"{share(fl['paper'], 'false_warnings', fl['paper']['n_normal'])}, optimal "
+        f"{share(fl['optimal'], 'false_warnings', fl['optimal']['n_normal'])}",
+        f"  called karyotype = true karyotype: {opt['optimal']['exact_calls']} of {n_cells} "
+        f"cells; ROC AUC of the margin: {'-' if auc is None else f'{auc:.3f}'}",
+    ]
+    pt = opt.get("patients")
+    if pt is None:
+        lines.append(f"  patients: not grouped ({opt['patient_grouping']})")
+    else:
+        lines += [
+            f"  patients ({pt['n_patients']}, grouped by {opt['patient_grouping']}; ISCN "
+            f"clones: a gain in >= 2 cells, a loss in >= 3):",
+            f"    with a true abnormal clone: {pt['n_abnormal']}; found: {pt['caught']}, "
+            f"missed: {pt['missed']}; normal patients with a false clone: "
+            f"{pt['false_alarms']} of {pt['n_normal']}; notation exact: {pt['exact']} of "
+            f"{pt['n_patients']}",
+        ]
+    lines.append(f"  parameters: {opt['params_note']}")
+    return lines
 
 
 # --------------------------------------------------------------------------- heat map
@@ -555,18 +721,107 @@ def confusion_png(matrix, names, title=None):
     return encoded.tobytes()
 
 
+# --------------------------------------------------------------------------- ROC picture
+
+_CURVE_COLORS = {"cells": (180, 90, 20), "patients": (30, 120, 230)}  # BGR: blue, orange
+
+
+def _operating_point(curve, threshold):
+    """The ROC point of the lowest listed threshold >= ``threshold`` (what flagging at
+    ``threshold`` gives), or the origin."""
+    above = [p for p in curve["points"]
+             if p["threshold"] is not None and p["threshold"] >= threshold]
+    return min(above, key=lambda p: p["threshold"]) if above else curve["points"][0]
+
+
+def roc_png(curves, threshold=None, title=None, size=560):
+    """ROC curves as PNG bytes (OpenCV only): ``curves`` maps a name ("cells", "patients")
+    to ``roc_curve``-style dicts; ``threshold`` marks each curve's operating point."""
+    margin_l, margin_b, margin_t, margin_r = 70, 60, 50 if title else 20, 20
+    width, height = margin_l + size + margin_r, margin_t + size + margin_b
+    img = np.full((height, width, 3), 255, dtype=np.uint8)
+
+    def xy(fpr, tpr):
+        return (int(round(margin_l + fpr * size)), int(round(margin_t + (1 - tpr) * size)))
+
+    if title:
+        _text(img, title, (margin_l, 30), 0.6, _INK, 1)
+    cv2.rectangle(img, xy(0, 1), xy(1, 0), (120, 120, 120), 1)
+    for k in range(1, 10):
+        v = k / 10
+        cv2.line(img, xy(v, 0), xy(v, 1), (235, 235, 235), 1)
+        cv2.line(img, xy(0, v), xy(1, v), (235, 235, 235), 1)
+    cv2.line(img, xy(0, 0), xy(1, 1), (200, 200, 200), 1, cv2.LINE_AA)
+    for k in range(0, 11, 2):
+        v = k / 10
+        label = f"{v:.1f}"
+        w, h, _ = _size(label, 0.45)
+        _text(img, label, (xy(v, 0)[0] - w / 2, xy(v, 0)[1] + h + 8), 0.45)
+        _text(img, label, (xy(0, v)[0] - w - 8, xy(0, v)[1] + h / 2), 0.45)
+    _centered(img, "false alarm rate (normal flagged)", margin_l + size / 2, height - 18, 0.5)
+    _vertical_label(img, "sensitivity (abnormal flagged)", 6, margin_t + size // 2, 0.5)
+    legend_y = margin_t + size - 16
+    for name, curve in curves.items():
+        pts = [(p["fpr"], p["tpr"]) for p in curve["points"]
+               if p["fpr"] is not None and p["tpr"] is not None]
+        if len(pts) < 2:
+            continue
+        color = _CURVE_COLORS.get(name, _INK)
+        line = np.array([xy(f, t) for f, t in pts], dtype=np.int32)
+        cv2.polylines(img, [line], False, color, 2, cv2.LINE_AA)
+        if threshold is not None:
+            point = _operating_point(curve, threshold)
+            if point["fpr"] is not None and point["tpr"] is not None:
+                cv2.circle(img, xy(point["fpr"], point["tpr"]), 6, color, 2, cv2.LINE_AA)
+        auc = curve.get("auc")
+        text = (f"{name}: {curve['n_positive']} abnormal, {curve['n_negative']} normal"
+                + ("" if auc is None else f", AUC {auc:.3f}"))
+        x0, y0 = xy(0.38, 0)[0], legend_y
+        cv2.line(img, (x0, y0 - 5), (x0 + 24, y0 - 5), color, 2, cv2.LINE_AA)
+        _text(img, text, (x0 + 30, y0), 0.45)
+        legend_y -= 22
+    if threshold is not None:
+        _text(img, f"circles: threshold {threshold:g}", (xy(0.38, 0)[0] + 30, legend_y), 0.45,
+              (120, 120, 120))
+    ok, encoded = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("could not encode the ROC curve as PNG")
+    return encoded.tobytes()
+
+
 # --------------------------------------------------------------------------- saving
+
+
+def roc_paths(json_path):
+    """Where ``save_eval`` writes the ROC of optimal dispatch: ``(<stem>_roc.json,
+    <stem>_roc.png)`` next to ``json_path``."""
+    json_path = Path(json_path)
+    return (json_path.with_name(f"{json_path.stem}_roc.json"),
+            json_path.with_name(f"{json_path.stem}_roc.png"))
 
 
 def save_eval(results, json_path):
     """Write ``results`` as JSON and the type confusion heat map as ``<stem>_confusion.png``
-    next to it, each atomically. Returns ``(json_path, png_path)``."""
+    next to it, each atomically; with optimal-dispatch figures also the ROC of its margin as
+    ``<stem>_roc.json`` and ``<stem>_roc.png`` (``roc_paths``). Returns
+    ``(json_path, png_path)``."""
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     png_path = json_path.with_name(f"{json_path.stem}_confusion.png")
     title = (f"type confusion, no dispatch: {results['n_images']} images, "
              f"{results['n_cells']} cells")
     write_atomic(png_path, confusion_png(results["type"]["confusion"], TYPE_NAMES, title))
+    opt = results.get("optimal")
+    if opt:
+        curves = {"cells": opt["optimal"]["roc"]}
+        if opt.get("patients"):
+            curves["patients"] = opt["patients"]["roc"]
+        roc_json, roc_picture = roc_paths(json_path)
+        roc = {"operating_threshold": opt["operating_threshold"], "params_note":
+               opt["params_note"], "curves": curves}
+        write_atomic(roc_json, (json.dumps(roc, indent=2) + "\n").encode("utf-8"))
+        write_atomic(roc_picture, roc_png(curves, opt["operating_threshold"],
+                                          "optimal dispatch: ROC over the margin threshold"))
     text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
     write_atomic(json_path, text.encode("utf-8"))
     return json_path, png_path

@@ -7,6 +7,10 @@ pure functions and ONNX Runtime sessions accept concurrent ``run`` calls.
     with Pipeline("engines/compact") as pipe:
         result = pipe.run_case(images, name="cell_07")
         print(result["karyotype"], result["warnings"])
+
+Dispatch modes: "paper" (Algorithm 1, ``vfinfer.dispatch``), "none" (plain argmax) and
+"optimal" (the most likely karyotype by global assignment, ``vfinfer.optimal``, with the
+parameters calibrated into manifest.json by ``vfinfer calibrate``, or the defaults).
 """
 
 import time
@@ -22,7 +26,8 @@ from .karyotype import karyotype_summary
 from .manifest import load_manifest
 from .preprocess import preprocess_batch
 
-DISPATCH_MODES = ("paper", "none")
+DISPATCH_MODES = ("paper", "none", "optimal")
+TOP_HYPOTHESES = 3  # hypotheses listed in result["abnormality"]
 DEFAULT_BATCH = 64  # chromosomes per engine call when the engine sets no limit
 
 
@@ -35,13 +40,23 @@ class Pipeline:
     """Batched Varifocal-Net inference for whole cases on one backend."""
 
     def __init__(self, model_dir=None, backend="auto", threads=0, batch_size=None,
-                 dispatch_mode="paper", precision=None):
+                 dispatch_mode="paper", precision=None, optimal_params=None):
         if dispatch_mode not in DISPATCH_MODES:
             raise ValueError(f"unknown dispatch mode {dispatch_mode!r}: choose one of "
                              f"{', '.join(DISPATCH_MODES)}")
         self.manifest = load_manifest(model_dir or demo_model_dir())
         self.config = self.manifest.config
         self.dispatch_mode = dispatch_mode
+        self.optimal = self.optimal_note = None
+        if dispatch_mode == "optimal":
+            from .calibrate import load_params  # scipy: only loaded for this mode
+            from .optimal import OptimalDispatch
+
+            if optimal_params is None:
+                optimal_params, _, self.optimal_note = load_params(self.manifest)
+            else:
+                self.optimal_note = "optimal-dispatch parameters given by the caller"
+            self.optimal = OptimalDispatch(optimal_params)
         self.backend = backends.create(backend, self.manifest, threads=threads,
                                        precision=precision)
         limit = self.backend.max_batch
@@ -137,11 +152,18 @@ class Pipeline:
         clock = _Clock(timing)
         probs = outputs["type_probs"]
         before = argmax_types(probs)
-        if self.dispatch_mode == "paper":
-            types, warnings = dispatch(probs, self.manifest.threshold)
+        abnormality = None
+        if self.dispatch_mode == "optimal":
+            found = self.optimal(probs, top=TOP_HYPOTHESES)
+            types, warnings = np.asarray(found["types"], dtype=np.int64), found["warnings"]
+            karyotype, karyotype_warnings = found["karyotype"], []
+            abnormality = _abnormality(found, self.optimal_note)
         else:
-            types, warnings = before, []
-        karyotype, karyotype_warnings = karyotype_summary(types)
+            if self.dispatch_mode == "paper":
+                types, warnings = dispatch(probs, self.manifest.threshold)
+            else:
+                types, warnings = before, []
+            karyotype, karyotype_warnings = karyotype_summary(types)
         clock.lap("dispatch")
         timing["total"] += timing["dispatch"]
         names = self.manifest.type_names
@@ -164,7 +186,7 @@ class Pipeline:
                                        or types[i] != before[i]),
                 "size": list(images[i].shape),
             })
-        return {
+        result = {
             "case": name,
             "model": self.manifest.summary(),
             "backend": self.backend.describe(),
@@ -175,6 +197,30 @@ class Pipeline:
             "timing_ms": {k: round(v, 3) for k, v in timing.items()},
             "chromosomes": chromosomes,
         }
+        if abnormality is not None:
+            result["abnormality"] = abnormality
+        return result
+
+
+def _abnormality(found, params_note):
+    """The ``abnormality`` section of a result under optimal dispatch."""
+    return {
+        "abnormal": found["abnormal"],
+        "call": found["call"],
+        "margin": round(found["margin"], 4),
+        "threshold": found["threshold"],
+        "best_normal": found["best_normal"],
+        "best_abnormal": found["best_abnormal"],
+        "most_likely": found["most_likely"],
+        "confidence": found["confidence"],
+        "explanation": found["explanation"],
+        "counts_karyotype": found["counts_karyotype"],
+        "missing": found["missing"],
+        "extra": found["extra"],
+        "notes": found["notes"],
+        "hypotheses": found["hypotheses"],
+        "params": params_note,
+    }
 
 
 def _image_warnings(images, files):

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Rebuild the bundled demo model (vfinfer/demo_model/) and the example cells (examples/) from
+# synthetic data only: no real-patient image is used. Takes about 25 minutes on 2 CPU cores.
+# Usage: scripts/make_demo_model.sh [WORK_DIR]   (needs: pip install -e ".[export]")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-/tmp/vfinfer-demo}
+mkdir -p "$work"
+
+if [ ! -f "$work/data/labels.csv" ]; then
+  python -c "from vfinfer.synth import make_training_set as m; m('$work/data', seed=2026, n_cases=300)"
+fi
+vfinfer train "$work/data" --out "$work/run" --preset compact --seed 0 --threads 2 \
+  $([ -f "$work/run/last.pt" ] && echo --resume)
+vfinfer export "$work/run/model.pt" --out vfinfer/demo_model --overwrite
+
+rm -rf examples && mkdir examples
+vfinfer synth --karyotype "46,XX" --seed 9001 --out examples
+vfinfer synth --karyotype "47,XY,+21" --seed 9002 --out examples
+vfinfer synth --karyotype "45,X" --seed 9003 --out examples
