@@ -114,3 +114,20 @@ def test_cases_sharing_a_batch_match_single_runs(model_dir, synth_root):
         for ca, cb in zip(a["chromosomes"], b["chromosomes"]):
             assert ca["type"] == cb["type"] and ca["polarity"] == cb["polarity"]
             assert abs(ca["type_prob"] - cb["type_prob"]) < 1e-5
+
+
+def test_auto_backend_says_why_it_passed_over_tensorrt(model_dir, fresh_copy, case46):
+    import json
+
+    from vfinfer.environment import cuda_devices
+
+    if cuda_devices()[0]:
+        pytest.skip("a CUDA device is present: TensorRT may legitimately be chosen")
+    copy = fresh_copy(model_dir)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["engines"] = {"gnet": {"file": "gnet.engine"}}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with Pipeline(copy, backend="auto") as pipe:
+        result = pipe.run_case(case46[0][:3])
+    assert result["backend"]["name"] == "onnxruntime-cpu"
+    assert "no CUDA device found" in result["backend"]["auto_skipped"][0]

@@ -1,8 +1,9 @@
 """Backend factory: ``create(name, manifest)`` -> Backend with gnet / lnet / heads runners.
 
 Names: ``ort`` (ONNX Runtime, CPU), ``ort-cuda`` (ONNX Runtime CUDA provider), ``trt``
-(TensorRT) and ``auto``, which picks the fastest one available here and never silently
-changes precision.
+(TensorRT) and ``auto``: TensorRT when the model directory has engines that pass their
+checks on this machine, else ONNX Runtime's CUDA provider when present, else the CPU. What
+``auto`` passed over and why is kept in the backend's details (and so in every result).
 """
 
 from .base import Backend, BackendError, GraphRunner
@@ -22,12 +23,22 @@ def create(name, manifest, threads=0, precision=None):
         return trt.create(manifest, threads, precision=precision or "fp16")
     from . import ort
 
-    precision = precision or "fp32"
+    skipped = []
+    if name == "auto" and manifest.data.get("engines"):
+        try:
+            from . import trt
 
+            return trt.create(manifest, threads, precision=precision or "fp16")
+        except BackendError as exc:  # no GPU, stale engines, no tensorrt: say so, go on
+            skipped.append(f"TensorRT: {exc}")
+    precision = precision or "fp32"
     if name == "ort-cuda" or (name == "auto" and
                               "CUDAExecutionProvider" in ort.available_providers()):
-        return ort.create(manifest, threads, device="cuda", precision=precision)
-    return ort.create(manifest, threads, device="cpu", precision=precision)
-
+        backend = ort.create(manifest, threads, device="cuda", precision=precision)
+    else:
+        backend = ort.create(manifest, threads, device="cpu", precision=precision)
+    if skipped:
+        backend.details["auto_skipped"] = skipped
+    return backend
 
 __all__ = ["Backend", "BackendError", "GraphRunner", "create", "BACKEND_NAMES"]
