@@ -14,6 +14,7 @@ setup(
         "onnxruntime>=1.17",
         "click>=8.1",
         "scipy>=1.10",  # optimal dispatch (linear_sum_assignment)
+        "onnx>=1.16",  # vfinfer quantize (onnxruntime.quantization is built on it)
     ],
     extras_require={
         # torch>=2.4 is met by the 2.13.0 CPU wheel when it is installed first (see README)

@@ -139,9 +139,11 @@ def _import_export_side():
 @click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
               help="CSV with the columns cell,patient: group cases by patient (instead of "
                    "--patient-from).")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Graphs to run (default: fp32 on ONNX Runtime, fp16 engines on TensorRT).")
 @one_line_errors
 def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, threads,
-        batch_size, overwrite, patient_from, sample_sheet):
+        batch_size, overwrite, patient_from, sample_sheet, precision):
     """Classify the chromosomes of each CASE_DIR (one cell per directory)."""
     from .runner import case_name, run_cases
 
@@ -159,7 +161,7 @@ def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, thr
     failed = run_cases(case_dirs, model_dir=model_dir, backend=backend, out_dir=out_dir,
                        dispatch_mode=dispatch_mode, karyogram=not no_karyogram,
                        threads=threads, batch_size=batch_size, overwrite=overwrite,
-                       echo=click.echo)
+                       precision=precision, echo=click.echo)
     if grouping:
         patients = patients_from_results(out_dir, [case_name(d) for d in case_dirs],
                                          sample_sheet=sample_sheet, pattern=patient_from,
@@ -421,6 +423,37 @@ def fp16_(model_dir, calib_case_dir):
         fail(f"this command needs the export extra ({exc.name} is missing): "
              "pip install -e '.[export]'")
     add_fp16_graphs(model_dir, calib_case_dir=calib_case_dir, log=click.echo)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--calib", "calib_case_dirs", multiple=True, required=True,
+              type=click.Path(path_type=Path),
+              help="Case directory of real chromosome images to calibrate on (repeat the "
+                   "option). Without --holdout the first half calibrates, the rest is checked.")
+@click.option("--holdout", "holdout_case_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="Case directory for the INT8 vs FP32 agreement check, never used to "
+                   "calibrate (repeat the option; 200+ images make the 99.5% rule meaningful).")
+@click.option("--method", "methods", multiple=True,
+              type=click.Choice(["minmax", "percentile", "entropy"]),
+              help="Calibration method(s) to try, in order (default: minmax, percentile, "
+                   "entropy; the first that meets the agreement rule is kept).")
+@click.option("--max-calib-images", default=256, show_default=True,
+              help="Calibrate on at most this many images, evenly spaced.")
+@click.option("--threads", default=0, help="ONNX Runtime threads for calibration and checks.")
+@click.option("--no-latency", is_flag=True, help="Skip the FP32 vs INT8 timing.")
+@one_line_errors
+def quantize(model_dir, calib_case_dirs, holdout_case_dirs, methods, max_calib_images, threads,
+             no_latency):
+    """Add static INT8 graphs (ONNX Runtime CPU) to DIR, checked on held-out images."""
+    from .quantize import METHODS, quantize_model_dir
+
+    audit = quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs or None,
+                               log=click.echo, methods=methods or METHODS,
+                               max_calib_images=max_calib_images, threads=threads,
+                               latency_threads=() if no_latency else (1, 2))
+    if not audit["usable"]:
+        fail(f"INT8 graphs written to {model_dir} but marked unusable: {audit['reason']}")
 
 
 @main.command()

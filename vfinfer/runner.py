@@ -63,7 +63,7 @@ def save_result(case, result, out_dir, karyogram, overwrite):
 
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="paper", karyogram=True, threads=0, batch_size=None,
-              overwrite=False, echo=click.echo):
+              overwrite=False, precision=None, echo=click.echo):
     """Run every case; returns the number of cases that failed."""
     names = [case_name(d) for d in case_dirs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -77,7 +77,7 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
         echo(line)
 
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
-                  dispatch_mode=dispatch_mode) as pipeline:
+                  dispatch_mode=dispatch_mode, precision=precision) as pipeline:
         echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
              f"backend {pipeline.backend.name}")
         pending = []

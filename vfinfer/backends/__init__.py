@@ -32,7 +32,7 @@ def create(name, manifest, threads=0, precision=None):
         except BackendError as exc:  # no GPU, stale engines, no tensorrt: say so, go on
             skipped.append(f"TensorRT: {exc}")
     precision = precision or "fp32"
-    if name == "ort-cuda" or (name == "auto" and
+    if name == "ort-cuda" or (name == "auto" and precision != "int8" and
                               "CUDAExecutionProvider" in ort.available_providers()):
         backend = ort.create(manifest, threads, device="cuda", precision=precision)
     else:

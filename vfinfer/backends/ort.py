@@ -34,6 +34,15 @@ def available_providers():
 
 def create(manifest, threads=0, device="cpu", precision="fp32"):
     """An ONNX Runtime backend for ``manifest``'s graphs on ``device`` ('cpu' or 'cuda')."""
+    if precision == "int8":
+        from ..quantize import int8_refusal  # reads the manifest only; imports no onnx
+
+        problem = int8_refusal(manifest.data)
+        if problem:
+            raise BackendError(f"{manifest.path}: {problem}")
+        if device == "cuda":
+            raise BackendError("the INT8 graphs are QDQ graphs calibrated and checked for the "
+                               "ONNX Runtime CPU provider; run them with --backend ort")
     if device == "cuda":
         if "CUDAExecutionProvider" not in available_providers():
             raise BackendError("ONNX Runtime here has no CUDA execution provider "
