@@ -234,7 +234,8 @@ def test_usable_rule():
     assert quantize.int8_usable({"images": 5, "type_argmax_agreement": float("nan")})[0] is False
     assert quantize.int8_usable({"images": 10, "type_argmax_agreement": 0.9},
                                 min_type_agreement=0.9)[0]
-    assert "no agreement audit" in quantize.int8_refusal({"graphs": {}})
+    assert "no INT8 graphs" in quantize.int8_refusal({"graphs": {}})
+    assert "no agreement audit" in quantize.int8_refusal({"graphs": {"gnet_int8": {}}})
     refusal = quantize.int8_refusal({"int8_audit": {"usable": False, "reason": reason}})
     assert "99.40%" in refusal and "unusable" in refusal
     assert quantize.int8_refusal({"int8_audit": {"usable": "yes"}})  # only True passes

@@ -124,6 +124,9 @@ def int8_usable(agreement, min_type_agreement=MIN_TYPE_AGREEMENT):
 def int8_refusal(manifest_data):
     """None when the INT8 graphs may run, else one line saying why not (for the backends)."""
     audit = manifest_data.get("int8_audit")
+    if not isinstance(audit, dict) and not any(
+            key.endswith("_int8") for key in manifest_data.get("graphs", {})):
+        return "this model has no INT8 graphs; make them with 'vfinfer quantize DIR --calib ...'"
     if not isinstance(audit, dict):
         return ("the INT8 graphs have no agreement audit in the manifest; make them with "
                 "'vfinfer quantize'")
