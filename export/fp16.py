@@ -45,6 +45,9 @@ from vfinfer.manifest import (
     sha256_file,
     write_json_atomic,
 )
+from vfinfer.onnx_graph import consumers as graph_consumers
+from vfinfer.onnx_graph import ensure_node_names, ordered_records
+from vfinfer.onnx_graph import producers as graph_producers
 from vfinfer.preprocess import preprocess_batch
 
 FP16_MAX = 65504.0
@@ -74,28 +77,6 @@ class Fp16Error(RuntimeError):
 
 
 # --------------------------------------------------------------------------- graph helpers
-def _producers(model):
-    return {out: node for node in model.graph.node for out in node.output if out}
-
-
-def _consumers(model):
-    table = {}
-    for node in model.graph.node:
-        for name in node.input:
-            if name:
-                table.setdefault(name, []).append(node)
-    return table
-
-
-def _ensure_node_names(model):
-    """Give every node a unique name (the block list and the TensorRT mapping use names)."""
-    seen = set()
-    for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
-
-
 def _float_tensor_types(model):
     """{tensor name: elem_type} for inputs, outputs and value_info after shape inference."""
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -113,7 +94,7 @@ def sensitive_nodes(model):
 
     Returns a list of ``{"node", "op", "reason"}`` in graph order. Works on the FP32 graph.
     """
-    producers = _producers(model)
+    producers = graph_producers(model)
     kept = {}
     for node in model.graph.node:
         if node.op_type in BOUNDED_OPS:
@@ -121,9 +102,7 @@ def sensitive_nodes(model):
             source = producers.get(node.input[0])
             if source is not None and source.op_type in LINEAR_OPS:
                 kept.setdefault(source.name, (source.op_type, FEEDS_REASON[node.op_type]))
-    order = {node.name: i for i, node in enumerate(model.graph.node)}
-    return [{"node": name, "op": op, "reason": reason}
-            for name, (op, reason) in sorted(kept.items(), key=lambda kv: order[kv[0]])]
+    return ordered_records(model, kept)
 
 
 def weight_range_nodes(model):
@@ -174,11 +153,11 @@ def activation_ranges(graph_path, feeds, range_fraction=RANGE_FRACTION,
     share below the smallest subnormal (6e-8, they become 0).
     """
     model = onnx.load(str(graph_path))
-    _ensure_node_names(model)
+    ensure_node_names(model)
     inferred = onnx.shape_inference.infer_shapes(model)
     declared = {v.name: v for v in inferred.graph.value_info}
     existing = {o.name for o in model.graph.output}
-    producers = _producers(model)
+    producers = graph_producers(model)
     names = [out for node in model.graph.node for out in node.output if out]
     probe = copy.deepcopy(model)
     for name in names:
@@ -254,8 +233,8 @@ def _split_consumed_outputs(model, kept):
     readers on the (now FP32) output name; reading a private tensor avoids that. The Identity
     inherits the producer's precision (kept FP32 or not) so no FP16 round trip is added.
     """
-    consumers = _consumers(model)
-    producers = _producers(model)
+    consumers = graph_consumers(model)
+    producers = graph_producers(model)
     for output in model.graph.output:
         name = output.name
         if name not in consumers or name not in producers:
@@ -280,8 +259,8 @@ def _split_consumed_outputs(model, kept):
 
 def _restore_output_types(model, original):
     """Put back the FP32 type of graph outputs the converter turned into FP16."""
-    producers = _producers(model)
-    consumers = _consumers(model)
+    producers = graph_producers(model)
+    consumers = graph_consumers(model)
     for output in model.graph.output:
         want = original[output.name]
         tensor_type = output.type.tensor_type
@@ -324,7 +303,7 @@ def _restore_kept_weights(model, original):
     originals = {i.name: i for i in original.graph.initializer
                  if i.data_type == TensorProto.FLOAT}
     inits = {i.name: i for i in model.graph.initializer}
-    consumers = _consumers(model)
+    consumers = graph_consumers(model)
     for node in list(model.graph.node):
         if node.op_type != "Cast" or node.input[0] not in inits:
             continue
@@ -357,7 +336,7 @@ def convert_graph(model, kept_nodes):
     from onnxconverter_common import float16
 
     model = copy.deepcopy(model)
-    _ensure_node_names(model)
+    ensure_node_names(model)
     original = {v.name: v.type.tensor_type.elem_type
                 for v in list(model.graph.input) + list(model.graph.output)}
     kept = set(kept_nodes)
@@ -516,7 +495,7 @@ def convert_model_dir_to_fp16(model_dir, calib_images=None, log=print):
     for role in GRAPH_ROLES:
         source = manifest.graph_path(role)
         model = onnx.load(str(source))
-        _ensure_node_names(model)
+        ensure_node_names(model)
         ranges = activation_ranges(source, feeds[role])
         kept = _merge_kept(sensitive_nodes(model), weight_range_nodes(model),
                            flagged_nodes(ranges))

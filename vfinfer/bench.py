@@ -46,7 +46,8 @@ def cpu_facts():
     return {"model": model.group(1).strip() if model else platform.processor(),
             "vendor": vendor, "cores": cores, "ghz": ghz,
             "fp32_macs_per_cycle_per_core": lanes, "fp32_peak_gmacs": peak,
-            "peak_rule": f"cores x GHz x FP32 MACs per cycle ({note}); nominal, not turbo"}
+            "peak_rule": f"cores x GHz x FP32 MACs per cycle ({note}); GHz as /proc/cpuinfo "
+                         "reports it, so a boosting CPU can exceed this peak"}
 
 
 def percentiles(values):

@@ -52,6 +52,9 @@ import numpy as np
 from .crop import crop_and_resize, decode_boxes
 from .imageio import read_case
 from .manifest import GRAPH_ROLES, MANIFEST_NAME, load_manifest, sha256_file, write_json_atomic
+from .onnx_graph import consumers as graph_consumers
+from .onnx_graph import ensure_node_names, ordered_records
+from .onnx_graph import producers as graph_producers
 from .preprocess import preprocess_batch
 
 MIN_TYPE_AGREEMENT = 0.995
@@ -138,33 +141,6 @@ def int8_refusal(manifest_data):
 
 
 # --------------------------------------------------------------------------- graph helpers
-def _producers(model):
-    return {out: node for node in model.graph.node for out in node.output if out}
-
-
-def _consumers(model):
-    table = {}
-    for node in model.graph.node:
-        for name in node.input:
-            if name:
-                table.setdefault(name, []).append(node)
-    return table
-
-
-def _ensure_node_names(model):
-    seen = set()
-    for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
-
-
-def _ordered(model, kept):
-    order = {node.name: i for i, node in enumerate(model.graph.node)}
-    return [{"node": name, "op": op, "reason": reason}
-            for name, (op, reason) in sorted(kept.items(), key=lambda kv: order[kv[0]])]
-
-
 def sensitive_nodes(model):
     """Nodes kept FP32 by rule, as ``[{"node", "op", "reason"}]`` in graph order.
 
@@ -173,7 +149,7 @@ def sensitive_nodes(model):
     of that FC; each Sigmoid with the localizer path behind it (FCs, activations and the
     flatten, back to the pooling).
     """
-    producers = _producers(model)
+    producers = graph_producers(model)
     graph_inputs = {v.name for v in model.graph.input}
     kept = {node.name: (node.op_type, INPUT_REASON) for node in model.graph.node
             if node.op_type in WEIGHTED_OPS and node.input[0] in graph_inputs}
@@ -194,13 +170,13 @@ def sensitive_nodes(model):
             reason = ACTIVATION_REASON if current.op_type == "Relu" else LOCALIZER_REASON
             kept.setdefault(current.name, (current.op_type, reason))
             current = producers.get(current.input[0])
-    return _ordered(model, kept)
+    return ordered_records(model, kept)
 
 
 def extended_nodes(model):
     """``sensitive_nodes`` plus every FC and the activations right after FCs."""
     kept = {e["node"]: (e["op"], e["reason"]) for e in sensitive_nodes(model)}
-    producers = _producers(model)
+    producers = graph_producers(model)
     for node in model.graph.node:
         if node.op_type in LINEAR_OPS:
             kept.setdefault(node.name, (node.op_type, EXTENDED_REASON))
@@ -208,7 +184,7 @@ def extended_nodes(model):
             source = producers.get(node.input[0])
             if source is not None and source.op_type in LINEAR_OPS:
                 kept.setdefault(node.name, (node.op_type, EXTENDED_REASON))
-    return _ordered(model, kept)
+    return ordered_records(model, kept)
 
 
 KEPT_RULES = {"sensitive": sensitive_nodes, "all-fc": extended_nodes}
@@ -222,7 +198,7 @@ def complete_kept(model, kept):
         return kept
     rest = {n.name: (n.op_type, ALL_KEPT_REASON) for n in model.graph.node
             if n.name not in names}
-    return _ordered(model, {**{e["node"]: (e["op"], e["reason"]) for e in kept}, **rest})
+    return ordered_records(model, {**{e["node"]: (e["op"], e["reason"]) for e in kept}, **rest})
 
 
 def check_int8_graph(fp32_model, int8_model, kept):
@@ -248,7 +224,7 @@ def check_int8_graph(fp32_model, int8_model, kept):
         onnx.checker.check_model(int8_model)
     except onnx.checker.ValidationError as exc:
         problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
-    producers, consumers = _producers(int8_model), _consumers(int8_model)
+    producers, consumers = graph_producers(int8_model), graph_consumers(int8_model)
     inits = {i.name for i in int8_model.graph.initializer}
     nodes = {n.name: n for n in int8_model.graph.node}
     for entry in kept:
@@ -535,7 +511,7 @@ def preprocess_graph(source, out_path):
     with _quiet_quantizer():
         quant_pre_process(str(source), str(out_path), skip_symbolic_shape=True)
     model = onnx.load(str(out_path))
-    _ensure_node_names(model)
+    ensure_node_names(model)
     onnx.save(model, str(out_path))
     return model
 
