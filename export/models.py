@@ -154,6 +154,12 @@ class VarifocalNet(nn.Module):
         self.apply(he_init)
 
 
+def random_model(config, seed=0):
+    """A He-initialized, untrained model in eval mode, reproducible from ``seed``."""
+    torch.manual_seed(seed)
+    return VarifocalNet(config).eval()
+
+
 def he_init(module):
     """Step 1 of the training strategy (section II-C): He initialization."""
     if isinstance(module, nn.Conv2d):

@@ -5,11 +5,16 @@ isolates what the runtime does differently: the exported graphs, the eq. 5 box d
 the crop between the engines (here ``grid_sample``, in the runtime a NumPy gather).
 """
 
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from vfinfer.preprocess import preprocess_batch
 
+from .checkpoint import load_checkpoint
+from .models import random_model
 from .varifocal_ops import crop_and_resize_torch, decode_boxes_torch
 
 
@@ -39,3 +44,29 @@ class ReferencePipeline:
         parts = [self.infer_batch(preprocess_batch(images[i:i + self.batch_size], self.config))
                  for i in range(0, len(images), self.batch_size)]
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def time_reference_pipeline(manifest, cases, threads, warmup_s, batch_size):
+    """Milliseconds per case of the eager pipeline on ``cases`` (lists of images).
+
+    Uses the checkpoint the model directory was exported from when it is still there, else
+    the same architecture with random weights (speed does not depend on weight values).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    source = manifest.data.get("source", {})
+    if source.get("kind") == "checkpoint" and Path(source.get("path", "")).is_file():
+        model, weights = load_checkpoint(source["path"]), f"checkpoint {source['path']}"
+    else:
+        model, weights = random_model(manifest.config), "same architecture, random init"
+    reference = ReferencePipeline(model, batch_size=batch_size)
+    deadline = time.perf_counter() + warmup_s
+    while time.perf_counter() < deadline:
+        reference.infer(cases[0])
+    times = []
+    for images in cases:
+        start = time.perf_counter()
+        reference.infer(images)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"times_ms": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "weights": weights}

@@ -3,7 +3,7 @@
 Cases come from ``vfinfer.synth`` (no outside data). After a time-based warm-up every case
 is timed from reading its files to writing its results; the pipeline's own stage clock splits
 the network part. Figures: median, p90, p99 per stage and end to end, ms per image, images per
-second, GMAC/s against this CPU's FP32 peak. With torch installed, the PyTorch eager pipeline
+second, GMAC/s against this CPU's FP32 peak. With the export extra, the PyTorch eager pipeline
 (same weights, same preprocessing, same threads) is timed in the same run and the ratio given,
 because absolute times on shared machines drift.
 """
@@ -89,32 +89,13 @@ def time_case(pipeline, case_dir, out_dir):
 def time_reference(manifest, cases, threads, warmup_s, batch_size):
     """The same cases through the PyTorch eager pipeline (needs the export extra)."""
     try:
-        import torch
-
-        from vfinfer_export.checkpoint import load_checkpoint
-        from vfinfer_export.models import VarifocalNet
-        from vfinfer_export.reference import ReferencePipeline
+        from vfinfer_export.reference import time_reference_pipeline
     except ImportError as exc:
         return {"skipped": f"torch side not installed ({exc.name})"}
-    if threads:
-        torch.set_num_threads(threads)
-    source = manifest.data.get("source", {})
-    if source.get("kind") == "checkpoint" and Path(source.get("path", "")).is_file():
-        model, weights = load_checkpoint(source["path"]), f"checkpoint {source['path']}"
-    else:  # timing does not depend on weight values; say which were used
-        model, weights = VarifocalNet(manifest.config).eval(), "same architecture, random init"
-    reference = ReferencePipeline(model, batch_size=batch_size)
     loaded = [read_case(c)[0] for c in cases]
-    deadline = time.perf_counter() + warmup_s
-    while time.perf_counter() < deadline:
-        reference.infer(loaded[0])
-    times = []
-    for images in loaded:
-        start = time.perf_counter()
-        reference.infer(images)
-        times.append((time.perf_counter() - start) * 1000)
-    return {"inference_ms_per_case": percentiles(times), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "weights": weights}
+    report = time_reference_pipeline(manifest, loaded, threads, warmup_s, batch_size)
+    report["inference_ms_per_case"] = percentiles(report.pop("times_ms"))
+    return report
 
 
 def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batch_size=None,

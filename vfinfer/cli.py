@@ -82,10 +82,9 @@ def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pi
     if checkpoint is not None and not checkpoint.is_file():
         fail(f"{checkpoint}: checkpoint file not found")
     config = preset_config(preset) if preset else None  # an unknown preset fails here
-    torch, load_checkpoint, VarifocalNet, export_model = _import_export_side()
+    load_checkpoint, random_model, export_model = _import_export_side()
     if random_init:
-        torch.manual_seed(seed)
-        model = VarifocalNet(config or preset_config("compact"))
+        model = random_model(config or preset_config("compact"), seed)
         source = {"kind": "random-init", "seed": seed}
     else:
         model = load_checkpoint(checkpoint, config_path or config, trust_pickle=trust_pickle)
@@ -101,17 +100,15 @@ def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pi
 
 
 def _import_export_side():
-    """torch and the export package, or one line saying how to install them."""
+    """The export package (PyTorch side), or one line saying how to install it."""
     try:
-        import torch
-
         from vfinfer_export.checkpoint import load_checkpoint
-        from vfinfer_export.models import VarifocalNet
+        from vfinfer_export.models import random_model
         from vfinfer_export.onnx_export import export_model
     except ImportError as exc:
         fail(f"this command needs the export extra ({exc.name} is missing): "
              "pip install torch==2.13.0 && pip install -e '.[export]'")
-    return torch, load_checkpoint, VarifocalNet, export_model
+    return load_checkpoint, random_model, export_model
 
 
 # -- run ----------------------------------------------------------------------------------------
@@ -393,11 +390,10 @@ def bench(model_dir, preset, backend, n_cases, chromosomes, batch_size, threads,
             from .config import preset as preset_config
 
             config = preset_config(preset)
-            torch, _, VarifocalNet, export_model = _import_export_side()
-            torch.manual_seed(0)
+            _, random_model, export_model = _import_export_side()
             model_dir = Path(tmp) / preset
             click.echo(f"exporting an untrained {preset} model to time it ...")
-            export_model(VarifocalNet(config), model_dir, {"kind": "random-init", "seed": 0},
+            export_model(random_model(config), model_dir, {"kind": "random-init", "seed": 0},
                          log=lambda *a: None, batches=(2,))
         report = run_bench(model_dir, backend=backend, n_cases=n_cases,
                            n_chromosomes=chromosomes, batch_size=batch_size, threads=threads,

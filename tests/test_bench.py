@@ -1,0 +1,38 @@
+"""``vfinfer bench``: the report's structure and arithmetic (never its speed)."""
+
+import json
+
+from click.testing import CliRunner
+
+from vfinfer.bench import cpu_facts, run_bench
+from vfinfer.cli import main
+
+
+def test_report_structure(model_dir):
+    report = run_bench(model_dir, backend="ort", n_cases=2, n_chromosomes=5, warmup_s=0,
+                       reference=True)
+    stages = report["stages_ms_per_case"]
+    assert set(stages) == {"read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch",
+                           "write"}
+    e2e = report["end_to_end_ms_per_case"]
+    assert e2e["n"] == 2 and e2e["median"] <= e2e["p90"] <= e2e["p99"]
+    assert abs(report["ms_per_image"] * 5 - e2e["median"]) < 1e-6
+    assert report["settings"]["chromosomes"] == 5
+    assert 0.1 < report["gmac_per_chromosome"] < 0.2
+    assert report["pytorch_eager"]["weights"].startswith("same architecture")
+    assert report["speedup_vs_pytorch"] > 0
+
+
+def test_cpu_facts_state_their_rule():
+    facts = cpu_facts()
+    assert facts["cores"] >= 1 and "cores x GHz" in facts["peak_rule"]
+
+
+def test_cli_writes_json(model_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--model", str(model_dir), "--cases", "1",
+                                       "--chromosomes", "3", "--warmup", "0", "--no-reference",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "end to end" in result.output
+    assert json.loads(out.read_text())["pytorch_eager"] == {"skipped": "not requested"}
