@@ -21,6 +21,7 @@ setup(
         "export": ["torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxconverter-common>=1.14",
                    "scipy>=1.10"],
         "gpu": ["tensorrt>=10.0", "cuda-python>=12.6.1"],
+        "openvino": ["openvino>=2024.0"],
         "dev": ["pytest>=8", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["vfinfer=vfinfer.cli:main"]},

@@ -1,14 +1,15 @@
 """Backend factory: ``create(name, manifest)`` -> Backend with gnet / lnet / heads runners.
 
 Names: ``ort`` (ONNX Runtime, CPU), ``ort-cuda`` (ONNX Runtime CUDA provider), ``trt``
-(TensorRT) and ``auto``: TensorRT when the model directory has engines that pass their
-checks on this machine, else ONNX Runtime's CUDA provider when present, else the CPU. What
-``auto`` passed over and why is kept in the backend's details (and so in every result).
+(TensorRT), ``openvino`` (optional, CPU, f32 or bf16) and ``auto``: TensorRT when the model
+directory has engines that pass their checks on this machine, else ONNX Runtime's CUDA
+provider when present, else the CPU. What ``auto`` passed over and why is kept in the
+backend's details (and so in every result).
 """
 
 from .base import Backend, BackendError, GraphRunner
 
-BACKEND_NAMES = ("auto", "ort", "ort-cuda", "trt")
+BACKEND_NAMES = ("auto", "ort", "ort-cuda", "trt", "openvino")
 
 
 def create(name, manifest, threads=0, precision=None):
@@ -21,6 +22,10 @@ def create(name, manifest, threads=0, precision=None):
         # engines are FP16 by construction (vfinfer build verifies it); trt.create refuses
         # any other precision instead of silently running something else
         return trt.create(manifest, threads, precision=precision or "fp16")
+    if name == "openvino":
+        from . import openvino
+
+        return openvino.create(manifest, threads, precision=precision or "fp32")
     from . import ort
 
     skipped = []

@@ -1,0 +1,59 @@
+"""The optional OpenVINO backend (skipped when openvino, an optional extra, is not installed)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from vfinfer.backends import BackendError
+from vfinfer.imageio import read_case
+from vfinfer.pipeline import Pipeline
+
+pytest.importorskip("openvino", reason="the optional openvino extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def images(synth_root):
+    case = next(p for p in sorted(synth_root.iterdir()) if p.is_dir())
+    return read_case(case)[0]
+
+
+def test_f32_matches_onnxruntime(model_dir, images):
+    with Pipeline(model_dir, backend="ort") as ort_pipe:
+        expected = ort_pipe.infer(images)
+    with Pipeline(model_dir, backend="openvino", precision="fp32", batch_size=20) as ov_pipe:
+        got = ov_pipe.infer(images)
+        described = ov_pipe.backend.describe()
+    assert described["name"] == "openvino-cpu" and described["precision"] == "fp32"
+    np.testing.assert_array_equal(got["type_probs"].argmax(1), expected["type_probs"].argmax(1))
+    assert np.abs(got["type_probs"] - expected["type_probs"]).max() < 1e-4
+    assert np.abs(got["boxes"] - expected["boxes"]).max() < 1.0
+
+
+def test_bf16_runs_and_says_so(model_dir, images):
+    with Pipeline(model_dir, backend="openvino", precision="bf16") as pipe:
+        result = pipe.run_case(images)
+    assert result["backend"]["precision"] == "bf16"
+    assert result["n_chromosomes"] == len(images)
+
+
+def test_threads_get_their_own_requests(model_dir, images):
+    with Pipeline(model_dir, backend="openvino", precision="fp32") as pipe:
+        sequential = [pipe.infer(images[i::3])["type_probs"] for i in range(3)]
+        results = [None] * 3
+
+        def work(i):
+            results[i] = pipe.infer(images[i::3])["type_probs"]
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for a, b in zip(results, sequential):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_refuses_other_precisions(model_dir):
+    with pytest.raises(BackendError, match="fp32 or bf16"):
+        Pipeline(model_dir, backend="openvino", precision="int8")
