@@ -106,3 +106,45 @@ def test_tensorrt_backend_is_refused_clearly(model_dir, case_dirs):
                                        "--backend", "trt"])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     assert "TensorRT" in result.output
+
+
+def test_an_engine_error_fails_only_its_case(tmp_path, model_dir, chromosome, monkeypatch):
+    from vfinfer.backends import BackendError
+    from vfinfer.pipeline import Pipeline
+
+    real_infer = Pipeline.infer
+
+    def infer(self, images, timing=None):
+        if any(img.shape == (13, 13) for img in images):
+            raise BackendError("gnet.onnx: simulated engine failure")
+        return real_infer(self, images, timing)
+
+    monkeypatch.setattr(Pipeline, "infer", infer)
+    good = make_case(tmp_path, "good", {"a.png": png(chromosome), "b.png": png(chromosome)})
+    bad = make_case(tmp_path, "bad", {"a.png": png(chromosome),
+                                      "b.png": png(np.full((13, 13), 90, np.uint8))})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(good), str(bad), "--model", str(model_dir),
+                                       "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "bad: failed: gnet.onnx: simulated engine failure" in result.output
+    assert (out / "good" / "result.json").exists() and not (out / "bad").exists()
+
+
+def test_patient_json_is_not_replaced_without_overwrite(tmp_path, model_dir, case_dirs):
+    out = tmp_path / "out"
+    args = ["run", *map(str, case_dirs), "--model", str(model_dir), "--out", str(out),
+            "--dispatch", "optimal", "--patient-from", "^(syn)"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    patient = out / "syn" / "patient.json"
+    patient.write_text("{}")  # stands for an earlier result
+    second = CliRunner().invoke(main, args)
+    assert "left untouched" in second.output and patient.read_text() == "{}"
+    CliRunner().invoke(main, args + ["--overwrite"])
+    assert patient.read_text() != "{}"
+
+
+def test_batch_size_must_be_positive(model_dir, case_dirs):
+    result = CliRunner().invoke(main, ["run", str(case_dirs[0]), "--model", str(model_dir),
+                                       "--batch-size", "0"])
+    assert result.exit_code == 2 and "batch-size" in result.output

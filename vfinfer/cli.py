@@ -127,7 +127,8 @@ def _import_export_side():
                    "calibrate', else uncalibrated defaults).")
 @click.option("--no-karyogram", is_flag=True, help="Skip karyogram.png.")
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
-@click.option("--batch-size", default=None, type=int, help="Chromosomes per engine call.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Chromosomes per engine call.")
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
 @click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
               help="Group cases by patient: the first group of REGEX in the case name (else "
@@ -163,7 +164,7 @@ def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, thr
     if grouping:
         patients = patients_from_results(out_dir, [case_name(d) for d in case_dirs],
                                          sample_sheet=sample_sheet, pattern=patient_from,
-                                         echo=click.echo)
+                                         echo=click.echo, failed=failed, overwrite=overwrite)
         n_clone = sum(p["abnormal"] for p in patients)
         n_non_clonal = sum(bool(p["non_clonal"]) for p in patients)
         click.echo(f"{len(patients)} patient(s): {n_clone} with an abnormal clone, "
@@ -185,7 +186,8 @@ def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, thr
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
-@click.option("--batch-size", default=None, type=int, help="Chromosomes per engine call.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Chromosomes per engine call.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON here, and the type confusion heat map "
                    "next to it as <stem>_confusion.png.")
@@ -244,7 +246,8 @@ def _read_ids(path):
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
-@click.option("--batch-size", default=None, type=int, help="Chromosomes per engine call.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Chromosomes per engine call.")
 @click.option("--slides-from", type=click.Path(path_type=Path), default=None,
               help="Use only the cells of these slides: a text file with one slide id per "
                    "line, or a JSON list (or {\"train\": [...]}).")
@@ -369,7 +372,8 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
               type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
 @click.option("--cases", "n_cases", default=20, show_default=True)
 @click.option("--chromosomes", default=46, show_default=True, help="Chromosomes per case.")
-@click.option("--batch", "batch_size", default=None, type=int, help="Chromosomes per engine call.")
+@click.option("--batch", "batch_size", default=None, type=click.IntRange(min=1),
+              help="Chromosomes per engine call.")
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
 @click.option("--warmup", default=3.0, show_default=True, help="Warm-up seconds.")
 @click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8", "bf16"]),

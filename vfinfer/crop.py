@@ -20,6 +20,9 @@ def decode_boxes(loc, t1, t2):
     loc = np.asarray(loc, dtype=np.float32)
     if loc.ndim != 2 or loc.shape[1] != 3:
         raise ValueError(f"localization output must be N x 3, got shape {loc.shape}")
+    if not np.isfinite(loc).all():
+        raise ValueError("the localizer returned NaN or infinite values (a numerical problem in "
+                         "the G-Net graph or its precision); its boxes cannot be decoded")
     centre_x = t1 + loc[:, 0] * t2
     centre_y = t1 + loc[:, 1] * t2
     half = loc[:, 2] * (t1 / 2) + t1 / 2

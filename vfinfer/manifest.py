@@ -93,8 +93,12 @@ class Manifest:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelDirError(f"{self.path}: bad or missing 'config': {exc}") from None
         self.threshold = float(data.get("dispatch", {}).get("threshold", 0.9))
-        self.type_names = list(data["classes"]["type"])
-        self.polarity_names = list(data["classes"]["polarity"])
+        classes = data.get("classes", {})
+        if classes.get("type") != TYPE_NAMES or classes.get("polarity") != POLARITY_NAMES:
+            raise ModelDirError(f"{self.path}: 'classes' must list the types {TYPE_NAMES[0]}.."
+                                f"{TYPE_NAMES[-1]} and the polarities {POLARITY_NAMES} in order")
+        self.type_names = list(classes["type"])
+        self.polarity_names = list(classes["polarity"])
 
     @property
     def path(self):

@@ -287,15 +287,18 @@ def _safe_component(name):
     return text
 
 
-def write_patient(out_dir, result):
+def write_patient(out_dir, result, overwrite=False):
     """Write ``result`` (from ``patient_karyotype``, with a patient id) atomically to
-    OUT/<patient>/patient.json; returns the path."""
+    OUT/<patient>/patient.json; returns the path. An existing file is kept (FileExistsError)
+    unless ``overwrite``."""
     patient = result.get("patient")
     if patient is None:
         raise ValueError("the patient result has no patient id")
     folder = Path(out_dir) / _safe_component(patient)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / PATIENT_FILE
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; left untouched (pass --overwrite)")
     write_json_atomic(path, result)
     return path
 
@@ -385,13 +388,16 @@ def patient_evaluation(cells, groups, operating_threshold):
 # --------------------------------------------------------------------------- after vfinfer run
 
 
-def patients_from_results(out_dir, cases, sample_sheet=None, pattern=None, echo=print):
+def patients_from_results(out_dir, cases, sample_sheet=None, pattern=None, echo=print,
+                          failed=(), overwrite=False):
     """Write OUT/<patient>/patient.json for the cases of ``vfinfer run``.
 
     ``cases``: case names (their results are read back from OUT/<case>/result.json, so cases
     skipped because they already had results count too); ``sample_sheet`` / ``pattern``: see
-    ``group_cells``. Echoes one line per patient and returns the patient results.
+    ``group_cells``. ``failed``: cases that failed in this run; an older result.json of
+    theirs is not used. Echoes one line per patient and returns the patient results.
     """
+    failed = {str(case) for case in failed}
     groups, unmatched = group_cells(cases, sample_sheet, pattern)
     if unmatched:
         shown = ", ".join(map(str, unmatched[:5])) + (" ..." if len(unmatched) > 5 else "")
@@ -401,6 +407,9 @@ def patients_from_results(out_dir, cases, sample_sheet=None, pattern=None, echo=
         calls, missing, modes = {}, [], set()
         for case in members:
             path = Path(out_dir) / str(case) / "result.json"
+            if str(case) in failed:
+                missing.append(str(case))
+                continue
             try:
                 result = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -419,7 +428,10 @@ def patients_from_results(out_dir, cases, sample_sheet=None, pattern=None, echo=
                                   "karyotype is the count of their dispatched types, so every "
                                   "misclassification looks like a gain or a loss")
         try:
-            target = write_patient(out_dir, found)
+            target = write_patient(out_dir, found, overwrite)
+        except FileExistsError as exc:
+            echo(f"patient {patient}: skipped, {exc}")
+            continue
         except (OSError, ValueError) as exc:
             echo(f"patient {patient}: failed: cannot write patient.json ({exc})")
             continue

@@ -59,6 +59,8 @@ class Pipeline:
             self.optimal = OptimalDispatch(optimal_params)
         self.backend = backends.create(backend, self.manifest, threads=threads,
                                        precision=precision)
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         limit = self.backend.max_batch
         self.batch_size = min(batch_size or limit or DEFAULT_BATCH, limit or 1 << 30)
 
@@ -122,6 +124,8 @@ class Pipeline:
         together); dispatch and the karyotype stay per case. Stage times are shared out
         by chromosome count.
         """
+        if not cases:
+            return []
         started = time.perf_counter()
         prepared = [self._prepare(name, images, files) for name, images, files in cases]
         all_images = [image for _, images, _ in prepared for image in images]

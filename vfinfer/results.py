@@ -72,18 +72,37 @@ def existing_result(case_dir):
 
 
 def write_case(out_root, result, images=None, overwrite=False):
-    """Write the files of one case; returns the case's output directory."""
+    """Write the files of one case; returns the case's output directory.
+
+    Everything is encoded first and written under temporary names, then renamed into place
+    with result.json last, so a failure leaves either the old set or the new one, never a
+    file of each that the JSON does not describe.
+    """
     case_dir = Path(out_root) / result["case"]
     found = existing_result(case_dir)
     if found and not overwrite:
         raise ResultExistsError(f"{case_dir}: already holds {', '.join(found)}; "
                                 "left untouched (pass --overwrite to replace)")
-    case_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
     if images is not None:
-        write_atomic(case_dir / "karyogram.png", karyogram_png(result, images))
-    elif overwrite and (case_dir / "karyogram.png").exists():
-        (case_dir / "karyogram.png").unlink()  # a stale picture would contradict the result
-    write_atomic(case_dir / "result.csv", result_csv(result).encode("utf-8"))
-    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-    write_atomic(case_dir / "result.json", text.encode("utf-8"))
+        files["karyogram.png"] = karyogram_png(result, images)
+    files["result.csv"] = result_csv(result).encode("utf-8")
+    files["result.json"] = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode()
+    case_dir.mkdir(parents=True, exist_ok=True)
+    temps = {}
+    try:
+        for name, data in files.items():
+            fd, temps[name] = tempfile.mkstemp(dir=case_dir, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temps[name], 0o644)
+        if images is None and (case_dir / "karyogram.png").exists():
+            (case_dir / "karyogram.png").unlink()  # a stale picture would contradict the result
+        for name in files:  # result.json last
+            os.replace(temps.pop(name), case_dir / name)
+    finally:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
     return case_dir

@@ -64,16 +64,19 @@ def save_result(case, result, out_dir, karyogram, overwrite):
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="paper", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=click.echo):
-    """Run every case; returns the number of cases that failed."""
+    """Run every case; returns the names of the cases that failed."""
     names = [case_name(d) for d in case_dirs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"several case directories are named {', '.join(duplicates)}; "
                          "results would collide in OUT/<case>/: rename or run them separately")
     counts = {"ok": 0, "skipped": 0, "failed": 0}
+    failed = []
 
-    def report(status, line):
+    def report(status, line, name=None):
         counts[status] += 1
+        if status == "failed" and name:
+            failed.append(name)
         echo(line)
 
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
@@ -83,9 +86,12 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
         pending = []
 
         def flush():
-            results = pipeline.run_cases([(c.name, c.images, c.files) for c in pending])
-            for case, result in zip(pending, results):
-                report(*save_result(case, result, out_dir, karyogram, overwrite))
+            for case, result in infer_cases(pipeline, pending):
+                if isinstance(result, Exception):
+                    report("failed", f"{case.name}: failed: {_one_line(result)}", case.name)
+                else:
+                    status, line = save_result(case, result, out_dir, karyogram, overwrite)
+                    report(status, line, case.name)
             pending.clear()
 
         show_bar = len(case_dirs) > 1 and sys.stderr.isatty()
@@ -94,7 +100,7 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
             for case_dir in bar:
                 loaded = load_case(case_dir, out_dir, overwrite)
                 if not isinstance(loaded, LoadedCase):
-                    report(*loaded)
+                    report(*loaded, case_name(case_dir))
                     continue
                 pending.append(loaded)
                 if sum(len(c.images) for c in pending) >= pipeline.batch_size:
@@ -102,4 +108,26 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
             if pending:
                 flush()
     echo(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
-    return counts["failed"]
+    return failed
+
+
+def infer_cases(pipeline, cases):
+    """(case, result or exception) per case: shared batches, and when a shared batch fails,
+    each case again on its own so that one bad case does not take the others with it."""
+    try:
+        results = pipeline.run_cases([(c.name, c.images, c.files) for c in cases])
+        return list(zip(cases, results))
+    except Exception as exc:  # an engine or input error: find which case it belongs to
+        if len(cases) == 1:
+            return [(cases[0], exc)]
+    out = []
+    for case in cases:
+        try:
+            out.append((case, pipeline.run_cases([(case.name, case.images, case.files)])[0]))
+        except Exception as exc:  # reported as this case's failure, the others go on
+            out.append((case, exc))
+    return out
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
