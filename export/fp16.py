@@ -42,6 +42,7 @@ from vfinfer.manifest import (
     GRAPH_ROLES,
     MANIFEST_NAME,
     load_manifest,
+    remove_precision_graphs,
     sha256_file,
     write_json_atomic,
 )
@@ -611,14 +612,7 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
 
 def remove_fp16_graphs(model_dir):
     """Drop the FP16 graphs and their manifest entries (e.g. before re-converting)."""
-    model_dir = Path(model_dir)
-    data = load_manifest(model_dir).data
-    for role in GRAPH_ROLES:
-        record = data["graphs"].pop(f"{role}_fp16", None)
-        for name in (record or {}).get("files", []):
-            (model_dir / name).unlink(missing_ok=True)
-    data.pop("fp16_audit", None)
-    write_json_atomic(model_dir / MANIFEST_NAME, data)
+    remove_precision_graphs(model_dir, "fp16")
 
 
 __all__ = ["activation_ranges", "add_fp16_graphs", "convert_model_dir_to_fp16",

@@ -82,6 +82,18 @@ def build_manifest(config, graphs, producer, source, parity=None):
     }
 
 
+def remove_precision_graphs(model_dir, precision):
+    """Drop a model's ``<role>_<precision>`` graphs, their files and ``<precision>_audit``."""
+    model_dir = Path(model_dir)
+    data = load_manifest(model_dir).data
+    for role in GRAPH_ROLES:
+        record = data["graphs"].pop(f"{role}_{precision}", None)
+        for name in (record or {}).get("files", []):
+            (model_dir / name).unlink(missing_ok=True)
+    data.pop(f"{precision}_audit", None)
+    write_json_atomic(model_dir / MANIFEST_NAME, data)
+
+
 class Manifest:
     """A loaded, validated manifest of one model directory."""
 

@@ -51,7 +51,14 @@ import numpy as np
 
 from .crop import crop_and_resize, decode_boxes
 from .imageio import read_case
-from .manifest import GRAPH_ROLES, MANIFEST_NAME, load_manifest, sha256_file, write_json_atomic
+from .manifest import (
+    GRAPH_ROLES,
+    MANIFEST_NAME,
+    load_manifest,
+    remove_precision_graphs,
+    sha256_file,
+    write_json_atomic,
+)
 from .onnx_graph import consumers as graph_consumers
 from .onnx_graph import ensure_node_names, ordered_records
 from .onnx_graph import producers as graph_producers
@@ -696,14 +703,7 @@ def _graph_record(built_path, final, kept):
 
 def remove_int8_graphs(model_dir):
     """Drop the INT8 graphs, their manifest entries and the audit."""
-    model_dir = Path(model_dir)
-    data = load_manifest(model_dir).data
-    for role in GRAPH_ROLES:
-        record = data["graphs"].pop(f"{role}_int8", None)
-        for name in (record or {}).get("files", []):
-            (model_dir / name).unlink(missing_ok=True)
-    data.pop("int8_audit", None)
-    write_json_atomic(model_dir / MANIFEST_NAME, data)
+    remove_precision_graphs(model_dir, "int8")
 
 
 def quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs=None, log=print,
