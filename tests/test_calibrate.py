@@ -237,3 +237,4 @@ def test_stored_calibration_without_abnormal_cells_is_not_calibrated(model_dir):
     loaded = load_params(model_dir)
     assert loaded.calibrated is False
     assert "NOT calibrated" in loaded.note
+

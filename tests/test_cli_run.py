@@ -148,3 +148,15 @@ def test_batch_size_must_be_positive(model_dir, case_dirs):
     result = CliRunner().invoke(main, ["run", str(case_dirs[0]), "--model", str(model_dir),
                                        "--batch-size", "0"])
     assert result.exit_code == 2 and "batch-size" in result.output
+
+
+def test_cli_keeps_defaults_with_too_few_abnormal_cells(synth_root, model_dir, fresh_copy):
+    model = fresh_copy(model_dir, "calibrated_model")
+    before = (model / "manifest.json").read_text()
+    args = ["calibrate", str(synth_root), "--labels", "labels.csv", "--model", str(model)]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "only 1 abnormal cells" in refused.output
+    assert (model / "manifest.json").read_text() == before
+    stored = CliRunner().invoke(main, args + ["--allow-few-abnormal"])
+    assert stored.exit_code == 0, stored.output
+    assert "optimal" in json.loads((model / "manifest.json").read_text())["dispatch"]

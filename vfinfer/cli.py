@@ -16,6 +16,9 @@ import click
 from . import __version__
 
 EXIT_FAILED = 1
+# optimal-dispatch calibration: fewer abnormal cells than this fit the threshold to noise
+# (on pki3, 3 abnormal validation cells gave parameters that missed all test trisomies)
+MIN_ABNORMAL_CELLS = 10
 
 
 def fail(message):
@@ -261,12 +264,15 @@ def _read_ids(path):
               help="Where in the interval of equally good thresholds: 0 the smallest, 0.5 "
                    "the middle, 1 the largest.")
 @click.option("--dry-run", is_flag=True, help="Report only; leave manifest.json alone.")
+@click.option("--allow-few-abnormal", is_flag=True,
+              help=f"Store the parameters even with fewer than {MIN_ABNORMAL_CELLS} abnormal "
+                   "cells (they are then fitted to very few examples).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the calibration report here.")
 @one_line_errors
 def calibrate_(data_dir, labels_csv, model_dir, backend, threads, batch_size, slides_from,
                exclude, patient_from, min_sensitivity, threshold_position, dry_run,
-               json_path):
+               allow_few_abnormal, json_path):
     """Fit optimal-dispatch parameters on labelled training cells; store them in the model."""
     from .calibrate import calibrate, format_calibration, store_params
     from .evaluate import cell_probabilities, load_cell_slides
@@ -317,6 +323,11 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, threads, batch_size, sl
         click.echo(f"wrote {json_path}")
     if dry_run:
         click.echo("dry run: manifest.json left unchanged")
+    elif report["n_abnormal"] < MIN_ABNORMAL_CELLS and not allow_few_abnormal:
+        fail(f"only {report['n_abnormal']} abnormal cells among the calibration cells (at least "
+             f"{MIN_ABNORMAL_CELLS} wanted): parameters fitted to so few examples over-fit, so "
+             "manifest.json was left unchanged (the defaults stay); pass --allow-few-abnormal "
+             "to store them anyway")
     else:
         click.echo(f"wrote dispatch.optimal and dispatch.calibration to "
                    f"{store_params(model_dir, params, report)}")
