@@ -9,14 +9,14 @@ Accepted inputs (section "Checkpoints" of the foundation issue):
 Key mismatches are reported by name: missing, unexpected and wrongly shaped keys.
 """
 
+import io
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
+from vfinfer.atomic import write_atomic
 from vfinfer.config import ModelConfig, preset
 
 from .models import VarifocalNet
@@ -38,14 +38,9 @@ def save_checkpoint(model, path, extra=None):
         "state_dict": model.state_dict(),
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def config_from_file(path):

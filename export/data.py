@@ -14,7 +14,6 @@
 """
 
 import csv
-import math
 import os
 import random
 from collections import OrderedDict
@@ -255,10 +254,6 @@ def batches(dataset, batch_size, shuffle_seed=None):
                torch.tensor([it[1] for it in items], dtype=torch.long),
                torch.tensor([it[2] for it in items], dtype=torch.long),
                torch.stack([it[3] for it in items]))
-
-
-def n_batches(n_items, batch_size):
-    return math.ceil(n_items / batch_size)
 
 
 __all__ = [

@@ -47,7 +47,7 @@ from vfinfer.manifest import (
     write_json_atomic,
 )
 from vfinfer.onnx_graph import consumers as graph_consumers
-from vfinfer.onnx_graph import ensure_node_names, ordered_records
+from vfinfer.onnx_graph import ensure_node_names, io_records, ordered_records
 from vfinfer.onnx_graph import producers as graph_producers
 from vfinfer.preprocess import preprocess_batch
 
@@ -444,16 +444,6 @@ def calibration_feeds(model_dir, images):
 
 
 # --------------------------------------------------------------------------- model directory
-def _io_records(model):
-    def record(value):
-        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        return {"name": value.name, "shape": dims, "dtype": str(dtype)}
-    initializers = {i.name for i in model.graph.initializer}
-    return ([record(v) for v in model.graph.input if v.name not in initializers],
-            [record(v) for v in model.graph.output])
-
-
 def _save(model, path):
     """One file unless the protobuf limit forces external data; returns the files written."""
     path = Path(path)
@@ -511,7 +501,7 @@ def convert_model_dir_to_fp16(model_dir, calib_images=None, log=print):
                 from None
         if not all(np.all(np.isfinite(o)) for o in outputs):
             raise Fp16Error(f"{path.name}: non-finite outputs on the calibration images")
-        inputs, output_records = _io_records(fp16_model)
+        inputs, output_records = io_records(fp16_model)
         records[role] = {
             "file": path.name, "files": files, "sha256": sha256_file(path),
             "inputs": inputs, "outputs": output_records,

@@ -30,6 +30,7 @@ from torch import nn
 
 import vfinfer
 from vfinfer.manifest import build_manifest, sha256_file, write_json_atomic
+from vfinfer.onnx_graph import io_records
 
 OPSET = 18  # opset 18 keeps every op in TensorRT 10/11's ONNX parser (see tests/test_op_audit)
 PROTOBUF_LIMIT = 2 ** 31 - 1
@@ -111,17 +112,6 @@ def _export_graph(module, inputs, names, path):
         )
     torch_logger.setLevel(level)
     onnx.checker.check_model(str(path), full_check=True)
-
-
-def _io_records(path):
-    model = onnx.load(str(path), load_external_data=False)
-    def record(value):
-        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        return {"name": value.name, "shape": dims, "dtype": str(dtype)}
-    initializers = {i.name for i in model.graph.initializer}
-    return ([record(v) for v in model.graph.input if v.name not in initializers],
-            [record(v) for v in model.graph.output])
 
 
 def _files_of(path):
@@ -232,7 +222,7 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
             path = tmp_dir / f"{role}.onnx"
             log(f"exporting {role} -> {path.name}")
             _export_graph(module, examples[role], GRAPHS[role], path)
-            inputs, outputs = _io_records(path)
+            inputs, outputs = io_records(onnx.load(str(path), load_external_data=False))
             graphs[role] = {"file": path.name, "files": _files_of(path),
                             "sha256": sha256_file(path), "inputs": inputs, "outputs": outputs}
             paths[role] = path

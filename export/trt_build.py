@@ -24,11 +24,10 @@ inspector verdict) are separate functions with their own tests.
 """
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from vfinfer.atomic import write_atomic
 from vfinfer.engine_record import ENGINE_PRECISION, make_engine_record
 from vfinfer.environment import cuda_devices
 from vfinfer.manifest import (
@@ -220,18 +219,6 @@ def describe_parser_errors(parser):
     return lines
 
 
-def _write_bytes_atomic(path, data):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------- TensorRT side
 def _make_logger(trt, log):
     class CapturingLogger(trt.ILogger):
@@ -318,7 +305,7 @@ def build_one(trt, logger, graph_path, profile, recipe, kept_nodes, workspace_mb
                          + ("; ".join(logger.errors) or "no reason given (see the log above)"))
     plan = bytes(plan)
     if cache_path is not None:
-        _write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+        write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
         raise BuildError(f"{graph_path.name}: the engine just built does not deserialize: "
@@ -396,7 +383,7 @@ def build_engines(model_dir, max_batch=64, opt_batch=46, workspace_mb=2048, timi
             log(f"warning: {role}: layers of kept-FP32 nodes write FP16: "
                 + ", ".join(verdict["kept_fp32_in_half"]))
         engine_path = model_dir / f"{role}.engine"
-        _write_bytes_atomic(engine_path, plan)
+        write_atomic(engine_path, plan)
         record = make_engine_record(
             engine_path.name, machine, profile, source_graph=graph_path.name,
             source_sha256=graph_record["sha256"], plan_sha256=sha256_file(engine_path),

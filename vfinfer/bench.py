@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
 from .config import count_macs
 from .imageio import read_case
 from .pipeline import Pipeline
-from .results import write_atomic, write_case
+from .results import write_case
 
 STAGES = ("read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch", "write")
 

@@ -14,8 +14,11 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .backends import BACKEND_NAMES
 
 EXIT_FAILED = 1
+BACKEND_CHOICE = click.Choice(BACKEND_NAMES)
+PRECISION_CHOICE = click.Choice(["fp32", "fp16", "int8", "bf16"])
 # optimal-dispatch calibration: fewer abnormal cells than this fit the threshold to noise
 # (on pki3, 3 abnormal validation cells gave parameters that missed all test trisomies)
 MIN_ABNORMAL_CELLS = 10
@@ -120,7 +123,7 @@ def _import_export_side():
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),
               help="Model directory (default: the bundled demo model).")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
+              type=BACKEND_CHOICE)
 @click.option("--out", "out_dir", default="vfinfer-results", show_default=True,
               type=click.Path(path_type=Path), help="Results go to OUT/<case>/.")
 @click.option("--dispatch", "dispatch_mode", default="paper", show_default=True,
@@ -140,7 +143,7 @@ def _import_export_side():
 @click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
               help="CSV with the columns cell,patient: group cases by patient (instead of "
                    "--patient-from).")
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8", "bf16"]),
+@click.option("--precision", default=None, type=PRECISION_CHOICE,
               help="Graphs to run (default: fp32 on ONNX Runtime, fp16 engines on TensorRT); "
                    "bf16 with --backend openvino.")
 @one_line_errors
@@ -187,7 +190,7 @@ def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, thr
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),
               help="Model directory (default: the bundled demo model).")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
+              type=BACKEND_CHOICE)
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Chromosomes per engine call.")
@@ -247,7 +250,7 @@ def _read_ids(path):
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Model directory; its manifest.json receives dispatch.optimal.")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
+              type=BACKEND_CHOICE)
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Chromosomes per engine call.")
@@ -380,14 +383,14 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
 @click.option("--preset", default=None,
               help="Time an untrained model of this preset instead (needs the export extra).")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
+              type=BACKEND_CHOICE)
 @click.option("--cases", "n_cases", default=20, show_default=True)
 @click.option("--chromosomes", default=46, show_default=True, help="Chromosomes per case.")
 @click.option("--batch", "batch_size", default=None, type=click.IntRange(min=1),
               help="Chromosomes per engine call.")
 @click.option("--threads", default=0, help="CPU threads (0: ONNX Runtime's default).")
 @click.option("--warmup", default=3.0, show_default=True, help="Warm-up seconds.")
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8", "bf16"]),
+@click.option("--precision", default=None, type=PRECISION_CHOICE,
               help="Graphs to run (default: fp32 on ONNX Runtime, fp16 engines on TensorRT); "
                    "bf16 with --backend openvino.")
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch eager comparison.")

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from .atomic import write_atomic
 from .calibrate import dispatch_comparison, load_params
 from .classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
 from .dispatch import argmax_types, dispatch_counts
@@ -50,7 +51,6 @@ from .metrics import (
 )
 from .patient import group_cells, patient_evaluation
 from .pipeline import Pipeline
-from .results import write_atomic
 
 REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
 MAX_GROUP = 1024  # images read and sent to the pipeline at a time

@@ -8,10 +8,9 @@ runtime reads constants from here only (design.md, "Contracts").
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from .atomic import write_json_atomic
 from .classes import POLARITY_NAMES, TYPE_NAMES
 from .config import ModelConfig
 
@@ -30,21 +29,6 @@ def sha256_file(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json_atomic(path, data):
-    """Write JSON next to its final name, then rename, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_manifest(config, graphs, producer, source, parity=None):

@@ -1,4 +1,4 @@
-"""Small helpers over ONNX graphs shared by the FP16 and INT8 converters (no onnx import)."""
+"""Small helpers over ONNX graphs shared by export, FP16 and INT8 (onnx imported lazily)."""
 
 
 def producers(model):
@@ -30,3 +30,18 @@ def ordered_records(model, kept):
     order = {node.name: i for i, node in enumerate(model.graph.node)}
     return [{"node": name, "op": op, "reason": reason}
             for name, (op, reason) in sorted(kept.items(), key=lambda kv: order[kv[0]])]
+
+
+def io_records(model):
+    """(inputs, outputs) of a graph as [{"name", "shape", "dtype"}], initializers left out;
+    dynamic dimensions keep their symbolic name (e.g. "batch")."""
+    from onnx import helper
+
+    def record(value):
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        return {"name": value.name, "shape": dims, "dtype": str(dtype)}
+
+    initializers = {i.name for i in model.graph.initializer}
+    return ([record(v) for v in model.graph.input if v.name not in initializers],
+            [record(v) for v in model.graph.output])

@@ -60,7 +60,7 @@ from .manifest import (
     write_json_atomic,
 )
 from .onnx_graph import consumers as graph_consumers
-from .onnx_graph import ensure_node_names, ordered_records
+from .onnx_graph import ensure_node_names, io_records, ordered_records
 from .onnx_graph import producers as graph_producers
 from .preprocess import preprocess_batch
 
@@ -262,18 +262,6 @@ def check_int8_graph(fp32_model, int8_model, kept):
     if problems:
         raise Int8Error("; ".join(problems))
     return quantized_weights
-
-
-def _io_records(model):
-    from onnx import helper
-
-    def record(value):
-        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        return {"name": value.name, "shape": dims, "dtype": str(dtype)}
-    initializers = {i.name for i in model.graph.initializer}
-    return ([record(v) for v in model.graph.input if v.name not in initializers],
-            [record(v) for v in model.graph.output])
 
 
 def _op_counts(model):
@@ -687,7 +675,7 @@ def _graph_record(built_path, final, kept):
 
     files = _save_final(built_path, final)
     model = onnx.load(str(final))
-    inputs, outputs = _io_records(model)
+    inputs, outputs = io_records(model)
     present = {n.op_type for n in model.graph.node}
     return {
         "file": final.name, "files": files, "sha256": sha256_file(final),

@@ -26,19 +26,6 @@ class ResultExistsError(FileExistsError):
     """OUT/<case>/ already holds a result and overwrite was not asked for."""
 
 
-def write_atomic(path, data: bytes):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def result_csv(result):
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

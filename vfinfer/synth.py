@@ -20,11 +20,11 @@ import csv
 import io
 import os
 import re
-import tempfile
 
 import cv2
 import numpy as np
 
+from vfinfer.atomic import write_atomic
 from vfinfer.classes import N_TYPES
 
 # Relative length (% of the haploid autosomal length) and centromere index (p-arm / total) of
@@ -241,24 +241,11 @@ def render_chromosome(type_index, rng, scale=1.0, stain=1.0):
     return out
 
 
-def _atomic_write_bytes(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_png(path, img):
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    _atomic_write_bytes(path, buf.tobytes())
+    write_atomic(path, buf.tobytes())
 
 
 def _karyotype_tag(karyotype):
@@ -335,7 +322,7 @@ def _append_labels(path, rows):
         existing = ""
         writer.writerow(LABEL_HEADER)
     writer.writerows(rows)
-    _atomic_write_bytes(path, (existing + buf.getvalue()).encode())
+    write_atomic(path, (existing + buf.getvalue()).encode())
 
 
 def make_training_set(out_dir, seed, n_cases, karyotypes=DEFAULT_KARYOTYPES,
