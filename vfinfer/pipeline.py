@@ -41,6 +41,8 @@ class Pipeline:
 
     def __init__(self, model_dir=None, backend="auto", threads=0, batch_size=None,
                  dispatch_mode="paper", precision=None, optimal_params=None):
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         if dispatch_mode not in DISPATCH_MODES:
             raise ValueError(f"unknown dispatch mode {dispatch_mode!r}: choose one of "
                              f"{', '.join(DISPATCH_MODES)}")
@@ -59,8 +61,6 @@ class Pipeline:
             self.optimal = OptimalDispatch(optimal_params)
         self.backend = backends.create(backend, self.manifest, threads=threads,
                                        precision=precision)
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         limit = self.backend.max_batch
         self.batch_size = min(batch_size or limit or DEFAULT_BATCH, limit or 1 << 30)
 
