@@ -18,6 +18,12 @@ def test_report_structure(model_dir):
     assert e2e["n"] == 2 and e2e["median"] <= e2e["p90"] <= e2e["p99"]
     assert abs(report["ms_per_image"] * 5 - e2e["median"]) < 1e-6
     assert report["settings"]["chromosomes"] == 5
+    batch = report["batch_run_ms_per_case"]
+    assert batch["n"] == 3 and batch["median"] > 0
+    assert abs(report["batch_run_ms_per_image"] * 5 - batch["median"]) < 1e-6
+    network = report["network_ms_per_case"]["median"]
+    assert abs(report["batch_run_outside_networks_fraction"] - (1 - network / batch["median"])) \
+        < 1e-9
     assert 0.1 < report["gmac_per_chromosome"] < 0.2
     assert report["pytorch_eager"]["weights"].startswith("same architecture")
     assert report["speedup_vs_pytorch"] > 0

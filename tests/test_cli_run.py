@@ -112,17 +112,17 @@ def test_an_engine_error_fails_only_its_case(tmp_path, model_dir, chromosome, mo
     from vfinfer.backends import BackendError
     from vfinfer.pipeline import Pipeline
 
-    real_infer = Pipeline.infer
+    real_infer = Pipeline.infer_prepared
 
-    def infer(self, images, timing=None):
-        if any(img.shape == (13, 13) for img in images):
+    def infer_prepared(self, g_input, timing=None):
+        if len(g_input) != 2:  # the bad case has 3 images, the good one 2
             raise BackendError("gnet.onnx: simulated engine failure")
-        return real_infer(self, images, timing)
+        return real_infer(self, g_input, timing)
 
-    monkeypatch.setattr(Pipeline, "infer", infer)
+    monkeypatch.setattr(Pipeline, "infer_prepared", infer_prepared)
     good = make_case(tmp_path, "good", {"a.png": png(chromosome), "b.png": png(chromosome)})
-    bad = make_case(tmp_path, "bad", {"a.png": png(chromosome),
-                                      "b.png": png(np.full((13, 13), 90, np.uint8))})
+    bad = make_case(tmp_path, "bad", {"a.png": png(chromosome), "b.png": png(chromosome),
+                                      "c.png": png(np.full((13, 13), 90, np.uint8))})
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", str(good), str(bad), "--model", str(model_dir),
                                        "--out", str(out)])
@@ -160,3 +160,46 @@ def test_cli_keeps_defaults_with_too_few_abnormal_cells(synth_root, model_dir, f
     stored = CliRunner().invoke(main, args + ["--allow-few-abnormal"])
     assert stored.exit_code == 0, stored.output
     assert "optimal" in json.loads((model / "manifest.json").read_text())["dispatch"]
+
+
+def test_lines_follow_the_case_order(tmp_path, model_dir, chromosome):
+    """Reading, engines and writing overlap, but the report keeps the order of the cases."""
+    good = {"a.png": png(chromosome), "b.png": png(chromosome)}
+    names = ["c1_ok", "c2_skipped", "c3_empty", "c4_ok", "c5_ok"]
+    dirs = [make_case(tmp_path, name, {} if name == "c3_empty" else good) for name in names]
+    out = tmp_path / "out"
+    (out / "c2_skipped").mkdir(parents=True)
+    (out / "c2_skipped" / "result.json").write_text("{}")  # an earlier result
+    result = CliRunner().invoke(main, ["run", *map(str, dirs), "--model", str(model_dir),
+                                       "--out", str(out), "--batch-size", "64"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()[1:-1]  # between the model and summary lines
+    assert [line.split(":")[0] for line in lines] == names
+    assert "skipped" in lines[1] and "failed" in lines[2]
+    assert result.output.strip().splitlines()[-1] == "3 done, 1 skipped, 1 failed"
+    assert (out / "c2_skipped" / "result.json").read_text() == "{}"
+    for name in ("c1_ok", "c4_ok", "c5_ok"):
+        saved = json.loads((out / name / "result.json").read_text())
+        assert saved["case"] == name and saved["n_chromosomes"] == 2
+
+
+def test_a_failed_write_fails_only_its_case(tmp_path, model_dir, chromosome, monkeypatch):
+    import vfinfer.results
+
+    real_render = vfinfer.results.render_karyogram
+
+    def render(images, *args, title="", **kwargs):
+        if title.startswith("bad"):
+            raise ValueError("simulated drawing failure")
+        return real_render(images, *args, title=title, **kwargs)
+
+    monkeypatch.setattr(vfinfer.results, "render_karyogram", render)
+    files = {"a.png": png(chromosome)}
+    dirs = [make_case(tmp_path, name, files) for name in ("first", "bad", "last")]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", *map(str, dirs), "--model", str(model_dir),
+                                       "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "bad: failed: cannot write results (simulated drawing failure)" in result.output
+    assert (out / "first" / "result.json").exists() and (out / "last" / "result.json").exists()
+    assert not (out / "bad" / "result.json").exists()

@@ -124,3 +124,24 @@ def test_bad_values():
         render_karyogram([plain(40)], [0], [2], [False])
     with pytest.raises(ValueError, match="uint8"):
         render_karyogram([plain(40).astype(float)], [0], [1], [False])
+
+
+def test_png_is_gray_without_flags_and_colour_with_them():
+    """karyogram_png drops to one channel only when no red frame is drawn, losing nothing."""
+    from vfinfer.results import karyogram_png
+
+    images = [asymmetric(), asymmetric(40), plain(30)]
+    for flags in ([False, False, False], [False, True, False]):
+        result = {"case": "c", "karyotype": "46,XX", "warnings": ["a note"],
+                  "chromosomes": [{"type": t, "polarity": "q-arm down", "low_confidence": f}
+                                  for t, f in zip(("1", "1", "X"), flags)]}
+        drawn = render_karyogram(images, [0, 0, 22], [1, 1, 1], flags, title="c   46,XX",
+                                 notes=["a note"])
+        decoded = cv2.imdecode(np.frombuffer(karyogram_png(result, images), np.uint8),
+                               cv2.IMREAD_UNCHANGED)
+        if any(flags):
+            assert decoded.ndim == 3 and np.array_equal(decoded, drawn)
+        else:
+            assert decoded.ndim == 2 and np.array_equal(decoded, drawn[:, :, 0])
+            assert np.array_equal(drawn[:, :, 0], drawn[:, :, 2])
+            assert np.array_equal(drawn[:, :, 0], drawn[:, :, 1])

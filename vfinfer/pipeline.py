@@ -14,6 +14,7 @@ parameters calibrated into manifest.json by ``vfinfer calibrate``, or the defaul
 """
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,21 @@ from .preprocess import preprocess_batch
 DISPATCH_MODES = ("paper", "none", "optimal")
 TOP_HYPOTHESES = 3  # hypotheses listed in result["abnormality"]
 DEFAULT_BATCH = 64  # chromosomes per engine call when the engine sets no limit
+
+
+@dataclass
+class PreparedCase:
+    """One cell ready for the engines: gray uint8 cut-outs and their G-Net input batch.
+
+    ``Pipeline.prepare`` makes it; it only reads the model's constants, so a reader thread
+    may prepare the next cells while the engines run (``vfinfer run`` does).
+    """
+
+    name: str
+    images: list  # 2-D uint8, white background
+    files: list
+    g_input: np.ndarray  # (N, 1, g_input, g_input) float32, section III-B
+    preprocess_ms: float
 
 
 def demo_model_dir():
@@ -83,19 +99,25 @@ class Pipeline:
         Returns a dict of arrays: type_probs (N, 24), polarity_probs (N, 2), loc (N, 3) and
         boxes (N, 4, eq. 5, G-input pixels). ``timing`` (a dict) collects ms per stage.
         """
+        timing = {} if timing is None else timing
+        clock = _Clock(timing)
+        g_input = preprocess_batch(images, self.config)
+        clock.lap("preprocess")
+        return self.infer_prepared(g_input, timing)
+
+    def infer_prepared(self, g_input, timing=None):
+        """``infer`` from an already preprocessed (N, 1, g_input, g_input) float32 batch."""
         if self.backend is None:
             raise RuntimeError("this Pipeline was closed")
         timing = {} if timing is None else timing
         parts = []
-        for start in range(0, len(images), self.batch_size):
-            parts.append(self._infer_chunk(images[start:start + self.batch_size], timing))
+        for start in range(0, len(g_input), self.batch_size):
+            parts.append(self._infer_chunk(g_input[start:start + self.batch_size], timing))
         return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
-    def _infer_chunk(self, images, timing):
+    def _infer_chunk(self, g_input, timing):
         config, backend = self.config, self.backend
         clock = _Clock(timing)
-        g_input = preprocess_batch(images, config)
-        clock.lap("preprocess")
         g_out = backend.gnet.infer({"image": g_input})
         clock.lap("gnet")
         boxes = decode_boxes(g_out["loc"], config.t1, config.t2)
@@ -109,6 +131,23 @@ class Pipeline:
         return {"type_probs": heads["type_probs"], "polarity_probs": heads["polarity_probs"],
                 "loc": g_out["loc"], "boxes": boxes}
 
+    def prepare(self, name, images, files=None):
+        """Check and convert one cell's images and preprocess them (a ``PreparedCase``).
+
+        Thread-safe and independent of the backend: it may run while the engines work on
+        other cells.
+        """
+        started = time.perf_counter()
+        if len(images) == 0:
+            raise ValueError(f"{name}: no chromosome images")
+        files = [f"image_{i}" for i in range(len(images))] if files is None else list(files)
+        if len(files) != len(images):
+            raise ValueError(f"{name}: {len(images)} images but {len(files)} file names")
+        gray = [to_gray8(np.asarray(img), f) for img, f in zip(images, files)]
+        g_input = preprocess_batch(gray, self.config)
+        return PreparedCase(name, gray, files, g_input,
+                            (time.perf_counter() - started) * 1000)
+
     def run_case(self, images, name="case", files=None):
         """Classify the chromosomes of one cell and return the result dict of design.md.
 
@@ -118,39 +157,35 @@ class Pipeline:
         return self.run_cases([(name, images, files)])[0]
 
     def run_cases(self, cases):
-        """Several cells at once: ``cases`` is a list of (name, images, files or None).
+        """Several cells at once: ``cases`` is a list of (name, images, files or None)
+        tuples or of ``PreparedCase`` objects.
 
         The chromosomes of all cases share engine batches (small cases fill a batch
-        together); dispatch and the karyotype stay per case. Stage times are shared out
-        by chromosome count.
+        together); dispatch and the karyotype stay per case. Each case's timing has its own
+        preprocessing; the engine stages are shared out by chromosome count.
         """
         if not cases:
             return []
+        prepared = [case if isinstance(case, PreparedCase) else self.prepare(*case)
+                    for case in cases]
         started = time.perf_counter()
-        prepared = [self._prepare(name, images, files) for name, images, files in cases]
-        all_images = [image for _, images, _ in prepared for image in images]
+        g_input = (prepared[0].g_input if len(prepared) == 1
+                   else np.concatenate([case.g_input for case in prepared]))
         timing = {}
-        outputs = self.infer(all_images, timing)
+        outputs = self.infer_prepared(g_input, timing)
         elapsed = (time.perf_counter() - started) * 1000
         results, offset = [], 0
-        for name, images, files in prepared:
-            n = len(images)
-            share = n / len(all_images)
+        for case in prepared:
+            n = len(case.images)
+            share = n / len(g_input)
             part = {key: value[offset:offset + n] for key, value in outputs.items()}
             offset += n
-            case_timing = {stage: ms * share for stage, ms in timing.items()}
-            case_timing["total"] = elapsed * share
-            results.append(self._build_result(name, files, images, part, case_timing))
+            case_timing = {"preprocess": case.preprocess_ms}
+            case_timing.update({stage: ms * share for stage, ms in timing.items()})
+            case_timing["total"] = case.preprocess_ms + elapsed * share
+            results.append(self._build_result(case.name, case.files, case.images, part,
+                                              case_timing))
         return results
-
-    @staticmethod
-    def _prepare(name, images, files):
-        if len(images) == 0:
-            raise ValueError(f"{name}: no chromosome images")
-        files = [f"image_{i}" for i in range(len(images))] if files is None else list(files)
-        if len(files) != len(images):
-            raise ValueError(f"{name}: {len(images)} images but {len(files)} file names")
-        return name, [to_gray8(np.asarray(img), f) for img, f in zip(images, files)], files
 
     def _build_result(self, name, files, images, outputs, timing):
         clock = _Clock(timing)

@@ -1,35 +1,47 @@
 """``vfinfer run``: many case directories through one pipeline.
 
-Cases are read one by one and their chromosomes are sent to the engines in shared batches
-(several small cases fill one batch). One bad case (unreadable image, empty directory,
-existing result) is reported in one line and never stops the others; the caller gets the
-number of failed cases.
+Three stages overlap, each on its own thread: a reader reads and preprocesses the next cases
+(``READ_AHEAD`` at most), the calling thread runs the engines on shared batches (several
+small cases fill one batch) and dispatch, and a writer renders and writes the results of the
+cases before (``WRITE_BEHIND`` at most waiting). The engines keep the cores busy while the
+single-threaded reading, PNG decoding and encoding run beside them. Lines are printed in
+the order of the case directories. One bad case (unreadable image, empty directory,
+existing result, a failed write) is reported in one line and never stops the others; the
+caller gets the names of the failed cases.
 """
 
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from .imageio import CaseError, ImageReadError, list_case, read_gray8
-from .pipeline import Pipeline
+from .pipeline import Pipeline, PreparedCase
 from .results import ResultExistsError, existing_result, write_case
+
+READ_AHEAD = 2  # cases read and preprocessed ahead of the engines
+WRITE_BEHIND = 4  # finished cases waiting for the writer before the engines wait too
 
 
 @dataclass
 class LoadedCase:
     name: str
-    images: list
-    files: list
+    prepared: PreparedCase
     ignored: list = field(default_factory=list)
+
+    @property
+    def images(self):
+        return self.prepared.images
 
 
 def case_name(case_dir):
     return Path(case_dir).resolve().name or "case"
 
 
-def load_case(case_dir, out_dir, overwrite):
+def load_case(case_dir, out_dir, overwrite, pipeline):
     """A LoadedCase, or (status, line) when the case is skipped or cannot be read."""
     name = case_name(case_dir)
     if existing_result(Path(out_dir) / name) and not overwrite:
@@ -38,13 +50,16 @@ def load_case(case_dir, out_dir, overwrite):
     try:
         paths, ignored = list_case(case_dir)
         images = [read_gray8(p) for p in paths]
+        prepared = pipeline.prepare(name, images, [p.name for p in paths])
     except (CaseError, ImageReadError) as exc:
         return "failed", f"{name}: failed: {exc}"
-    return LoadedCase(name, images, [p.name for p in paths], ignored)
+    except Exception as exc:  # anything else about this case's files fails this case only
+        return "failed", f"{name}: failed: {_one_line(exc)}"
+    return LoadedCase(name, prepared, ignored)
 
 
 def save_result(case, result, out_dir, karyogram, overwrite):
-    """Write one result; returns (status, line)."""
+    """Write one result; returns (status, line). Never raises: a failure is that case's."""
     if case.ignored:
         shown = ", ".join(case.ignored[:5]) + (" ..." if len(case.ignored) > 5 else "")
         result["ignored_files"] = case.ignored
@@ -55,6 +70,8 @@ def save_result(case, result, out_dir, karyogram, overwrite):
         return "skipped", f"{case.name}: skipped, {exc}"
     except OSError as exc:
         return "failed", f"{case.name}: failed: cannot write results ({exc})"
+    except Exception as exc:  # e.g. the karyogram could not be drawn: this case only
+        return "failed", f"{case.name}: failed: cannot write results ({_one_line(exc)})"
     n_warn = len(result["warnings"])
     return "ok", (f"{case.name}: {result['n_chromosomes']} chromosomes, {result['karyotype']}, "
                   f"{n_warn} warning{'s' if n_warn != 1 else ''}, "
@@ -65,57 +82,102 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
               dispatch_mode="paper", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=click.echo):
     """Run every case; returns the names of the cases that failed."""
+    check_case_names(case_dirs)
+    with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
+                  dispatch_mode=dispatch_mode, precision=precision) as pipeline:
+        echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
+             f"backend {pipeline.backend.name}")
+        counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite, echo)
+    echo(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    return failed
+
+
+def check_case_names(case_dirs):
     names = [case_name(d) for d in case_dirs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"several case directories are named {', '.join(duplicates)}; "
                          "results would collide in OUT/<case>/: rename or run them separately")
+
+
+def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo=click.echo):
+    """The cases through an open pipeline, reading, inference and writing overlapped.
+
+    Returns ({"ok": n, "skipped": n, "failed": n}, names of the failed cases).
+    """
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     failed = []
+    # [name, Future of (status, line)] in case order; None until the engines have run it
+    reports = deque()
 
-    def report(status, line, name=None):
-        counts[status] += 1
-        if status == "failed" and name:
-            failed.append(name)
-        echo(line)
+    def report_done(wait_for=0):
+        """Print the finished reports at the front; wait until at most ``wait_for`` remain."""
+        while reports and reports[0][1] is not None and (
+                reports[0][1].done() or len(reports) > wait_for):
+            name, future = reports.popleft()
+            status, line = future.result()
+            counts[status] += 1
+            if status == "failed":
+                failed.append(name)
+            echo(line)
 
-    with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
-                  dispatch_mode=dispatch_mode, precision=precision) as pipeline:
-        echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
-             f"backend {pipeline.backend.name}")
-        pending = []
+    def settled(status, line):
+        future = Future()
+        future.set_result((status, line))
+        return future
 
-        def flush():
-            for case, result in infer_cases(pipeline, pending):
+    with ThreadPoolExecutor(1, "vfinfer-read") as reader, \
+            ThreadPoolExecutor(1, "vfinfer-write") as writer:
+        loads = deque()
+        todo = iter(case_dirs)
+
+        def read_ahead():
+            for case_dir in todo:
+                loads.append((case_name(case_dir), reader.submit(
+                    load_case, case_dir, out_dir, overwrite, pipeline)))
+                if len(loads) >= READ_AHEAD:
+                    break
+
+        def flush(pending):
+            for (case, slot), (_, result) in zip(pending, infer_cases(
+                    pipeline, [case for case, _ in pending])):
                 if isinstance(result, Exception):
-                    report("failed", f"{case.name}: failed: {_one_line(result)}", case.name)
+                    slot[1] = settled("failed", f"{case.name}: failed: {_one_line(result)}")
                 else:
-                    status, line = save_result(case, result, out_dir, karyogram, overwrite)
-                    report(status, line, case.name)
+                    slot[1] = writer.submit(save_result, case, result, out_dir, karyogram,
+                                            overwrite)
             pending.clear()
+            report_done(wait_for=WRITE_BEHIND)
 
+        pending = []
         show_bar = len(case_dirs) > 1 and sys.stderr.isatty()
-        with click.progressbar(case_dirs, label="cases", file=sys.stderr,
+        with click.progressbar(length=len(case_dirs), label="cases", file=sys.stderr,
                                hidden=not show_bar) as bar:
-            for case_dir in bar:
-                loaded = load_case(case_dir, out_dir, overwrite)
+            read_ahead()
+            while loads:
+                name, future = loads.popleft()
+                read_ahead()
+                loaded = future.result()
+                bar.update(1)
                 if not isinstance(loaded, LoadedCase):
-                    report(*loaded, case_name(case_dir))
+                    reports.append([name, settled(*loaded)])
                     continue
-                pending.append(loaded)
-                if sum(len(c.images) for c in pending) >= pipeline.batch_size:
-                    flush()
+                slot = [name, None]
+                reports.append(slot)
+                pending.append((loaded, slot))
+                if sum(len(c.images) for c, _ in pending) >= pipeline.batch_size:
+                    flush(pending)
             if pending:
-                flush()
-    echo(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
-    return failed
+                flush(pending)
+        report_done()
+    return counts, failed
 
 
 def infer_cases(pipeline, cases):
     """(case, result or exception) per case: shared batches, and when a shared batch fails,
     each case again on its own so that one bad case does not take the others with it."""
     try:
-        results = pipeline.run_cases([(c.name, c.images, c.files) for c in cases])
+        results = pipeline.run_cases([c.prepared for c in cases])
         return list(zip(cases, results))
     except Exception as exc:  # an engine or input error: find which case it belongs to
         if len(cases) == 1:
@@ -123,7 +185,7 @@ def infer_cases(pipeline, cases):
     out = []
     for case in cases:
         try:
-            out.append((case, pipeline.run_cases([(case.name, case.images, case.files)])[0]))
+            out.append((case, pipeline.run_cases([case.prepared])[0]))
         except Exception as exc:  # reported as this case's failure, the others go on
             out.append((case, exc))
     return out
