@@ -154,12 +154,29 @@ def test_cli_keeps_defaults_with_too_few_abnormal_cells(synth_root, model_dir, f
     model = fresh_copy(model_dir, "calibrated_model")
     before = (model / "manifest.json").read_text()
     args = ["calibrate", str(synth_root), "--labels", "labels.csv", "--model", str(model)]
-    refused = CliRunner().invoke(main, args)
+    refused = CliRunner().invoke(main, args + ["--simulate", "0"])
     assert refused.exit_code == 1 and "only 1 abnormal cells" in refused.output
     assert (model / "manifest.json").read_text() == before
-    stored = CliRunner().invoke(main, args + ["--allow-few-abnormal"])
+    refused = CliRunner().invoke(main, args)  # 1 real + 3 simulated from the one normal cell
+    assert refused.exit_code == 1 and "only 4 abnormal cells" in refused.output
+    assert (model / "manifest.json").read_text() == before
+    stored = CliRunner().invoke(main, args + ["--simulate", "0", "--allow-few-abnormal"])
     assert stored.exit_code == 0, stored.output
     assert "optimal" in json.loads((model / "manifest.json").read_text())["dispatch"]
+
+
+def test_cli_calibrates_with_simulated_abnormal_cells(synth_root, model_dir, fresh_copy):
+    model = fresh_copy(model_dir, "simulated_model")
+    args = ["calibrate", str(synth_root), "--labels", "labels.csv", "--model", str(model),
+            "--simulate", "9"]
+    stored = CliRunner().invoke(main, args)
+    assert stored.exit_code == 0, stored.output
+    assert "with 9 abnormal cells simulated" in stored.output
+    assert "10 abnormal, 9 of them simulated" in stored.output
+    assert "simulated abnormal cells:" in stored.output
+    calibration = json.loads((model / "manifest.json").read_text())["dispatch"]["calibration"]
+    assert calibration["n_simulated"] == 9 and calibration["n_abnormal_real"] == 1
+    assert calibration["simulated"]["n"] == 9
 
 
 def test_lines_follow_the_case_order(tmp_path, model_dir, chromosome):

@@ -64,6 +64,7 @@ __all__ = [
     "format_calibration",
     "load_params",
     "roc_curve",
+    "simulated_figures",
     "store_params",
 ]
 
@@ -300,6 +301,30 @@ def dispatch_comparison(probs_by_cell, true_types_by_cell, params=None, paper_th
     return _jsonable(out)
 
 
+def simulated_figures(probs_by_cell, true_by_cell, info, params):
+    """Optimal dispatch on simulated abnormal cells (``vfinfer.simulate``), per kind.
+
+    Returns ``{"n", "flagged", "exact", "by_kind": {kind: {...}}, "missed": [...]}``:
+    ``flagged`` cells called abnormal, ``exact`` cells whose called karyotype is the simulated
+    one (the right chromosome gained or lost), ``missed`` up to 20 cells not flagged.
+    """
+    by_kind, missed = {}, []
+    for name, p in probs_by_cell.items():
+        costs, types = hypothesis_costs(p, params.extra_penalty, params.missing_penalty,
+                                        params.prob_floor, params.extra_slots)
+        found = decide(costs, types, params, top=0, probs=p)
+        kind = info[name]["kind"]
+        row = by_kind.setdefault(kind, {"n": 0, "flagged": 0, "exact": 0})
+        row["n"] += 1
+        row["flagged"] += bool(found["abnormal"])
+        row["exact"] += found["karyotype"] == info[name]["karyotype"]
+        if not found["abnormal"] and len(missed) < 20:
+            missed.append({"cell": name, "margin": round(found["margin"], 4),
+                           "best_abnormal": found["best_abnormal"]})
+    total = {k: sum(r[k] for r in by_kind.values()) for k in ("n", "flagged", "exact")}
+    return _jsonable({**total, "by_kind": by_kind, "missed": missed})
+
+
 # --------------------------------------------------------------------------- calibration
 
 
@@ -446,9 +471,11 @@ def format_calibration(report):
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f} %"
 
+    simulated = report.get("n_simulated")
     lines = [
-        f"calibrated on {report['n_cells']} cells ({report['n_abnormal']} abnormal, "
-        f"{report['n_normal']} normal, {report['n_images']} images)",
+        f"calibrated on {report['n_cells']} cells ({report['n_abnormal']} abnormal"
+        + (f", {simulated} of them simulated" if simulated else "")
+        + f", {report['n_normal']} normal, {report['n_images']} images)",
         f"chosen: priors gain {chosen['prior_gain']:g} loss {chosen['prior_loss']:g} sex "
         f"{chosen['prior_sex']:g} (normal {chosen['prior_normal']:g}), extra penalty "
         f"{chosen['extra_penalty']:g}, missing penalty {chosen['missing_penalty']:g}, "
@@ -461,7 +488,17 @@ def format_calibration(report):
         f"{pct(fl['paper']['false_warning_rate'])}, optimal "
         f"{pct(fl['optimal']['false_warning_rate'])}",
     ]
+    if report.get("simulated"):
+        lines.append(simulated_line(report["simulated"]))
     return "\n".join(lines + report["warnings"])
+
+
+def simulated_line(figures):
+    """One line on ``simulated_figures``: flagged and exactly called, per kind."""
+    kinds = ", ".join(f"{kind} {r['flagged']}/{r['n']} flagged, {r['exact']} exact"
+                      for kind, r in figures["by_kind"].items())
+    return (f"simulated abnormal cells: {figures['flagged']} of {figures['n']} flagged, "
+            f"{figures['exact']} called exactly ({kinds})")
 
 
 # --------------------------------------------------------------------------- manifest

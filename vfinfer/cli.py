@@ -206,9 +206,13 @@ def run(case_dirs, model_dir, backend, out_dir, dispatch_mode, no_karyogram, thr
                    "labels' slide column, if any).")
 @click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
               help="CSV with the columns cell,patient for the patient-level figures.")
+@click.option("--simulate", "simulate_per_cell", default=3, show_default=True,
+              type=click.IntRange(min=0),
+              help="Abnormal cells simulated per normal cell for separate sensitivity "
+                   "figures (gain, loss, sex variant in turn); 0: none.")
 @one_line_errors
 def eval_(data_dir, labels_csv, model_dir, backend, threads, batch_size, json_path,
-          flip_half, seed, patient_from, sample_sheet):
+          flip_half, seed, patient_from, sample_sheet, simulate_per_cell):
     """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper, and
     argmax / Algorithm 1 / optimal dispatch per cell and per patient."""
     from .evaluate import evaluate, format_report, roc_paths, save_eval
@@ -216,7 +220,8 @@ def eval_(data_dir, labels_csv, model_dir, backend, threads, batch_size, json_pa
     results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
                        threads=threads, batch_size=batch_size, flip_half=flip_half,
                        seed=seed, log=lambda line: click.echo(line, err=True),
-                       patient_from=patient_from, sample_sheet=sample_sheet)
+                       patient_from=patient_from, sample_sheet=sample_sheet,
+                       simulate=simulate_per_cell)
     click.echo(format_report(results))
     if json_path is not None:
         written, picture = save_eval(results, json_path)
@@ -267,20 +272,26 @@ def _read_ids(path):
               help="Where in the interval of equally good thresholds: 0 the smallest, 0.5 "
                    "the middle, 1 the largest.")
 @click.option("--dry-run", is_flag=True, help="Report only; leave manifest.json alone.")
+@click.option("--simulate", "simulate_per_cell", default=3, show_default=True,
+              type=click.IntRange(min=0),
+              help="Abnormal cells simulated per normal calibration cell (a real chromosome's "
+                   "output added or removed: gain, loss, sex variant in turn) so that the "
+                   "threshold does not rest on a few real abnormal cells; 0: real cells only.")
 @click.option("--allow-few-abnormal", is_flag=True,
               help=f"Store the parameters even with fewer than {MIN_ABNORMAL_CELLS} abnormal "
-                   "cells (they are then fitted to very few examples).")
+                   "cells, real and simulated (they are then fitted to very few examples).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the calibration report here.")
 @one_line_errors
 def calibrate_(data_dir, labels_csv, model_dir, backend, threads, batch_size, slides_from,
                exclude, patient_from, min_sensitivity, threshold_position, dry_run,
-               allow_few_abnormal, json_path):
+               simulate_per_cell, allow_few_abnormal, json_path):
     """Fit optimal-dispatch parameters on labelled training cells; store them in the model."""
-    from .calibrate import calibrate, format_calibration, store_params
+    from .calibrate import calibrate, format_calibration, simulated_figures, store_params
     from .evaluate import cell_probabilities, load_cell_slides
     from .manifest import write_json_atomic
     from .patient import patient_of
+    from .simulate import simulate_abnormal
 
     slides = load_cell_slides(data_dir, labels_csv)
 
@@ -312,9 +323,20 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, threads, batch_size, sl
     click.echo(f"calibrating on {len(data['probs'])} cells of {len(used)} slides from "
                f"{data['labels']}: these must be training slides, not the ones you report "
                "results on")
-    params, report = calibrate(data["probs"], data["true"], min_sensitivity=min_sensitivity,
+    sim_probs, sim_true, sim_info = simulate_abnormal(
+        data["probs"], data["true"], {c: slide_of(c) for c in data["probs"]},
+        per_cell=simulate_per_cell)
+    if sim_probs:
+        click.echo(f"with {len(sim_probs)} abnormal cells simulated from the normal ones "
+                   f"(--simulate {simulate_per_cell})")
+    params, report = calibrate({**data["probs"], **sim_probs}, {**data["true"], **sim_true},
+                               min_sensitivity=min_sensitivity,
                                threshold_position=threshold_position,
                                paper_threshold=data["threshold"], log=log)
+    report["n_simulated"] = len(sim_probs)
+    report["n_abnormal_real"] = report["n_abnormal"] - len(sim_probs)
+    if sim_probs:
+        report["simulated"] = simulated_figures(sim_probs, sim_true, sim_info, params)
     report["data"] = {"data_dir": str(data_dir), "labels": data["labels"],
                       "n_slides": len(used), "slides": used, "excluded": sorted(excluded),
                       "slides_from": None if slides_from is None else str(slides_from),
@@ -328,9 +350,9 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, threads, batch_size, sl
         click.echo("dry run: manifest.json left unchanged")
     elif report["n_abnormal"] < MIN_ABNORMAL_CELLS and not allow_few_abnormal:
         fail(f"only {report['n_abnormal']} abnormal cells among the calibration cells (at least "
-             f"{MIN_ABNORMAL_CELLS} wanted): parameters fitted to so few examples over-fit, so "
-             "manifest.json was left unchanged (the defaults stay); pass --allow-few-abnormal "
-             "to store them anyway")
+             f"{MIN_ABNORMAL_CELLS} wanted, real and simulated): parameters fitted to so few "
+             "examples over-fit, so manifest.json was left unchanged (the defaults stay); "
+             "pass --simulate N or --allow-few-abnormal to store them anyway")
     else:
         click.echo(f"wrote dispatch.optimal and dispatch.calibration to "
                    f"{store_params(model_dir, params, report)}")

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from .atomic import write_atomic
-from .calibrate import dispatch_comparison, load_params
+from .calibrate import dispatch_comparison, load_params, simulated_figures, simulated_line
 from .classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
 from .dispatch import argmax_types, dispatch_counts
 from .imageio import read_gray8
@@ -51,6 +51,7 @@ from .metrics import (
 )
 from .patient import group_cells, patient_evaluation
 from .pipeline import Pipeline
+from .simulate import simulate_abnormal
 
 REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
 MAX_GROUP = 1024  # images read and sent to the pipeline at a time
@@ -197,7 +198,7 @@ def flip_selection(n_images, seed):
 
 def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
              batch_size=None, flip_half=False, seed=0, log=print, patient_from=None,
-             sample_sheet=None, optimal_params=None):
+             sample_sheet=None, optimal_params=None, simulate=3):
     """Run the model over every labelled image and compute the paper's metrics.
 
     One ``Pipeline`` (dispatch off) gives the type and polarity probabilities; dispatch
@@ -205,7 +206,9 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     (fractions in 0..1; ``format_report`` prints them as percentages). ``log`` gets a few
     progress lines. ``patient_from`` (regex on the cell name) or ``sample_sheet`` (CSV
     cell,patient) group cells by patient; by default the labels' ``slide`` column does.
-    ``optimal_params``: ``OptimalParams`` to use instead of the model's.
+    ``optimal_params``: ``OptimalParams`` to use instead of the model's. ``simulate``:
+    abnormal cells simulated per normal cell (``vfinfer.simulate``) for the separate
+    ``results["optimal"]["simulated"]`` figures; 0 for none.
     """
     if patient_from is not None and sample_sheet is not None:
         raise ValueError("give either patient_from or sample_sheet, not both")
@@ -236,7 +239,7 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     groups, how = _patient_groups(data_dir, labels_csv, list(cells), patient_from,
                                   sample_sheet)
     results["optimal"] = _optimal_metrics(results["cells"], case_ids, true_type, type_probs,
-                                          threshold, optimal, groups, how)
+                                          threshold, optimal, groups, how, simulate)
     results.update({
         "data_dir": str(data_dir),
         "labels": str(_labels_path(data_dir, labels_csv)),
@@ -399,7 +402,7 @@ def _patient_groups(data_dir, labels_csv, cells, patient_from, sample_sheet):
 
 
 def _optimal_metrics(cell_rows, case_ids, true_type, type_probs, threshold, optimal, groups,
-                     how):
+                     how, simulate=0):
     """``results["optimal"]``: argmax / Algorithm 1 / optimal dispatch compared per cell and
     per patient; also adds the optimal call to each entry of ``cell_rows``."""
     params, calibrated, note = optimal
@@ -424,6 +427,14 @@ def _optimal_metrics(cell_rows, case_ids, true_type, type_probs, threshold, opti
                  "best_normal": f["best_normal"], "best_abnormal": f["best_abnormal"],
                  "margin": f["margin"], "called": f["optimal_karyotype"]} for f in per_cell]
         out["patients"] = patient_evaluation(info, groups, params.threshold)
+    out["simulated"] = None
+    if simulate:
+        slide_of = {cell: group for group, members in (groups or {}).items()
+                    for cell in members}
+        sim_probs, sim_true, sim_info = simulate_abnormal(probs, true, slide_of,
+                                                          per_cell=simulate)
+        out["simulated"] = {"per_normal_cell": int(simulate),
+                            **simulated_figures(sim_probs, sim_true, sim_info, params)}
     return out
 
 
@@ -601,6 +612,9 @@ def _optimal_lines(opt, n_cells):
             f"{pt['false_alarms']} of {pt['n_normal']}; notation exact: {pt['exact']} of "
             f"{pt['n_patients']}",
         ]
+    if opt.get("simulated"):
+        lines.append(f"  {simulated_line(opt['simulated'])} (vfinfer.simulate: a real "
+                     "chromosome's output added to or removed from a normal cell)")
     lines.append(f"  parameters: {opt['params_note']}")
     return lines
 
