@@ -341,3 +341,25 @@ def test_runtime_side_does_not_import_torch():
             "onnxruntime.quantization.shape_inference; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_latency_options(model_dir, cases, fresh_copy, monkeypatch):
+    from click.testing import CliRunner
+
+    from vfinfer.cli import main
+
+    bad = CliRunner().invoke(main, ["quantize", str(model_dir), "--calib", str(cases[0]),
+                                    "--latency-threads", "two"])
+    assert bad.exit_code == 1 and "--latency-threads 'two'" in bad.output
+    seen = {}
+
+    def fake(model_dir, calib, holdout, **kwargs):
+        seen.update(kwargs)
+        return {"usable": True}
+
+    monkeypatch.setattr(quantize, "quantize_model_dir", fake)
+    ok = CliRunner().invoke(main, ["quantize", str(fresh_copy(model_dir)), "--calib",
+                                   str(cases[0]), "--latency-threads", "2",
+                                   "--latency-repeats", "3"])
+    assert ok.exit_code == 0, ok.output
+    assert seen["latency_threads"] == (2,) and seen["latency_repeats"] == 3

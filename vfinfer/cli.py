@@ -480,16 +480,27 @@ def fp16_(model_dir, calib_case_dir):
               help="Calibrate on at most this many images, evenly spaced.")
 @click.option("--threads", default=0, help="ONNX Runtime threads for calibration and checks.")
 @click.option("--no-latency", is_flag=True, help="Skip the FP32 vs INT8 timing.")
+@click.option("--latency-threads", default="1,2", show_default=True,
+              help="Thread counts of the FP32 vs INT8 timing, comma-separated.")
+@click.option("--latency-repeats", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs per precision and thread count (median reported).")
 @one_line_errors
 def quantize(model_dir, calib_case_dirs, holdout_case_dirs, methods, max_calib_images, threads,
-             no_latency):
+             no_latency, latency_threads, latency_repeats):
     """Add static INT8 graphs (ONNX Runtime CPU) to DIR, checked on held-out images."""
     from .quantize import METHODS, quantize_model_dir
 
+    try:
+        timing_threads = tuple(int(t) for t in latency_threads.split(",") if t.strip())
+    except ValueError:
+        fail(f"--latency-threads {latency_threads!r}: give thread counts such as 1,2")
+    if not timing_threads or min(timing_threads) < 1:
+        fail(f"--latency-threads {latency_threads!r}: give thread counts of at least 1")
     audit = quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs or None,
                                log=click.echo, methods=methods or METHODS,
                                max_calib_images=max_calib_images, threads=threads,
-                               latency_threads=() if no_latency else (1, 2))
+                               latency_threads=() if no_latency else timing_threads,
+                               latency_repeats=latency_repeats)
     if not audit["usable"]:
         fail(f"INT8 graphs written to {model_dir} but marked unusable: {audit['reason']}")
 
