@@ -3,6 +3,9 @@
 ``pip install openvino`` (the ``openvino`` extra). On CPUs with AVX-512 BF16 or AMX,
 ``precision="bf16"`` lets OpenVINO compute in bfloat16 (its inference precision hint); the
 graphs and their FP32 inputs and outputs stay as exported. ``fp32`` pins f32 for parity.
+OpenVINO quietly compiles f32 where the CPU has no bfloat16 support; the backend reads the
+precision back from each compiled graph and refuses bf16 there instead of reporting a
+precision it does not run.
 
 An OpenVINO infer request is not thread-safe: each thread gets its own request per graph
 (``threading.local``); the compiled model is shared. Outputs are copied out of the request's
@@ -28,6 +31,12 @@ class OvRunner(GraphRunner):
             self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise BackendError(f"{path}: OpenVINO cannot compile this graph ({exc})") from None
+        compiled_as = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if precision == "bf16" and "bf16" not in compiled_as:
+            capabilities = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+            raise BackendError(f"{path}: this CPU has no bfloat16 support (OpenVINO CPU "
+                               f"capabilities: {capabilities}), so OpenVINO would run it in "
+                               f"{compiled_as}; use --precision fp32")
         self.label = path.name
         self.inputs = {port.get_any_name(): _shape(port) for port in self.compiled.inputs}
         self.outputs = {port.get_any_name(): _shape(port) for port in self.compiled.outputs}
