@@ -116,6 +116,38 @@ def test_cases_sharing_a_batch_match_single_runs(model_dir, synth_root):
             assert abs(ca["type_prob"] - cb["type_prob"]) < 1e-5
 
 
+def test_prepared_cases_give_the_same_results(model_dir, synth_root):
+    """Pipeline.prepare (run by vfinfer run's reader thread) then run_cases equals run_case."""
+    import threading
+
+    cases = [read_case(p) for p in sorted(synth_root.iterdir()) if p.is_dir()]
+    with Pipeline(model_dir, batch_size=64) as pipe:
+        prepared = [None] * len(cases)
+
+        def prepare(i):
+            images, paths, _ = cases[i]
+            prepared[i] = pipe.prepare(f"c{i}", images, [p.name for p in paths])
+
+        readers = [threading.Thread(target=prepare, args=(i,)) for i in range(len(cases))]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
+        from_prepared = pipe.run_cases(prepared)
+        direct = [pipe.run_case(images, name=f"c{i}", files=[p.name for p in paths])
+                  for i, (images, paths, _) in enumerate(cases)]
+        with pytest.raises(ValueError, match="no chromosome images"):
+            pipe.prepare("empty", [])
+    assert prepared[0].g_input.shape == (len(cases[0][0]), 1, pipe.config.g_input,
+                                         pipe.config.g_input)
+    for a, b in zip(from_prepared, direct):
+        assert a["karyotype"] == b["karyotype"] and a["timing_ms"]["preprocess"] > 0
+        assert [c["file"] for c in a["chromosomes"]] == [c["file"] for c in b["chromosomes"]]
+        for ca, cb in zip(a["chromosomes"], b["chromosomes"]):
+            assert ca["type"] == cb["type"] and ca["polarity"] == cb["polarity"]
+            assert abs(ca["type_prob"] - cb["type_prob"]) < 1e-5
+
+
 def test_auto_backend_says_why_it_passed_over_tensorrt(model_dir, fresh_copy, case46):
     import json
 
