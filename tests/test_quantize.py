@@ -360,6 +360,31 @@ def test_cli_latency_options(model_dir, cases, fresh_copy, monkeypatch):
     monkeypatch.setattr(quantize, "quantize_model_dir", fake)
     ok = CliRunner().invoke(main, ["quantize", str(fresh_copy(model_dir)), "--calib",
                                    str(cases[0]), "--latency-threads", "2",
-                                   "--latency-repeats", "3"])
+                                   "--latency-repeats", "3", "--reduce-range"])
     assert ok.exit_code == 0, ok.output
     assert seen["latency_threads"] == (2,) and seen["latency_repeats"] == 3
+    assert seen["reduce_range"] is True
+
+
+@pytest.mark.parametrize("reduce_range, limit", [(False, 127), (True, 64)])
+def test_reduce_range_gives_7_bit_weights(tmp_path, reduce_range, limit):
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 1, 3, 3],
+                                rng.standard_normal(72).astype(np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 8, 8])],
+        initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    source = tmp_path / "conv.onnx"
+    onnx.save(model, str(source))
+    pre = tmp_path / "conv_pre.onnx"
+    quantize.preprocess_graph(source, pre)
+    out = tmp_path / "conv_int8.onnx"
+    feeds = {"x": rng.standard_normal((4, 1, 8, 8)).astype(np.float32)}
+    quantize.quantize_graph(pre, out, feeds, "minmax", [], batch=2, reduce_range=reduce_range)
+    ints = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
+            if t.data_type == TensorProto.INT8]
+    assert ints and max(int(np.abs(a).max()) for a in ints) in range(limit - 1, limit + 1)

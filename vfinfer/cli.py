@@ -484,9 +484,12 @@ def fp16_(model_dir, calib_case_dir):
               help="Thread counts of the FP32 vs INT8 timing, comma-separated.")
 @click.option("--latency-repeats", default=10, show_default=True, type=click.IntRange(min=1),
               help="Timed runs per precision and thread count (median reported).")
+@click.option("--reduce-range", is_flag=True,
+              help="7-bit weights: ONNX Runtime's advice for CPUs without VNNI, whose INT8 "
+                   "kernels can saturate (the audit records the CPU's INT8 instructions).")
 @one_line_errors
 def quantize(model_dir, calib_case_dirs, holdout_case_dirs, methods, max_calib_images, threads,
-             no_latency, latency_threads, latency_repeats):
+             no_latency, latency_threads, latency_repeats, reduce_range):
     """Add static INT8 graphs (ONNX Runtime CPU) to DIR, checked on held-out images."""
     from .quantize import METHODS, quantize_model_dir
 
@@ -500,7 +503,7 @@ def quantize(model_dir, calib_case_dirs, holdout_case_dirs, methods, max_calib_i
                                log=click.echo, methods=methods or METHODS,
                                max_calib_images=max_calib_images, threads=threads,
                                latency_threads=() if no_latency else timing_threads,
-                               latency_repeats=latency_repeats)
+                               latency_repeats=latency_repeats, reduce_range=reduce_range)
     if not audit["usable"]:
         fail(f"INT8 graphs written to {model_dir} but marked unusable: {audit['reason']}")
 

@@ -511,8 +511,11 @@ def preprocess_graph(source, out_path):
     return model
 
 
-def quantize_graph(pre_path, out_path, feeds, method, kept, batch=CALIB_BATCH):
-    """``quantize_static`` (QDQ, per-channel) of a pre-processed graph."""
+def quantize_graph(pre_path, out_path, feeds, method, kept, batch=CALIB_BATCH,
+                   reduce_range=False):
+    """``quantize_static`` (QDQ, per-channel) of a pre-processed graph; ``reduce_range``: 7-bit
+    weights, which ONNX Runtime recommends for CPUs without VNNI, where its U8S8 kernels add
+    pairs of products in 16 bits (VPMADDUBSW) and can saturate."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     extra = {"CalibStridedMinMax": 1}  # one batch per collect_data call, any method
@@ -524,10 +527,11 @@ def quantize_graph(pre_path, out_path, feeds, method, kept, batch=CALIB_BATCH):
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(OP_TYPES_TO_QUANTIZE),
                         nodes_to_exclude=[k["node"] for k in kept],
-                        calibrate_method=_method(method), extra_options=extra)
+                        calibrate_method=_method(method), extra_options=extra,
+                        reduce_range=reduce_range)
 
 
-def _build_attempt(work, pre_models, pre_paths, feeds, method, rule):
+def _build_attempt(work, pre_models, pre_paths, feeds, method, rule, reduce_range=False):
     """Quantize all three graphs into ``work``; return ``{role: (path, kept)}``."""
     import onnx
 
@@ -536,7 +540,8 @@ def _build_attempt(work, pre_models, pre_paths, feeds, method, rule):
     for role in GRAPH_ROLES:
         kept = complete_kept(pre_models[role], KEPT_RULES[rule](pre_models[role]))
         path = work / f"{role}_int8.onnx"
-        quantize_graph(pre_paths[role], path, feeds[role], method, kept)
+        quantize_graph(pre_paths[role], path, feeds[role], method, kept,
+                       reduce_range=reduce_range)
         check_int8_graph(pre_models[role], onnx.load(str(path)), kept)
         built[role] = (path, kept)
     return built
@@ -645,7 +650,8 @@ def _save_final(src, dst):
     return [dst.name]
 
 
-def _search(tmp, pre_models, pre_paths, feeds, methods, check, min_type_agreement, log):
+def _search(tmp, pre_models, pre_paths, feeds, methods, check, min_type_agreement, log,
+            reduce_range=False):
     """Try each calibration method (rule "sensitive"), then the best one with every FC kept
     FP32, until an attempt meets the rule. Returns ``(attempts, chosen)``: the first passing
     attempt, else the best (type agreement, then box IoU)."""
@@ -653,7 +659,7 @@ def _search(tmp, pre_models, pre_paths, feeds, methods, check, min_type_agreemen
     attempts = []
     for step, (method, rule) in enumerate(plan):  # plan may grow by one while iterating
         built = _build_attempt(tmp / f"attempt{step}", pre_models, pre_paths, feeds, method,
-                               rule)
+                               rule, reduce_range)
         figures = check({r: p for r, (p, _) in built.items()})
         meets, _reason = int8_usable(figures, min_type_agreement)
         attempts.append({"method": method, "kept_fp32_rule": rule, "agreement": figures,
@@ -697,7 +703,7 @@ def remove_int8_graphs(model_dir):
 def quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs=None, log=print,
                        methods=METHODS, max_calib_images=MAX_CALIB_IMAGES, threads=0,
                        latency_threads=LATENCY_THREADS, latency_repeats=LATENCY_REPEATS,
-                       min_type_agreement=MIN_TYPE_AGREEMENT):
+                       min_type_agreement=MIN_TYPE_AGREEMENT, reduce_range=False):
     """Quantize, check and record INT8 graphs for a model directory; return the audit.
 
     ``calib_case_dirs``: case directories whose images calibrate the graphs (at most
@@ -706,7 +712,8 @@ def quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs=None, log=p
     the rest is checked). Calibration methods are tried in ``methods`` order until one meets
     the type agreement rule; if none does, one more attempt keeps every FC layer in FP32.
     The first passing attempt is kept, else the best one, recorded ``"usable": false``.
-    ``latency_threads=()`` skips the latency measurement. Earlier INT8 graphs are replaced;
+    ``latency_threads=()`` skips the latency measurement. ``reduce_range``: 7-bit weights
+    (see ``quantize_graph``). Earlier INT8 graphs are replaced;
     on an error the manifest is left as it was and no INT8 file remains.
     """
     import onnx
@@ -761,7 +768,7 @@ def quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs=None, log=p
                 return agreement_figures(reference, got, manifest.threshold)
 
             attempts, chosen = _search(tmp, pre_models, pre_paths, feeds, methods, check,
-                                       min_type_agreement, log)
+                                       min_type_agreement, log, reduce_range)
             built = chosen["_built"]
             per_graph = {}
             for role in GRAPH_ROLES:  # one graph INT8, the others FP32: where the error comes from
@@ -816,7 +823,7 @@ def quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs=None, log=p
                               "in order, then all FCs in FP32); none did: the best is kept "
                               "and marked unusable") if not usable else
                              "the first attempt meeting the rule, in the order tried",
-                "settings": SETTINGS,
+                "settings": {**SETTINGS, "reduce_range": bool(reduce_range)},
                 "latency": latency,
                 "built_on": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                              "cpu": cpu_int8_facts()},
