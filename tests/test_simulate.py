@@ -86,3 +86,20 @@ def test_an_unflagged_cell_is_listed_as_missed(cells):
     strict = OptimalParams(threshold=1e6)  # nothing can pass this margin
     figures = simulated_figures(sim_p, sim_t, info, strict)
     assert figures["flagged"] == 0 and len(figures["missed"]) == figures["n"]
+
+
+def test_calibration_keeps_simulated_cells_apart(cells):
+    from vfinfer.calibrate import calibrate
+
+    probs, true, slides = cells
+    normal = {c: probs[c] for c in ("a.1", "a.2", "b.1")}
+    normal_true = {c: true[c] for c in normal}
+    sim_p, sim_t, info = simulate_abnormal(probs, true, slides, per_cell=4, seed=0)
+    grid = {"extra_penalty": (10.0,), "missing_penalty": (10.0,), "prior_gain": (0.03,),
+            "prior_loss": (0.05,), "prior_sex": (0.02,)}
+    _, report = calibrate({**normal, **sim_p}, {**normal_true, **sim_t}, grid=grid,
+                          simulated=info)
+    assert report["n_abnormal"] == len(sim_p) == report["n_simulated"] == 12
+    assert report["n_abnormal_real"] == 0 and report["training"]["n_cells"] == 3
+    assert report["simulated"]["n"] == 12 and report["threshold_calibrated"]
+    assert any("no real abnormal cell" in w for w in report["warnings"])

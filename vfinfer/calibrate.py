@@ -344,7 +344,8 @@ def _grid(grid):
 
 
 def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensitivity=1.0,
-              acc_tolerance=0.001, paper_threshold=0.9, threshold_position=0.0, log=None):
+              acc_tolerance=0.001, paper_threshold=0.9, threshold_position=0.0, log=None,
+              simulated=None):
     """Fit optimal-dispatch parameters on labelled TRAINING cells.
 
     ``probs_by_cell`` / ``true_types_by_cell``: mappings cell -> N x 24 probabilities and
@@ -352,14 +353,20 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
     other fields (prior_normal, prob_floor, extra_slots, and the threshold when there is no
     abnormal cell) are kept; ``grid``: dict of value lists per key of ``DEFAULT_GRID`` (a key
     left out keeps ``base``'s value); ``threshold_position``: see ``choose_threshold`` (0:
-    the smallest threshold, 0.5: the middle of the interval). See the module docstring.
+    the smallest threshold, 0.5: the middle of the interval). ``simulated``: the
+    ``info`` dict of ``vfinfer.simulate.simulate_abnormal`` when its cells are among the
+    given ones: they take part in the fit, but the figures and warnings keep them apart.
+    See the module docstring.
 
-    Returns ``(params, report)``; ``report`` is JSON-ready: cell counts, the chosen values and
-    threshold interval, the training figures of ``dispatch_comparison`` (no per-cell list;
-    ``missed_cells`` names the abnormal cells not caught), the best grid rows and
+    Returns ``(params, report)``; ``report`` is JSON-ready: cell counts (``n_abnormal``
+    counts simulated cells too, ``n_abnormal_real`` does not), the chosen values and threshold
+    interval, the training figures of ``dispatch_comparison`` on the real cells (no per-cell
+    list; ``missed_cells`` names the real abnormal cells not caught), ``simulated``
+    (``simulated_figures`` on the simulated cells, or None), the best grid rows and
     ``warnings`` (a loud one when there is no abnormal cell; ``format_calibration`` prints
     them).
     """
+    simulated = simulated or {}
     base = OptimalParams() if base is None else base
     grid = _grid(grid)
     log = log or (lambda line: None)
@@ -420,22 +427,33 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
     candidates.sort(key=rank)
     chosen = candidates[0]
     params = base.replace(**{k: chosen[k] for k in (*GRID_KEYS, "threshold")})
-    figures = dispatch_comparison(dict(zip(names, probs)), dict(zip(names, true)), params,
+    real = [k for k, name in enumerate(names) if name not in simulated]
+    figures = dispatch_comparison({names[k]: probs[k] for k in real},
+                                  {names[k]: true[k] for k in real}, params,
                                   paper_threshold=paper_threshold, cells=True)
     per_cell = figures.pop("cells")
     missed = [c["cell"] for c in per_cell if c["abnormal"] and not c["optimal_abnormal"]]
+    sim_names = [name for name in names if name in simulated]
+    sim_figures = (simulated_figures({n: probs[names.index(n)] for n in sim_names},
+                                     {n: true[names.index(n)] for n in sim_names},
+                                     simulated, params) if sim_names else None)
+    n_real_abn = n_abn - len(sim_names)
     warnings = []
     if not n_abn:
         warnings.append(NO_ABNORMAL_WARNING.format(threshold=base.threshold))
     elif missed:
         warnings.append(f"the sensitivity target {min_sensitivity:g} could not be met with "
-                        f"an abnormal call: {len(missed)} of {n_abn} abnormal training cells "
-                        f"are not flagged ({', '.join(map(str, missed[:10]))}"
+                        f"an abnormal call: {len(missed)} of {n_real_abn} real abnormal "
+                        f"training cells are not flagged ({', '.join(map(str, missed[:10]))}"
                         f"{' ...' if len(missed) > 10 else ''}); their best abnormal "
                         "karyotype does not beat the best normal one")
-    if n_abn and n_abn < 10:
-        warnings.append(f"only {n_abn} abnormal cells in the calibration set: the threshold "
-                        "rests on very few examples")
+    if n_abn and not n_real_abn:
+        warnings.append(f"no real abnormal cell among the calibration cells: the threshold "
+                        f"rests on {len(sim_names)} simulated ones only")
+    elif n_abn and n_real_abn < 10:
+        warnings.append(f"only {n_real_abn} real abnormal cells in the calibration set"
+                        + (f" (and {len(sim_names)} simulated)" if sim_names else "")
+                        + ": the figures on real abnormal cells rest on very few examples")
     ranked = sorted(rows, key=rank)
     top_rows = [{k: v for k, v in r.items() if not k.startswith("_")}
                 for r in ranked[:GRID_ROWS_KEPT]]
@@ -443,6 +461,8 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "n_cells": len(names),
         "n_abnormal": n_abn,
+        "n_abnormal_real": n_real_abn,
+        "n_simulated": len(sim_names),
         "n_normal": len(names) - n_abn,
         "n_images": int(n_per_cell.sum()),
         "rules": {"min_sensitivity": float(min_sensitivity),
@@ -456,6 +476,7 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
         "threshold_calibrated": bool(n_abn),
         "training": figures,
         "missed_cells": missed,
+        "simulated": sim_figures,
         "grid_top": top_rows,
         "grid_size": len(rows),
         "warnings": warnings,
@@ -480,7 +501,8 @@ def format_calibration(report):
         f"{chosen['prior_sex']:g} (normal {chosen['prior_normal']:g}), extra penalty "
         f"{chosen['extra_penalty']:g}, missing penalty {chosen['missing_penalty']:g}, "
         f"threshold {chosen['threshold']:g}",
-        f"training acc. per case: argmax {pct(tr['acc_per_case']['none'])}, "
+        f"on the real calibration cells: acc. per case argmax "
+        f"{pct(tr['acc_per_case']['none'])}, "
         f"Algorithm 1 {pct(tr['acc_per_case']['paper'])}, optimal "
         f"{pct(tr['acc_per_case']['optimal'])}",
         f"abnormal cells flagged: Algorithm 1 {pct(fl['paper']['caught_rate'])}, optimal "
@@ -489,7 +511,7 @@ def format_calibration(report):
         f"{pct(fl['optimal']['false_warning_rate'])}",
     ]
     if report.get("simulated"):
-        lines.append(simulated_line(report["simulated"]))
+        lines.append(simulated_line(report["simulated"]) + " (cells the fit used)")
     return "\n".join(lines + report["warnings"])
 
 
@@ -561,9 +583,11 @@ def load_params(manifest):
         raise ValueError(f"{where}: bad dispatch.optimal: {exc}") from None
     calibration = section.get("calibration") or {}
     if calibration:
+        simulated = calibration.get("n_simulated")
         note = (f"optimal-dispatch parameters calibrated on {calibration.get('n_cells')} "
-                f"cells ({calibration.get('n_abnormal')} abnormal) on "
-                f"{calibration.get('created', 'an unknown date')}")
+                f"cells ({calibration.get('n_abnormal')} abnormal"
+                + (f", {simulated} of them simulated" if simulated else "")
+                + f") on {calibration.get('created', 'an unknown date')}")
         if not calibration.get("threshold_calibrated", True):
             note += "; the threshold was NOT calibrated (no abnormal cells)"
     else:

@@ -287,7 +287,7 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, threads, batch_size, sl
                exclude, patient_from, min_sensitivity, threshold_position, dry_run,
                simulate_per_cell, allow_few_abnormal, json_path):
     """Fit optimal-dispatch parameters on labelled training cells; store them in the model."""
-    from .calibrate import calibrate, format_calibration, simulated_figures, store_params
+    from .calibrate import calibrate, format_calibration, store_params
     from .evaluate import cell_probabilities, load_cell_slides
     from .manifest import write_json_atomic
     from .patient import patient_of
@@ -332,11 +332,8 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, threads, batch_size, sl
     params, report = calibrate({**data["probs"], **sim_probs}, {**data["true"], **sim_true},
                                min_sensitivity=min_sensitivity,
                                threshold_position=threshold_position,
-                               paper_threshold=data["threshold"], log=log)
-    report["n_simulated"] = len(sim_probs)
-    report["n_abnormal_real"] = report["n_abnormal"] - len(sim_probs)
-    if sim_probs:
-        report["simulated"] = simulated_figures(sim_probs, sim_true, sim_info, params)
+                               paper_threshold=data["threshold"], log=log,
+                               simulated=sim_info)
     report["data"] = {"data_dir": str(data_dir), "labels": data["labels"],
                       "n_slides": len(used), "slides": used, "excluded": sorted(excluded),
                       "slides_from": None if slides_from is None else str(slides_from),

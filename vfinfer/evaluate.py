@@ -239,7 +239,8 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     groups, how = _patient_groups(data_dir, labels_csv, list(cells), patient_from,
                                   sample_sheet)
     results["optimal"] = _optimal_metrics(results["cells"], case_ids, true_type, type_probs,
-                                          threshold, optimal, groups, how, simulate)
+                                          threshold, optimal, groups, how, simulate,
+                                          load_cell_slides(data_dir, labels_csv))
     results.update({
         "data_dir": str(data_dir),
         "labels": str(_labels_path(data_dir, labels_csv)),
@@ -402,7 +403,7 @@ def _patient_groups(data_dir, labels_csv, cells, patient_from, sample_sheet):
 
 
 def _optimal_metrics(cell_rows, case_ids, true_type, type_probs, threshold, optimal, groups,
-                     how, simulate=0):
+                     how, simulate=0, slides=None):
     """``results["optimal"]``: argmax / Algorithm 1 / optimal dispatch compared per cell and
     per patient; also adds the optimal call to each entry of ``cell_rows``."""
     params, calibrated, note = optimal
@@ -428,10 +429,8 @@ def _optimal_metrics(cell_rows, case_ids, true_type, type_probs, threshold, opti
                  "margin": f["margin"], "called": f["optimal_karyotype"]} for f in per_cell]
         out["patients"] = patient_evaluation(info, groups, params.threshold)
     out["simulated"] = None
-    if simulate:
-        slide_of = {cell: group for group, members in (groups or {}).items()
-                    for cell in members}
-        sim_probs, sim_true, sim_info = simulate_abnormal(probs, true, slide_of,
+    if simulate:  # donors from the same slide (the labels' slide column), if it has one
+        sim_probs, sim_true, sim_info = simulate_abnormal(probs, true, slides,
                                                           per_cell=simulate)
         out["simulated"] = {"per_normal_cell": int(simulate),
                             **simulated_figures(sim_probs, sim_true, sim_info, params)}

@@ -44,10 +44,10 @@ def case_name(case_dir):
 def load_case(case_dir, out_dir, overwrite, pipeline):
     """A LoadedCase, or (status, line) when the case is skipped or cannot be read."""
     name = case_name(case_dir)
-    if existing_result(Path(out_dir) / name) and not overwrite:
-        return "skipped", (f"{name}: skipped, {Path(out_dir) / name} already holds results "
-                           "(left untouched; pass --overwrite to replace)")
     try:
+        if existing_result(Path(out_dir) / name) and not overwrite:
+            return "skipped", (f"{name}: skipped, {Path(out_dir) / name} already holds "
+                               "results (left untouched; pass --overwrite to replace)")
         paths, ignored = list_case(case_dir)
         images = [read_gray8(p) for p in paths]
         prepared = pipeline.prepare(name, images, [p.name for p in paths])
@@ -110,10 +110,12 @@ def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo
     # [name, Future of (status, line)] in case order; None until the engines have run it
     reports = deque()
 
-    def report_done(wait_for=0):
-        """Print the finished reports at the front; wait until at most ``wait_for`` remain."""
-        while reports and reports[0][1] is not None and (
-                reports[0][1].done() or len(reports) > wait_for):
+    def report_done(wait_for=None):
+        """Print the finished reports at the front; with ``wait_for``, first wait for the
+        writer until at most that many reports remain."""
+        while reports and reports[0][1] is not None:
+            if not reports[0][1].done() and (wait_for is None or len(reports) <= wait_for):
+                break
             name, future = reports.popleft()
             status, line = future.result()
             counts[status] += 1
@@ -151,25 +153,31 @@ def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo
 
         pending = []
         show_bar = len(case_dirs) > 1 and sys.stderr.isatty()
-        with click.progressbar(length=len(case_dirs), label="cases", file=sys.stderr,
-                               hidden=not show_bar) as bar:
-            read_ahead()
-            while loads:
-                name, future = loads.popleft()
+        try:
+            with click.progressbar(length=len(case_dirs), label="cases", file=sys.stderr,
+                                   hidden=not show_bar) as bar:
                 read_ahead()
-                loaded = future.result()
-                bar.update(1)
-                if not isinstance(loaded, LoadedCase):
-                    reports.append([name, settled(*loaded)])
-                    continue
-                slot = [name, None]
-                reports.append(slot)
-                pending.append((loaded, slot))
-                if sum(len(c.images) for c, _ in pending) >= pipeline.batch_size:
+                while loads:
+                    name, future = loads.popleft()
+                    read_ahead()
+                    loaded = future.result()
+                    bar.update(1)
+                    if not isinstance(loaded, LoadedCase):
+                        reports.append([name, settled(*loaded)])
+                        report_done()
+                        continue
+                    slot = [name, None]
+                    reports.append(slot)
+                    pending.append((loaded, slot))
+                    if sum(len(c.images) for c, _ in pending) >= pipeline.batch_size:
+                        flush(pending)
+                if pending:
                     flush(pending)
-            if pending:
-                flush(pending)
-        report_done()
+        except BaseException:  # Ctrl-C: read nothing more; what was sent to the writer lands
+            for _, future in loads:
+                future.cancel()
+            raise
+        report_done(wait_for=0)
     return counts, failed
 
 

@@ -32,7 +32,7 @@ X, Y = 22, 23
 
 
 def simulate_abnormal(probs_by_cell, true_by_cell, slides=None, per_cell=3, seed=0):
-    """Simulated abnormal cells from the normal cells among the given labelled cells.
+    """Simulated abnormal cells from the normal (46,XX or 46,XY) labelled cells.
 
     ``probs_by_cell`` / ``true_by_cell``: mappings cell -> N x 24 probabilities and N 0-based
     true types. ``slides``: mapping cell -> slide (donors come from the same slide when it
@@ -46,7 +46,8 @@ def simulate_abnormal(probs_by_cell, true_by_cell, slides=None, per_cell=3, seed
     slides = slides or {}
     true = {c: np.asarray(true_by_cell[c], dtype=np.int64).reshape(-1) for c in names}
     abnormal = dict(zip(names, abnormal_cells([true[c] for c in names])))
-    normal = [c for c in names if not abnormal[c]]
+    normal = [c for c in names if not abnormal[c]
+              and ((true[c] == X).sum(), (true[c] == Y).sum()) in ((2, 0), (1, 1))]
     rng = np.random.default_rng(seed)
     probs_out, true_out, info = {}, {}, {}
     for cell in normal:
