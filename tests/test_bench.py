@@ -38,7 +38,9 @@ def test_cli_writes_json(model_dir, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "--model", str(model_dir), "--cases", "1",
                                        "--chromosomes", "3", "--warmup", "0", "--no-reference",
-                                       "--json", str(out)])
+                                       "--no-karyogram", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "end to end" in result.output
-    assert json.loads(out.read_text())["pytorch_eager"] == {"skipped": "not requested"}
+    saved = json.loads(out.read_text())
+    assert saved["pytorch_eager"] == {"skipped": "not requested"}
+    assert saved["settings"]["karyogram"] is False

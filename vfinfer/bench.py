@@ -78,26 +78,27 @@ def make_cases(root, n_cases, n_chromosomes, seed):
     return cases
 
 
-def time_case(pipeline, case_dir, out_dir):
+def time_case(pipeline, case_dir, out_dir, karyogram=True):
     """One case from files to written results; returns stage ms and the end-to-end ms."""
     start = time.perf_counter()
     images, paths, _ = read_case(case_dir)
     read_ms = (time.perf_counter() - start) * 1000
     result = pipeline.run_case(images, name=case_dir.name, files=[p.name for p in paths])
     before_write = time.perf_counter()
-    write_case(out_dir, result, images, overwrite=True)
+    write_case(out_dir, result, images if karyogram else None, overwrite=True)
     end = time.perf_counter()
     stages = {"read": read_ms, "write": (end - before_write) * 1000}
     stages.update({k: v for k, v in result["timing_ms"].items() if k != "total"})
     return stages, (end - start) * 1000, len(images)
 
 
-def time_batch_run(pipeline, cases, out_dir, runs=BATCH_RUNS):
+def time_batch_run(pipeline, cases, out_dir, runs=BATCH_RUNS, karyogram=True):
     """Wall ms per case of ``vfinfer run``'s overlapped path over all ``cases``, per run."""
     per_case = []
     for _ in range(runs):
         start = time.perf_counter()
-        counts, _ = run_with(pipeline, cases, out_dir, overwrite=True, echo=lambda line: None)
+        counts, _ = run_with(pipeline, cases, out_dir, karyogram=karyogram, overwrite=True,
+                             echo=lambda line: None)
         per_case.append((time.perf_counter() - start) * 1000 / len(cases))
         if counts["ok"] != len(cases):
             raise RuntimeError(f"the batch run finished only {counts['ok']} of {len(cases)} "
@@ -118,7 +119,8 @@ def time_reference(manifest, cases, threads, warmup_s, batch_size):
 
 
 def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batch_size=None,
-              threads=0, warmup_s=3.0, seed=0, reference=True, precision=None, log=print):
+              threads=0, warmup_s=3.0, seed=0, reference=True, precision=None, log=print,
+              karyogram=True):
     with tempfile.TemporaryDirectory(prefix="vfinfer-bench-") as tmp:
         cases = make_cases(Path(tmp) / "cases", n_cases, n_chromosomes, seed)
         out_dir = Path(tmp) / "out"
@@ -128,16 +130,17 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
             deadline = time.perf_counter() + warmup_s
             warm = 0
             while time.perf_counter() < deadline or warm == 0:
-                time_case(pipe, cases[warm % len(cases)], out_dir)
+                time_case(pipe, cases[warm % len(cases)], out_dir, karyogram)
                 warm += 1
             per_stage = {s: [] for s in STAGES}
             end_to_end = []
             for case in cases:
-                stages, total, n = time_case(pipe, case, out_dir)
+                stages, total, n = time_case(pipe, case, out_dir, karyogram)
                 for s in STAGES:
                     per_stage[s].append(stages.get(s, 0.0))
                 end_to_end.append(total)
-            batch_run = time_batch_run(pipe, cases, Path(tmp) / "batch-out")
+            batch_run = time_batch_run(pipe, cases, Path(tmp) / "batch-out",
+                                       karyogram=karyogram)
             backend_info = pipe.backend.describe()
             used_batch = pipe.batch_size
         ref = (time_reference(manifest, cases, threads, warmup_s, used_batch)
@@ -158,7 +161,7 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
         "settings": {"model_dir": str(manifest.model_dir), "preset": manifest.config.preset,
                      "backend": backend_info, "cases": n_cases, "chromosomes": n_chromosomes,
                      "batch": used_batch, "threads": threads or "default",
-                     "warmup_s": warmup_s, "warmup_cases": warm},
+                     "warmup_s": warmup_s, "warmup_cases": warm, "karyogram": karyogram},
         "gmac_per_chromosome": gmac,
         "stages_ms_per_case": {s: percentiles(v) for s, v in per_stage.items()},
         "end_to_end_ms_per_case": e2e,

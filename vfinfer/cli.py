@@ -413,10 +413,11 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
               help="Graphs to run (default: fp32 on ONNX Runtime, fp16 engines on TensorRT); "
                    "bf16 with --backend openvino.")
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch eager comparison.")
+@click.option("--no-karyogram", is_flag=True, help="Write results without karyogram.png.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report.")
 @one_line_errors
 def bench(model_dir, preset, backend, n_cases, chromosomes, batch_size, threads, warmup,
-          precision, no_reference, json_path):
+          precision, no_reference, no_karyogram, json_path):
     """Time whole cases stage by stage; compare with PyTorch eager."""
     import tempfile
 
@@ -436,7 +437,8 @@ def bench(model_dir, preset, backend, n_cases, chromosomes, batch_size, threads,
                          log=lambda *a: None, batches=(2,))
         report = run_bench(model_dir, backend=backend, n_cases=n_cases,
                            n_chromosomes=chromosomes, batch_size=batch_size, threads=threads,
-                           warmup_s=warmup, reference=not no_reference, precision=precision)
+                           warmup_s=warmup, reference=not no_reference, precision=precision,
+                           karyogram=not no_karyogram)
     click.echo(format_report(report))
     if json_path:
         save_report(report, json_path)
