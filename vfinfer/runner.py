@@ -3,8 +3,9 @@
 Three stages overlap, each on its own thread: a reader reads and preprocesses the next cases
 (``READ_AHEAD`` at most), the calling thread runs the engines on shared batches (several
 small cases fill one batch) and dispatch, and a writer renders and writes the results of the
-cases before (``WRITE_BEHIND`` at most waiting). The engines keep the cores busy while the
-single-threaded reading, PNG decoding and encoding run beside them. Lines are printed in
+cases before (after each engine batch the engines wait until at most ``WRITE_BEHIND`` cases
+are still to be written). On a machine with a core to spare this hides the single-threaded
+reading, PNG decoding and encoding behind the engines. Lines are printed in
 the order of the case directories. One bad case (unreadable image, empty directory,
 existing result, a failed write) is reported in one line and never stops the others; the
 caller gets the names of the failed cases.
