@@ -23,7 +23,10 @@ and then picks the margin threshold:
    accuracy, then the widest threshold interval (the most robust separation).
 
 A cell is *abnormal* when its true counts are (``vfinfer.metrics.abnormal_cells``: an autosome
-not twice, or X + Y != 2), *flagged* when optimal dispatch calls it abnormal. Use training
+not twice, or X + Y != 2), *flagged* when optimal dispatch calls it abnormal. Real abnormal
+cells are rare, so ``vfinfer calibrate`` adds abnormal cells simulated from the normal ones
+(``vfinfer.simulate``); they take part in the fit, while the figures and warnings of the
+report count the real cells apart (``simulated=``). Use training
 slides only: the figures on the cells the threshold was chosen on are optimistic, and the
 model is over-confident on the very images it was trained on, so a validation split that
 the network did not train on is better still. Without abnormal cells the threshold cannot be
@@ -433,10 +436,11 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
                                   paper_threshold=paper_threshold, cells=True)
     per_cell = figures.pop("cells")
     missed = [c["cell"] for c in per_cell if c["abnormal"] and not c["optimal_abnormal"]]
-    sim_names = [name for name in names if name in simulated]
-    sim_figures = (simulated_figures({n: probs[names.index(n)] for n in sim_names},
-                                     {n: true[names.index(n)] for n in sim_names},
-                                     simulated, params) if sim_names else None)
+    sim = [k for k, name in enumerate(names) if name in simulated]
+    sim_names = [names[k] for k in sim]
+    sim_figures = (simulated_figures({names[k]: probs[k] for k in sim},
+                                     {names[k]: true[k] for k in sim},
+                                     simulated, params) if sim else None)
     n_real_abn = n_abn - len(sim_names)
     warnings = []
     if not n_abn:
