@@ -15,8 +15,9 @@ out of real network outputs:
 The kinds cycle gain, loss, sex variant over ``per_cell`` simulated cells per normal cell;
 the chromosome is drawn at random (seeded). What this cannot show: a real trisomy's extra
 chromosome is a third image of the same cell, not a copy from a neighbour, and real
-abnormal cells may differ in preparation. Figures on simulated cells are therefore reported
-apart from the figures on real abnormal cells, never mixed into them.
+abnormal cells may differ in preparation. Simulated cells may take part in a fit
+(``vfinfer calibrate``), but figures on them are reported apart from the figures on real
+abnormal cells, never mixed into them.
 """
 
 import numpy as np
