@@ -23,8 +23,8 @@ CSV_COLUMNS = ("file", "type", "type_prob", "type_before_dispatch", "low_confide
 
 
 # zlib's fastest level with run-length matching and the "up" filter: on karyograms (large
-# white areas, repeated rows) this encodes about a third faster than OpenCV's default filter
-# and gives smaller files; PNG is lossless whatever the settings.
+# white areas, repeated rows) as fast as OpenCV's default and about 8 % smaller; PNG is
+# lossless whatever the settings. A one-channel picture encodes about 3x faster.
 PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
               cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
 
@@ -56,7 +56,7 @@ def karyogram_png(result, images):
         notes=result["warnings"],
     )
     if not any(c["low_confidence"] for c in chromosomes):
-        picture = picture[:, :, 0]  # no red frame: the picture is gray (a third of the bytes)
+        picture = picture[:, :, 0]  # no red frame: the picture is gray, one channel is enough
     ok, encoded = cv2.imencode(".png", picture, PNG_PARAMS)
     if not ok:
         raise RuntimeError("could not encode the karyogram as PNG")
