@@ -56,8 +56,7 @@ def simulate_abnormal(probs_by_cell, true_by_cell, slides=None, per_cell=3, seed
         male = bool((t == Y).any())
         for j in range(per_cell):
             kind = SIMULATED_KINDS[j % len(SIMULATED_KINDS)]
-            change = _draw_change(kind, male, rng)
-            sign, chrom = change[0], change[1]
+            sign, chrom = _draw_change(kind, male, rng)
             if sign == "+":
                 donor = _donor_row(cell, chrom, names, probs_by_cell, true, slides, rng)
                 if donor is None:
