@@ -1,11 +1,11 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="vfinfer",
     version="0.1.0",
     description="Fast, dependable inference for Varifocal-Net chromosome classification",
     python_requires=">=3.9",
-    packages=["vfinfer", "vfinfer.backends", "vfinfer_export"],
+    packages=find_packages(include=["vfinfer", "vfinfer.*"]) + ["vfinfer_export"],
     package_dir={"vfinfer_export": "export"},
     package_data={"vfinfer": ["demo_model/*.onnx", "demo_model/*.json"]},
     install_requires=[

@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 import torch
 
-from vfinfer.imageio import read_gray8
-from vfinfer.preprocess import pad_to_canvas, zscore
+from vfinfer.io.images import read_gray8
+from vfinfer.pipeline.preprocess import pad_to_canvas, zscore
 
 REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
 # A pixel belongs to the chromosome when it is darker than the pad value by more than this

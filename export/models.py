@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vfinfer.config import count_macs  # noqa: F401 - re-exported for the torch side
+from vfinfer.model.config import count_macs  # noqa: F401 - re-exported for the torch side
 
 
 class WideResidualUnit(nn.Module):

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 import vfinfer
-from vfinfer.manifest import build_manifest, sha256_file, write_json_atomic
-from vfinfer.onnx_graph import io_records
+from vfinfer.model.manifest import build_manifest, sha256_file, write_json_atomic
+from vfinfer.tools.onnx_graph import io_records
 
 OPSET = 18  # opset 18 keeps every op in TensorRT 10/11's ONNX parser (see tests/test_op_audit)
 PROTOBUF_LIMIT = 2 ** 31 - 1
@@ -210,7 +210,7 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
                  log=print, threads=0, fp16=False, calib_case_dir=None):
     """Export ``model`` into ``out_dir`` and return the manifest written there.
 
-    ``fp16``: also write the audited mixed-precision FP16 graphs (vfinfer_export.fp16),
+    ``fp16``: also write the audited mixed-precision FP16 graphs (vfinfer.tools.fp16),
     calibrated on ``calib_case_dir`` (a case directory) or on synthetic images.
     """
     model = model.eval()
@@ -237,9 +237,8 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
                                           "tolerance_abs_probabilities": PROBABILITY_TOLERANCE})
         write_json_atomic(tmp_dir / "manifest.json", manifest)
         if fp16:  # before publishing: the directory appears only when every check passed
-            from vfinfer.manifest import load_manifest
-
-            from .fp16 import add_fp16_graphs
+            from vfinfer.model.manifest import load_manifest
+            from vfinfer.tools.fp16 import add_fp16_graphs
 
             add_fp16_graphs(tmp_dir, calib_case_dir=calib_case_dir, log=log)
             manifest = load_manifest(tmp_dir).data

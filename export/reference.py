@@ -1,6 +1,6 @@
 """The whole Varifocal-Net pipeline in PyTorch, for tests and benchmarks only.
 
-It shares the runtime's preprocessing (``vfinfer.preprocess``, NumPy) so the comparison
+It shares the runtime's preprocessing (``vfinfer.pipeline.preprocess``, NumPy) so the comparison
 isolates what the runtime does differently: the exported graphs, the eq. 5 box decode and
 the crop between the engines (here ``grid_sample``, in the runtime a NumPy gather).
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfinfer.preprocess import preprocess_batch
+from vfinfer.pipeline.preprocess import preprocess_batch
 
 from .checkpoint import load_checkpoint
 from .models import random_model

@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vfinfer.config import ModelConfig
-from vfinfer.config import preset as preset_config
+from vfinfer.model.config import ModelConfig
+from vfinfer.model.config import preset as preset_config
 
 from .checkpoint import CheckpointError, load_state, save_checkpoint
 from .data import ChromosomeDataset, batches, load_labels, slides_of, split_by_slide

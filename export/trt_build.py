@@ -3,7 +3,7 @@
 One engine per graph (``gnet.engine``, ``lnet.engine``, ``heads.engine``), each a plain
 serialized plan (``trtexec --loadEngine=gnet.engine`` reads it) with one optimization profile
 for the dynamic batch (min 1, opt, max), recorded in ``manifest["engines"][role]`` with what
-it was built from and on (vfinfer.engine_record).
+it was built from and on (vfinfer.model.engine_record).
 
 TensorRT 10 and 11 need different recipes for the same FP16 engine, chosen by the major
 version number (never by probing ``BuilderFlag`` attributes: code that guards with
@@ -14,7 +14,7 @@ version number (never by probing ``BuilderFlag`` attributes: code that guards wi
   and the FC layers feeding them, plus whatever the range audit flagged) get FP32 layer
   precision and output types, enforced with ``OBEY_PRECISION_CONSTRAINTS``.
 * TensorRT 11 (always strongly typed, no precision flags): the mixed-precision FP16 graph
-  written by ``vfinfer_export.fp16`` (created here if missing), no precision flag,
+  written by ``vfinfer.tools.fp16`` (created here if missing), no precision flag,
   ``builder.create_network()`` with flags 0.
 
 Either way the result is verified, not assumed: the plan is deserialized and read with the
@@ -27,10 +27,10 @@ import json
 import re
 from pathlib import Path
 
-from vfinfer.atomic import write_atomic
-from vfinfer.engine_record import ENGINE_PRECISION, make_engine_record
 from vfinfer.environment import cuda_devices
-from vfinfer.manifest import (
+from vfinfer.io.atomic import write_atomic
+from vfinfer.model.engine_record import ENGINE_PRECISION, make_engine_record
+from vfinfer.model.manifest import (
     GRAPH_ROLES,
     MANIFEST_NAME,
     load_manifest,
@@ -324,7 +324,7 @@ def _kept_nodes(manifest, role, fp32_path):
         return [entry["node"] for entry in record["kept_fp32"]]
     import onnx
 
-    from .fp16 import sensitive_nodes
+    from vfinfer.tools.fp16 import sensitive_nodes
 
     return [entry["node"] for entry in sensitive_nodes(onnx.load(str(fp32_path)))]
 
@@ -355,7 +355,7 @@ def build_engines(model_dir, max_batch=64, opt_batch=46, workspace_mb=2048, timi
         log(f"note: {recipe['note']}")
     if recipe["graph_precision"] == "fp16" and any(
             f"{role}_fp16" not in manifest.data["graphs"] for role in GRAPH_ROLES):
-        from .fp16 import add_fp16_graphs
+        from vfinfer.tools.fp16 import add_fp16_graphs
 
         log("no FP16 graphs in the model directory yet: converting them first")
         add_fp16_graphs(model_dir, log=log)

@@ -1,7 +1,7 @@
 """Differentiable varifocal step in torch (paper section II-A.3 and II-A.5).
 
 * ``decode_boxes_torch``: eq. 5, (N, 3) localizer output u -> (N, 4) float boxes
-  [x0, y0, x1, y1] in G-input pixels; the torch twin of ``vfinfer.crop.decode_boxes``.
+  [x0, y0, x1, y1] in G-input pixels; the torch twin of ``vfinfer.pipeline.crop.decode_boxes``.
 * ``crop_and_resize_torch``: the crop of ``vfinfer.crop.crop_and_resize`` written with
   ``torch.nn.functional.grid_sample`` (bilinear, ``align_corners=False``,
   ``padding_mode="border"``): ``out_size`` x ``out_size`` half-pixel-centred samples inside
@@ -46,7 +46,7 @@ def decode_boxes_torch(loc, t1, t2):
 
 def _grid_axis(start, stop, out_size, size):
     """Normalized (align_corners=False) grid coordinates of ``out_size`` half-pixel-centred
-    samples of [start, stop), as ``vfinfer.crop._sample_positions`` places them."""
+    samples of [start, stop), as ``vfinfer.pipeline.crop._sample_positions`` places them."""
     steps = (torch.arange(out_size, dtype=start.dtype, device=start.device) + 0.5) / out_size
     # source coordinate in pixel-index units (pixel i is centred on i)
     src = start[:, None] + steps[None, :] * (stop - start)[:, None] - 0.5

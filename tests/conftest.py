@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vfinfer.config import preset
-from vfinfer.synth import write_cases
+from vfinfer.model.config import preset
+from vfinfer.tools.synth import write_cases
 
 PKI3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pki3"
 

@@ -4,8 +4,8 @@ import json
 
 from click.testing import CliRunner
 
-from vfinfer.bench import cpu_facts, run_bench
 from vfinfer.cli import main
+from vfinfer.tools.bench import cpu_facts, run_bench
 
 
 def test_report_structure(model_dir):

@@ -1,4 +1,4 @@
-"""Tests for vfinfer.calibrate: threshold choice, ROC, grid calibration on synthetic score
+"""Tests for vfinfer.tools.calibrate: threshold choice, ROC, grid calibration on synthetic score
 matrices, and the parameters' round trip through manifest.json."""
 
 import json
@@ -6,20 +6,19 @@ import json
 import numpy as np
 import pytest
 
-from vfinfer.calibrate import (
+from vfinfer.calls.karyotype import parse_karyotype
+from vfinfer.calls.optimal import OptimalParams
+from vfinfer.calls.optimal_params import load_params
+from vfinfer.model.config import preset
+from vfinfer.model.manifest import MANIFEST_NAME, build_manifest, load_manifest, write_json_atomic
+from vfinfer.tools.calibrate import (
     NO_ABNORMAL_WARNING,
     calibrate,
     choose_threshold,
-    dispatch_comparison,
     format_calibration,
-    load_params,
-    roc_curve,
     store_params,
 )
-from vfinfer.config import preset
-from vfinfer.karyotype import parse_karyotype
-from vfinfer.manifest import MANIFEST_NAME, build_manifest, load_manifest, write_json_atomic
-from vfinfer.optimal import OptimalParams
+from vfinfer.tools.dispatch_figures import dispatch_comparison, roc_curve
 
 SMALL_GRID = {"extra_penalty": (8.0, 12.0), "missing_penalty": (8.0, 12.0),
               "prior_gain": (0.03,), "prior_loss": (0.05,), "prior_sex": (0.02,)}

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from vfinfer.config import preset
+from vfinfer.model.config import preset
 from vfinfer_export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vfinfer_export.models import VarifocalNet
 

@@ -201,16 +201,16 @@ def test_lines_follow_the_case_order(tmp_path, model_dir, chromosome):
 
 
 def test_a_failed_write_fails_only_its_case(tmp_path, model_dir, chromosome, monkeypatch):
-    import vfinfer.results
+    import vfinfer.io.results
 
-    real_render = vfinfer.results.render_karyogram
+    real_render = vfinfer.io.results.render_karyogram
 
     def render(images, *args, title="", **kwargs):
         if title.startswith("bad"):
             raise ValueError("simulated drawing failure")
         return real_render(images, *args, title=title, **kwargs)
 
-    monkeypatch.setattr(vfinfer.results, "render_karyogram", render)
+    monkeypatch.setattr(vfinfer.io.results, "render_karyogram", render)
     files = {"a.png": png(chromosome)}
     dirs = [make_case(tmp_path, name, files) for name in ("first", "bad", "last")]
     out = tmp_path / "out"

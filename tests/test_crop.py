@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vfinfer.crop import crop_and_resize, decode_boxes
+from vfinfer.pipeline.crop import crop_and_resize, decode_boxes
 
 
 def test_decode_boxes_eq5_by_hand():

@@ -1,4 +1,4 @@
-"""Tests for vfinfer.dispatch: one test per branch of Algorithm 1 (Qin et al. 2019).
+"""Tests for vfinfer.calls.dispatch: one test per branch of Algorithm 1 (Qin et al. 2019).
 
 Type indices are 0-based: index 0 is chromosome 1, 20 is chromosome 21, 22 = X, 23 = Y.
 """
@@ -6,7 +6,7 @@ Type indices are 0-based: index 0 is chromosome 1, 20 is chromosome 21, 22 = X, 
 import numpy as np
 import pytest
 
-from vfinfer.dispatch import argmax_types, dispatch, dispatch_counts
+from vfinfer.calls.dispatch import argmax_types, dispatch, dispatch_counts
 
 X, Y = 22, 23
 MALE = [k for k in range(22) for _ in range(2)] + [X, Y]  # 46,XY in type order

@@ -5,15 +5,15 @@ import json
 import pytest
 
 from vfinfer.backends.trt import engine_problems
-from vfinfer.config import preset
-from vfinfer.engine_record import (
+from vfinfer.model.config import preset
+from vfinfer.model.engine_record import (
     RECORD_FIELDS,
     check_engine_record,
     engine_record_notes,
     make_engine_record,
     version_tuple,
 )
-from vfinfer.manifest import build_manifest, load_manifest, sha256_file, write_json_atomic
+from vfinfer.model.manifest import build_manifest, load_manifest, sha256_file, write_json_atomic
 from vfinfer_export.trt_build import (
     BuildError,
     build_recipe,

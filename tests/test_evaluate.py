@@ -1,4 +1,5 @@
-"""``vfinfer.evaluate``: labels, hand-checkable metrics with a forced pipeline, flip_half, files.
+"""``vfinfer.tools.evaluate``: labels, hand-checkable metrics with a forced pipeline,
+flip_half, files.
 
 The forced pipeline recognises each image it is given (by its pixels, or the pixels of its
 vertical flip) and answers with probabilities derived from the labels, with a few known,
@@ -14,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from vfinfer import evaluate as ev
-from vfinfer.imageio import read_gray8
-from vfinfer.synth import write_cases
+from vfinfer.io.images import read_gray8
+from vfinfer.tools import evaluate as ev
+from vfinfer.tools.synth import write_cases
 
 # Cell A: 46,XY (normal), cell B: 47,XX,+21, cell C: 46,XX,+21,-22 (both abnormal).
 KARYOTYPES = [("46,XY", 1), ("47,XX,+21", 2), ("46,XX,+21,-22", 3)]
@@ -58,7 +59,7 @@ def forced_pipeline(root, rows, type_rows=None, wrong_polarity=()):
         seen = []  # (file, flipped) in the order the images were given
 
         def __init__(self, model_dir=None, backend="auto", threads=0, batch_size=None,
-                     dispatch_mode="paper"):
+                     dispatch_mode="paper", precision=None):
             assert dispatch_mode == "none"  # evaluate dispatches itself
             self.batch_size = batch_size or 10
             self.manifest = SimpleNamespace(

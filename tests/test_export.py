@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from vfinfer.cli import main
-from vfinfer.manifest import load_manifest, sha256_file
+from vfinfer.model.manifest import load_manifest, sha256_file
 from vfinfer_export import onnx_export
 from vfinfer_export.checkpoint import save_checkpoint
 
@@ -86,15 +86,27 @@ def test_cli_exports_a_checkpoint(compact_model, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["missing.pt", "--out", "{tmp}/m"], "missing.pt: checkpoint file not found"),
-    (["--random-init", "--preset", "huge", "--out", "{tmp}/m"], "unknown preset 'huge'"),
     (["--random-init", "--out", "{tmp}/file.txt/m"], "cannot write there"),
-    (["--out", "{tmp}/m"], "give a CHECKPOINT"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     (tmp_path / "file.txt").write_text("x")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = CliRunner().invoke(main, ["export", *args])
-    assert result.exit_code != 0
+    assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--random-init", "--preset", "huge", "--out", "{tmp}/m"], "'huge' is not one of"),
+    (["--out", "{tmp}/m"], "give a CHECKPOINT"),
+    (["--random-init", "--calib", "{tmp}", "--out", "{tmp}/m"], "--calib only applies"),
+    (["x.pt", "--random-init", "--out", "{tmp}/m"], "not both"),
+])
+def test_cli_usage_errors_exit_2_through_click(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(main, ["export", *args])
+    assert result.exit_code == 2 and "Usage: " in result.output
+    assert "Error: " in result.output and message in result.output
     assert "Traceback" not in result.output

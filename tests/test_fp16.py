@@ -8,10 +8,11 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from vfinfer.manifest import load_manifest, sha256_file
+from vfinfer.model.manifest import load_manifest, sha256_file
 from vfinfer.pipeline import Pipeline
+from vfinfer.tools import precision
 
-fp16 = pytest.importorskip("vfinfer_export.fp16", reason="the export extra is not installed")
+fp16 = pytest.importorskip("vfinfer.tools.fp16", reason="the export extra is not installed")
 
 ROLES = ("gnet", "lnet", "heads")
 
@@ -102,7 +103,7 @@ def test_softmax_sigmoid_and_their_fc_stay_fp32(fp16_dir):
 
 
 def test_activation_ranges_reports_every_tensor(model_dir):
-    feeds = fp16.calibration_feeds(model_dir, fp16.synthetic_calibration_images(8))
+    feeds = precision.calibration_feeds(model_dir, fp16.synthetic_calibration_images(8))
     ranges = fp16.activation_ranges(model_dir / "gnet.onnx", feeds["gnet"])
     model = onnx.load(str(model_dir / "gnet.onnx"))
     produced = [o for n in model.graph.node for o in n.output]
@@ -163,7 +164,7 @@ def test_agreement_recorded_in_manifest(fp16_dir):
 
 def test_fp16_pipeline_runs(fp16_dir, case_dirs):
     out, _audit, _lines = fp16_dir
-    from vfinfer.imageio import read_case
+    from vfinfer.io.images import read_case
 
     images, paths, _ = read_case(case_dirs[0])
     with Pipeline(out, backend="ort", precision="fp16") as pipe:

@@ -25,7 +25,7 @@ import pytest
 from vfinfer.backends import trt as trt_backend
 from vfinfer.backends.base import BackendError
 from vfinfer.environment import cuda_devices
-from vfinfer.manifest import load_manifest, write_json_atomic
+from vfinfer.model.manifest import load_manifest, write_json_atomic
 
 GPU_COUNT, GPU_DESCRIPTION = cuda_devices()
 needs_gpu = pytest.mark.skipif(GPU_COUNT == 0, reason=f"no CUDA device: {GPU_DESCRIPTION}")
@@ -447,7 +447,7 @@ def test_engines_built_verified_and_recorded(built_dir):
 
 @needs_gpu
 def test_fp16_engines_agree_with_fp32_onnx(built_dir, case_dirs):
-    from vfinfer.imageio import read_case
+    from vfinfer.io.images import read_case
     from vfinfer.pipeline import Pipeline
 
     out, _records, _lines = built_dir
@@ -493,7 +493,7 @@ def test_stale_engine_is_refused(built_dir, tmp_path):
 
 @needs_gpu
 def test_no_device_memory_leak_over_1000_runs(built_dir, case_dirs):
-    from vfinfer.imageio import read_case
+    from vfinfer.io.images import read_case
 
     out, _records, _lines = built_dir
     images, _paths, _ = read_case(case_dirs[0])
@@ -515,7 +515,7 @@ def test_no_device_memory_leak_over_1000_runs(built_dir, case_dirs):
 
 @needs_gpu
 def test_threads_share_engines(built_dir, case_dirs):
-    from vfinfer.imageio import read_case
+    from vfinfer.io.images import read_case
 
     out, _records, _lines = built_dir
     images, _paths, _ = read_case(case_dirs[0])

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vfinfer.karyogram import render_karyogram
+from vfinfer.io.karyogram import render_karyogram
 
 DARK, LIGHT = 30, 160
 
@@ -128,7 +128,7 @@ def test_bad_values():
 
 def test_png_is_gray_without_flags_and_colour_with_them():
     """karyogram_png drops to one channel only when no red frame is drawn, losing nothing."""
-    from vfinfer.results import karyogram_png
+    from vfinfer.io.results import karyogram_png
 
     images = [asymmetric(), asymmetric(40), plain(30)]
     for flags in ([False, False, False], [False, True, False]):

@@ -1,9 +1,9 @@
-"""Tests for vfinfer.karyotype: ISCN-style numerical karyotypes and their parser."""
+"""Tests for vfinfer.calls.karyotype: ISCN-style numerical karyotypes and their parser."""
 
 import numpy as np
 import pytest
 
-from vfinfer.karyotype import karyotype_summary, parse_karyotype
+from vfinfer.calls.karyotype import karyotype_summary, parse_karyotype
 
 X, Y = 22, 23
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vfinfer.metrics import (
+from vfinfer.tools.metrics import (
     abnormal_cells,
     accuracy,
     case_accuracies,

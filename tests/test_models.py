@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vfinfer.config import PRESETS, ModelConfig, preset
+from vfinfer.model.config import PRESETS, ModelConfig, preset
 from vfinfer_export.models import VarifocalNet, count_macs
 
 

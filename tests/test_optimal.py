@@ -1,4 +1,4 @@
-"""Tests for vfinfer.optimal: optimal dispatch on hand-built probability matrices.
+"""Tests for vfinfer.calls.optimal: optimal dispatch on hand-built probability matrices.
 
 Type indices are 0-based: index 0 is chromosome 1, 3 is chromosome 4, 20 is chromosome 21,
 22 = X, 23 = Y.
@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from vfinfer.dispatch import dispatch, dispatch_counts
-from vfinfer.karyotype import karyotype_summary, parse_karyotype
-from vfinfer.optimal import (
+from vfinfer.calls.dispatch import dispatch, dispatch_counts
+from vfinfer.calls.karyotype import karyotype_summary, parse_karyotype
+from vfinfer.calls.optimal import (
     HYPOTHESES,
     OptimalDispatch,
     OptimalParams,

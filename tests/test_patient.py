@@ -1,12 +1,13 @@
-"""Tests for vfinfer.patient: grouping cells by patient, ISCN clone rules and mosaic notation."""
+"""Tests for vfinfer.calls.patient: grouping cells by patient, ISCN clone rules and mosaic
+notation."""
 
 import json
 
 import numpy as np
 import pytest
 
-from vfinfer.optimal import optimal_dispatch
-from vfinfer.patient import (
+from vfinfer.calls.optimal import optimal_dispatch
+from vfinfer.calls.patient import (
     PATIENT_FILE,
     changes_from,
     group_cells,

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from vfinfer.config import preset
-from vfinfer.preprocess import pad_to_canvas, preprocess, preprocess_batch, zscore
+from vfinfer.model.config import preset
+from vfinfer.pipeline.preprocess import pad_to_canvas, preprocess, preprocess_batch, zscore
 
 
 def test_pad_centres_the_image():

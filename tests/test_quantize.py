@@ -11,12 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from vfinfer import quantize
 from vfinfer.backends import BackendError
-from vfinfer.imageio import read_case
-from vfinfer.manifest import load_manifest, sha256_file
+from vfinfer.io.images import read_case
+from vfinfer.model import audits
+from vfinfer.model.manifest import load_manifest, sha256_file
 from vfinfer.pipeline import Pipeline
-from vfinfer.synth import write_cases
+from vfinfer.tools import precision, quantize
+from vfinfer.tools.synth import write_cases
 
 ROLES = ("gnet", "lnet", "heads")
 FIGURES = ("images", "type_argmax_agreement", "type_disagreements",
@@ -226,20 +227,20 @@ def test_holdout_is_disjoint_from_calibration(int8_dir, cases, tmp_path):
 
 
 def test_usable_rule():
-    usable, reason = quantize.int8_usable({"images": 1000, "type_argmax_agreement": 0.995})
+    usable, reason = audits.int8_usable({"images": 1000, "type_argmax_agreement": 0.995})
     assert usable and "99.50%" in reason
-    usable, reason = quantize.int8_usable({"images": 1000, "type_argmax_agreement": 0.994})
+    usable, reason = audits.int8_usable({"images": 1000, "type_argmax_agreement": 0.994})
     assert not usable and "99.40%" in reason and "99.5%" in reason
-    assert quantize.int8_usable({"images": 0, "type_argmax_agreement": 1.0})[0] is False
-    assert quantize.int8_usable({"images": 5, "type_argmax_agreement": float("nan")})[0] is False
-    assert quantize.int8_usable({"images": 10, "type_argmax_agreement": 0.9},
+    assert audits.int8_usable({"images": 0, "type_argmax_agreement": 1.0})[0] is False
+    assert audits.int8_usable({"images": 5, "type_argmax_agreement": float("nan")})[0] is False
+    assert audits.int8_usable({"images": 10, "type_argmax_agreement": 0.9},
                                 min_type_agreement=0.9)[0]
-    assert "no INT8 graphs" in quantize.int8_refusal({"graphs": {}})
-    assert "no agreement audit" in quantize.int8_refusal({"graphs": {"gnet_int8": {}}})
-    refusal = quantize.int8_refusal({"int8_audit": {"usable": False, "reason": reason}})
+    assert "no INT8 graphs" in audits.int8_refusal({"graphs": {}})
+    assert "no agreement audit" in audits.int8_refusal({"graphs": {"gnet_int8": {}}})
+    refusal = audits.int8_refusal({"int8_audit": {"usable": False, "reason": reason}})
     assert "99.40%" in refusal and "unusable" in refusal
-    assert quantize.int8_refusal({"int8_audit": {"usable": "yes"}})  # only True passes
-    assert quantize.int8_refusal({"int8_audit": {"usable": True}}) is None
+    assert audits.int8_refusal({"int8_audit": {"usable": "yes"}})  # only True passes
+    assert audits.int8_refusal({"int8_audit": {"usable": True}}) is None
 
 
 def test_agreement_figures_on_made_up_outputs():
@@ -249,27 +250,27 @@ def test_agreement_figures_on_made_up_outputs():
            "boxes": np.array([[0, 0, 10, 10]] * 3, np.float32)}
     got = {**ref, "type_probs": np.array([[0.9, 0.1], [0.45, 0.55], [0.1, 0.9]], np.float32),
            "boxes": np.array([[0, 0, 10, 10], [5, 0, 15, 10], [0, 0, 10, 10]], np.float32)}
-    figures = quantize.agreement_figures(ref, got, threshold=0.9)
+    figures = precision.agreement_figures(ref, got, threshold=0.9)
     assert figures["type_disagreements"] == 1 and figures["type_disagreements_confident"] == 0
     assert figures["confident_images"] == 1 and figures["fp32_distinct_types"] == 2
     assert figures["type_argmax_agreement"] == pytest.approx(2 / 3)
     assert figures["polarity_argmax_agreement"] == 1.0
     assert figures["box_iou_min"] == pytest.approx(1 / 3)
     assert figures["prob_max_abs_diff"] == pytest.approx(0.1)
-    assert not quantize.int8_usable(figures)[0]
+    assert not audits.int8_usable(figures)[0]
 
 
 def test_box_iou():
     a = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
     b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
-    assert np.allclose(quantize.box_iou(a, b), [1.0, 50 / 150, 0.0])
+    assert np.allclose(precision.box_iou(a, b), [1.0, 50 / 150, 0.0])
 
 
 def test_usable_flag_follows_the_rule(int8_dir, model_dir, cases, tmp_path):
     _out, audit, _lines = int8_dir
     agreement = audit["agreement"]["type_argmax_agreement"]
-    assert audit["usable"] == (agreement >= quantize.MIN_TYPE_AGREEMENT)
-    assert audit["reason"] == quantize.int8_usable(audit["agreement"])[1]
+    assert audit["usable"] == (agreement >= audits.MIN_TYPE_AGREEMENT)
+    assert audit["reason"] == audits.int8_usable(audit["agreement"])[1]
     # a rule no model can meet: every attempt fails, the all-FC fallback is tried, the best
     # attempt is kept but marked unusable, and the refusal names the figure
     out = tmp_path / "strict"
@@ -281,7 +282,7 @@ def test_usable_flag_follows_the_rule(int8_dir, model_dir, cases, tmp_path):
     assert [(a["method"], a["kept_fp32_rule"]) for a in strict["attempts"]] == [
         ("minmax", "sensitive"), ("minmax", "all-fc")]
     assert all(a["meets_rule"] is False for a in strict["attempts"])
-    refusal = quantize.int8_refusal(load_manifest(out).data)
+    refusal = audits.int8_refusal(load_manifest(out).data)
     assert f"{strict['agreement']['type_argmax_agreement']:.2%}" in refusal
     for role in ROLES:  # the graphs stay for inspection
         assert (out / f"{role}_int8.onnx").is_file()
@@ -297,15 +298,15 @@ def test_int8_pipeline_runs_when_usable(int8_dir, cases):
     assert result["backend"]["precision"] == "int8" and result["n_chromosomes"] == 46
     assert all(0 <= c["type_prob"] <= 1 for c in result["chromosomes"])
     manifest = load_manifest(out)
-    sessions = {role: quantize._session(manifest.graph_path(role, "int8")) for role in ROLES}
-    checked = quantize._run_network(sessions, images, manifest.config)
+    checked = precision.network_outputs({role: manifest.graph_path(role, "int8")
+                                         for role in ROLES}, images, manifest.config)
     for key in ("type_probs", "polarity_probs", "loc", "boxes"):  # what the audit measured
         np.testing.assert_allclose(got[key], checked[key], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif("int8_refusal" not in inspect.getsource(
     __import__("vfinfer.backends.ort", fromlist=["create"])),
-    reason="backends/ort.py does not check the INT8 audit yet (wire in quantize.int8_refusal)")
+    reason="backends/ort.py does not check the INT8 audit yet (wire in audits.int8_refusal)")
 def test_backend_refuses_unusable_int8(int8_dir, fresh_copy):
     out, _audit, _lines = int8_dir
     copy = fresh_copy(out, "refused")
@@ -337,7 +338,7 @@ def test_failure_leaves_the_manifest(model_dir, cases, tmp_path, monkeypatch):
 
 
 def test_runtime_side_does_not_import_torch():
-    code = ("import sys, vfinfer.quantize, onnxruntime.quantization, "
+    code = ("import sys, vfinfer.tools.quantize, onnxruntime.quantization, "
             "onnxruntime.quantization.shape_inference; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -350,7 +351,7 @@ def test_cli_latency_options(model_dir, cases, fresh_copy, monkeypatch):
 
     bad = CliRunner().invoke(main, ["quantize", str(model_dir), "--calib", str(cases[0]),
                                     "--latency-threads", "two"])
-    assert bad.exit_code == 1 and "--latency-threads 'two'" in bad.output
+    assert bad.exit_code == 2 and "'two': give thread counts" in bad.output  # a usage error
     seen = {}
 
     def fake(model_dir, calib, holdout, **kwargs):

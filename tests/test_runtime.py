@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from vfinfer.imageio import read_case
+from vfinfer.io.images import read_case
 from vfinfer.pipeline import Pipeline
 
 

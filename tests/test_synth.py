@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vfinfer.classes import N_TYPES, X_INDEX, Y_INDEX
-from vfinfer.synth import (
+from vfinfer.model.classes import N_TYPES, X_INDEX, Y_INDEX
+from vfinfer.tools.synth import (
     CHROMOSOME_FACTS,
     LABEL_HEADER,
     make_training_set,

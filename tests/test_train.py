@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vfinfer.config import ModelConfig  # noqa: E402
-from vfinfer.crop import crop_and_resize, decode_boxes  # noqa: E402
-from vfinfer.imageio import read_gray8  # noqa: E402
-from vfinfer.preprocess import preprocess  # noqa: E402
-from vfinfer.synth import write_cases  # noqa: E402
+from vfinfer.io.images import read_gray8  # noqa: E402
+from vfinfer.model.config import ModelConfig  # noqa: E402
+from vfinfer.pipeline.crop import crop_and_resize, decode_boxes  # noqa: E402
+from vfinfer.pipeline.preprocess import preprocess  # noqa: E402
+from vfinfer.tools.synth import write_cases  # noqa: E402
 from vfinfer_export.checkpoint import load_checkpoint  # noqa: E402
 from vfinfer_export.data import (  # noqa: E402
     ChromosomeDataset,

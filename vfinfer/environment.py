@@ -46,7 +46,7 @@ def describe_environment():
     import numpy as np
     import onnxruntime as ort
 
-    from . import __version__
+    from vfinfer import __version__
 
     count, devices = cuda_devices()
     return {

@@ -7,7 +7,7 @@ provider when present, else the CPU. What ``auto`` passed over and why is kept i
 backend's details (and so in every result).
 """
 
-from .base import Backend, BackendError, GraphRunner
+from vfinfer.backends.base import Backend, BackendError, GraphRunner
 
 BACKEND_NAMES = ("auto", "ort", "ort-cuda", "trt", "openvino")
 
@@ -17,21 +17,21 @@ def create(name, manifest, threads=0, precision=None):
     if name not in BACKEND_NAMES:
         raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
     if name == "trt":
-        from . import trt
+        from vfinfer.backends import trt
 
         # engines are FP16 by construction (vfinfer build verifies it); trt.create refuses
         # any other precision instead of silently running something else
         return trt.create(manifest, threads, precision=precision or "fp16")
     if name == "openvino":
-        from . import openvino
+        from vfinfer.backends import openvino
 
         return openvino.create(manifest, threads, precision=precision or "fp32")
-    from . import ort
+    from vfinfer.backends import ort
 
     skipped = []
     if name == "auto" and manifest.data.get("engines"):
         try:
-            from . import trt
+            from vfinfer.backends import trt
 
             return trt.create(manifest, threads, precision=precision or "fp16")
         except BackendError as exc:  # no GPU, stale engines, no tensorrt: say so, go on

@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from .base import Backend, BackendError, GraphRunner
+from vfinfer.backends.base import Backend, BackendError, GraphRunner
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 

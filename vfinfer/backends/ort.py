@@ -1,23 +1,46 @@
-"""ONNX Runtime backend: the CPU execution provider by default, CUDA when present."""
+"""ONNX Runtime backend: the CPU execution provider by default, CUDA when present.
+
+``make_session`` is the one place ONNX Runtime sessions are configured; the backend, the FP16
+and INT8 tools and the benchmarks all build their sessions with it, so what they measure is
+what ``vfinfer run`` runs.
+"""
+
+from pathlib import Path
 
 import onnxruntime as ort
 
-from .base import Backend, BackendError, GraphRunner
+from vfinfer.backends.base import Backend, BackendError, GraphRunner
+from vfinfer.model.manifest import GRAPH_ROLES
+
+CPU = ("CPUExecutionProvider",)
+CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def make_session(source, threads=0, providers=CPU, optimize=True):
+    """An ``InferenceSession`` for a graph file (path) or serialized graph (bytes).
+
+    ``threads``: intra-op threads (0: ONNX Runtime's default). Thread spinning is off: the
+    three graphs run one after the other, and threads spinning after one run would hold the
+    cores the next graph's threads need. ``optimize=False`` disables graph optimizations (the
+    FP16 range audit reads the graph's own tensors).
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    data = source if isinstance(source, bytes) else str(source)
+    return ort.InferenceSession(data, options, providers=list(providers))
 
 
 class OrtRunner(GraphRunner):
-    def __init__(self, path, providers, threads):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # three sessions run one after the other: threads that spin after a run would take
-        # the cores from the next graph's threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    def __init__(self, path, providers=CPU, threads=0):
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = make_session(path, threads, providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"{path}: ONNX Runtime cannot load this graph ({exc})") from None
-        self.label = path.name
+        self.label = Path(path).name
         self.inputs = {i.name: i.shape for i in self.session.get_inputs()}
         self.outputs = {o.name: o.shape for o in self.session.get_outputs()}
         self._output_names = list(self.outputs)
@@ -35,10 +58,16 @@ def available_providers():
     return ort.get_available_providers()
 
 
+def backend_from_paths(paths, threads=0, providers=CPU, name="onnxruntime-cpu", details=None):
+    """A backend from explicit graph files ``{"gnet": path, "lnet": path, "heads": path}``."""
+    runners = {role: OrtRunner(paths[role], providers, threads) for role in GRAPH_ROLES}
+    return Backend(name, details=details, **runners)
+
+
 def create(manifest, threads=0, device="cpu", precision="fp32"):
     """An ONNX Runtime backend for ``manifest``'s graphs on ``device`` ('cpu' or 'cuda')."""
     if precision == "int8":
-        from ..quantize import int8_refusal  # reads the manifest only; imports no onnx
+        from vfinfer.model.audits import int8_refusal
 
         problem = int8_refusal(manifest.data)
         if problem:
@@ -46,17 +75,16 @@ def create(manifest, threads=0, device="cpu", precision="fp32"):
         if device == "cuda":
             raise BackendError("the INT8 graphs are QDQ graphs calibrated and checked for the "
                                "ONNX Runtime CPU provider; run them with --backend ort")
+    providers = CPU
     if device == "cuda":
         if "CUDAExecutionProvider" not in available_providers():
             raise BackendError("ONNX Runtime here has no CUDA execution provider "
                                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    runners = {role: OrtRunner(manifest.graph_path(role, precision), providers, threads)
-               for role in ("gnet", "lnet", "heads")}
-    used = runners["gnet"].session.get_providers()[0]
-    details = {"provider": used, "threads": threads or "default", "precision": precision,
-               "onnxruntime": ort.__version__}
-    name = "onnxruntime-cuda" if used == "CUDAExecutionProvider" else "onnxruntime-cpu"
-    return Backend(name, details=details, **runners)
+        providers = CUDA
+    paths = {role: manifest.graph_path(role, precision) for role in GRAPH_ROLES}
+    backend = backend_from_paths(paths, threads, providers)
+    used = backend.gnet.session.get_providers()[0]
+    backend.name = "onnxruntime-cuda" if used == "CUDAExecutionProvider" else "onnxruntime-cpu"
+    backend.details = {"provider": used, "threads": threads or "default",
+                       "precision": precision, "onnxruntime": ort.__version__}
+    return backend

@@ -1,7 +1,7 @@
 """TensorRT backend: the FP16 engines written by ``vfinfer build DIR``.
 
 ``create(manifest)`` checks every engine's record against this machine (TensorRT version,
-compute capability, source graph sha256, plan sha256, precision; vfinfer.engine_record)
+compute capability, source graph sha256, plan sha256, precision; vfinfer.model.engine_record)
 before deserializing anything, and refuses a stale or foreign engine with the reasons and
 "run vfinfer build DIR". Tensor names, dtypes and the batch profile come from the engines
 themselves; every call is checked against the profile before it runs.
@@ -14,7 +14,7 @@ streams of every thread and reports, rather than swallows, any error.
 
 What is and is not done on the device: each engine call copies its inputs host -> device,
 runs, and copies its outputs device -> host. G-Net's features and localization therefore
-return to the host, the eq. 5 crop runs in NumPy (vfinfer.crop, as on every backend), and
+return to the host, the eq. 5 crop runs in NumPy (vfinfer.pipeline.crop, as on every backend), and
 the heads take the G/L features from their own pinned buffers back to the device. Keeping
 the features on the device between engines would need a device-side crop-and-resize (a
 CUDA kernel or a TensorRT graph with GridSample); that is not implemented.
@@ -28,9 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine_record import check_engine_record, engine_record_notes, format_compute_capability
-from ..environment import cuda_devices
-from .base import Backend, BackendError, GraphRunner
+from vfinfer.backends.base import Backend, BackendError, GraphRunner
+from vfinfer.environment import cuda_devices
+from vfinfer.model.engine_record import (
+    check_engine_record,
+    engine_record_notes,
+    format_compute_capability,
+)
 
 ROLES = ("gnet", "lnet", "heads")
 INSTALL_HINT = "pip install 'vfinfer[gpu]' (tensorrt and cuda-python)"

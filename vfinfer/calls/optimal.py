@@ -1,6 +1,6 @@
 """Optimal dispatch: the most likely numerical karyotype of one cell, by global assignment.
 
-Algorithm 1 of the paper (``vfinfer.dispatch``) fixes over-full types one at a time and then
+Algorithm 1 of the paper (``vfinfer.calls.dispatch``) fixes over-full types one at a time and then
 warns about every count that is not 2. One confident misclassification (a 4 that looks like
 a 5) therefore becomes a count warning in many normal cells. Optimal dispatch instead asks,
 for each candidate karyotype H, how well the whole cell can be explained by it, and compares
@@ -50,9 +50,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from vfinfer.classes import N_TYPES, TYPE_NAMES
-from vfinfer.dispatch import _check_probs, dispatch_counts
-from vfinfer.karyotype import REVIEW_NOTE, karyotype_summary, parse_karyotype
+from vfinfer.calls.dispatch import check_probs, dispatch_counts
+from vfinfer.calls.karyotype import REVIEW_NOTE, karyotype_summary, parse_karyotype
+from vfinfer.model.classes import N_TYPES, TYPE_NAMES
 
 __all__ = [
     "HYPOTHESES",
@@ -75,7 +75,7 @@ STRONG_MARGIN = 6.0  # nats beyond the threshold (odds e^6, about 400:1) for "st
 class OptimalParams:
     """Parameters of optimal dispatch (JSON-ready through ``to_dict`` / ``from_dict``).
 
-    Defaults (uncalibrated; ``vfinfer.calibrate`` fits them on training slides):
+    Defaults (uncalibrated; ``vfinfer.tools.calibrate`` fits them on training slides):
 
     - ``prior_normal`` 0.90, ``prior_gain`` 0.03, ``prior_loss`` 0.05, ``prior_sex`` 0.02:
       prior mass of each class, split evenly over its hypotheses (46,XX and 46,XY 0.45 each;
@@ -188,7 +188,7 @@ def log_priors(params):
 
 def neg_log_probs(probs, floor=1e-12):
     """-log P clipped at ``floor``, as an N x 24 float array (checks the input)."""
-    p = _check_probs(probs)
+    p = check_probs(probs)
     return -np.log(np.clip(p, floor, None))
 
 
@@ -261,8 +261,11 @@ def decide(costs, types, params, top=3, probs=None):
     hyp, normal_name = HYPOTHESES[called], HYPOTHESES[best_normal].name
     abn = HYPOTHESES[best_abnormal]
     cell_types = types[called]
-    counts = dispatch_counts(cell_types)
-
+    missing, extra = _unexplained(hyp, cell_types, probs)
+    notes = _slot_notes(n, hyp, missing, extra, cell_types)
+    confidence, explanation, warnings = _verdict(abnormal, margin, threshold, abn, normal_name)
+    if confidence == "borderline":
+        notes.append(explanation)
     order = np.argsort(-scores, kind="stable")[:max(int(top), 0)]
     hypotheses = [{
         "karyotype": HYPOTHESES[h].name,
@@ -271,22 +274,35 @@ def decide(costs, types, params, top=3, probs=None):
         "llr_vs_normal": round(float(scores[h] - scores[best_normal]), 4),
         "cost": round(float(costs[h]), 4),
     } for h in order]
+    return {
+        "karyotype": hyp.name, "abnormal": abnormal, "call": hyp.call, "margin": margin,
+        "threshold": threshold, "best_normal": normal_name, "best_abnormal": abn.name,
+        "most_likely": HYPOTHESES[most_likely].name, "confidence": confidence,
+        "explanation": explanation, "warnings": warnings, "notes": notes,
+        "types": [int(t) for t in cell_types],
+        "counts_karyotype": karyotype_summary(cell_types)[0],
+        "missing": missing, "extra": extra, "hypotheses": hypotheses,
+    }
 
-    # what the called karyotype leaves unexplained: empty expected slots, extra objects
+
+def _unexplained(hyp, cell_types, probs):
+    """What the called karyotype leaves unexplained: the type names of its empty expected
+    slots, and the indices of the extra objects (the least probable of an over-full type)."""
     missing, extra = [], []
-    left = hyp.counts.astype(np.int64) - counts
+    left = hyp.counts.astype(np.int64) - dispatch_counts(cell_types)
     for k in range(N_TYPES):
         if left[k] > 0:
             missing += [TYPE_NAMES[k]] * int(left[k])
-    over = {k: int(-left[k]) for k in range(N_TYPES) if left[k] < 0}
-    if over:
-        for k, n_over in over.items():
+    for k in range(N_TYPES):
+        if left[k] < 0:
             members = np.flatnonzero(cell_types == k)
             if probs is not None:
                 members = members[np.argsort(-np.asarray(probs)[members, k], kind="stable")]
-            extra += [int(i) for i in members[-n_over:]]
-    extra.sort()
+            extra += [int(i) for i in members[-int(-left[k]):]]
+    return missing, sorted(extra)
 
+
+def _slot_notes(n, hyp, missing, extra, cell_types):
     notes = []
     if missing:
         notes.append(f"{n} chromosomes for {hyp.name}: no chromosome found for "
@@ -298,50 +314,31 @@ def decide(costs, types, params, top=3, probs=None):
         notes.append(f"{n} chromosomes for {hyp.name}: {len(extra)} object(s) counted as "
                      f"extra (types {names}; debris, an overlap cut in two, or a real gain "
                      "below the threshold)")
+    return notes
 
-    warnings = []
+
+def _verdict(abnormal, margin, threshold, abn, normal_name):
+    """(confidence, explanation, warnings) of a call from its log-likelihood margin."""
     if abnormal:
-        strong = margin >= threshold + STRONG_MARGIN
-        confidence = "strong" if strong else "moderate"
+        confidence = "strong" if margin >= threshold + STRONG_MARGIN else "moderate"
         explanation = (f"{abn.name} ({abn.call}) is more likely than {normal_name} by a "
                        f"log-likelihood ratio of {_margin_text(margin)} (threshold "
                        f"{_threshold_text(threshold)}); {confidence} evidence")
-        warnings.append(f"possible {abn.call}, {abn.name} (log-likelihood ratio "
-                        f"{_margin_text(margin)} over {normal_name}, threshold "
-                        f"{_threshold_text(threshold)}): {REVIEW_NOTE}")
-    elif margin > 0:
-        confidence = "borderline"
-        explanation = (f"{abn.name} ({abn.call}) is more likely than {normal_name} "
-                       f"(log-likelihood ratio {_margin_text(margin)}) but below the threshold "
-                       f"{_threshold_text(threshold)}: called {normal_name}")
-        notes.append(explanation)
-    elif margin > -STRONG_MARGIN:
-        confidence = "likely normal"
-        explanation = (f"{normal_name} is the most likely karyotype; the closest abnormal one, "
-                       f"{abn.name}, is behind by {_margin_text(-margin)}")
-    else:
-        confidence = "clearly normal"
-        explanation = (f"{normal_name} is the most likely karyotype; no abnormal one comes "
-                       f"close (closest: {abn.name}, behind by {_margin_text(-margin)})")
-    return {
-        "karyotype": hyp.name,
-        "abnormal": abnormal,
-        "call": hyp.call,
-        "margin": margin,
-        "threshold": threshold,
-        "best_normal": normal_name,
-        "best_abnormal": abn.name,
-        "most_likely": HYPOTHESES[most_likely].name,
-        "confidence": confidence,
-        "explanation": explanation,
-        "warnings": warnings,
-        "notes": notes,
-        "types": [int(t) for t in cell_types],
-        "counts_karyotype": karyotype_summary(cell_types)[0],
-        "missing": missing,
-        "extra": extra,
-        "hypotheses": hypotheses,
-    }
+        return confidence, explanation, [
+            f"possible {abn.call}, {abn.name} (log-likelihood ratio {_margin_text(margin)} "
+            f"over {normal_name}, threshold {_threshold_text(threshold)}): {REVIEW_NOTE}"]
+    if margin > 0:
+        return "borderline", (
+            f"{abn.name} ({abn.call}) is more likely than {normal_name} (log-likelihood "
+            f"ratio {_margin_text(margin)}) but below the threshold "
+            f"{_threshold_text(threshold)}: called {normal_name}"), []
+    if margin > -STRONG_MARGIN:
+        return "likely normal", (
+            f"{normal_name} is the most likely karyotype; the closest abnormal one, "
+            f"{abn.name}, is behind by {_margin_text(-margin)}"), []
+    return "clearly normal", (
+        f"{normal_name} is the most likely karyotype; no abnormal one comes close (closest: "
+        f"{abn.name}, behind by {_margin_text(-margin)})"), []
 
 
 def _empty_result(params):

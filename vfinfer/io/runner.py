@@ -11,17 +11,15 @@ existing result, a failed write) is reported in one line and never stops the oth
 caller gets the names of the failed cases.
 """
 
-import sys
+import contextlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
-from .imageio import CaseError, ImageReadError, list_case, read_gray8
-from .pipeline import Pipeline, PreparedCase
-from .results import ResultExistsError, existing_result, write_case
+from vfinfer.io.images import CaseError, ImageReadError, list_case, read_gray8
+from vfinfer.io.results import ResultExistsError, existing_result, write_case
+from vfinfer.pipeline import Pipeline, PreparedCase
 
 READ_AHEAD = 2  # cases read and preprocessed ahead of the engines
 WRITE_BEHIND = 4  # finished cases waiting for the writer before the engines wait too
@@ -81,14 +79,16 @@ def save_result(case, result, out_dir, karyogram, overwrite):
 
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="paper", karyogram=True, threads=0, batch_size=None,
-              overwrite=False, precision=None, echo=click.echo):
-    """Run every case; returns the names of the cases that failed."""
+              overwrite=False, precision=None, echo=print, progress=None):
+    """Run every case; returns the names of the cases that failed (``run_with`` says what
+    ``echo`` and ``progress`` are)."""
     check_case_names(case_dirs)
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
                   dispatch_mode=dispatch_mode, precision=precision) as pipeline:
         echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
              f"backend {pipeline.backend.name}")
-        counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite, echo)
+        counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite, echo,
+                                  progress)
     echo(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
     return failed
 
@@ -101,38 +101,19 @@ def check_case_names(case_dirs):
                          "results would collide in OUT/<case>/: rename or run them separately")
 
 
-def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo=click.echo):
+def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo=print,
+             progress=None):
     """The cases through an open pipeline, reading, inference and writing overlapped.
 
+    ``echo`` prints one line per case, in case order; ``progress(total)`` (optional) returns
+    a context manager whose ``update(1)`` is called per case read (the CLI's progress bar).
     Returns ({"ok": n, "skipped": n, "failed": n}, names of the failed cases).
     """
-    counts = {"ok": 0, "skipped": 0, "failed": 0}
-    failed = []
-    # [name, Future of (status, line)] in case order; None until the engines have run it
-    reports = deque()
-
-    def report_done(wait_for=None):
-        """Print the finished reports at the front; with ``wait_for``, first wait for the
-        writer until at most that many reports remain."""
-        while reports and reports[0][1] is not None:
-            if not reports[0][1].done() and (wait_for is None or len(reports) <= wait_for):
-                break
-            name, future = reports.popleft()
-            status, line = future.result()
-            counts[status] += 1
-            if status == "failed":
-                failed.append(name)
-            echo(line)
-
-    def settled(status, line):
-        future = Future()
-        future.set_result((status, line))
-        return future
-
+    run = _BatchRun(pipeline, out_dir, karyogram, overwrite, echo)
     with ThreadPoolExecutor(1, "vfinfer-read") as reader, \
             ThreadPoolExecutor(1, "vfinfer-write") as writer:
-        loads = deque()
-        todo = iter(case_dirs)
+        run.writer = writer
+        loads, todo = deque(), iter(case_dirs)
 
         def read_ahead():
             for case_dir in todo:
@@ -141,45 +122,91 @@ def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo
                 if len(loads) >= READ_AHEAD:
                     break
 
-        def flush(pending):
-            for (case, slot), (_, result) in zip(pending, infer_cases(
-                    pipeline, [case for case, _ in pending])):
-                if isinstance(result, Exception):
-                    slot[1] = settled("failed", f"{case.name}: failed: {_one_line(result)}")
-                else:
-                    slot[1] = writer.submit(save_result, case, result, out_dir, karyogram,
-                                            overwrite)
-            pending.clear()
-            report_done(wait_for=WRITE_BEHIND)
-
-        pending = []
-        show_bar = len(case_dirs) > 1 and sys.stderr.isatty()
         try:
-            with click.progressbar(length=len(case_dirs), label="cases", file=sys.stderr,
-                                   hidden=not show_bar) as bar:
+            with (progress or _no_progress)(len(case_dirs)) as bar:
                 read_ahead()
                 while loads:
                     name, future = loads.popleft()
                     read_ahead()
-                    loaded = future.result()
+                    run.add(name, future.result())
                     bar.update(1)
-                    if not isinstance(loaded, LoadedCase):
-                        reports.append([name, settled(*loaded)])
-                        report_done()
-                        continue
-                    slot = [name, None]
-                    reports.append(slot)
-                    pending.append((loaded, slot))
-                    if sum(len(c.images) for c, _ in pending) >= pipeline.batch_size:
-                        flush(pending)
-                if pending:
-                    flush(pending)
+                run.flush()
         except BaseException:  # Ctrl-C: read nothing more; what was sent to the writer lands
             for _, future in loads:
                 future.cancel()
             raise
-        report_done(wait_for=0)
-    return counts, failed
+        run.report_done(wait_for=0)
+    return run.counts, run.failed
+
+
+class _BatchRun:
+    """The state of one ``run_with``: cases waiting for the engines and reports waiting to
+    be printed in case order."""
+
+    def __init__(self, pipeline, out_dir, karyogram, overwrite, echo):
+        self.pipeline, self.out_dir, self.echo = pipeline, out_dir, echo
+        self.karyogram, self.overwrite = karyogram, overwrite
+        self.counts = {"ok": 0, "skipped": 0, "failed": 0}
+        self.failed = []
+        self.pending = []  # (LoadedCase, report slot) waiting for an engine batch
+        self.reports = deque()  # [name, Future of (status, line)]; None until inferred
+        self.writer = None
+
+    def add(self, name, loaded):
+        """A case read by the reader: a LoadedCase, or a (status, line) already settled."""
+        if not isinstance(loaded, LoadedCase):
+            self.reports.append([name, _settled(*loaded)])
+            self.report_done()
+            return
+        slot = [name, None]
+        self.reports.append(slot)
+        self.pending.append((loaded, slot))
+        if sum(len(c.images) for c, _ in self.pending) >= self.pipeline.batch_size:
+            self.flush()
+
+    def flush(self):
+        """Run the pending cases as one engine batch and hand their results to the writer."""
+        if not self.pending:
+            return
+        cases = [case for case, _ in self.pending]
+        for (case, slot), (_, result) in zip(self.pending, infer_cases(self.pipeline, cases)):
+            if isinstance(result, Exception):
+                slot[1] = _settled("failed", f"{case.name}: failed: {_one_line(result)}")
+            else:
+                slot[1] = self.writer.submit(save_result, case, result, self.out_dir,
+                                             self.karyogram, self.overwrite)
+        self.pending.clear()
+        self.report_done(wait_for=WRITE_BEHIND)
+
+    def report_done(self, wait_for=None):
+        """Print the finished reports at the front; with ``wait_for``, first wait for the
+        writer until at most that many reports remain."""
+        reports = self.reports
+        while reports and reports[0][1] is not None:
+            if not reports[0][1].done() and (wait_for is None or len(reports) <= wait_for):
+                break
+            name, future = reports.popleft()
+            status, line = future.result()
+            self.counts[status] += 1
+            if status == "failed":
+                self.failed.append(name)
+            self.echo(line)
+
+
+def _settled(status, line):
+    future = Future()
+    future.set_result((status, line))
+    return future
+
+
+class _NoBar:
+    def update(self, _n):
+        pass
+
+
+@contextlib.contextmanager
+def _no_progress(_total):
+    yield _NoBar()
 
 
 def infer_cases(pipeline, cases):

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vfinfer.classes import N_TYPES, TYPE_NAMES, Y_INDEX
-from vfinfer.karyotype import REVIEW_NOTE, parse_karyotype
-from vfinfer.manifest import write_json_atomic
+from vfinfer.calls.karyotype import REVIEW_NOTE, parse_karyotype
+from vfinfer.model.classes import N_TYPES, TYPE_NAMES, Y_INDEX
+from vfinfer.model.manifest import write_json_atomic
 
 __all__ = [
     "MIN_CELLS_GAIN",
@@ -203,6 +203,37 @@ def patient_karyotype(calls, patient=None):
     """
     if not isinstance(calls, Mapping):
         raise TypeError("calls must be a mapping cell -> karyotype")
+    cells, unusable = _usable_cells(calls)
+    reference, both_sexes = _reference([c["karyotype"] for c in cells])
+    clones, non_clonal, normal_line = _clone_lines(cells, reference)
+    lines = clones + ([normal_line] if normal_line else [])
+    notation = "/".join(f"{e['karyotype']}[{e['n_cells']}]" for e in lines) or None
+    total = len(cells)
+    warnings = [f"abnormal clone {e['karyotype']} ({', '.join(e['changes'])}) in "
+                f"{e['n_cells']} of {total} cells: {REVIEW_NOTE}" for e in clones]
+    notes = []
+    if non_clonal:
+        shown = "; ".join(f"{e['karyotype']} in {e['n_cells']} cell(s)" for e in non_clonal)
+        notes.append(f"non-clonal single-cell findings (not in the karyotype): {shown}")
+    if both_sexes:
+        notes.append("both 46,XX and 46,XY cells were called: the less common one is treated "
+                     "as a change of the sex chromosomes (misclassified X/Y, or chimerism)")
+    if notation is None and total:
+        notes.append("no clone and no normal cell: no karyotype can be written")
+    if unusable:
+        notes.append(f"{len(unusable)} cell(s) without a usable karyotype left out")
+    if total == 0:
+        notes.append("no cells")
+    return {
+        "patient": None if patient is None else str(patient), "n_cells": total,
+        "karyotype": notation, "abnormal": bool(clones), "reference": reference,
+        "lines": lines, "non_clonal": non_clonal, "unusable": unusable, "cells": cells,
+        "warnings": warnings, "notes": notes, "rules": RULES,
+    }
+
+
+def _usable_cells(calls):
+    """([{"cell", "karyotype", "margin"?}], [unusable calls with the reason])."""
     cells, unusable = [], []
     for cell, value in calls.items():
         karyotype, margin = _cell_call(value)
@@ -215,12 +246,15 @@ def patient_karyotype(calls, patient=None):
         if margin is not None:
             entry["margin"] = round(float(margin), 4)
         cells.append(entry)
-    karyotypes = [c["karyotype"] for c in cells]
-    reference, both_sexes = _reference(karyotypes)
+    return cells, unusable
+
+
+def _clone_lines(cells, reference):
+    """(abnormal clones, non-clonal findings, the normal line or None) by ISCN's clone rules:
+    a gain in at least MIN_CELLS_GAIN cells, a loss in at least MIN_CELLS_LOSS."""
     groups = {}
     for c in cells:
         groups.setdefault(c["karyotype"], []).append(c["cell"])
-
     clones, non_clonal, normal_line = [], [], None
     for karyotype, members in groups.items():
         if karyotype == reference:
@@ -240,40 +274,7 @@ def patient_karyotype(calls, patient=None):
             non_clonal.append(entry)
     clones.sort(key=lambda e: (-e["n_cells"], e["karyotype"]))
     non_clonal.sort(key=lambda e: (-e["n_cells"], e["karyotype"]))
-    lines = clones + ([normal_line] if normal_line else [])
-    notation = "/".join(f"{e['karyotype']}[{e['n_cells']}]" for e in lines) or None
-
-    warnings, notes = [], []
-    total = len(cells)
-    for e in clones:
-        warnings.append(f"abnormal clone {e['karyotype']} ({', '.join(e['changes'])}) in "
-                        f"{e['n_cells']} of {total} cells: {REVIEW_NOTE}")
-    if non_clonal:
-        shown = "; ".join(f"{e['karyotype']} in {e['n_cells']} cell(s)" for e in non_clonal)
-        notes.append(f"non-clonal single-cell findings (not in the karyotype): {shown}")
-    if both_sexes:
-        notes.append("both 46,XX and 46,XY cells were called: the less common one is treated "
-                     "as a change of the sex chromosomes (misclassified X/Y, or chimerism)")
-    if notation is None and total:
-        notes.append("no clone and no normal cell: no karyotype can be written")
-    if unusable:
-        notes.append(f"{len(unusable)} cell(s) without a usable karyotype left out")
-    if total == 0:
-        notes.append("no cells")
-    return {
-        "patient": None if patient is None else str(patient),
-        "n_cells": total,
-        "karyotype": notation,
-        "abnormal": bool(clones),
-        "reference": reference,
-        "lines": lines,
-        "non_clonal": non_clonal,
-        "unusable": unusable,
-        "cells": cells,
-        "warnings": warnings,
-        "notes": notes,
-        "rules": RULES,
-    }
+    return clones, non_clonal, normal_line
 
 
 # --------------------------------------------------------------------------- writing

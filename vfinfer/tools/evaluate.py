@@ -11,11 +11,11 @@ up, ``file`` relative to DATA_DIR.
 
 One pass of the networks gives both the figures without dispatch (argmax) and with the
 dispatch strategy of Algorithm 1, which is applied here per cell on the type probabilities;
-optimal dispatch (``vfinfer.optimal``, the model's calibrated parameters or the defaults) is
+optimal dispatch (``vfinfer.calls.optimal``, the model's calibrated parameters or the defaults) is
 compared with both under ``results["optimal"]``: accuracy per case, abnormal cells flagged,
 normal cells falsely flagged, the ROC of its margin, and the same per patient (cells grouped
 by the labels' ``slide`` column, a sample sheet or a ``patient_from`` regex) with the ISCN
-clone rules of ``vfinfer.patient``.
+clone rules of ``vfinfer.calls.patient``.
 
 ``flip_half``: Pki-3 style data holds only q-arm-down images (polarity 1), so polarity
 accuracy on it says nothing. With ``flip_half`` a seeded half of the images (exactly
@@ -29,16 +29,22 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 
-from .atomic import write_atomic
-from .calibrate import dispatch_comparison, load_params, simulated_figures, simulated_line
-from .classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
-from .dispatch import argmax_types, dispatch_counts
-from .imageio import read_gray8
-from .karyotype import karyotype_summary
-from .metrics import (
+from vfinfer.calls.dispatch import argmax_types, dispatch_counts
+from vfinfer.calls.karyotype import karyotype_summary
+from vfinfer.calls.optimal_params import load_params
+from vfinfer.calls.patient import group_cells, patient_evaluation
+from vfinfer.io.atomic import write_atomic
+from vfinfer.io.images import read_gray8
+from vfinfer.model.classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
+from vfinfer.pipeline import Pipeline
+from vfinfer.tools.dispatch_figures import (
+    dispatch_comparison,
+    simulated_figures,
+    simulated_line,
+)
+from vfinfer.tools.metrics import (
     abnormal_cells,
     accuracy,
     case_accuracies,
@@ -49,9 +55,8 @@ from .metrics import (
     per_class_prf,
     warning_stats,
 )
-from .patient import group_cells, patient_evaluation
-from .pipeline import Pipeline
-from .simulate import simulate_abnormal
+from vfinfer.tools.plots import confusion_png, roc_png
+from vfinfer.tools.simulate import simulate_abnormal
 
 REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
 MAX_GROUP = 1024  # images read and sent to the pipeline at a time
@@ -198,7 +203,7 @@ def flip_selection(n_images, seed):
 
 def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
              batch_size=None, flip_half=False, seed=0, log=print, patient_from=None,
-             sample_sheet=None, optimal_params=None, simulate=3):
+             sample_sheet=None, optimal_params=None, simulate=3, precision=None):
     """Run the model over every labelled image and compute the paper's metrics.
 
     One ``Pipeline`` (dispatch off) gives the type and polarity probabilities; dispatch
@@ -207,25 +212,18 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     progress lines. ``patient_from`` (regex on the cell name) or ``sample_sheet`` (CSV
     cell,patient) group cells by patient; by default the labels' ``slide`` column does.
     ``optimal_params``: ``OptimalParams`` to use instead of the model's. ``simulate``:
-    abnormal cells simulated per normal cell (``vfinfer.simulate``) for the separate
-    ``results["optimal"]["simulated"]`` figures; 0 for none.
+    abnormal cells simulated per normal cell (``vfinfer.tools.simulate``) for the separate
+    ``results["optimal"]["simulated"]`` figures; 0 for none. ``precision``: the graphs to
+    run (fp32, fp16, int8, bf16 as ``Pipeline``), so reduced precisions are measured too.
     """
     if patient_from is not None and sample_sheet is not None:
         raise ValueError("give either patient_from or sample_sheet, not both")
     started = time.perf_counter()
     cells = load_labels(data_dir, labels_csv)
-    rows = [(cell, row) for cell, cell_rows in cells.items() for row in cell_rows]
+    rows, case_ids, true_type, true_pol, flipped = _labelled_rows(cells, flip_half, seed)
     n = len(rows)
-    case_ids = [cell for cell, _ in rows]
-    true_type = np.array([row.type for _, row in rows], dtype=np.int64)
-    true_pol = np.array([row.polarity for _, row in rows], dtype=np.int64)
-    flipped = np.zeros(n, dtype=bool)
-    if flip_half:
-        flipped[flip_selection(n, seed)] = True
-        true_pol = np.where(flipped, 1 - true_pol, true_pol)
-
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
-                  dispatch_mode="none") as pipe:
+                  dispatch_mode="none", precision=precision) as pipe:
         model, engine = pipe.manifest.summary(), pipe.backend.describe()
         threshold = pipe.manifest.threshold
         if optimal_params is None:
@@ -263,6 +261,20 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     return _key_order(results)
 
 
+def _labelled_rows(cells, flip_half, seed):
+    """(rows, cell of each row, true types, true polarities, flipped mask) of all cells;
+    with ``flip_half`` a seeded half is flipped and its polarity labels with it."""
+    rows = [(cell, row) for cell, cell_rows in cells.items() for row in cell_rows]
+    case_ids = [cell for cell, _ in rows]
+    true_type = np.array([row.type for _, row in rows], dtype=np.int64)
+    true_pol = np.array([row.polarity for _, row in rows], dtype=np.int64)
+    flipped = np.zeros(len(rows), dtype=bool)
+    if flip_half:
+        flipped[flip_selection(len(rows), seed)] = True
+        true_pol = np.where(flipped, 1 - true_pol, true_pol)
+    return rows, case_ids, true_type, true_pol, flipped
+
+
 def _infer_rows(pipe, rows, flipped, log):
     """Type and polarity probabilities of every labelled row, in groups; also the seconds
     spent in the networks."""
@@ -286,7 +298,7 @@ def _infer_rows(pipe, rows, flipped, log):
 
 
 def cell_probabilities(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
-                       batch_size=None, keep=None, log=print):
+                       batch_size=None, keep=None, log=print, precision=None):
     """Type probabilities of labelled cells from one dispatch-off pass, as in ``evaluate``
     (no flipping); used by ``vfinfer calibrate``.
 
@@ -303,7 +315,7 @@ def cell_probabilities(data_dir, labels_csv=None, model_dir=None, backend="auto"
     ids = np.array([cell for cell, _ in rows])
     true_type = np.array([row.type for _, row in rows], dtype=np.int64)
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
-                  dispatch_mode="none") as pipe:
+                  dispatch_mode="none", precision=precision) as pipe:
         model, engine = pipe.manifest.summary(), pipe.backend.describe()
         threshold = pipe.manifest.threshold
         log(f"running {len(rows)} images of {len(cells)} cells on {engine.get('name')}")
@@ -612,194 +624,10 @@ def _optimal_lines(opt, n_cells):
             f"{pt['n_patients']}",
         ]
     if opt.get("simulated"):
-        lines.append(f"  {simulated_line(opt['simulated'])} (vfinfer.simulate: a real "
+        lines.append(f"  {simulated_line(opt['simulated'])} (vfinfer.tools.simulate: a real "
                      "chromosome's output added to or removed from a normal cell)")
     lines.append(f"  parameters: {opt['params_note']}")
     return lines
-
-
-# --------------------------------------------------------------------------- heat map
-
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
-_INK = (40, 40, 40)
-_DARK = np.array([110, 60, 25], dtype=np.float64)  # BGR of a full row (dark blue)
-
-
-def _text(img, text, org, scale, color=_INK, thickness=1):
-    cv2.putText(img, text, (int(org[0]), int(org[1])), _FONT, scale, color, thickness,
-                cv2.LINE_AA)
-
-
-def _size(text, scale, thickness=1):
-    (w, h), base = cv2.getTextSize(text, _FONT, scale, thickness)
-    return w, h, base
-
-
-def _centered(img, text, cx, cy, scale, color=_INK, thickness=1):
-    w, h, _ = _size(text, scale, thickness)
-    _text(img, text, (cx - w / 2, cy + h / 2), scale, color, thickness)
-
-
-def _vertical_label(img, text, x, cy, scale, thickness=1):
-    """Text reading bottom to top, its left edge at x, centred on cy."""
-    w, h, base = _size(text, scale, thickness)
-    patch = np.full((h + base + 4, w + 4, 3), 255, dtype=np.uint8)
-    _text(patch, text, (2, h + 2), scale, _INK, thickness)
-    patch = cv2.rotate(patch, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    top = int(cy - patch.shape[0] / 2)
-    img[top:top + patch.shape[0], x:x + patch.shape[1]] = np.minimum(
-        img[top:top + patch.shape[0], x:x + patch.shape[1]], patch)
-
-
-def confusion_png(matrix, names, title=None):
-    """A confusion-matrix heat map as PNG bytes (OpenCV only).
-
-    Rows are the true classes, columns the predicted ones. Each cell is shaded by its share
-    of its row, i.e. normalized by the true count (white 0 to dark blue 1, on a square-root
-    scale so that errors of a few per cent still show); non-zero counts are written in the
-    cells, zeros are left blank. Row totals (true counts) are shown on the right.
-    """
-    m = np.asarray(matrix, dtype=np.int64)
-    n = len(names)
-    if m.shape != (n, n):
-        raise ValueError(f"confusion matrix must be {n} x {n} for {n} names, got {m.shape}")
-    totals = m.sum(axis=1)
-    share = np.divide(m, totals[:, None], out=np.zeros(m.shape), where=totals[:, None] > 0)
-
-    cell = int(np.clip(840 // max(n, 1), 34, 90))
-    count_scale = 0.42 if cell < 60 else 0.6
-    widest = max(_size(str(v), count_scale)[0] for v in m.ravel())
-    if widest > cell - 6:
-        count_scale *= (cell - 6) / widest
-    name_scale = 0.5 if cell < 60 else 0.6
-    name_w = max(_size(str(s), name_scale)[0] for s in names)
-    name_h = max(_size(str(s), name_scale)[1] for s in names)
-    label_scale = 0.6
-    total_w = max(_size(str(v), name_scale)[0] for v in list(totals) + ["n"]) + 16
-
-    left = 14 + _size("true", label_scale)[1] + 14 + name_w + 10
-    top = 16 + (_size(title, 0.65, 2)[1] + 18 if title else 0)
-    grid = n * cell
-    rotate_cols = name_w > cell - 6
-    col_label_h = (name_w if rotate_cols else name_h) + 14
-    bottom = col_label_h + _size("predicted", label_scale)[1] + 24 + 30
-    width = max(left + grid + total_w + 16, 460)
-    height = top + grid + bottom
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-
-    if title:
-        _text(img, title, (left, 16 + _size(title, 0.65, 2)[1]), 0.65, _INK, 2)
-    for i in range(n):
-        for j in range(n):
-            x0, y0 = left + j * cell, top + i * cell
-            v = np.sqrt(share[i, j])  # square root: a few % of a row still shows
-            color = 255.0 * (1.0 - v) + _DARK * v
-            img[y0:y0 + cell, x0:x0 + cell] = color.astype(np.uint8)
-            if m[i, j]:
-                ink = (255, 255, 255) if v > 0.5 else _INK
-                _centered(img, str(m[i, j]), x0 + cell / 2, y0 + cell / 2, count_scale, ink)
-    for k in range(n + 1):  # grid lines
-        cv2.line(img, (left + k * cell, top), (left + k * cell, top + grid), (205, 205, 205), 1)
-        cv2.line(img, (left, top + k * cell), (left + grid, top + k * cell), (205, 205, 205), 1)
-    for k in range(n):  # the diagonal, outlined
-        x0, y0 = left + k * cell, top + k * cell
-        cv2.rectangle(img, (x0, y0), (x0 + cell, y0 + cell), (60, 60, 60), 1)
-
-    for i, name in enumerate(names):  # row names (true), right-aligned
-        w, h, _ = _size(str(name), name_scale)
-        _text(img, str(name), (left - 10 - w, top + i * cell + cell / 2 + h / 2), name_scale)
-    for j, name in enumerate(names):  # column names (predicted), below the grid
-        cx = left + j * cell + cell / 2
-        if rotate_cols:
-            _vertical_label(img, str(name), int(cx - name_h / 2), top + grid + 8 + name_w / 2,
-                            name_scale)
-        else:
-            _centered(img, str(name), cx, top + grid + 8 + name_h / 2, name_scale)
-    for i, total in enumerate(totals):  # row totals
-        w, h, _ = _size(str(total), name_scale)
-        _text(img, str(total), (left + grid + total_w - 6 - w, top + i * cell + cell / 2 + h / 2),
-              name_scale, (120, 120, 120))
-    w, h, _ = _size("n", name_scale)
-    _text(img, "n", (left + grid + total_w - 6 - w, top - 6), name_scale, (120, 120, 120))
-
-    _centered(img, "predicted", left + grid / 2, top + grid + col_label_h + 12, label_scale,
-              _INK, 1)
-    _vertical_label(img, "true", 14, top + grid // 2, label_scale)
-    note = "shade: share of the true class's row (square-root scale); blank = 0"
-    _text(img, note, (left, height - 12), 0.45, (120, 120, 120))
-
-    ok, encoded = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("could not encode the confusion matrix as PNG")
-    return encoded.tobytes()
-
-
-# --------------------------------------------------------------------------- ROC picture
-
-_CURVE_COLORS = {"cells": (180, 90, 20), "patients": (30, 120, 230)}  # BGR: blue, orange
-
-
-def _operating_point(curve, threshold):
-    """The ROC point of the lowest listed threshold >= ``threshold`` (what flagging at
-    ``threshold`` gives), or the origin."""
-    above = [p for p in curve["points"]
-             if p["threshold"] is not None and p["threshold"] >= threshold]
-    return min(above, key=lambda p: p["threshold"]) if above else curve["points"][0]
-
-
-def roc_png(curves, threshold=None, title=None, size=560):
-    """ROC curves as PNG bytes (OpenCV only): ``curves`` maps a name ("cells", "patients")
-    to ``roc_curve``-style dicts; ``threshold`` marks each curve's operating point."""
-    margin_l, margin_b, margin_t, margin_r = 70, 60, 50 if title else 20, 20
-    width, height = margin_l + size + margin_r, margin_t + size + margin_b
-    img = np.full((height, width, 3), 255, dtype=np.uint8)
-
-    def xy(fpr, tpr):
-        return (int(round(margin_l + fpr * size)), int(round(margin_t + (1 - tpr) * size)))
-
-    if title:
-        _text(img, title, (margin_l, 30), 0.6, _INK, 1)
-    cv2.rectangle(img, xy(0, 1), xy(1, 0), (120, 120, 120), 1)
-    for k in range(1, 10):
-        v = k / 10
-        cv2.line(img, xy(v, 0), xy(v, 1), (235, 235, 235), 1)
-        cv2.line(img, xy(0, v), xy(1, v), (235, 235, 235), 1)
-    cv2.line(img, xy(0, 0), xy(1, 1), (200, 200, 200), 1, cv2.LINE_AA)
-    for k in range(0, 11, 2):
-        v = k / 10
-        label = f"{v:.1f}"
-        w, h, _ = _size(label, 0.45)
-        _text(img, label, (xy(v, 0)[0] - w / 2, xy(v, 0)[1] + h + 8), 0.45)
-        _text(img, label, (xy(0, v)[0] - w - 8, xy(0, v)[1] + h / 2), 0.45)
-    _centered(img, "false alarm rate (normal flagged)", margin_l + size / 2, height - 18, 0.5)
-    _vertical_label(img, "sensitivity (abnormal flagged)", 6, margin_t + size // 2, 0.5)
-    legend_y = margin_t + size - 16
-    for name, curve in curves.items():
-        pts = [(p["fpr"], p["tpr"]) for p in curve["points"]
-               if p["fpr"] is not None and p["tpr"] is not None]
-        if len(pts) < 2:
-            continue
-        color = _CURVE_COLORS.get(name, _INK)
-        line = np.array([xy(f, t) for f, t in pts], dtype=np.int32)
-        cv2.polylines(img, [line], False, color, 2, cv2.LINE_AA)
-        if threshold is not None:
-            point = _operating_point(curve, threshold)
-            if point["fpr"] is not None and point["tpr"] is not None:
-                cv2.circle(img, xy(point["fpr"], point["tpr"]), 6, color, 2, cv2.LINE_AA)
-        auc = curve.get("auc")
-        text = (f"{name}: {curve['n_positive']} abnormal, {curve['n_negative']} normal"
-                + ("" if auc is None else f", AUC {auc:.3f}"))
-        x0, y0 = xy(0.38, 0)[0], legend_y
-        cv2.line(img, (x0, y0 - 5), (x0 + 24, y0 - 5), color, 2, cv2.LINE_AA)
-        _text(img, text, (x0 + 30, y0), 0.45)
-        legend_y -= 22
-    if threshold is not None:
-        _text(img, f"circles: threshold {threshold:g}", (xy(0.38, 0)[0] + 30, legend_y), 0.45,
-              (120, 120, 120))
-    ok, encoded = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("could not encode the ROC curve as PNG")
-    return encoded.tobytes()
 
 
 # --------------------------------------------------------------------------- saving

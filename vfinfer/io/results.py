@@ -13,8 +13,8 @@ from pathlib import Path
 
 import cv2
 
-from .classes import type_index
-from .karyogram import render_karyogram
+from vfinfer.io.karyogram import render_karyogram
+from vfinfer.model.classes import type_index
 
 RESULT_FILES = ("result.json", "result.csv", "karyogram.png")
 CSV_COLUMNS = ("file", "type", "type_prob", "type_before_dispatch", "low_confidence",

@@ -34,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from vfinfer.crop import crop_and_resize, decode_boxes
-from vfinfer.manifest import (
+from vfinfer.backends.ort import make_session
+from vfinfer.model.manifest import (
     GRAPH_ROLES,
     MANIFEST_NAME,
     load_manifest,
@@ -46,10 +45,18 @@ from vfinfer.manifest import (
     sha256_file,
     write_json_atomic,
 )
-from vfinfer.onnx_graph import consumers as graph_consumers
-from vfinfer.onnx_graph import ensure_node_names, io_records, ordered_records
-from vfinfer.onnx_graph import producers as graph_producers
-from vfinfer.preprocess import preprocess_batch
+from vfinfer.tools.onnx_graph import consumers as graph_consumers
+from vfinfer.tools.onnx_graph import ensure_node_names, io_records, ordered_records
+from vfinfer.tools.onnx_graph import producers as graph_producers
+from vfinfer.tools.precision import (
+    agreement_figures,
+    bounded_nodes,
+    calibration_feeds,
+    earlier_graphs,
+    format_agreement,
+    network_outputs,
+    restore_on_failure,
+)
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05  # 2 ** -14
@@ -66,7 +73,6 @@ BOUNDED_OPS = {
     "Sigmoid": "sigmoid output: the localization u of eq. 5 (box = T1 + u * T2); FP16 "
                "rounding moves boxes by a fraction of a pixel",
 }
-LINEAR_OPS = ("Gemm", "MatMul")
 FEEDS_REASON = {
     "Softmax": "classifier logits feeding softmax (decide the argmax)",
     "Sigmoid": "localization output path: the FC feeding the sigmoid (box coordinates, eq. 5)",
@@ -95,15 +101,7 @@ def sensitive_nodes(model):
 
     Returns a list of ``{"node", "op", "reason"}`` in graph order. Works on the FP32 graph.
     """
-    producers = graph_producers(model)
-    kept = {}
-    for node in model.graph.node:
-        if node.op_type in BOUNDED_OPS:
-            kept.setdefault(node.name, (node.op_type, BOUNDED_OPS[node.op_type]))
-            source = producers.get(node.input[0])
-            if source is not None and source.op_type in LINEAR_OPS:
-                kept.setdefault(source.name, (source.op_type, FEEDS_REASON[node.op_type]))
-    return ordered_records(model, kept)
+    return ordered_records(model, bounded_nodes(model, BOUNDED_OPS, FEEDS_REASON))
 
 
 def weight_range_nodes(model):
@@ -133,13 +131,9 @@ def weight_range_nodes(model):
 
 # --------------------------------------------------------------------------- range audit
 def _session(model_or_path, optimize=True):
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) \
-        else str(model_or_path)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        else model_or_path
+    return make_session(source, optimize=optimize)
 
 
 def activation_ranges(graph_path, feeds, range_fraction=RANGE_FRACTION,
@@ -407,8 +401,8 @@ def check_fp16_graph(fp32_model, fp16_model, kept_nodes):
 
 # --------------------------------------------------------------------------- calibration
 def synthetic_calibration_images(n=SYNTHETIC_CALIBRATION_IMAGES, seed=2019):
-    """Synthetic chromosome cut-outs of all 24 types (vfinfer.synth)."""
-    from vfinfer.synth import render_chromosome
+    """Synthetic chromosome cut-outs of all 24 types (vfinfer.tools.synth)."""
+    from vfinfer.tools.synth import render_chromosome
 
     rng = np.random.default_rng(seed)
     return [render_chromosome(i % 24, rng, scale=rng.uniform(0.8, 1.2)) for i in range(n)]
@@ -417,30 +411,11 @@ def synthetic_calibration_images(n=SYNTHETIC_CALIBRATION_IMAGES, seed=2019):
 def calibration_images(calib_case_dir=None):
     """Gray uint8 images of a case directory, or synthetic ones when none is given."""
     if calib_case_dir is None:
-        return synthetic_calibration_images(), "synthetic (vfinfer.synth.render_chromosome)"
-    from vfinfer.imageio import read_case
+        return synthetic_calibration_images(), "synthetic (vfinfer.tools.synth.render_chromosome)"
+    from vfinfer.io.images import read_case
 
     images, _paths, _ignored = read_case(calib_case_dir)
     return images, str(calib_case_dir)
-
-
-def calibration_feeds(model_dir, images):
-    """Inputs of each FP32 graph for ``images``, computed as the pipeline does.
-
-    Returns ``{role: {input name: array}}``: G input from the preprocessing, the eq. 5 crops
-    from the FP32 G-Net's localization, and the FP32 features for the heads.
-    """
-    manifest = load_manifest(model_dir)
-    config = manifest.config
-    g_input = preprocess_batch(images, config)
-    gnet = _session(manifest.graph_path("gnet"))
-    g_out = dict(zip([o.name for o in gnet.get_outputs()], gnet.run(None, {"image": g_input})))
-    crops = crop_and_resize(g_input, decode_boxes(g_out["loc"], config.t1, config.t2),
-                            config.l_input)
-    lnet = _session(manifest.graph_path("lnet"))
-    l_features = lnet.run(["l_features"], {"crop": crops})[0]
-    return {"gnet": {"image": g_input}, "lnet": {"crop": crops},
-            "heads": {"g_features": g_out["g_features"], "l_features": l_features}}
 
 
 # --------------------------------------------------------------------------- model directory
@@ -518,38 +493,14 @@ def convert_model_dir_to_fp16(model_dir, calib_images=None, log=print):
 
 
 def fp16_agreement(model_dir, images):
-    """The whole pipeline in FP32 and FP16 (ONNX Runtime) on the same gray uint8 images.
-
-    Returns type / polarity argmax agreement (fractions), the largest absolute difference of
-    any type or polarity probability, and the largest difference of the eq. 5 boxes (G-input
-    pixels) and of the localization output u.
-    """
-    from vfinfer.pipeline import Pipeline
-
-    with Pipeline(model_dir, backend="ort", precision="fp32") as fp32, \
-            Pipeline(model_dir, backend="ort", precision="fp16") as fp16:
-        ref = fp32.infer(images)
-        got = fp16.infer(images)
-    return {
-        "images": len(images),
-        "type_argmax_agreement": float(np.mean(ref["type_probs"].argmax(1)
-                                               == got["type_probs"].argmax(1))),
-        "polarity_argmax_agreement": float(np.mean(ref["polarity_probs"].argmax(1)
-                                                   == got["polarity_probs"].argmax(1))),
-        "type_prob_max_abs_diff": float(np.max(np.abs(ref["type_probs"] - got["type_probs"]))),
-        "polarity_prob_max_abs_diff": float(np.max(np.abs(ref["polarity_probs"]
-                                                          - got["polarity_probs"]))),
-        "box_max_abs_diff_px": float(np.max(np.abs(ref["boxes"] - got["boxes"]))),
-        "loc_max_abs_diff": float(np.max(np.abs(ref["loc"] - got["loc"]))),
-    }
-
-
-def format_agreement(figures):
-    return (f"FP16 vs FP32 on {figures['images']} images (ONNX Runtime CPU): "
-            f"type argmax agreement {figures['type_argmax_agreement']:.1%}, "
-            f"polarity {figures['polarity_argmax_agreement']:.1%}, "
-            f"max |prob diff| {max(figures['type_prob_max_abs_diff'], figures['polarity_prob_max_abs_diff']):.2e}, "  # noqa: E501
-            f"max box diff {figures['box_max_abs_diff_px']:.3f} px")
+    """The network pass in FP32 and FP16 (ONNX Runtime CPU) on the same gray uint8 images:
+    ``vfinfer.tools.precision.agreement_figures`` (type / polarity argmax agreement, largest
+    probability, box and localization differences)."""
+    manifest = load_manifest(model_dir)
+    outputs = [network_outputs({role: manifest.graph_path(role, precision)
+                                for role in GRAPH_ROLES}, images, manifest.config)
+               for precision in ("fp32", "fp16")]
+    return agreement_figures(*outputs, threshold=manifest.threshold)
 
 
 def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
@@ -558,24 +509,21 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
     Writes ``gnet_fp16.onnx`` etc., lists them in ``manifest.json`` as ``graphs["gnet_fp16"]``
     (the FP32 records' fields plus ``kept_fp32``) and adds an ``fp16_audit`` section (range
     summaries and the FP16-vs-FP32 pipeline agreement). Calibration images come from
-    ``calib_case_dir`` (one case directory) or, when none is given, from vfinfer.synth.
+    ``calib_case_dir`` (one case directory) or, when none is given, from vfinfer.tools.synth.
     FP16 graphs from an earlier conversion are replaced. If anything fails, the manifest is
     left without FP16 graphs (as it was, when it had none) and no FP16 file remains.
     """
     model_dir = Path(model_dir)
-    manifest_path = model_dir / MANIFEST_NAME
     images, source = calibration_images(calib_case_dir)
-    if any(f"{role}_fp16" in load_manifest(model_dir).data["graphs"] for role in GRAPH_ROLES):
+    if earlier_graphs(model_dir, "fp16"):
         log("replacing the FP16 graphs of an earlier conversion")
         remove_fp16_graphs(model_dir)
-    original = load_manifest(model_dir).data
     log(f"FP16 conversion of {model_dir} with {len(images)} calibration images ({source})")
-    try:
+    with restore_on_failure(model_dir, "fp16") as data:
         records, audit = convert_model_dir_to_fp16(model_dir, images, log=log)
-        data = copy.deepcopy(original)
         for role, record in records.items():
             data["graphs"][f"{role}_fp16"] = record
-        write_json_atomic(manifest_path, data)  # the FP16 pipeline below reads it
+        write_json_atomic(model_dir / MANIFEST_NAME, data)  # fp16_agreement reads it
         agreement = fp16_agreement(model_dir, images)
         data["fp16_audit"] = {
             "calibration": {"source": source, "images": len(images)},
@@ -585,14 +533,8 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
             "ranges": audit,
             "agreement": agreement,
         }
-        write_json_atomic(manifest_path, data)
-    except BaseException:
-        write_json_atomic(manifest_path, original)
-        for role in GRAPH_ROLES:  # also the files of a conversion that stopped half way
-            for path in model_dir.glob(f"{role}_fp16.onnx*"):
-                path.unlink(missing_ok=True)
-        raise
-    log(format_agreement(agreement))
+        write_json_atomic(model_dir / MANIFEST_NAME, data)
+    log(format_agreement(agreement, "fp16"))
     if agreement["type_argmax_agreement"] < AGREEMENT_WARN_BELOW:
         log(f"warning: FP16 changes the type argmax on "
             f"{1 - agreement['type_argmax_agreement']:.1%} of the calibration images; check "

@@ -17,7 +17,7 @@ label under the line.  All chromosomes share one scale and are shown q-arm down.
 import cv2
 import numpy as np
 
-from .classes import N_TYPES, Q_ARM_DOWN, TYPE_NAMES
+from vfinfer.model.classes import N_TYPES, Q_ARM_DOWN, TYPE_NAMES
 
 # Rows of the layout; each row is a tuple of groups, each group a tuple of 0-based types.
 LAYOUT = (

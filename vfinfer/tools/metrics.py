@@ -11,7 +11,7 @@ The paper reports four figures (Table IV), for type (T) and polarity (P):
   within each case (``per_case_accuracy_dispatch``, types only).
 
 Labels are 0-based class indices everywhere (type 0-23 with X = 22 and Y = 23, see
-``vfinfer.classes``; polarity 0 = q-arm up, 1 = q-arm down).
+``vfinfer.model.classes``; polarity 0 = q-arm up, 1 = q-arm down).
 
 Definitions the paper leaves open, and how they are settled here:
 
@@ -34,8 +34,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vfinfer.classes import N_TYPES
-from vfinfer.dispatch import count_warnings, dispatch, dispatch_counts
+from vfinfer.calls.dispatch import count_warnings, dispatch, dispatch_counts
+from vfinfer.model.classes import N_TYPES
 
 __all__ = [
     "abnormal_cells",

@@ -21,8 +21,8 @@ import re
 
 import numpy as np
 
-from vfinfer.classes import N_TYPES, TYPE_NAMES, X_INDEX, Y_INDEX
-from vfinfer.dispatch import dispatch_counts
+from vfinfer.calls.dispatch import dispatch_counts
+from vfinfer.model.classes import N_TYPES, TYPE_NAMES, X_INDEX, Y_INDEX
 
 NO_SEX_CHROMOSOMES = "?"
 REVIEW_NOTE = (

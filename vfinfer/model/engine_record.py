@@ -19,7 +19,7 @@ is prepended to it. Pure functions only; this module never imports tensorrt.
 import datetime
 from pathlib import Path
 
-from .manifest import sha256_file
+from vfinfer.model.manifest import sha256_file
 
 RECORD_FIELDS = ("file", "precision", "tensorrt", "cuda", "gpu", "compute_capability",
                  "profile", "source_graph", "source_sha256", "plan_sha256", "built")

@@ -1,6 +1,6 @@
 """``vfinfer bench``: per-stage and end-to-end latency of whole cases, with a JSON report.
 
-Cases come from ``vfinfer.synth`` (no outside data). After a time-based warm-up every case
+Cases come from ``vfinfer.tools.synth`` (no outside data). After a time-based warm-up every case
 is timed from reading its files to writing its results, one after the other (latency); the
 pipeline's own stage clock splits the network part. Then the same cases go through
 ``vfinfer run``'s overlapped reader / engines / writer (``runner.run_with``) as one batch
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_atomic
-from .config import count_macs
-from .imageio import read_case
-from .pipeline import Pipeline
-from .results import write_case
-from .runner import run_with
+from vfinfer.io.atomic import write_atomic
+from vfinfer.io.images import read_case
+from vfinfer.io.results import write_case
+from vfinfer.io.runner import run_with
+from vfinfer.model.config import count_macs
+from vfinfer.pipeline import Pipeline
 
 STAGES = ("read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch", "write")
 BATCH_RUNS = 3  # repetitions of the batch (throughput) run; the median is reported
@@ -64,7 +64,7 @@ def percentiles(values):
 
 def make_cases(root, n_cases, n_chromosomes, seed):
     """Synthetic cells of ``n_chromosomes`` each (46 -> 46,XY; else a 46,XY cell cut/extended)."""
-    from .synth import write_cases
+    from vfinfer.tools.synth import write_cases
 
     write_cases("46,XY", root, seed, cases=n_cases)
     cases = sorted(p for p in Path(root).iterdir() if p.is_dir())

@@ -24,8 +24,8 @@ import re
 import cv2
 import numpy as np
 
-from vfinfer.atomic import write_atomic
-from vfinfer.classes import N_TYPES
+from vfinfer.io.atomic import write_atomic
+from vfinfer.model.classes import N_TYPES
 
 # Relative length (% of the haploid autosomal length) and centromere index (p-arm / total) of
 # each type, in type-index order (0-21 = chromosomes 1-22, 22 = X, 23 = Y). Standard published
@@ -266,7 +266,7 @@ def write_cases(karyotype, out_dir, seed, cases=1, flip_polarity=0.0):
     Every file is written atomically; an existing case directory raises ValueError.
     Deterministic given ``seed``. Returns the list of case names.
     """
-    from vfinfer.karyotype import parse_karyotype
+    from vfinfer.calls.karyotype import parse_karyotype
 
     counts = parse_karyotype(karyotype)
     if not 0.0 <= float(flip_polarity) <= 1.0:

@@ -6,7 +6,7 @@ normal cell holds (S = 2, or S = 1 for Y), keeps the most probable ones and move
 their second most probable type (lines 5-16). Then it warns about every type whose final count
 is not normal (line 17).
 
-Indices here are 0-based (see ``vfinfer.classes``): the paper's type k = 1..24 is index k - 1,
+Indices here are 0-based (see ``vfinfer.model.classes``): the paper's type k = 1..24 is index k - 1,
 so Y (paper's k = 24) is ``Y_INDEX`` = 23.
 
 Points the paper leaves open, and how they are settled here:
@@ -30,13 +30,13 @@ Points the paper leaves open, and how they are settled here:
 
 import numpy as np
 
-from vfinfer.classes import N_TYPES, TYPE_NAMES, X_INDEX, Y_INDEX
+from vfinfer.model.classes import N_TYPES, TYPE_NAMES, X_INDEX, Y_INDEX
 
 NORMAL_AUTOSOME_COUNT = 2
 NORMAL_SEX_COUNT = 2
 
 
-def _check_probs(probs):
+def check_probs(probs):
     """Return ``probs`` as a float N x 24 array, or raise ValueError."""
     try:
         arr = np.asarray(probs, dtype=np.float64)
@@ -59,7 +59,7 @@ def argmax_types(probs):
     ``probs`` is N x 24; returns a length-N int array of 0-based type indices. Ties go to the
     lowest index.
     """
-    return np.argmax(_check_probs(probs), axis=1).astype(np.int64)
+    return np.argmax(check_probs(probs), axis=1).astype(np.int64)
 
 
 def dispatch_counts(types):
@@ -109,7 +109,7 @@ def dispatch(probs, threshold=0.9):
     in O_{types[i]}) and a list of plain-English warnings (line 17). See the module docstring
     for how ambiguities are resolved.
     """
-    p = _check_probs(probs)
+    p = check_probs(probs)
     try:
         threshold = float(threshold)
     except (TypeError, ValueError):

@@ -34,11 +34,9 @@ Below ``MIN_TYPE_AGREEMENT`` (99.5 %) type agreement the graphs are kept for ins
 recorded ``"usable": false`` with the reason.
 """
 
-import copy
 import hashlib
 import io
 import logging
-import math
 import os
 import re
 import shutil
@@ -49,9 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .crop import crop_and_resize, decode_boxes
-from .imageio import read_case
-from .manifest import (
+from vfinfer.backends.ort import make_session
+from vfinfer.io.images import read_case
+from vfinfer.model.audits import MIN_TYPE_AGREEMENT, int8_usable
+from vfinfer.model.manifest import (
     GRAPH_ROLES,
     MANIFEST_NAME,
     load_manifest,
@@ -59,17 +58,25 @@ from .manifest import (
     sha256_file,
     write_json_atomic,
 )
-from .onnx_graph import consumers as graph_consumers
-from .onnx_graph import ensure_node_names, io_records, ordered_records
-from .onnx_graph import producers as graph_producers
-from .preprocess import preprocess_batch
+from vfinfer.tools.onnx_graph import consumers as graph_consumers
+from vfinfer.tools.onnx_graph import ensure_node_names, io_records, ordered_records
+from vfinfer.tools.onnx_graph import producers as graph_producers
+from vfinfer.tools.precision import (
+    LINEAR_OPS,
+    agreement_figures,
+    bounded_nodes,
+    calibration_feeds,
+    earlier_graphs,
+    format_agreement,
+    network_outputs,
+    op_counts,
+    restore_on_failure,
+)
 
-MIN_TYPE_AGREEMENT = 0.995
 METHODS = ("minmax", "percentile", "entropy")  # tried in this order until one passes
 PERCENTILE = 99.999
 MAX_CALIB_IMAGES = 256  # evenly spaced over the calibration images (bounds memory and time)
 CALIB_BATCH = 16
-AGREEMENT_BATCH = 64
 LATENCY_BATCH = 46  # one normal cell
 LATENCY_THREADS = (1, 2)
 LATENCY_REPEATS = 10
@@ -87,7 +94,6 @@ NOT_QUANTIZED_OPS = {
 }
 OP_TYPES_TO_QUANTIZE = ("Conv", "Gemm", "MatMul", "Relu", "MaxPool", "Reshape", "Flatten",
                         "Concat")
-LINEAR_OPS = ("Gemm", "MatMul")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 LOCALIZER_PATH_OPS = ("Gemm", "MatMul", "Relu", "Reshape", "Flatten")
 BOUNDED_OPS = {
@@ -119,32 +125,8 @@ class Int8Error(RuntimeError):
 
 
 # --------------------------------------------------------------------------- the usable rule
-def int8_usable(agreement, min_type_agreement=MIN_TYPE_AGREEMENT):
-    """``(usable, reason)`` for holdout ``agreement`` figures: type argmax agreement >= 99.5 %."""
-    if not agreement or not agreement.get("images"):
-        return False, "no holdout images were checked"
-    figure = agreement.get("type_argmax_agreement")
-    if figure is None or not math.isfinite(figure):
-        return False, "the holdout check gave no type agreement figure"
-    text = (f"type argmax agreement with FP32 is {figure:.2%} on {agreement['images']} holdout "
-            f"images (required: >= {min_type_agreement:.1%})")
-    return figure >= min_type_agreement, text
 
 
-def int8_refusal(manifest_data):
-    """None when the INT8 graphs may run, else one line saying why not (for the backends)."""
-    audit = manifest_data.get("int8_audit")
-    if not isinstance(audit, dict) and not any(
-            key.endswith("_int8") for key in manifest_data.get("graphs", {})):
-        return "this model has no INT8 graphs; make them with 'vfinfer quantize DIR --calib ...'"
-    if not isinstance(audit, dict):
-        return ("the INT8 graphs have no agreement audit in the manifest; make them with "
-                "'vfinfer quantize'")
-    if audit.get("usable") is not True:
-        reason = audit.get("reason") or "no reason recorded"
-        return (f"the INT8 graphs are marked unusable: {reason}. Use precision fp32, or re-run "
-                "'vfinfer quantize' with other calibration images")
-    return None
 
 
 # --------------------------------------------------------------------------- graph helpers
@@ -160,14 +142,12 @@ def sensitive_nodes(model):
     graph_inputs = {v.name for v in model.graph.input}
     kept = {node.name: (node.op_type, INPUT_REASON) for node in model.graph.node
             if node.op_type in WEIGHTED_OPS and node.input[0] in graph_inputs}
+    for name, entry in bounded_nodes(model, BOUNDED_OPS, FEEDS_REASON).items():
+        kept.setdefault(name, entry)
     for node in model.graph.node:
-        if node.op_type not in BOUNDED_OPS:
-            continue
-        kept.setdefault(node.name, (node.op_type, BOUNDED_OPS[node.op_type]))
-        source = producers.get(node.input[0])
+        source = producers.get(node.input[0]) if node.op_type in BOUNDED_OPS else None
         if source is None or source.op_type not in LINEAR_OPS:
             continue
-        kept.setdefault(source.name, (source.op_type, FEEDS_REASON[node.op_type]))
         current = producers.get(source.input[0])
         if node.op_type == "Softmax":
             if current is not None and current.op_type == "Relu":
@@ -264,13 +244,6 @@ def check_int8_graph(fp32_model, int8_model, kept):
     return quantized_weights
 
 
-def _op_counts(model):
-    counts = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
-
-
 @contextmanager
 def _quiet_quantizer():
     """onnxruntime.quantization logs warnings on the root logger; hold them back here."""
@@ -280,17 +253,6 @@ def _quiet_quantizer():
         yield
     finally:
         logging.disable(previous)
-
-
-def _session(path, threads=0, optimize=True):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # --------------------------------------------------------------------------- images
@@ -349,91 +311,6 @@ def even_subset(items, limit):
     return [items[i] for i in index]
 
 
-# --------------------------------------------------------------------------- the pipeline
-def _run_network(sessions, images, config, batch=AGREEMENT_BATCH):
-    """The numerical part of ``Pipeline.infer`` on ``sessions`` ({role: InferenceSession})."""
-    parts = []
-    for start in range(0, len(images), batch):
-        g_input = preprocess_batch(images[start:start + batch], config)
-        g_features, loc = sessions["gnet"].run(["g_features", "loc"], {"image": g_input})
-        boxes = decode_boxes(loc, config.t1, config.t2)
-        crops = crop_and_resize(g_input, boxes, config.l_input)
-        l_features = sessions["lnet"].run(["l_features"], {"crop": crops})[0]
-        type_probs, polarity_probs = sessions["heads"].run(
-            ["type_probs", "polarity_probs"],
-            {"g_features": g_features, "l_features": l_features})
-        parts.append({"type_probs": type_probs, "polarity_probs": polarity_probs,
-                      "loc": loc, "boxes": boxes})
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def calibration_feeds(model_dir, images, threads=0):
-    """Inputs of each graph as the FP32 pipeline computes them for ``images``.
-
-    ``{role: {input name: array}}``: the preprocessed G inputs, the eq. 5 crops from the FP32
-    G-Net's localization and the FP32 G / L features for the heads.
-    """
-    manifest = load_manifest(model_dir)
-    config = manifest.config
-    gnet = _session(manifest.graph_path("gnet"), threads)
-    lnet = _session(manifest.graph_path("lnet"), threads)
-    feeds = {"gnet": {"image": []}, "lnet": {"crop": []},
-             "heads": {"g_features": [], "l_features": []}}
-    for start in range(0, len(images), AGREEMENT_BATCH):
-        g_input = preprocess_batch(images[start:start + AGREEMENT_BATCH], config)
-        g_features, loc = gnet.run(["g_features", "loc"], {"image": g_input})
-        crops = crop_and_resize(g_input, decode_boxes(loc, config.t1, config.t2),
-                                config.l_input)
-        feeds["gnet"]["image"].append(g_input)
-        feeds["lnet"]["crop"].append(crops)
-        feeds["heads"]["g_features"].append(g_features)
-        feeds["heads"]["l_features"].append(lnet.run(["l_features"], {"crop": crops})[0])
-    return {role: {name: np.concatenate(parts) for name, parts in inputs.items()}
-            for role, inputs in feeds.items()}
-
-
-def box_iou(a, b):
-    """Elementwise IoU of (N, 4) boxes [x0, y0, x1, y1]."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    width = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    height = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = width * height
-    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-             + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 1.0)
-
-
-def agreement_figures(ref, got, threshold=0.9):
-    """Task-level agreement of two ``_run_network`` / ``Pipeline.infer`` outputs.
-
-    ``threshold`` (the dispatch threshold) splits off the images whose FP32 type probability
-    is confident: disagreements there matter more than on near-ties that dispatch flags anyway.
-    """
-    n = len(ref["type_probs"])
-    type_same = ref["type_probs"].argmax(1) == got["type_probs"].argmax(1)
-    confident = ref["type_probs"].max(1) >= threshold
-    iou = box_iou(ref["boxes"], got["boxes"])
-    type_diff = float(np.max(np.abs(ref["type_probs"] - got["type_probs"])))
-    polarity_diff = float(np.max(np.abs(ref["polarity_probs"] - got["polarity_probs"])))
-    return {
-        "images": int(n),
-        "type_argmax_agreement": float(np.mean(type_same)),
-        "type_disagreements": int(n - type_same.sum()),
-        "confident_images": int(confident.sum()),
-        "type_disagreements_confident": int((~type_same & confident).sum()),
-        "polarity_argmax_agreement": float(np.mean(ref["polarity_probs"].argmax(1)
-                                                   == got["polarity_probs"].argmax(1))),
-        "box_iou_mean": float(iou.mean()),
-        "box_iou_min": float(iou.min()),
-        "prob_max_abs_diff": max(type_diff, polarity_diff),
-        "type_prob_max_abs_diff": type_diff,
-        "polarity_prob_max_abs_diff": polarity_diff,
-        "box_max_abs_diff_px": float(np.max(np.abs(ref["boxes"] - got["boxes"]))),
-        "loc_max_abs_diff": float(np.max(np.abs(ref["loc"] - got["loc"]))),
-        "fp32_distinct_types": int(len(np.unique(ref["type_probs"].argmax(1)))),
-    }
-
-
 def agreement_warnings(figures, min_agreement=MIN_TYPE_AGREEMENT):
     """What the type rule does not cover but a user should know (not gating)."""
     notes = []
@@ -448,16 +325,6 @@ def agreement_warnings(figures, min_agreement=MIN_TYPE_AGREEMENT):
                      f"{figures['box_iou_mean']:.3f}, min {figures['box_iou_min']:.3f} (up to "
                      f"{figures['box_max_abs_diff_px']:.1f} G-input px)")
     return notes
-
-
-def format_agreement(figures):
-    return (f"INT8 vs FP32 on {figures['images']} holdout images (ONNX Runtime CPU): type "
-            f"argmax agreement {figures['type_argmax_agreement']:.2%} "
-            f"({figures['type_disagreements']} differ, "
-            f"{figures['type_disagreements_confident']} of them confident in FP32), polarity "
-            f"{figures['polarity_argmax_agreement']:.2%}, box IoU mean "
-            f"{figures['box_iou_mean']:.4f} / min {figures['box_iou_min']:.4f}, max |prob diff| "
-            f"{figures['prob_max_abs_diff']:.3g}")
 
 
 # --------------------------------------------------------------------------- quantization
@@ -547,10 +414,6 @@ def _build_attempt(work, pre_models, pre_paths, feeds, method, rule, reduce_rang
     return built
 
 
-def _sessions(paths, threads=0):
-    return {role: _session(path, threads) for role, path in paths.items()}
-
-
 # --------------------------------------------------------------------------- latency
 def _cpu_counters():
     """(CPU seconds all processes spent busy, this process's CPU seconds, wall clock) on
@@ -594,7 +457,7 @@ def measure_latency(fp32_paths, int8_paths, feeds, threads=LATENCY_THREADS,
             inputs = {name: np.ascontiguousarray(a[index]) for name, a in feeds[role].items()}
             row = {}
             for precision, paths in (("fp32", fp32_paths), ("int8", int8_paths)):
-                session = _session(paths[role], count)
+                session = make_session(paths[role], count)
                 for _ in range(warmup):
                     session.run(None, inputs)
                 times = []
@@ -626,7 +489,8 @@ def measure_latency(fp32_paths, int8_paths, feeds, threads=LATENCY_THREADS,
     else:
         note = f"other processes used {share:.0%} of the {cores} cores during the timing"
     return {"batch": batch, "repeats": repeats, "provider": "CPUExecutionProvider",
-            "graph_optimization": "ORT_ENABLE_ALL", "cores": cores,
+            "session": "vfinfer.backends.ort.make_session (the backend's settings: "
+                       "ORT_ENABLE_ALL, no thread spinning)", "cores": cores,
             "other_processes_cpu_share": None if share is None else round(share, 3),
             "load_average_1m": load, "busy": busy, "note": note, **results}
 
@@ -664,7 +528,8 @@ def _search(tmp, pre_models, pre_paths, feeds, methods, check, min_type_agreemen
         meets, _reason = int8_usable(figures, min_type_agreement)
         attempts.append({"method": method, "kept_fp32_rule": rule, "agreement": figures,
                          "meets_rule": meets, "_built": built})
-        log(f"  {method}, kept FP32 rule '{rule}': {format_agreement(figures)}")
+        line = format_agreement(figures, "int8", "holdout images")
+        log(f"  {method}, kept FP32 rule '{rule}': {line}")
         if meets:
             return attempts, attempts[-1]
         if step == len(plan) - 1 and rule == "sensitive":
@@ -688,7 +553,7 @@ def _graph_record(built_path, final, kept):
         "inputs": inputs, "outputs": outputs, "precision": "int8",
         "kept_fp32": kept,
         "not_quantized_ops": {op: why for op, why in NOT_QUANTIZED_OPS.items() if op in present},
-        "ops": _op_counts(model),
+        "ops": op_counts(model),
         "quantizer": "onnxruntime.quantization quant_pre_process + quantize_static (QDQ, "
                      "per_channel=True, activations QUInt8, weights QInt8, "
                      "nodes_to_exclude=kept_fp32)",
@@ -716,128 +581,152 @@ def quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs=None, log=p
     (see ``quantize_graph``). Earlier INT8 graphs are replaced;
     on an error the manifest is left as it was and no INT8 file remains.
     """
-    import onnx
-    import onnxruntime as ort
-
     model_dir = Path(model_dir)
-    manifest_path = model_dir / MANIFEST_NAME
     methods = tuple(methods)
     if not methods:
         raise ValueError("no calibration method given")
     for name in methods:
         _method(name)  # an unknown name fails before any work
-    calib_case_dirs = [Path(d) for d in calib_case_dirs]
-    if holdout_case_dirs:
-        holdout_case_dirs = [Path(d) for d in holdout_case_dirs]
-        split = "given"
-    else:
-        calib_case_dirs, holdout_case_dirs = split_case_dirs(calib_case_dirs)
-        split = (f"automatic: the first {len(calib_case_dirs)} of "
-                 f"{len(calib_case_dirs) + len(holdout_case_dirs)} case directories calibrate, "
-                 "the rest are held out")
-    if not calib_case_dirs:
-        raise ValueError("no calibration case directories given")
-    calib = read_case_dirs(calib_case_dirs)
-    holdout = read_case_dirs(holdout_case_dirs)
-    disjoint = check_disjoint(calib_case_dirs, holdout_case_dirs, calib, holdout)
-    calib_images = even_subset(calib[0], max_calib_images)
-
-    manifest = load_manifest(model_dir)
-    if any(f"{role}_int8" in manifest.data["graphs"] for role in GRAPH_ROLES):
+    data_in = _read_inputs(calib_case_dirs, holdout_case_dirs, max_calib_images)
+    if earlier_graphs(model_dir, "int8"):
         log("replacing the INT8 graphs of an earlier quantization")
         remove_int8_graphs(model_dir)
-        manifest = load_manifest(model_dir)
-    original = manifest.data
-    config = manifest.config
-    log(f"INT8 quantization of {model_dir}: {len(calib_images)} calibration images "
-        f"(of {len(calib[0])}) from {len(calib_case_dirs)} case directories, "
-        f"{len(holdout[0])} holdout images from {len(holdout_case_dirs)}")
+    log(f"INT8 quantization of {model_dir}: {len(data_in['calib_images'])} calibration images "
+        f"(of {len(data_in['calib'][0])}) from {len(data_in['calib_dirs'])} case directories, "
+        f"{len(data_in['holdout'][0])} holdout images from {len(data_in['holdout_dirs'])}")
+    settings = {"methods": methods, "threads": threads, "latency_threads": latency_threads,
+                "latency_repeats": latency_repeats, "min_type_agreement": min_type_agreement,
+                "reduce_range": reduce_range}
+    with restore_on_failure(model_dir, "int8") as data, \
+            tempfile.TemporaryDirectory(prefix="vfinfer-int8-") as tmp:
+        found = _quantize_and_check(model_dir, Path(tmp), data_in, settings, log)
+        _record(model_dir, data, data_in, found, settings)
+    _log_outcome(data["int8_audit"], found, log)
+    return data["int8_audit"]
+
+
+def _read_inputs(calib_case_dirs, holdout_case_dirs, max_calib_images):
+    """Calibration and holdout images (checked disjoint) and how they were split."""
+    calib_dirs = [Path(d) for d in calib_case_dirs]
+    if holdout_case_dirs:
+        holdout_dirs = [Path(d) for d in holdout_case_dirs]
+        split = "given"
+    else:
+        calib_dirs, holdout_dirs = split_case_dirs(calib_dirs)
+        split = (f"automatic: the first {len(calib_dirs)} of "
+                 f"{len(calib_dirs) + len(holdout_dirs)} case directories calibrate, "
+                 "the rest are held out")
+    if not calib_dirs:
+        raise ValueError("no calibration case directories given")
+    calib, holdout = read_case_dirs(calib_dirs), read_case_dirs(holdout_dirs)
+    disjoint = check_disjoint(calib_dirs, holdout_dirs, calib, holdout)
+    return {"calib_dirs": calib_dirs, "holdout_dirs": holdout_dirs, "split": split,
+            "calib": calib, "holdout": holdout, "disjoint": disjoint,
+            "calib_images": even_subset(calib[0], max_calib_images)}
+
+
+def _quantize_and_check(model_dir, tmp, data_in, settings, log):
+    """Search the calibration methods, then measure per-graph agreement and latency."""
+    manifest = load_manifest(model_dir)
+    config, threads, holdout = manifest.config, settings["threads"], data_in["holdout"][0]
     fp32_paths = {role: manifest.graph_path(role) for role in GRAPH_ROLES}
-    try:
-        with tempfile.TemporaryDirectory(prefix="vfinfer-int8-") as tmp:
-            tmp = Path(tmp)
-            feeds = calibration_feeds(model_dir, calib_images, threads)
-            pre_paths, pre_models = {}, {}
-            for role in GRAPH_ROLES:
-                pre_paths[role] = tmp / f"{role}_pre.onnx"
-                pre_models[role] = preprocess_graph(fp32_paths[role], pre_paths[role])
-            reference = _run_network(_sessions(fp32_paths, threads), holdout[0], config)
+    feeds = calibration_feeds(model_dir, data_in["calib_images"], threads)
+    pre_paths, pre_models = {}, {}
+    for role in GRAPH_ROLES:
+        pre_paths[role] = tmp / f"{role}_pre.onnx"
+        pre_models[role] = preprocess_graph(fp32_paths[role], pre_paths[role])
+    reference = network_outputs(fp32_paths, holdout, config, threads)
 
-            def check(paths):
-                got = _run_network(_sessions(paths, threads), holdout[0], config)
-                return agreement_figures(reference, got, manifest.threshold)
+    def check(paths):
+        got = network_outputs(paths, holdout, config, threads)
+        return agreement_figures(reference, got, manifest.threshold)
 
-            attempts, chosen = _search(tmp, pre_models, pre_paths, feeds, methods, check,
-                                       min_type_agreement, log, reduce_range)
-            built = chosen["_built"]
-            per_graph = {}
-            for role in GRAPH_ROLES:  # one graph INT8, the others FP32: where the error comes from
-                figures = check({r: (built[r][0] if r == role else fp32_paths[r])
-                                 for r in GRAPH_ROLES})
-                per_graph[role] = {k: figures[k] for k in (
-                    "type_argmax_agreement", "polarity_argmax_agreement", "box_iou_mean",
-                    "box_iou_min", "prob_max_abs_diff")}
-            latency = None
-            if latency_threads:
-                log("timing FP32 vs INT8 graphs (ONNX Runtime CPU, batch "
-                    f"{LATENCY_BATCH}, threads {', '.join(map(str, latency_threads))}) ...")
-                latency = measure_latency(fp32_paths, {r: p for r, (p, _) in built.items()},
-                                          feeds, threads=tuple(latency_threads),
-                                          repeats=latency_repeats)
-            usable, reason = int8_usable(chosen["agreement"], min_type_agreement)
-            warnings = agreement_warnings(chosen["agreement"], min_type_agreement)
-            if len(holdout[0]) < SMALL_HOLDOUT:
-                warnings.append(f"only {len(holdout[0])} holdout images: one disagreement is "
-                                f"{1 / max(len(holdout[0]), 1):.2%}, too coarse for the "
-                                f"{min_type_agreement:.1%} rule; hold out at least "
-                                f"{SMALL_HOLDOUT}")
-            calibration = {"case_dirs": [str(d) for d in calib_case_dirs],
-                           "images": len(calib_images), "images_available": len(calib[0]),
-                           "method": chosen["method"]}
-            data = copy.deepcopy(original)
-            for role in GRAPH_ROLES:
-                path, kept = built[role]
-                record = _graph_record(path, model_dir / f"{role}_int8.onnx", kept)
-                record["calibration"] = {**calibration, "feeds": _FEEDS[role]}
-                record["source_graph"] = fp32_paths[role].name
-                record["source_sha256"] = original["graphs"][role]["sha256"]
-                data["graphs"][f"{role}_int8"] = record
-            data["int8_audit"] = {
-                "usable": usable,
-                "reason": reason,
-                "rule": {"min_type_argmax_agreement": min_type_agreement,
-                         "measured_on": "holdout images (not used for calibration)"},
-                "calibration": {**calibration, "batch": CALIB_BATCH,
-                                "selection": "all" if len(calib_images) == len(calib[0])
-                                else f"{len(calib_images)} evenly spaced",
-                                "percentile": PERCENTILE if chosen["method"] == "percentile"
-                                else None},
-                "holdout": {"case_dirs": [str(d) for d in holdout_case_dirs],
-                            "images": len(holdout[0]), "split": split, **disjoint},
-                "agreement": chosen["agreement"],
-                "warnings": warnings,
-                "kept_fp32_rule": chosen["kept_fp32_rule"],
-                "per_graph_agreement": per_graph,
-                "attempts": [{k: v for k, v in a.items() if k != "_built"} for a in attempts],
-                "selection": ("the first attempt meeting the rule, in the order tried (methods "
-                              "in order, then all FCs in FP32); none did: the best is kept "
-                              "and marked unusable") if not usable else
-                             "the first attempt meeting the rule, in the order tried",
-                "settings": {**SETTINGS, "reduce_range": bool(reduce_range)},
-                "latency": latency,
-                "built_on": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
-                             "cpu": cpu_int8_facts()},
-            }
-            write_json_atomic(manifest_path, data)
-    except BaseException:
-        write_json_atomic(manifest_path, original)
-        for role in GRAPH_ROLES:
-            for path in model_dir.glob(f"{role}_int8.onnx*"):
-                path.unlink(missing_ok=True)
-            for path in model_dir.glob(f".{role}_int8.onnx.tmp"):
-                path.unlink(missing_ok=True)
-        raise
-    log(format_agreement(chosen["agreement"]) + f" [{chosen['method']}]")
+    attempts, chosen = _search(tmp, pre_models, pre_paths, feeds, settings["methods"], check,
+                               settings["min_type_agreement"], log, settings["reduce_range"])
+    built = chosen["_built"]
+    per_graph = {}
+    for role in GRAPH_ROLES:  # one graph INT8, the others FP32: where the error comes from
+        figures = check({r: (built[r][0] if r == role else fp32_paths[r]) for r in GRAPH_ROLES})
+        per_graph[role] = {k: figures[k] for k in (
+            "type_argmax_agreement", "polarity_argmax_agreement", "box_iou_mean",
+            "box_iou_min", "prob_max_abs_diff")}
+    latency = None
+    if settings["latency_threads"]:
+        log("timing FP32 vs INT8 graphs (ONNX Runtime CPU, batch "
+            f"{LATENCY_BATCH}, threads {', '.join(map(str, settings['latency_threads']))}) ...")
+        latency = measure_latency(fp32_paths, {r: p for r, (p, _) in built.items()}, feeds,
+                                  threads=tuple(settings["latency_threads"]),
+                                  repeats=settings["latency_repeats"])
+    return {"attempts": attempts, "chosen": chosen, "per_graph": per_graph,
+            "latency": latency, "fp32_paths": fp32_paths}
+
+
+def _record(model_dir, data, data_in, found, settings):
+    """Copy the chosen graphs into place and write their records and the audit."""
+    chosen, min_agreement = found["chosen"], settings["min_type_agreement"]
+    n_holdout = len(data_in["holdout"][0])
+    usable, reason = int8_usable(chosen["agreement"], min_agreement)
+    warnings = agreement_warnings(chosen["agreement"], min_agreement)
+    if n_holdout < SMALL_HOLDOUT:
+        warnings.append(f"only {n_holdout} holdout images: one disagreement is "
+                        f"{1 / max(n_holdout, 1):.2%}, too coarse for the "
+                        f"{min_agreement:.1%} rule; hold out at least {SMALL_HOLDOUT}")
+    calibration = {"case_dirs": [str(d) for d in data_in["calib_dirs"]],
+                   "images": len(data_in["calib_images"]),
+                   "images_available": len(data_in["calib"][0]), "method": chosen["method"]}
+    for role in GRAPH_ROLES:
+        path, kept = chosen["_built"][role]
+        record = _graph_record(path, model_dir / f"{role}_int8.onnx", kept)
+        record["calibration"] = {**calibration, "feeds": _FEEDS[role]}
+        record["source_graph"] = found["fp32_paths"][role].name
+        record["source_sha256"] = data["graphs"][role]["sha256"]
+        data["graphs"][f"{role}_int8"] = record
+    data["int8_audit"] = _audit(data_in, found, calibration, usable, reason, warnings,
+                                settings)
+    write_json_atomic(model_dir / MANIFEST_NAME, data)
+
+
+def _audit(data_in, found, calibration, usable, reason, warnings, settings):
+    """The ``int8_audit`` section of the manifest."""
+    import onnx
+    import onnxruntime as ort
+
+    chosen = found["chosen"]
+    selection = "the first attempt meeting the rule, in the order tried"
+    if not usable:
+        selection = ("the first attempt meeting the rule, in the order tried (methods in "
+                     "order, then all FCs in FP32); none did: the best is kept and marked "
+                     "unusable")
+    n_used, n_available = calibration["images"], calibration["images_available"]
+    return {
+        "usable": usable,
+        "reason": reason,
+        "rule": {"min_type_argmax_agreement": settings["min_type_agreement"],
+                 "measured_on": "holdout images (not used for calibration)"},
+        "calibration": {**calibration, "batch": CALIB_BATCH,
+                        "selection": "all" if n_used == n_available
+                        else f"{n_used} evenly spaced",
+                        "percentile": PERCENTILE if chosen["method"] == "percentile" else None},
+        "holdout": {"case_dirs": [str(d) for d in data_in["holdout_dirs"]],
+                    "images": len(data_in["holdout"][0]), "split": data_in["split"],
+                    **data_in["disjoint"]},
+        "agreement": chosen["agreement"],
+        "warnings": warnings,
+        "kept_fp32_rule": chosen["kept_fp32_rule"],
+        "per_graph_agreement": found["per_graph"],
+        "attempts": [{k: v for k, v in a.items() if k != "_built"} for a in found["attempts"]],
+        "selection": selection,
+        "settings": {**SETTINGS, "reduce_range": bool(settings["reduce_range"])},
+        "latency": found["latency"],
+        "built_on": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
+                     "cpu": cpu_int8_facts()},
+    }
+
+
+def _log_outcome(audit, found, log):
+    chosen, latency = found["chosen"], found["latency"]
+    log(format_agreement(chosen["agreement"], "int8", "holdout images")
+        + f" [{chosen['method']}]")
     if latency:
         for key in (k for k in latency if k.startswith("threads_")):
             total = latency[key]["all_graphs"]
@@ -846,10 +735,10 @@ def quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs=None, log=p
                 f"(x{total['speedup']:.2f})")
         if latency["busy"]:
             log(f"  note: {latency['note']}")
-    for note in warnings:
+    for note in audit["warnings"]:
         log(f"warning: {note}")
-    log(("INT8 graphs usable: " if usable else "INT8 graphs NOT usable: ") + reason)
-    return data["int8_audit"]
+    log(("INT8 graphs usable: " if audit["usable"] else "INT8 graphs NOT usable: ")
+        + audit["reason"])
 
 
 _FEEDS = {
@@ -859,7 +748,6 @@ _FEEDS = {
 }
 
 
-__all__ = ["Int8Error", "MIN_TYPE_AGREEMENT", "agreement_figures", "box_iou",
-           "calibration_feeds", "check_disjoint", "check_int8_graph", "extended_nodes",
-           "int8_refusal", "int8_usable", "measure_latency", "quantize_model_dir",
-           "remove_int8_graphs", "sensitive_nodes", "split_case_dirs"]
+__all__ = ["Int8Error", "check_disjoint", "check_int8_graph", "extended_nodes",
+           "measure_latency", "quantize_model_dir", "remove_int8_graphs", "sensitive_nodes",
+           "split_case_dirs"]

@@ -22,9 +22,9 @@ abnormal cells, never mixed into them.
 
 import numpy as np
 
-from .classes import TYPE_NAMES
-from .karyotype import karyotype_summary
-from .metrics import abnormal_cells
+from vfinfer.calls.karyotype import karyotype_summary
+from vfinfer.model.classes import TYPE_NAMES
+from vfinfer.tools.metrics import abnormal_cells
 
 __all__ = ["SIMULATED_KINDS", "simulate_abnormal"]
 

@@ -8,24 +8,23 @@ pure functions and ONNX Runtime sessions accept concurrent ``run`` calls.
         result = pipe.run_case(images, name="cell_07")
         print(result["karyotype"], result["warnings"])
 
-Dispatch modes: "paper" (Algorithm 1, ``vfinfer.dispatch``), "none" (plain argmax) and
-"optimal" (the most likely karyotype by global assignment, ``vfinfer.optimal``, with the
+Dispatch modes: "paper" (Algorithm 1, ``vfinfer.calls.dispatch``), "none" (plain argmax) and
+"optimal" (the most likely karyotype by global assignment, ``vfinfer.calls.optimal``, with the
 parameters calibrated into manifest.json by ``vfinfer calibrate``, or the defaults).
 """
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from . import backends
-from .crop import crop_and_resize, decode_boxes
-from .dispatch import argmax_types, dispatch
-from .imageio import to_gray8
-from .karyotype import karyotype_summary
-from .manifest import load_manifest
-from .preprocess import preprocess_batch
+from vfinfer import backends
+from vfinfer.calls.dispatch import argmax_types, dispatch
+from vfinfer.calls.karyotype import karyotype_summary
+from vfinfer.io.images import to_gray8
+from vfinfer.model.manifest import demo_model_dir, load_manifest
+from vfinfer.pipeline.network import Clock, run_network_batched
+from vfinfer.pipeline.preprocess import preprocess_batch
 
 DISPATCH_MODES = ("paper", "none", "optimal")
 TOP_HYPOTHESES = 3  # hypotheses listed in result["abnormality"]
@@ -47,11 +46,6 @@ class PreparedCase:
     preprocess_ms: float
 
 
-def demo_model_dir():
-    """The compact demo model shipped inside the package (trained on synthetic cells only)."""
-    return Path(__file__).parent / "demo_model"
-
-
 class Pipeline:
     """Batched Varifocal-Net inference for whole cases on one backend."""
 
@@ -67,8 +61,8 @@ class Pipeline:
         self.dispatch_mode = dispatch_mode
         self.optimal = self.optimal_note = None
         if dispatch_mode == "optimal":
-            from .calibrate import load_params  # scipy: only loaded for this mode
-            from .optimal import OptimalDispatch
+            from vfinfer.calls.optimal import OptimalDispatch
+            from vfinfer.calls.optimal_params import load_params  # scipy: only for this mode
 
             if optimal_params is None:
                 optimal_params, _, self.optimal_note = load_params(self.manifest)
@@ -100,7 +94,7 @@ class Pipeline:
         boxes (N, 4, eq. 5, G-input pixels). ``timing`` (a dict) collects ms per stage.
         """
         timing = {} if timing is None else timing
-        clock = _Clock(timing)
+        clock = Clock(timing)
         g_input = preprocess_batch(images, self.config)
         clock.lap("preprocess")
         return self.infer_prepared(g_input, timing)
@@ -109,27 +103,8 @@ class Pipeline:
         """``infer`` from an already preprocessed (N, 1, g_input, g_input) float32 batch."""
         if self.backend is None:
             raise RuntimeError("this Pipeline was closed")
-        timing = {} if timing is None else timing
-        parts = []
-        for start in range(0, len(g_input), self.batch_size):
-            parts.append(self._infer_chunk(g_input[start:start + self.batch_size], timing))
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-    def _infer_chunk(self, g_input, timing):
-        config, backend = self.config, self.backend
-        clock = _Clock(timing)
-        g_out = backend.gnet.infer({"image": g_input})
-        clock.lap("gnet")
-        boxes = decode_boxes(g_out["loc"], config.t1, config.t2)
-        crops = crop_and_resize(g_input, boxes, config.l_input)
-        clock.lap("crop")
-        l_out = backend.lnet.infer({"crop": crops})
-        clock.lap("lnet")
-        heads = backend.heads.infer({"g_features": g_out["g_features"],
-                                     "l_features": l_out["l_features"]})
-        clock.lap("heads")
-        return {"type_probs": heads["type_probs"], "polarity_probs": heads["polarity_probs"],
-                "loc": g_out["loc"], "boxes": boxes}
+        return run_network_batched(self.backend, g_input, self.config, self.batch_size,
+                                   timing)
 
     def prepare(self, name, images, files=None):
         """Check and convert one cell's images and preprocess them (a ``PreparedCase``).
@@ -188,7 +163,7 @@ class Pipeline:
         return results
 
     def _build_result(self, name, files, images, outputs, timing):
-        clock = _Clock(timing)
+        clock = Clock(timing)
         probs = outputs["type_probs"]
         before = argmax_types(probs)
         abnormality = None
@@ -271,17 +246,3 @@ def _image_warnings(images, files):
     if blank:
         notes.append(f"blank images (one gray level): {', '.join(blank)}")
     return notes
-
-
-class _Clock:
-    """Adds elapsed milliseconds per stage into a dict."""
-
-    def __init__(self, timing):
-        self.timing = timing
-        self.last = time.perf_counter()
-
-    def lap(self, stage):
-        now = time.perf_counter()
-        self.timing[stage] = self.timing.get(stage, 0.0) + (now - self.last) * 1000
-        self.last = now
-

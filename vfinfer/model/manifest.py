@@ -10,9 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from .atomic import write_json_atomic
-from .classes import POLARITY_NAMES, TYPE_NAMES
-from .config import ModelConfig
+from vfinfer.io.atomic import write_json_atomic
+from vfinfer.model.classes import POLARITY_NAMES, TYPE_NAMES
+from vfinfer.model.config import ModelConfig
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -156,3 +156,8 @@ def load_manifest(model_dir):
         if key not in data:
             raise ModelDirError(f"{path}: missing '{key}'")
     return Manifest(model_dir, data)
+
+
+def demo_model_dir():
+    """The compact demo model shipped inside the package (trained on synthetic cells only)."""
+    return Path(__file__).parent.parent / "demo_model"

@@ -1,0 +1,5 @@
+"""The ``vfinfer`` command line (click)."""
+
+from vfinfer.cli.main import main
+
+__all__ = ["main"]

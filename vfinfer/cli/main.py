@@ -1,0 +1,95 @@
+"""The ``vfinfer`` command line: run and env here (the runtime), export, train, eval,
+calibrate, bench, synth, fp16, quantize and build in ``vfinfer.cli.tools``.
+
+Every command fails with one line on stderr and a non-zero exit (2 for a command line that
+cannot be run as given, through click); set VFINFER_DEBUG=1 to see the Python traceback
+behind an unexpected error.
+"""
+
+import sys
+from pathlib import Path
+
+import click
+
+from vfinfer import __version__
+from vfinfer.cli.options import EXIT_FAILED, model_options, one_line_errors, progress_bar
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vfinfer")
+def main():
+    """Varifocal-Net chromosome classification: export models, run cases, measure them."""
+
+
+@main.command()
+@click.argument("case_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@model_options()
+@click.option("--out", "out_dir", default="vfinfer-results", show_default=True,
+              type=click.Path(path_type=Path), help="Results go to OUT/<case>/.")
+@click.option("--dispatch", "dispatch_mode", default="paper", show_default=True,
+              type=click.Choice(["paper", "none", "optimal"]),
+              help="paper: Algorithm 1 of the paper; none: plain argmax; optimal: the most "
+                   "likely karyotype by global assignment (parameters from 'vfinfer "
+                   "calibrate', else uncalibrated defaults).")
+@click.option("--no-karyogram", is_flag=True, help="Skip karyogram.png.")
+@click.option("--overwrite", is_flag=True, help="Replace existing results.")
+@click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
+              help="Group cases by patient: the first group of REGEX in the case name (else "
+                   "the whole match), e.g. '^([^.]+)\\.' for 97002023.12 -> 97002023; writes "
+                   "OUT/<patient>/patient.json (ISCN clones). Best with --dispatch optimal.")
+@click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
+              help="CSV with the columns cell,patient: group cases by patient (instead of "
+                   "--patient-from).")
+@one_line_errors
+def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, dispatch_mode,
+        no_karyogram, overwrite, patient_from, sample_sheet):
+    """Classify the chromosomes of each CASE_DIR (one cell per directory)."""
+    from vfinfer.io.runner import case_name, run_cases
+
+    names = [case_name(d) for d in case_dirs]
+    grouping = patient_from is not None or sample_sheet is not None
+    if grouping:
+        from vfinfer.calls.patient import group_cells
+
+        group_cells(names, sample_sheet=sample_sheet, pattern=patient_from)  # check first
+        if dispatch_mode != "optimal":
+            click.echo(f"note: patient karyotypes from --dispatch {dispatch_mode} count every "
+                       "misclassification as a gain or loss; --dispatch optimal is meant for "
+                       "this", err=True)
+    failed = run_cases(case_dirs, model_dir=model_dir, backend=backend, out_dir=out_dir,
+                       dispatch_mode=dispatch_mode, karyogram=not no_karyogram,
+                       threads=threads, batch_size=batch_size, overwrite=overwrite,
+                       precision=precision, echo=click.echo, progress=progress_bar)
+    if grouping:
+        _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite)
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+def _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite):
+    from vfinfer.calls.patient import patients_from_results
+
+    patients = patients_from_results(out_dir, names, sample_sheet=sample_sheet,
+                                     pattern=patient_from, echo=click.echo, failed=failed,
+                                     overwrite=overwrite)
+    n_clone = sum(p["abnormal"] for p in patients)
+    n_non_clonal = sum(bool(p["non_clonal"]) for p in patients)
+    click.echo(f"{len(patients)} patient(s): {n_clone} with an abnormal clone, "
+               f"{n_non_clonal} with non-clonal findings only or besides; "
+               "patient.json in OUT/<patient>/")
+
+
+@main.command()
+@one_line_errors
+def env():
+    """Print versions, ONNX Runtime providers and GPU facts (or why they are absent)."""
+    from vfinfer.environment import describe_environment
+
+    for key, value in describe_environment().items():
+        click.echo(f"{key:22s} {value}")
+
+
+from vfinfer.cli import tools  # noqa: E402,F401  (registers the tool commands on main)
+
+if __name__ == "__main__":
+    main()

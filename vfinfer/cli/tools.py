@@ -1,0 +1,394 @@
+"""The offline commands: export, train, eval, calibrate, bench, synth, fp16, quantize, build.
+
+Each imports its tool (and torch or onnx, where it needs them) only when it runs.
+"""
+
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from vfinfer.cli.main import main
+from vfinfer.cli.options import (
+    PRESET_CHOICE,
+    fail,
+    import_export_side,
+    labels_option,
+    model_options,
+    one_line_errors,
+    usage,
+)
+
+# optimal-dispatch calibration: fewer abnormal cells than this fit the threshold to noise
+# (on pki3, 3 abnormal validation cells gave parameters that missed all test trisomies)
+MIN_ABNORMAL_CELLS = 10
+
+
+def _log(line):
+    click.echo(line, err=True)
+
+
+# -- export -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Model directory to create (graphs + manifest.json).")
+@click.option("--preset", default=None, type=PRESET_CHOICE,
+              help="Model preset (default: the checkpoint's, else compact).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Model config JSON for a bare state_dict checkpoint.")
+@click.option("--random-init", is_flag=True, help="Export a He-initialized, untrained model.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --random-init.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a checkpoint holding a pickled module (runs code from the file).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out.")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="ONNX Runtime threads for the parity check.")
+@click.option("--fp16", is_flag=True,
+              help="Also write audited mixed-precision FP16 graphs (needed for TensorRT 11).")
+@click.option("--calib", "calib_case_dir", type=click.Path(path_type=Path),
+              help="Case directory of chromosome images for the FP16 range audit "
+                   "(default: synthetic images).")
+@one_line_errors
+def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pickle,
+           overwrite, threads, fp16, calib_case_dir):
+    """Export a trained model to ONNX (gnet, lnet, heads) with parity checks."""
+    from vfinfer.model.config import preset as preset_config
+    from vfinfer.model.manifest import sha256_file
+
+    if checkpoint is None and not random_init:
+        usage("give a CHECKPOINT to export, or --random-init for an untrained model")
+    if checkpoint is not None and random_init:
+        usage("give either a CHECKPOINT or --random-init, not both")
+    if calib_case_dir is not None and not fp16:
+        usage("--calib only applies with --fp16")
+    if checkpoint is not None and not checkpoint.is_file():
+        fail(f"{checkpoint}: checkpoint file not found")
+    config = preset_config(preset) if preset else None
+    load_checkpoint, random_model, export_model = import_export_side()
+    if random_init:
+        model = random_model(config or preset_config("compact"), seed)
+        source = {"kind": "random-init", "seed": seed}
+    else:
+        model = load_checkpoint(checkpoint, config_path or config, trust_pickle=trust_pickle)
+        source = {"kind": "checkpoint", "path": str(checkpoint),
+                  "sha256": sha256_file(checkpoint)}
+    started = time.perf_counter()
+    export_model(model, out_dir, source, overwrite=overwrite, log=click.echo, threads=threads,
+                 fp16=fp16, calib_case_dir=calib_case_dir)
+    click.echo(f"wrote {out_dir} ({model.config.preset} preset) in "
+               f"{time.perf_counter() - started:.1f} s")
+
+
+# -- train --------------------------------------------------------------------------------------
+@main.command()
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels CSV (default: DATA_DIR/labels.csv).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory: last.pt (resumable), model.pt, history.json.")
+@click.option("--preset", default="compact", show_default=True, type=PRESET_CHOICE)
+@click.option("--epochs-gnet", type=click.IntRange(min=1),
+              help="Step 2 epochs (G-Net trunk + classification).")
+@click.option("--epochs-loc", type=click.IntRange(min=1),
+              help="Step 3 epochs (localizer pre-training).")
+@click.option("--epochs-local", type=click.IntRange(min=1),
+              help="Step 4 rounds (L-Net / localizer alternation).")
+@click.option("--epochs-heads", type=click.IntRange(min=1), help="Stage 2 epochs (MLP heads).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--lr-schedule", default="cosine", show_default=True,
+              type=click.Choice(["cosine", "paper", "constant"]))
+@click.option("--val-fraction", default=0.15, show_default=True,
+              help="Fraction of slides held out for validation (split by slide).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Train on a seeded subset of N images.")
+@one_line_errors
+def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
+          epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit):
+    """Train a model with the paper's four-step strategy (section II-C)."""
+    import_export_side()
+    from vfinfer_export.train import train as run_training
+
+    epochs = {k: v for k, v in (("gnet", epochs_gnet), ("loc", epochs_loc),
+                                ("local", epochs_local), ("heads", epochs_heads)) if v}
+    started = time.perf_counter()
+    model_path = run_training(data_dir, labels, out_dir, preset=preset, epochs=epochs or None,
+                              batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+                              val_fraction=val_fraction, seed=seed, resume=resume,
+                              threads=threads, limit=limit)
+    click.echo(f"wrote {model_path} in {(time.perf_counter() - started) / 60:.1f} min; export "
+               f"it with: vfinfer export {model_path} --out engines/{preset}")
+
+
+# -- eval ---------------------------------------------------------------------------------------
+@main.command("eval")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@labels_option("Labels CSV (cell,file,type,polarity); a relative path is looked up in "
+               "DATA_DIR first, then in the current directory.")
+@model_options()
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the results as JSON here, and the type confusion heat map "
+                   "next to it as <stem>_confusion.png.")
+@click.option("--flip-half", is_flag=True,
+              help="Flip a seeded half of the images vertically and label them q-arm up, so "
+                   "that polarity is measured on both classes.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --flip-half.")
+@click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
+              help="Patient of a cell: the first group of REGEX in its name (default: the "
+                   "labels' slide column, if any).")
+@click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
+              help="CSV with the columns cell,patient for the patient-level figures.")
+@click.option("--simulate", "simulate_per_cell", default=3, show_default=True,
+              type=click.IntRange(min=0),
+              help="Abnormal cells simulated per normal cell for separate sensitivity "
+                   "figures (gain, loss, sex variant in turn); 0: none.")
+@one_line_errors
+def eval_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_size, json_path,
+          flip_half, seed, patient_from, sample_sheet, simulate_per_cell):
+    """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper, and
+    argmax / Algorithm 1 / optimal dispatch per cell and per patient."""
+    from vfinfer.tools.evaluate import evaluate, format_report, roc_paths, save_eval
+
+    results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
+                       threads=threads, batch_size=batch_size, precision=precision,
+                       flip_half=flip_half, seed=seed, log=_log, patient_from=patient_from,
+                       sample_sheet=sample_sheet, simulate=simulate_per_cell)
+    click.echo(format_report(results))
+    if json_path is not None:
+        written, picture = save_eval(results, json_path)
+        roc_json, roc_picture = roc_paths(written)
+        click.echo(f"wrote {written}, {picture}, {roc_json} and {roc_picture}")
+
+
+# -- calibrate ----------------------------------------------------------------------------------
+@main.command("calibrate")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@labels_option("Labels CSV of the TRAINING cells (e.g. the train.csv of "
+               "benchmarks/split_by_slide.py); never the slides you report results on.")
+@model_options(model_required=True,
+               model_help="Model directory; its manifest.json receives dispatch.optimal.")
+@click.option("--slides-from", type=click.Path(path_type=Path), default=None,
+              help="Use only the cells of these slides: a text file with one slide id per "
+                   "line, or a JSON list (or {\"train\": [...]}).")
+@click.option("--exclude", multiple=True, metavar="ID|@FILE",
+              help="Leave out a slide or cell (repeatable); @FILE reads ids from a file.")
+@click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
+              help="Slide of a cell from its name when the labels have no slide column.")
+@click.option("--min-sensitivity", default=1.0, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Share of the abnormal training cells the threshold must flag.")
+@click.option("--threshold-position", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1),
+              help="Where in the interval of equally good thresholds: 0 the smallest, 0.5 "
+                   "the middle, 1 the largest.")
+@click.option("--dry-run", is_flag=True, help="Report only; leave manifest.json alone.")
+@click.option("--simulate", "simulate_per_cell", default=3, show_default=True,
+              type=click.IntRange(min=0),
+              help="Abnormal cells simulated per normal calibration cell (a real chromosome's "
+                   "output added or removed: gain, loss, sex variant in turn) so that the "
+                   "threshold does not rest on a few real abnormal cells; 0: real cells only.")
+@click.option("--allow-few-abnormal", is_flag=True,
+              help=f"Store the parameters even with fewer than {MIN_ABNORMAL_CELLS} abnormal "
+                   "cells, real and simulated (they are then fitted to very few examples).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the calibration report here.")
+@one_line_errors
+def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_size,
+               slides_from, exclude, patient_from, min_sensitivity, threshold_position,
+               dry_run, simulate_per_cell, allow_few_abnormal, json_path):
+    """Fit optimal-dispatch parameters on labelled training cells; store them in the model."""
+    from vfinfer.model.manifest import write_json_atomic
+    from vfinfer.tools.calibrate import (
+        calibrate_on_data,
+        format_calibration,
+        select_cells,
+        store_params,
+    )
+
+    selection = select_cells(data_dir, labels_csv, slides_from, exclude, patient_from)
+    params, report = calibrate_on_data(
+        data_dir, labels_csv, selection, log=_log, echo=click.echo,
+        pipeline_options={"model_dir": model_dir, "backend": backend, "threads": threads,
+                          "batch_size": batch_size, "precision": precision},
+        simulate_per_cell=simulate_per_cell, min_sensitivity=min_sensitivity,
+        threshold_position=threshold_position)
+    click.echo(format_calibration(report))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(json_path, report)
+        click.echo(f"wrote {json_path}")
+    if dry_run:
+        click.echo("dry run: manifest.json left unchanged")
+    elif report["n_abnormal"] < MIN_ABNORMAL_CELLS and not allow_few_abnormal:
+        fail(f"only {report['n_abnormal']} abnormal cells among the calibration cells (at least "
+             f"{MIN_ABNORMAL_CELLS} wanted, real and simulated): parameters fitted to so few "
+             "examples over-fit, so manifest.json was left unchanged (the defaults stay); "
+             "pass --simulate N or --allow-few-abnormal to store them anyway")
+    else:
+        click.echo(f"wrote dispatch.optimal and dispatch.calibration to "
+                   f"{store_params(model_dir, params, report)}")
+
+
+# -- bench --------------------------------------------------------------------------------------
+@main.command()
+@model_options()
+@click.option("--preset", default=None, type=PRESET_CHOICE,
+              help="Time an untrained model of this preset instead (needs the export extra).")
+@click.option("--cases", "n_cases", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--chromosomes", default=46, show_default=True, type=click.IntRange(min=1),
+              help="Chromosomes per case.")
+@click.option("--warmup", default=3.0, show_default=True, type=click.FloatRange(min=0),
+              help="Warm-up seconds.")
+@click.option("--no-reference", is_flag=True, help="Skip the PyTorch eager comparison.")
+@click.option("--no-karyogram", is_flag=True, help="Write results without karyogram.png.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report.")
+@one_line_errors
+def bench(model_dir, backend, precision, threads, batch_size, preset, n_cases, chromosomes,
+          warmup, no_reference, no_karyogram, json_path):
+    """Time whole cases stage by stage; compare with PyTorch eager."""
+    from vfinfer.tools.bench import format_report, run_bench, save_report
+
+    if model_dir and preset:
+        usage("give --model or --preset, not both")
+    with tempfile.TemporaryDirectory(prefix="vfinfer-bench-model-") as tmp:
+        if preset:
+            model_dir = _untrained_model(preset, Path(tmp))
+        report = run_bench(model_dir, backend=backend, n_cases=n_cases,
+                           n_chromosomes=chromosomes, batch_size=batch_size, threads=threads,
+                           warmup_s=warmup, reference=not no_reference, precision=precision,
+                           karyogram=not no_karyogram)
+    click.echo(format_report(report))
+    if json_path:
+        save_report(report, json_path)
+        click.echo(f"wrote {json_path}")
+
+
+def _untrained_model(preset, tmp):
+    from vfinfer.model.config import preset as preset_config
+
+    _, random_model, export_model = import_export_side()
+    model_dir = tmp / preset
+    click.echo(f"exporting an untrained {preset} model to time it ...")
+    export_model(random_model(preset_config(preset)), model_dir,
+                 {"kind": "random-init", "seed": 0}, log=lambda *a: None, batches=(2,))
+    return model_dir
+
+
+# -- synth --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--karyotype", default="46,XY", show_default=True,
+              help='Numerical karyotype, e.g. "47,XY,+21", "45,X", "46,XX".')
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cases", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--flip-polarity", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Fraction of images flipped vertically (labelled q-arm up).")
+@one_line_errors
+def synth(karyotype, out_dir, seed, cases, flip_polarity):
+    """Write synthetic G-banded cases with known labels (DIR/labels.csv, DIR/<case>/)."""
+    from vfinfer.tools.synth import write_cases
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = write_cases(karyotype, out_dir, seed, cases=cases, flip_polarity=flip_polarity)
+    click.echo(f"wrote {len(names)} case(s) of {karyotype} to {out_dir}: {', '.join(names)}")
+
+
+# -- fp16 / quantize / build --------------------------------------------------------------------
+@main.command("fp16")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--calib", "calib_case_dir", type=click.Path(path_type=Path),
+              help="Case directory of chromosome images for the range audit "
+                   "(default: synthetic images).")
+@one_line_errors
+def fp16_(model_dir, calib_case_dir):
+    """Add audited FP16 graphs to an exported model directory (replaces earlier ones)."""
+    try:
+        from vfinfer.tools.fp16 import add_fp16_graphs
+    except ImportError as exc:
+        fail(f"this command needs the tools extra ({exc.name} is missing): "
+             "pip install -e '.[tools]'")
+    add_fp16_graphs(model_dir, calib_case_dir=calib_case_dir, log=click.echo)
+
+
+def _thread_counts(_ctx, _param, value):
+    try:
+        counts = tuple(int(t) for t in value.split(",") if t.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give thread counts such as 1,2") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"{value!r}: give thread counts of at least 1")
+    return counts
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--calib", "calib_case_dirs", multiple=True, required=True,
+              type=click.Path(path_type=Path),
+              help="Case directory of real chromosome images to calibrate on (repeat the "
+                   "option). Without --holdout the first half calibrates, the rest is checked.")
+@click.option("--holdout", "holdout_case_dirs", multiple=True, type=click.Path(path_type=Path),
+              help="Case directory for the INT8 vs FP32 agreement check, never used to "
+                   "calibrate (repeat the option; 200+ images make the 99.5% rule meaningful).")
+@click.option("--method", "methods", multiple=True,
+              type=click.Choice(["minmax", "percentile", "entropy"]),
+              help="Calibration method(s) to try, in order (default: minmax, percentile, "
+                   "entropy; the first that meets the agreement rule is kept).")
+@click.option("--max-calib-images", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Calibrate on at most this many images, evenly spaced.")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="ONNX Runtime threads for calibration and checks.")
+@click.option("--no-latency", is_flag=True, help="Skip the FP32 vs INT8 timing.")
+@click.option("--latency-threads", default="1,2", show_default=True, callback=_thread_counts,
+              help="Thread counts of the FP32 vs INT8 timing, comma-separated.")
+@click.option("--latency-repeats", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs per precision and thread count (median reported).")
+@click.option("--reduce-range", is_flag=True,
+              help="7-bit weights: ONNX Runtime's advice for CPUs without VNNI, whose INT8 "
+                   "kernels can saturate (the audit records the CPU's INT8 instructions).")
+@one_line_errors
+def quantize(model_dir, calib_case_dirs, holdout_case_dirs, methods, max_calib_images, threads,
+             no_latency, latency_threads, latency_repeats, reduce_range):
+    """Add static INT8 graphs (ONNX Runtime CPU) to DIR, checked on held-out images."""
+    try:
+        from vfinfer.tools.quantize import METHODS, quantize_model_dir
+    except ImportError as exc:
+        fail(f"this command needs the tools extra ({exc.name} is missing): "
+             "pip install -e '.[tools]'")
+    audit = quantize_model_dir(model_dir, calib_case_dirs, holdout_case_dirs or None,
+                               log=click.echo, methods=methods or METHODS,
+                               max_calib_images=max_calib_images, threads=threads,
+                               latency_threads=() if no_latency else latency_threads,
+                               latency_repeats=latency_repeats, reduce_range=reduce_range)
+    if not audit["usable"]:
+        fail(f"INT8 graphs written to {model_dir} but marked unusable: {audit['reason']}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Largest batch the engines accept (profile max).")
+@click.option("--opt-batch", default=46, show_default=True, type=click.IntRange(min=1),
+              help="Batch TensorRT tunes for (profile opt; 46 = one normal cell).")
+@click.option("--workspace-mb", default=2048, show_default=True, type=click.IntRange(min=1),
+              help="Builder workspace limit in MiB.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="Timing cache file to load and update (default: DIR/timing.cache).")
+@one_line_errors
+def build(model_dir, max_batch, opt_batch, workspace_mb, timing_cache):
+    """Build verified FP16 TensorRT engines from DIR's ONNX graphs (NVIDIA GPU only)."""
+    try:
+        from vfinfer_export.trt_build import build_engines
+    except ImportError as exc:
+        fail(f"this command needs the export extra ({exc.name} is missing): "
+             "pip install -e '.[export,gpu]'")
+    started = time.perf_counter()
+    records = build_engines(model_dir, max_batch=max_batch, opt_batch=opt_batch,
+                            workspace_mb=workspace_mb, timing_cache=timing_cache,
+                            log=click.echo)
+    click.echo(f"wrote {', '.join(r['file'] for r in records.values())} in {model_dir} "
+               f"({time.perf_counter() - started:.1f} s)")
