@@ -286,7 +286,40 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     config = preset if isinstance(preset, ModelConfig) else preset_config(preset)
-    options = {
+    options = _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule,
+                           val_fraction, seed, limit)
+    state, options = _resume(resume, last_path, options, epochs, log)
+    config = ModelConfig.from_dict(options["config"])
+    _seed_everything(options["seed"])
+    train_set, val_set, split = _datasets(data_dir, labels, options, config, threads, state,
+                                          last_path, log)
+    model = VarifocalNet(config)  # step 1: He initialization (seeded above)
+    run = {"history": [], "done": 0, "optimizer_states": {}, "split": split,
+           "options": options, "last_path": last_path, "out_dir": out_dir}
+    if state is not None:
+        load_state(model, state["state_dict"], last_path)
+        run.update(history=list(state["extra"]["history"]), done=int(state["extra"]["done"]),
+                   optimizer_states=state["extra"].get("optimizer") or {})
+        epoch = state["extra"]["epoch"]
+        log(f"resume: {run['done']} epoch(s) done, last {state['extra']['step']} "
+            f"epoch {epoch + 1 if epoch is not None else '-'}")
+    units = schedule(options["epochs"])
+    _train_units(model, units, train_set, val_set, run, log)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    save_checkpoint(model, model_path, {"step": "done", "epoch": None, "done": len(units),
+                                        "history": run["history"], "split": split,
+                                        "seed": options["seed"], "options": options})
+    _write_json(out_dir / "history.json", run["history"])
+    log(f"saved {model_path}")
+    return model_path
+
+
+def _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule, val_fraction,
+                 seed, limit):
+    """Everything that defines a run, recorded in its checkpoints."""
+    return {
         "data_dir": str(data_dir), "labels": None if labels is None else str(labels),
         "preset": config.preset, "config": config.to_dict(),
         "epochs": _normalize_epochs(epochs), "batch_size": int(batch_size), "lr": float(lr),
@@ -297,7 +330,9 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
         "optimizer": "adam(0.9, 0.999)",
     }
 
-    state = None
+
+def _resume(resume, last_path, options, epochs, log):
+    """(checkpoint state or None, the options to use: the checkpoint's when resuming)."""
     if resume and last_path.is_file():
         state = _load_resume(last_path)
         stored = state["extra"]["options"]
@@ -305,13 +340,15 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
         changed = sorted(k for k in options if k not in free and options[k] != stored.get(k))
         if changed:
             log(f"resume: using the checkpoint's {', '.join(changed)} (differ from the call)")
-        options = {**stored, "epochs": options["epochs"] if epochs else stored["epochs"]}
-        config = ModelConfig.from_dict(options["config"])
-    elif resume:
+        return state, {**stored, "epochs": options["epochs"] if epochs else stored["epochs"]}
+    if resume:
         log(f"resume: {last_path} not found, starting a new run")
+    return None, options
 
+
+def _datasets(data_dir, labels, options, config, threads, state, last_path, log):
+    """Training and validation sets, split by slide, and the split itself."""
     seed = options["seed"]
-    _seed_everything(seed)
     records = load_labels(data_dir, labels)
     if options["limit"] is not None and options["limit"] < len(records):
         keep = sorted(random.Random(seed).sample(range(len(records)), options["limit"]))
@@ -329,25 +366,17 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     log(f"data: {len(train_records)} train images ({len(split['train'])} slides), "
         f"{len(val_records)} validation images ({len(split['val'])} slides), "
         f"loaded in {time.perf_counter() - started:.1f}s")
+    return train_set, val_set, split
 
-    model = VarifocalNet(config)  # step 1: He initialization (seeded above)
-    history, done, optimizer_states = [], 0, {}
-    if state is not None:
-        load_state(model, state["state_dict"], last_path)
-        history = list(state["extra"]["history"])
-        done = int(state["extra"]["done"])
-        optimizer_states = state["extra"].get("optimizer") or {}
-        log(f"resume: {done} epoch(s) done, last {state['extra']['step']} "
-            f"epoch {state['extra']['epoch'] + 1 if state['extra']['epoch'] is not None else '-'}")
 
-    # (channels-last would make the G-Net step ~20 % faster on CPU, but torch 2.13's CPU
-    # backward of a 1x1 stride-2 conv in channels-last crashes the process for small widths)
-    units = schedule(options["epochs"])
+def _train_units(model, units, train_set, val_set, run, log):
+    """One epoch per schedule unit from ``run["done"]`` on, a resumable checkpoint after
+    each. (channels-last would make the G-Net step ~20 % faster on CPU, but torch 2.13's CPU
+    backward of a 1x1 stride-2 conv in channels-last crashes the process for small widths.)"""
+    options, optimizers = run["options"], {}
     batch_size = options["batch_size"]
-    iterations = math.ceil(len(train_set) / batch_size)
-    optimizers = {}
     for index, (part, epoch, n_epochs) in enumerate(units):
-        if index < done:
+        if index < run["done"]:
             continue
         step = _step_of(part)
         # optimizers live for one step; a new step starts with fresh Adam state
@@ -356,53 +385,56 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
         params = prepare(model, part)
         if part not in optimizers:
             optimizers[part] = make_optimizer(params, options["lr"])
-            if part in optimizer_states:
-                optimizers[part].load_state_dict(optimizer_states[part])
-        optimizer = optimizers[part]
-        base_lr = options["lr"] * (options["loc_lr_scale"] if part in ("loc", "local-b") else 1)
+            if part in run["optimizer_states"]:
+                optimizers[part].load_state_dict(run["optimizer_states"][part])
         tic = time.perf_counter()
-        train_set.set_epoch(index)
-        total_loss, n = 0.0, 0
-        for i, batch in enumerate(batches(train_set, batch_size, shuffle_seed=[seed, index])):
-            lr_now = learning_rate(base_lr, options["lr_schedule"],
-                                   epoch * iterations + i, n_epochs * iterations, iterations)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            loss = part_loss(model, part, batch, options["boxcar_k"], options["loc_weight"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(batch[1])
-            n += len(batch[1])
+        train_loss, lr_now = _train_epoch(model, part, optimizers[part], train_set, options,
+                                          index, epoch, n_epochs)
         train_seconds = time.perf_counter() - tic
         metrics = evaluate(model, part, val_set, max(batch_size, 64))
-        entry = {"step": part, "epoch": epoch, "epochs": n_epochs,
-                 "train_loss": total_loss / max(1, n), **metrics, "lr": lr_now,
-                 "train_seconds": round(train_seconds, 2),
+        entry = {"step": part, "epoch": epoch, "epochs": n_epochs, "train_loss": train_loss,
+                 **metrics, "lr": lr_now, "train_seconds": round(train_seconds, 2),
                  "seconds": round(time.perf_counter() - tic, 2)}
-        history.append(entry)
-        done = index + 1
-        extra = {"step": part, "epoch": epoch, "done": done,
+        run["history"].append(entry)
+        run["done"] = index + 1
+        extra = {"step": part, "epoch": epoch, "done": run["done"],
                  "optimizer": {k: v.state_dict() for k, v in optimizers.items()},
-                 "history": history, "split": split, "seed": seed, "options": options}
-        save_checkpoint(model, last_path, extra)
-        _write_json(out_dir / "history.json", history)
-        extra_text = (f" val_ul_mae {entry['val_ul_mae']:.4f}" if "val_ul_mae" in entry else "")
-        log(f"{part} epoch {epoch + 1}/{n_epochs} train_loss {entry['train_loss']:.4f} "
-            f"val_loss {_fmt(entry['val_loss'], '.4f')} "
-            f"val_type_acc {_fmt(entry['val_type_acc'], '.4f')} "
-            f"val_polarity_acc {_fmt(entry['val_polarity_acc'], '.4f')}{extra_text} "
-            f"lr {lr_now:.2e} {entry['seconds']:.1f}s")
+                 "history": run["history"], "split": run["split"], "seed": options["seed"],
+                 "options": options}
+        save_checkpoint(model, run["last_path"], extra)
+        _write_json(run["out_dir"] / "history.json", run["history"])
+        _log_epoch(log, entry)
 
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    save_checkpoint(model, model_path, {"step": "done", "epoch": None, "done": len(units),
-                                        "history": history, "split": split, "seed": seed,
-                                        "options": options})
-    _write_json(out_dir / "history.json", history)
-    log(f"saved {model_path}")
-    return model_path
+
+def _train_epoch(model, part, optimizer, train_set, options, index, epoch, n_epochs):
+    """One epoch of ``part``; returns (mean training loss, last learning rate)."""
+    batch_size = options["batch_size"]
+    iterations = math.ceil(len(train_set) / batch_size)
+    base_lr = options["lr"] * (options["loc_lr_scale"] if part in ("loc", "local-b") else 1)
+    train_set.set_epoch(index)
+    total_loss, n, lr_now = 0.0, 0, base_lr
+    for i, batch in enumerate(batches(train_set, batch_size,
+                                      shuffle_seed=[options["seed"], index])):
+        lr_now = learning_rate(base_lr, options["lr_schedule"],
+                               epoch * iterations + i, n_epochs * iterations, iterations)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now
+        loss = part_loss(model, part, batch, options["boxcar_k"], options["loc_weight"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(batch[1])
+        n += len(batch[1])
+    return total_loss / max(1, n), lr_now
+
+
+def _log_epoch(log, entry):
+    extra_text = (f" val_ul_mae {entry['val_ul_mae']:.4f}" if "val_ul_mae" in entry else "")
+    log(f"{entry['step']} epoch {entry['epoch'] + 1}/{entry['epochs']} train_loss "
+        f"{entry['train_loss']:.4f} val_loss {_fmt(entry['val_loss'], '.4f')} "
+        f"val_type_acc {_fmt(entry['val_type_acc'], '.4f')} "
+        f"val_polarity_acc {_fmt(entry['val_polarity_acc'], '.4f')}{extra_text} "
+        f"lr {entry['lr']:.2e} {entry['seconds']:.1f}s")
 
 
 def _load_resume(path):

@@ -162,11 +162,17 @@ def render_chromosome(type_index, rng, scale=1.0, stain=1.0):
     rel_len, ci = CHROMOSOME_FACTS[t]
     length = rel_len * PX_PER_PERCENT * scale * rng.uniform(0.9, 1.1) - 3.0
     width = (10.0 + 0.065 * length) * scale ** 0.25 * rng.uniform(0.88, 1.12)
-    cw = 0.32 * width  # half-width of one chromatid
-    off = width / 2.0 - cw  # chromatid axis offset from the chromosome axis
     ci = float(np.clip(ci + rng.normal(0.0, 0.012), 0.1, 0.6))
+    r, s = _chromosome_frame(rng, length, width)
+    body, core = _chromatids(rng, r, s, length, width, ci)
+    band = _band_profile(rng, t, s, length)
+    img = _stained(rng, body, core, band, stain)
+    return _tight_crop(rng, img)
 
-    # geometry: bend (in chromosome frame) then a small rotation
+
+def _chromosome_frame(rng, length, width):
+    """Signed distance ``r`` from the bent axis and position ``s`` along it (0 at the p-arm
+    end) for every pixel of an image holding the bent, slightly rotated chromosome."""
     ys, cs, dcs = _bend(rng, length)
     angle = float(np.clip(rng.normal(0.0, 4.0 + 120.0 / (length + 20.0)), -30.0, 30.0))
     theta = np.deg2rad(angle)
@@ -183,17 +189,18 @@ def render_chromosome(type_index, rng, scale=1.0, stain=1.0):
     y = -sin_t * big_x + cos_t * big_y
     c = np.interp(y, ys, cs)
     dc = np.interp(y, ys, dcs)
-    r = (x - c) / np.sqrt(1.0 + dc * dc)  # signed distance from the (bent) axis
-    s = y + length / 2.0  # position along the axis, 0 at the p-arm end
+    return (x - c) / np.sqrt(1.0 + dc * dc), y + length / 2.0
 
-    # centromere constriction: chromatids come together and thin a little
-    sc = ci * length
-    g = np.exp(-(((s - sc) / (0.9 * cw + 0.6)) ** 2))
+
+def _chromatids(rng, r, s, length, width, ci):
+    """Coverage ``body`` and centre weight ``core`` of two sister chromatids, each a rod with
+    rounded ends, coming together at the centromere (at ``ci`` of the length)."""
+    cw = 0.32 * width  # half-width of one chromatid
+    off = width / 2.0 - cw  # chromatid axis offset from the chromosome axis
+    g = np.exp(-(((s - ci * length) / (0.9 * cw + 0.6)) ** 2))
     off_s = off * (1.0 - 0.75 * g)
     cw_s = cw * (1.0 - rng.uniform(0.2, 0.35) * g)
-    # two sister chromatids, each a rod with rounded ends
-    # width wobbles a little along the axis
-    wobble = rng.normal(0.0, 0.07, size=8)
+    wobble = rng.normal(0.0, 0.07, size=8)  # width wobbles a little along the axis
     cw_s = cw_s * (1.0 + np.interp(s, np.linspace(0.0, length, 8), wobble))
     s_clip = np.clip(s, cw, length - cw)
     ds2 = (s - s_clip) ** 2
@@ -204,19 +211,24 @@ def render_chromosome(type_index, rng, scale=1.0, stain=1.0):
         dist = np.sqrt((r - sign * off_s) ** 2 + ds2)
         body = np.maximum(body, np.clip((cw_s - dist) / edge + 0.5, 0.0, 1.0))
         core = np.maximum(core, np.clip(1.0 - (dist / cw_s) ** 2, 0.0, 1.0))
+    return body, core
 
-    # band profile, with per-image distortions: arm stretch, contrast, a little noise
+
+def _band_profile(rng, t, s, length):
+    """The type's band signature along the axis, with arm stretch, contrast and noise."""
     u = np.clip(s / length, 0.0, 1.0)
     u = u + rng.uniform(-0.025, 0.025) * np.sin(np.pi * u)
-    profile = BAND_SIGNATURES[t]
     contrast = rng.uniform(0.75, 1.15)
     jitter = rng.normal(0.0, 0.06, size=24).astype(np.float32)
     profile = np.clip(
-        0.5 + contrast * (profile - 0.5)
+        0.5 + contrast * (BAND_SIGNATURES[t] - 0.5)
         + np.interp(_PROFILE_POS, np.linspace(0, 1, 24), jitter), 0.0, 1.0)
-    band = np.interp(u, _PROFILE_POS, profile)
+    return np.interp(u, _PROFILE_POS, profile)
 
-    # blotchy texture (in image space) and lighter edges
+
+def _stained(rng, body, core, band, stain):
+    """Gray image: blotchy texture, lighter edges, blur, camera noise, ragged outline."""
+    ny, nx = body.shape
     tex_small = rng.normal(1.0, 0.26, size=(max(2, ny // 2), max(2, nx // 2))).astype(np.float32)
     texture = cv2.resize(tex_small, (nx, ny), interpolation=cv2.INTER_CUBIC)
     density = body * (0.22 + 0.78 * band) * (0.6 + 0.4 * core) * texture
@@ -224,14 +236,15 @@ def render_chromosome(type_index, rng, scale=1.0, stain=1.0):
     sigma = rng.uniform(0.5, 0.9)
     density = cv2.GaussianBlur(density.astype(np.float32), (0, 0), sigma)
     mask = cv2.GaussianBlur(body.astype(np.float32), (0, 0), sigma)
-
     gray = 252.0 - 250.0 * np.clip(density, 0.0, 1.0)
     gray += rng.normal(0.0, 5.0, size=gray.shape)
     rough = rng.uniform(0.1, 0.3, size=gray.shape)  # ragged outline
     gray = np.where(mask > rough, np.clip(gray, 0.0, 250.0), _BACKGROUND)
-    img = gray.astype(np.uint8)
+    return gray.astype(np.uint8)
 
-    # tight crop with a small white margin
+
+def _tight_crop(rng, img):
+    """Crop to the chromosome with a small white margin."""
     rows = np.flatnonzero((img < _BACKGROUND).any(axis=1))
     cols = np.flatnonzero((img < _BACKGROUND).any(axis=0))
     margin = int(rng.integers(1, 3))
