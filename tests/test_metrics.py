@@ -3,18 +3,7 @@
 import numpy as np
 import pytest
 
-from vfinfer.tools.metrics import (
-    abnormal_cells,
-    accuracy,
-    case_accuracies,
-    confusion_matrix,
-    dispatch_by_case,
-    macro_f1,
-    per_case_accuracy,
-    per_case_accuracy_dispatch,
-    per_class_prf,
-    warning_stats,
-)
+from vfinfer.tools import metrics
 
 # Three classes, six samples:
 #   true  0 0 0 1 1 2
@@ -27,27 +16,27 @@ PRED = [0, 0, 1, 1, 2, 2]
 
 
 def test_accuracy():
-    assert accuracy(TRUE, PRED) == pytest.approx(4 / 6)  # samples 0, 1, 3, 5 are right
-    assert accuracy([3], [3]) == 1.0
+    assert metrics.accuracy(TRUE, PRED) == pytest.approx(4 / 6)  # samples 0, 1, 3, 5 are right
+    assert metrics.accuracy([3], [3]) == 1.0
     with pytest.raises(ValueError, match="no samples"):
-        accuracy([], [])
+        metrics.accuracy([], [])
     with pytest.raises(ValueError, match="differ in length"):
-        accuracy([1, 2], [1])
+        metrics.accuracy([1, 2], [1])
 
 
 def test_confusion_matrix_rows_true_columns_predicted():
-    cm = confusion_matrix(TRUE, PRED, n=3)
+    cm = metrics.confusion_matrix(TRUE, PRED, n=3)
     assert cm.tolist() == [[2, 1, 0],
                            [0, 1, 1],
                            [0, 0, 1]]
-    assert confusion_matrix(TRUE, PRED).shape == (24, 24)  # default n = 24 types
-    assert confusion_matrix(TRUE, PRED).sum() == 6
+    assert metrics.confusion_matrix(TRUE, PRED).shape == (24, 24)  # default n = 24 types
+    assert metrics.confusion_matrix(TRUE, PRED).sum() == 6
     with pytest.raises(ValueError, match="0..2"):
-        confusion_matrix([0, 3], [0, 0], n=3)
+        metrics.confusion_matrix([0, 3], [0, 0], n=3)
 
 
 def test_per_class_prf_by_hand():
-    prf = per_class_prf(TRUE, PRED, 3)
+    prf = metrics.per_class_prf(TRUE, PRED, 3)
     np.testing.assert_allclose(prf["precision"], [1, 1 / 2, 1 / 2])
     np.testing.assert_allclose(prf["recall"], [2 / 3, 1 / 2, 1])
     np.testing.assert_allclose(prf["f1"], [4 / 5, 1 / 2, 2 / 3])
@@ -58,7 +47,7 @@ def test_per_class_prf_by_hand():
 
 def test_macro_f1_eq12():
     # (4/5 + 1/2 + 2/3) / 3 = (24 + 15 + 20) / 90 = 59/90
-    assert macro_f1(TRUE, PRED, 3) == pytest.approx(59 / 90)
+    assert metrics.macro_f1(TRUE, PRED, 3) == pytest.approx(59 / 90)
 
 
 def test_zero_over_zero_is_zero_and_absent_classes_left_out():
@@ -69,15 +58,15 @@ def test_zero_over_zero_is_zero_and_absent_classes_left_out():
     # class 1: TP 0, FP 0, FN 1 -> P 0/0 = 0, R 0, F1 0
     # class 2: TP 0, FP 1, FN 0 -> P 0, R 0/0 = 0, F1 0
     # class 3: nothing at all -> all 0 and not present
-    prf = per_class_prf([0, 0, 1], [0, 2, 0], 4)
+    prf = metrics.per_class_prf([0, 0, 1], [0, 2, 0], 4)
     np.testing.assert_allclose(prf["precision"], [1 / 2, 0, 0, 0])
     np.testing.assert_allclose(prf["recall"], [1 / 2, 0, 0, 0])
     np.testing.assert_allclose(prf["f1"], [1 / 2, 0, 0, 0])
     assert prf["present"].tolist() == [True, True, True, False]
     # macro F1 over the 3 present classes: (1/2 + 0 + 0) / 3 = 1/6 (not 1/8)
-    assert macro_f1([0, 0, 1], [0, 2, 0], 4) == pytest.approx(1 / 6)
+    assert metrics.macro_f1([0, 0, 1], [0, 2, 0], 4) == pytest.approx(1 / 6)
     # polarity, all q-arm down and all right: only class 1 present -> F1 = 1
-    assert macro_f1([1, 1, 1], [1, 1, 1], 2) == 1.0
+    assert metrics.macro_f1([1, 1, 1], [1, 1, 1], 2) == 1.0
 
 
 def test_per_case_accuracy_weighs_cases_equally():
@@ -85,14 +74,14 @@ def test_per_case_accuracy_weighs_cases_equally():
     true = [5, 5, 6, 6, 7, 8, 8]
     pred = [5, 5, 6, 0, 7, 0, 0]
     cases = ["a", "a", "a", "a", "b", "c", "c"]
-    names, acc = case_accuracies(true, pred, cases)
+    names, acc = metrics.case_accuracies(true, pred, cases)
     assert names == ["a", "b", "c"]
     np.testing.assert_allclose(acc, [3 / 4, 1, 0])
-    # (3/4 + 1 + 0) / 3 = 7/12, whereas the image accuracy is 4/7
-    assert per_case_accuracy(true, pred, cases) == pytest.approx(7 / 12)
-    assert accuracy(true, pred) == pytest.approx(4 / 7)
+    # (3/4 + 1 + 0) / 3 = 7/12, whereas the image metrics.accuracy is 4/7
+    assert metrics.per_case_accuracy(true, pred, cases) == pytest.approx(7 / 12)
+    assert metrics.accuracy(true, pred) == pytest.approx(4 / 7)
     with pytest.raises(ValueError, match="case ids"):
-        per_case_accuracy(true, pred, cases[:-1])
+        metrics.per_case_accuracy(true, pred, cases[:-1])
 
 
 def _onehot(types, n=24):
@@ -116,10 +105,10 @@ def test_per_case_accuracy_dispatch_by_hand():
     true = [0, 0, 1, 1] * 2
     cases = ["a"] * 4 + ["b"] * 4
     # without dispatch both cases are 3/4 right
-    assert per_case_accuracy(true, probs.argmax(1), cases) == pytest.approx(3 / 4)
+    assert metrics.per_case_accuracy(true, probs.argmax(1), cases) == pytest.approx(3 / 4)
     # with dispatch: a 4/4, b 3/4 -> (1 + 3/4) / 2 = 7/8
-    assert per_case_accuracy_dispatch(true, probs, cases, 0.9) == pytest.approx(7 / 8)
-    types, warnings = dispatch_by_case(probs, cases, 0.9)
+    assert metrics.per_case_accuracy_dispatch(true, probs, cases, 0.9) == pytest.approx(7 / 8)
+    types, warnings = metrics.dispatch_by_case(probs, cases, 0.9)
     assert types.tolist() == [0, 0, 1, 1, 0, 0, 0, 1]
     assert list(warnings) == ["a", "b"]
     assert any(w.startswith("chromosome 1:") for w in warnings["b"])
@@ -142,17 +131,17 @@ def test_abnormal_cells():
         _cell({22: 2, 23: 1}),  # 47,XXY: X + Y = 3, abnormal
         _cell({20: 3, 21: 1}),  # 46,XX,+21,-22: 46 chromosomes but abnormal
     ]
-    assert abnormal_cells(cells).tolist() == [False, False, True, True, True, True]
-    assert abnormal_cells({"n": cells[0], "t21": cells[2]}).tolist() == [False, True]
+    assert metrics.abnormal_cells(cells).tolist() == [False, False, True, True, True, True]
+    assert metrics.abnormal_cells({"n": cells[0], "t21": cells[2]}).tolist() == [False, True]
 
 
 def test_warning_stats():
     # 3 abnormal cells (2 warned), 4 normal cells (1 warned)
     abnormal = [True, True, True, False, False, False, False]
     warned = [True, False, True, False, True, False, False]
-    stats = warning_stats(abnormal, warned)
+    stats = metrics.warning_stats(abnormal, warned)
     assert stats == {"n_abnormal": 3, "caught": 2, "missed": 1, "n_normal": 4,
                      "false_warnings": 1, "caught_rate": pytest.approx(2 / 3),
                      "false_warning_rate": pytest.approx(1 / 4)}
-    none_abnormal = warning_stats([False], [False])
+    none_abnormal = metrics.warning_stats([False], [False])
     assert none_abnormal["caught_rate"] is None and none_abnormal["false_warning_rate"] == 0

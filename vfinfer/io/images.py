@@ -85,8 +85,8 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
-class ImageReadError(ValueError):
-    """A single image file could not be read; ``str(err)`` is ``"<path>: <problem>"``."""
+class _PathError(ValueError):
+    """A problem with one path; ``str(err)`` is ``"<path>: <problem>"`` on one line."""
 
     def __init__(self, path, problem):
         # Both go into args so the exception survives pickling (multiprocessing).
@@ -98,16 +98,12 @@ class ImageReadError(ValueError):
         return f"{self.path}: {self.problem}"
 
 
-class CaseError(ValueError):
-    """The case directory is unusable; ``str(err)`` is ``"<dir>: <problem>"``."""
+class ImageReadError(_PathError):
+    """A single image file could not be read."""
 
-    def __init__(self, path, problem):
-        super().__init__(path, problem)
-        self.path = Path(path)
-        self.problem = _one_line(problem)
 
-    def __str__(self):
-        return f"{self.path}: {self.problem}"
+class CaseError(_PathError):
+    """The case directory is unusable."""
 
 
 # --------------------------------------------------------------------------- OpenCV logging

@@ -39,24 +39,11 @@ from onnx import TensorProto, helper
 from vfinfer.backends.ort import make_session
 from vfinfer.model.manifest import (
     GRAPH_ROLES,
-    MANIFEST_NAME,
     load_manifest,
     remove_precision_graphs,
     sha256_file,
-    write_json_atomic,
 )
-from vfinfer.tools.onnx_graph import consumers as graph_consumers
-from vfinfer.tools.onnx_graph import ensure_node_names, io_records, ordered_records
-from vfinfer.tools.onnx_graph import producers as graph_producers
-from vfinfer.tools.precision import (
-    agreement_figures,
-    bounded_nodes,
-    calibration_feeds,
-    earlier_graphs,
-    format_agreement,
-    network_outputs,
-    restore_on_failure,
-)
+from vfinfer.tools import onnx_graph, precision
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05  # 2 ** -14
@@ -101,7 +88,8 @@ def sensitive_nodes(model):
 
     Returns a list of ``{"node", "op", "reason"}`` in graph order. Works on the FP32 graph.
     """
-    return ordered_records(model, bounded_nodes(model, BOUNDED_OPS, FEEDS_REASON))
+    kept = precision.bounded_nodes(model, BOUNDED_OPS, FEEDS_REASON)
+    return onnx_graph.ordered_records(model, kept)
 
 
 def weight_range_nodes(model):
@@ -148,11 +136,11 @@ def activation_ranges(graph_path, feeds, range_fraction=RANGE_FRACTION,
     share below the smallest subnormal (6e-8, they become 0).
     """
     model = onnx.load(str(graph_path))
-    ensure_node_names(model)
+    onnx_graph.ensure_node_names(model)
     inferred = onnx.shape_inference.infer_shapes(model)
     declared = {v.name: v for v in inferred.graph.value_info}
     existing = {o.name for o in model.graph.output}
-    producers = graph_producers(model)
+    producers = onnx_graph.producers(model)
     names = [out for node in model.graph.node for out in node.output if out]
     probe = copy.deepcopy(model)
     for name in names:
@@ -228,8 +216,8 @@ def _split_consumed_outputs(model, kept):
     readers on the (now FP32) output name; reading a private tensor avoids that. The Identity
     inherits the producer's precision (kept FP32 or not) so no FP16 round trip is added.
     """
-    consumers = graph_consumers(model)
-    producers = graph_producers(model)
+    consumers = onnx_graph.consumers(model)
+    producers = onnx_graph.producers(model)
     for output in model.graph.output:
         name = output.name
         if name not in consumers or name not in producers:
@@ -254,8 +242,8 @@ def _split_consumed_outputs(model, kept):
 
 def _restore_output_types(model, original):
     """Put back the FP32 type of graph outputs the converter turned into FP16."""
-    producers = graph_producers(model)
-    consumers = graph_consumers(model)
+    producers = onnx_graph.producers(model)
+    consumers = onnx_graph.consumers(model)
     for output in model.graph.output:
         want = original[output.name]
         tensor_type = output.type.tensor_type
@@ -298,7 +286,7 @@ def _restore_kept_weights(model, original):
     originals = {i.name: i for i in original.graph.initializer
                  if i.data_type == TensorProto.FLOAT}
     inits = {i.name: i for i in model.graph.initializer}
-    consumers = graph_consumers(model)
+    consumers = onnx_graph.consumers(model)
     for node in list(model.graph.node):
         if node.op_type != "Cast" or node.input[0] not in inits:
             continue
@@ -331,7 +319,7 @@ def convert_graph(model, kept_nodes):
     from onnxconverter_common import float16
 
     model = copy.deepcopy(model)
-    ensure_node_names(model)
+    onnx_graph.ensure_node_names(model)
     original = {v.name: v.type.tensor_type.elem_type
                 for v in list(model.graph.input) + list(model.graph.output)}
     kept = set(kept_nodes)
@@ -357,16 +345,7 @@ def check_fp16_graph(fp32_model, fp16_model, kept_nodes):
     Inputs and outputs keep their names and FP32 types; every kept node reads and writes FP32
     tensors only; some node computes in FP16; onnx.checker (full) passes.
     """
-    problems = []
-    def io(model):
-        return {v.name: v.type.tensor_type.elem_type
-                for v in list(model.graph.input) + list(model.graph.output)}
-    if io(fp32_model) != io(fp16_model):
-        problems.append(f"graph inputs/outputs changed: {io(fp32_model)} -> {io(fp16_model)}")
-    try:
-        onnx.checker.check_model(fp16_model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
+    problems = precision.io_and_checker_problems(fp32_model, fp16_model, full_check=True)
     types = _float_tensor_types(fp16_model)
     by_name = {node.name: node for node in fp16_model.graph.node}
     for name in kept_nodes:
@@ -456,12 +435,12 @@ def convert_model_dir_to_fp16(model_dir, calib_images=None, log=print):
     manifest = load_manifest(model_dir)
     if calib_images is None:
         calib_images = synthetic_calibration_images()
-    feeds = calibration_feeds(model_dir, calib_images)
+    feeds = precision.calibration_feeds(model_dir, calib_images)
     records, audit = {}, {}
     for role in GRAPH_ROLES:
         source = manifest.graph_path(role)
         model = onnx.load(str(source))
-        ensure_node_names(model)
+        onnx_graph.ensure_node_names(model)
         ranges = activation_ranges(source, feeds[role])
         kept = _merge_kept(sensitive_nodes(model), weight_range_nodes(model),
                            flagged_nodes(ranges))
@@ -476,7 +455,7 @@ def convert_model_dir_to_fp16(model_dir, calib_images=None, log=print):
                 from None
         if not all(np.all(np.isfinite(o)) for o in outputs):
             raise Fp16Error(f"{path.name}: non-finite outputs on the calibration images")
-        inputs, output_records = io_records(fp16_model)
+        inputs, output_records = onnx_graph.io_records(fp16_model)
         records[role] = {
             "file": path.name, "files": files, "sha256": sha256_file(path),
             "inputs": inputs, "outputs": output_records,
@@ -497,10 +476,10 @@ def fp16_agreement(model_dir, images):
     ``vfinfer.tools.precision.agreement_figures`` (type / polarity argmax agreement, largest
     probability, box and localization differences)."""
     manifest = load_manifest(model_dir)
-    outputs = [network_outputs({role: manifest.graph_path(role, precision)
-                                for role in GRAPH_ROLES}, images, manifest.config)
-               for precision in ("fp32", "fp16")]
-    return agreement_figures(*outputs, threshold=manifest.threshold)
+    outputs = [precision.network_outputs({role: manifest.graph_path(role, kind)
+                                          for role in GRAPH_ROLES}, images, manifest.config)
+               for kind in ("fp32", "fp16")]
+    return precision.agreement_figures(*outputs, threshold=manifest.threshold)
 
 
 def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
@@ -515,15 +494,15 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
     """
     model_dir = Path(model_dir)
     images, source = calibration_images(calib_case_dir)
-    if earlier_graphs(model_dir, "fp16"):
+    if precision.earlier_graphs(model_dir, "fp16"):
         log("replacing the FP16 graphs of an earlier conversion")
         remove_fp16_graphs(model_dir)
     log(f"FP16 conversion of {model_dir} with {len(images)} calibration images ({source})")
-    with restore_on_failure(model_dir, "fp16") as data:
+    with precision.restore_on_failure(model_dir, "fp16") as data:
         records, audit = convert_model_dir_to_fp16(model_dir, images, log=log)
         for role, record in records.items():
             data["graphs"][f"{role}_fp16"] = record
-        write_json_atomic(model_dir / MANIFEST_NAME, data)  # fp16_agreement reads it
+        precision.write_manifest(model_dir, data)  # fp16_agreement reads it
         agreement = fp16_agreement(model_dir, images)
         data["fp16_audit"] = {
             "calibration": {"source": source, "images": len(images)},
@@ -533,8 +512,8 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
             "ranges": audit,
             "agreement": agreement,
         }
-        write_json_atomic(model_dir / MANIFEST_NAME, data)
-    log(format_agreement(agreement, "fp16"))
+        precision.write_manifest(model_dir, data)
+    log(precision.format_agreement(agreement, "fp16"))
     if agreement["type_argmax_agreement"] < AGREEMENT_WARN_BELOW:
         log(f"warning: FP16 changes the type argmax on "
             f"{1 - agreement['type_argmax_agreement']:.1%} of the calibration images; check "

@@ -116,12 +116,39 @@ def bounded_nodes(model, bounded_reasons, feeds_reasons):
     return kept
 
 
+def graph_io_types(model):
+    """{input or output name: ONNX element type}."""
+    return {v.name: v.type.tensor_type.elem_type
+            for v in list(model.graph.input) + list(model.graph.output)}
+
+
+def io_and_checker_problems(fp32_model, converted, full_check=False):
+    """What breaks the contract every converted graph keeps: the same input and output
+    names and types as the FP32 graph, and a clean ``onnx.checker``."""
+    import onnx
+
+    problems = []
+    before, after = graph_io_types(fp32_model), graph_io_types(converted)
+    if before != after:
+        problems.append(f"graph inputs/outputs changed: {before} -> {after}")
+    try:
+        onnx.checker.check_model(converted, full_check=full_check)
+    except onnx.checker.ValidationError as exc:
+        problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
+    return problems
+
+
 def op_counts(model):
     """{op type: number of nodes}, sorted by op type."""
     counts = {}
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def write_manifest(model_dir, data):
+    """Replace ``model_dir``'s manifest.json atomically."""
+    write_json_atomic(model_dir / MANIFEST_NAME, data)
 
 
 def earlier_graphs(model_dir, precision):

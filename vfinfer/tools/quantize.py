@@ -52,11 +52,9 @@ from vfinfer.io.images import read_case
 from vfinfer.model.audits import MIN_TYPE_AGREEMENT, int8_usable
 from vfinfer.model.manifest import (
     GRAPH_ROLES,
-    MANIFEST_NAME,
     load_manifest,
     remove_precision_graphs,
     sha256_file,
-    write_json_atomic,
 )
 from vfinfer.tools.onnx_graph import consumers as graph_consumers
 from vfinfer.tools.onnx_graph import ensure_node_names, io_records, ordered_records
@@ -68,9 +66,12 @@ from vfinfer.tools.precision import (
     calibration_feeds,
     earlier_graphs,
     format_agreement,
+    graph_io_types,
+    io_and_checker_problems,
     network_outputs,
     op_counts,
     restore_on_failure,
+    write_manifest,
 )
 
 METHODS = ("minmax", "percentile", "entropy")  # tried in this order until one passes
@@ -198,19 +199,9 @@ def check_int8_graph(fp32_model, int8_model, kept):
     """
     import onnx
 
-    problems = []
-
-    def io(model):
-        return {v.name: v.type.tensor_type.elem_type
-                for v in list(model.graph.input) + list(model.graph.output)}
-    if io(fp32_model) != io(int8_model):
-        problems.append(f"graph inputs/outputs changed: {io(fp32_model)} -> {io(int8_model)}")
-    if any(t != onnx.TensorProto.FLOAT for t in io(int8_model).values()):
+    problems = io_and_checker_problems(fp32_model, int8_model)
+    if any(t != onnx.TensorProto.FLOAT for t in graph_io_types(int8_model).values()):
         problems.append("a graph input or output is not float32")
-    try:
-        onnx.checker.check_model(int8_model)
-    except onnx.checker.ValidationError as exc:
-        problems.append(f"onnx.checker: {str(exc).splitlines()[0]}")
     producers, consumers = graph_producers(int8_model), graph_consumers(int8_model)
     inits = {i.name for i in int8_model.graph.initializer}
     nodes = {n.name: n for n in int8_model.graph.node}
@@ -683,7 +674,7 @@ def _record(model_dir, data, data_in, found, settings):
         data["graphs"][f"{role}_int8"] = record
     data["int8_audit"] = _audit(data_in, found, calibration, usable, reason, warnings,
                                 settings)
-    write_json_atomic(model_dir / MANIFEST_NAME, data)
+    write_manifest(model_dir, data)
 
 
 def _audit(data_in, found, calibration, usable, reason, warnings, settings):

@@ -33,32 +33,35 @@ from vfinfer.model.classes import N_TYPES
 # indices of mitotic chromosomes as tabulated in human genetics textbooks (e.g. Thompson &
 # Thompson). For the acrocentrics the index is taken at the low end of the published range
 # (the short arm without its stalk and satellite); Y varies between people.
-CHROMOSOME_FACTS = {
-    0: (8.44, 0.48),   # 1, metacentric
-    1: (8.02, 0.39),   # 2, submetacentric
-    2: (6.83, 0.47),   # 3, metacentric
-    3: (6.30, 0.29),   # 4, submetacentric
-    4: (6.08, 0.29),   # 5, submetacentric
-    5: (5.90, 0.39),   # 6
-    6: (5.36, 0.39),   # 7
-    7: (4.93, 0.34),   # 8
-    8: (4.80, 0.35),   # 9
-    9: (4.59, 0.33),   # 10
-    10: (4.61, 0.40),  # 11
-    11: (4.66, 0.30),  # 12
-    12: (3.74, 0.17),  # 13, acrocentric
-    13: (3.56, 0.18),  # 14, acrocentric
-    14: (3.46, 0.20),  # 15, acrocentric
-    15: (3.36, 0.41),  # 16
-    16: (3.25, 0.34),  # 17
-    17: (2.93, 0.31),  # 18
-    18: (2.67, 0.47),  # 19, metacentric
-    19: (2.56, 0.45),  # 20, metacentric
-    20: (1.90, 0.20),  # 21, acrocentric
-    21: (2.04, 0.20),  # 22, acrocentric
-    22: (5.12, 0.40),  # X, submetacentric
-    23: (2.15, 0.30),  # Y
-}
+_FACTS_TABLE = """
+type  rel. length  centromere index  (note)
+1     8.44         0.48              metacentric
+2     8.02         0.39              submetacentric
+3     6.83         0.47              metacentric
+4     6.30         0.29              submetacentric
+5     6.08         0.29              submetacentric
+6     5.90         0.39
+7     5.36         0.39
+8     4.93         0.34
+9     4.80         0.35
+10    4.59         0.33
+11    4.61         0.40
+12    4.66         0.30
+13    3.74         0.17              acrocentric
+14    3.56         0.18              acrocentric
+15    3.46         0.20              acrocentric
+16    3.36         0.41
+17    3.25         0.34
+18    2.93         0.31
+19    2.67         0.47              metacentric
+20    2.56         0.45              metacentric
+21    1.90         0.20              acrocentric
+22    2.04         0.20              acrocentric
+X     5.12         0.40              submetacentric
+Y     2.15         0.30
+"""
+CHROMOSOME_FACTS = {t: (float(row[1]), float(row[2])) for t, row in enumerate(
+    line.split() for line in _FACTS_TABLE.strip().splitlines()[1:])}
 RELATIVE_LENGTH = np.array([CHROMOSOME_FACTS[t][0] for t in range(N_TYPES)])
 CENTROMERE_INDEX = np.array([CHROMOSOME_FACTS[t][1] for t in range(N_TYPES)])
 
