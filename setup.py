@@ -14,12 +14,12 @@ setup(
         "onnxruntime>=1.17",
         "click>=8.1",
         "scipy>=1.10",  # optimal dispatch (linear_sum_assignment)
-        "onnx>=1.16",  # vfinfer quantize (onnxruntime.quantization is built on it)
     ],
     extras_require={
         # torch>=2.4 is met by the 2.13.0 CPU wheel when it is installed first (see README)
-        "export": ["torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxconverter-common>=1.14",
-                   "scipy>=1.10"],
+        # vfinfer fp16 / quantize (vfinfer.tools): onnxruntime.quantization is built on onnx
+        "tools": ["onnx>=1.16", "onnxconverter-common>=1.14"],
+        "export": ["torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxconverter-common>=1.14"],
         "gpu": ["tensorrt>=10.0", "cuda-python>=12.6.1"],
         "openvino": ["openvino>=2024.0"],
         "dev": ["pytest>=8", "ruff>=0.5"],

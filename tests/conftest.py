@@ -1,11 +1,14 @@
-"""Shared fixtures: a random-init compact model exported once per session, synthetic cases."""
+"""Shared fixtures: the compact model the runtime tests run (exported once per session, or the
+bundled demo model without the export extra), synthetic cases."""
 
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
 from vfinfer.model.config import preset
+from vfinfer.model.manifest import demo_model_dir
 from vfinfer.tools.synth import write_cases
 
 PKI3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pki3"
@@ -20,11 +23,22 @@ def compact_model():
     return VarifocalNet(preset("compact")).eval()
 
 
+def export_side_installed():
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("torch", "onnx", "vfinfer_export"))
+
+
 @pytest.fixture(scope="session")
-def model_dir(compact_model, tmp_path_factory):
+def model_dir(request, tmp_path_factory):
+    """A random-init compact model exported from PyTorch (with the export extra), else a copy
+    of the bundled demo model, so the runtime tests still run where torch is not installed."""
+    out = tmp_path_factory.mktemp("models") / "compact"
+    if not export_side_installed():
+        shutil.copytree(demo_model_dir(), out)
+        return out
     from vfinfer_export.onnx_export import export_model
 
-    out = tmp_path_factory.mktemp("models") / "compact"
+    compact_model = request.getfixturevalue("compact_model")
     export_model(compact_model, out, {"kind": "random-init", "seed": 0}, log=lambda *a: None)
     return out
 

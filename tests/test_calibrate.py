@@ -90,7 +90,10 @@ def test_threshold_never_below_zero_and_reports_unreachable_target():
     abnormal = np.array([True, True, False])
     choice = choose_threshold(margins, abnormal)
     assert choice["target_met"] is False
-    assert choice["threshold"] >= 0
+    # catching both abnormal cells needs a threshold of -1, below zero: it is raised to the
+    # first step above 0 (the abnormal hypothesis must win), and the normal cell stays unflagged
+    assert choice["threshold"] == pytest.approx(0.01) and choice["interval"] == [0.0, 3.0]
+    assert choice["false_alarms"] == 0 and choice["caught"] == 1
     assert choice["sensitivity"] == 0.5 and choice["missed"] == [1]
 
 

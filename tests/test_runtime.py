@@ -109,8 +109,10 @@ def test_cases_sharing_a_batch_match_single_runs(model_dir, synth_root):
     with Pipeline(model_dir, batch_size=64) as pipe:
         together = pipe.run_cases([(f"c{i}", imgs, None) for i, imgs in enumerate(small)])
         alone = [pipe.run_case(imgs, name=f"c{i}") for i, imgs in enumerate(small)]
-    for a, b in zip(together, alone):
+    assert len(together) == len(alone) == len(small)
+    for a, b, images in zip(together, alone, small):
         assert a["case"] == b["case"] and a["karyotype"] == b["karyotype"]
+        assert len(a["chromosomes"]) == len(b["chromosomes"]) == len(images)
         for ca, cb in zip(a["chromosomes"], b["chromosomes"]):
             assert ca["type"] == cb["type"] and ca["polarity"] == cb["polarity"]
             assert abs(ca["type_prob"] - cb["type_prob"]) < 1e-5
@@ -140,6 +142,7 @@ def test_prepared_cases_give_the_same_results(model_dir, synth_root):
             pipe.prepare("empty", [])
     assert prepared[0].g_input.shape == (len(cases[0][0]), 1, pipe.config.g_input,
                                          pipe.config.g_input)
+    assert len(from_prepared) == len(direct) == len(cases)
     for a, b in zip(from_prepared, direct):
         assert a["karyotype"] == b["karyotype"] and a["timing_ms"]["preprocess"] > 0
         assert [c["file"] for c in a["chromosomes"]] == [c["file"] for c in b["chromosomes"]]

@@ -3,7 +3,7 @@
 A model directory holds ``gnet.onnx``, ``lnet.onnx``, ``heads.onnx`` and ``manifest.json``.
 The manifest records the preset and all preprocessing / crop / dispatch constants, the class
 names, each graph's tensor names and shapes and sha256, and the producer versions. The
-runtime reads constants from here only (design.md, "Contracts").
+runtime reads constants from here only.
 """
 
 import hashlib
