@@ -13,6 +13,23 @@ from vfinfer.tools.synth import write_cases
 
 PKI3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pki3"
 
+# test modules that import an extra at the top: without it they are not collected (said in
+# the report header), and the runtime tests run on the bundled demo model instead
+NEEDS = {
+    "torch": ["test_checkpoint.py", "test_export.py", "test_models.py"],
+    "onnx": ["test_export.py", "test_fp16.py", "test_op_audit.py", "test_quantize.py",
+             "test_trt_build_fakes.py"],
+}
+MISSING = [name for name in NEEDS if importlib.util.find_spec(name) is None]
+collect_ignore = sorted({f for name in MISSING for f in NEEDS[name]})
+
+
+def pytest_report_header(config):
+    if not MISSING:
+        return []
+    return [f"not installed: {', '.join(MISSING)}; left out: {', '.join(collect_ignore)} "
+            "(pip install -e '.[export,dev]' runs them)"]
+
 
 @pytest.fixture(scope="session")
 def compact_model():

@@ -304,7 +304,7 @@ def test_end_to_end_with_the_runtime(model_dir, synth_root, tmp_path):
     report = ev.format_report(res)
     for heading in ("F1 (%)", "Acc. (%)", "Acc. per Case (%)", "Acc. per Case-D (%)",
                     "Precision (%)", "Recall (%)", "abnormal cells", "false warnings",
-                    "random-init, seed 0", "onnxruntime"):
+                    ev._describe_model(res["model"]), "onnxruntime"):
         assert heading in report
     table_row = next(line for line in report.splitlines() if line.startswith("compact "))
     values = [float(v) for v in table_row.split()[1:]]
