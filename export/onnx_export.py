@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 import vfinfer
+from vfinfer.backends.ort import make_session
 from vfinfer.model.manifest import build_manifest, sha256_file, write_json_atomic
 from vfinfer.tools.onnx_graph import io_records
 
@@ -122,10 +123,7 @@ def _files_of(path):
 
 def check_parity(model, graph_paths, batches=PARITY_BATCHES, threads=0):
     """Run every graph on ONNX Runtime and PyTorch; max abs / relative error per output."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    sessions = {role: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                for role, p in graph_paths.items()}
+    sessions = {role: make_session(p, threads) for role, p in graph_paths.items()}
     wrappers = _wrappers(model)
     report = {}
     for batch in batches:

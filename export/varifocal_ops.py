@@ -2,7 +2,7 @@
 
 * ``decode_boxes_torch``: eq. 5, (N, 3) localizer output u -> (N, 4) float boxes
   [x0, y0, x1, y1] in G-input pixels; the torch twin of ``vfinfer.pipeline.crop.decode_boxes``.
-* ``crop_and_resize_torch``: the crop of ``vfinfer.crop.crop_and_resize`` written with
+* ``crop_and_resize_torch``: the crop of ``vfinfer.pipeline.crop.crop_and_resize`` written with
   ``torch.nn.functional.grid_sample`` (bilinear, ``align_corners=False``,
   ``padding_mode="border"``): ``out_size`` x ``out_size`` half-pixel-centred samples inside
   the float box, their source coordinates clamped to the box's own pixel centres and then to
@@ -58,7 +58,7 @@ def _grid_axis(start, stop, out_size, size):
 def crop_and_resize_torch(images, boxes, out_size):
     """Bilinear crop of (N, C, H, W) ``images`` to (N, C, out_size, out_size) by ``boxes``.
 
-    Same sampling as ``vfinfer.crop.crop_and_resize``; differentiable in both arguments.
+    Same sampling as ``vfinfer.pipeline.crop.crop_and_resize``; differentiable in both arguments.
     """
     n, _, height, width = images.shape
     if boxes.shape != (n, 4):

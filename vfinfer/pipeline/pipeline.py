@@ -124,7 +124,7 @@ class Pipeline:
                             (time.perf_counter() - started) * 1000)
 
     def run_case(self, images, name="case", files=None):
-        """Classify the chromosomes of one cell and return the result dict of the README ("Outputs").
+        """Classify the chromosomes of one cell; returns the result dict (README, "Outputs").
 
         ``images``: list of 2-D arrays (gray uint8; 16-bit, float, colour and alpha are
         converted as when reading files). ``files``: names reported per chromosome.
