@@ -136,7 +136,10 @@ def load_checkpoint(path, config=None, trust_pickle=False):
         )
     if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: state_dict values must all be tensors")
-    return load_state(VarifocalNet(config), state_dict, path).eval()
+    model = load_state(VarifocalNet(config), state_dict, path).eval()
+    extra = payload.get("extra") if isinstance(payload.get("extra"), dict) else {}
+    model.training_record = extra.get("training_record")  # into the manifest's "training"
+    return model
 
 
 def _load_pickled_module(path, trust_pickle):

@@ -1,7 +1,8 @@
 """Training data: labels, slide-wise split, cached G inputs with the paper's augmentation.
 
 * ``load_labels(data_dir, labels_csv=None)``: rows ``cell,slide,file,type,polarity`` ->
-  ``Record``s (type 0-based, 0-23; polarity 1 = q-arm down). ``slide`` is optional: without
+  ``Record``s (type 0-based, 0-23; polarity 1 = q-arm down, an empty polarity -1: not
+  labelled, as in collections without polarity labels). ``slide`` is optional: without
   the column (or with an empty value) the cell id stands for the slide.
 * ``split_by_slide(records, val_fraction, seed)``: seeded, deterministic (train, val) split in
   which no slide is on both sides (chromosomes of one patient stay together, paper III-A).
@@ -26,13 +27,18 @@ import numpy as np
 import torch
 
 from vfinfer.io.images import read_gray8
-from vfinfer.pipeline.preprocess import pad_to_canvas, zscore
+from vfinfer.pipeline.normalize import normalize_cutout
+from vfinfer.pipeline.preprocess import to_canvas, zscore
 
 REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
+UNLABELLED = -1  # polarity of an image whose labels leave the polarity column empty
 # A pixel belongs to the chromosome when it is darker than the pad value by more than this
 # (the resize to the G input blends the outline into the white background).
 DARK_MARGIN = 8
 MAX_ROTATION = 45.0  # degrees, paper III-B
+# after rotate-and-crop every chromosome is upright: a small turn covers the axis estimate's
+# error without showing the network orientations it never meets at run time
+MAX_ROTATION_UPRIGHT = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class Record:
     slide: str
     path: Path
     type: int  # 0-23 (22 = X, 23 = Y)
-    polarity: int  # 1 = q-arm down, 0 = q-arm up
+    polarity: int  # 1 = q-arm down, 0 = q-arm up, -1 = not labelled (empty column)
 
 
 def load_labels(data_dir, labels_csv=None):
@@ -92,10 +98,11 @@ def _parse_row(row, csv_path, line, data_dir):
         raise bad(f"type must be an integer 1-24, got {values['type']!r}") from None
     if not 1 <= type_number <= 24:
         raise bad(f"type must be 1-24 (23 = X, 24 = Y), got {type_number}")
-    if values["polarity"] not in ("0", "1"):
-        raise bad(f"polarity must be 0 or 1, got {values['polarity']!r}")
+    if values["polarity"] not in ("0", "1", ""):
+        raise bad(f"polarity must be 0, 1 or empty (not labelled), got {values['polarity']!r}")
     slide = values.get("slide") or cell
-    return Record(cell, slide, data_dir / file, type_number - 1, int(values["polarity"]))
+    polarity = int(values["polarity"]) if values["polarity"] else UNLABELLED
+    return Record(cell, slide, data_dir / file, type_number - 1, polarity)
 
 
 def split_by_slide(records, val_fraction, seed):
@@ -131,13 +138,10 @@ def slides_of(records):
 
 
 def to_g_canvas(image, config):
-    """uint8 image -> uint8 (g_input, g_input): ``vfinfer.preprocess.preprocess`` up to the
-    z-score (same padding, same resize call)."""
-    canvas = pad_to_canvas(image, config.canvas, config.pad_value)
-    if config.canvas != config.g_input:
-        interpolation = cv2.INTER_AREA if config.g_input < config.canvas else cv2.INTER_LINEAR
-        canvas = cv2.resize(canvas, (config.g_input, config.g_input), interpolation=interpolation)
-    return canvas
+    """uint8 image as read -> uint8 (g_input, g_input): the runtime's preprocessing up to the
+    z-score (``vfinfer.pipeline.normalize`` with automatic background detection, then the
+    same padding and resize call)."""
+    return to_canvas(normalize_cutout(image, config)[0], config)
 
 
 def localization_target(canvas, config):
@@ -161,14 +165,19 @@ def localization_target(canvas, config):
     return np.array([0.5, 0.5, u_l], dtype=np.float32)
 
 
-def augment(canvas, polarity, rng, pad_value):
+def flip_polarity(polarity):
+    """The label of a vertically flipped image (an unknown one, -1, stays unknown)."""
+    return 1 - polarity if polarity in (0, 1) else polarity
+
+
+def augment(canvas, polarity, rng, pad_value, max_rotation=MAX_ROTATION):
     """Paper III-B augmentation of a uint8 canvas -> (canvas, polarity)."""
     if rng.random() < 0.5:
         canvas = canvas[:, ::-1]
     if rng.random() < 0.5:
         canvas = canvas[::-1]
-        polarity = 1 - polarity
-    angle = rng.uniform(0.0, MAX_ROTATION) * (1.0 if rng.random() < 0.5 else -1.0)
+        polarity = flip_polarity(polarity)
+    angle = rng.uniform(0.0, max_rotation) * (1.0 if rng.random() < 0.5 else -1.0)
     side = canvas.shape[0]
     matrix = cv2.getRotationMatrix2D(((side - 1) / 2.0, (side - 1) / 2.0), angle, 1.0)
     canvas = cv2.warpAffine(np.ascontiguousarray(canvas), matrix, (side, side),
@@ -228,9 +237,10 @@ class ChromosomeDataset(torch.utils.data.Dataset):
         polarity = int(self.polarities[index])
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-            canvas, polarity = augment(canvas, polarity, rng, self.config.pad_value)
+            limit = MAX_ROTATION if self.config.rotate_crop == "none" else MAX_ROTATION_UPRIGHT
+            canvas, polarity = augment(canvas, polarity, rng, self.config.pad_value, limit)
         elif self.balance_polarity and index % 2 == 1:
-            canvas, polarity = canvas[::-1], 1 - polarity
+            canvas, polarity = canvas[::-1], flip_polarity(polarity)
         return canvas, int(self.types[index]), polarity
 
     def __getitem__(self, index):

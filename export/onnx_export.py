@@ -233,6 +233,8 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
         manifest = build_manifest(model.config, graphs, producer_versions(), source,
                                   parity={"batches": list(batches), "outputs": report,
                                           "tolerance_abs_probabilities": PROBABILITY_TOLERANCE})
+        if getattr(model, "training_record", None):
+            manifest["training"] = model.training_record
         write_json_atomic(tmp_dir / "manifest.json", manifest)
         if fp16:  # before publishing: the directory appears only when every check passed
             from vfinfer.model.manifest import load_manifest

@@ -117,9 +117,13 @@ def loc_loss(u, target):
 
 
 def cls_loss(type_logits, polarity_logits, types, polarities, weight=POLARITY_WEIGHT):
-    """Eq. 3: CE(type) + weight * CE(polarity), batch means."""
-    return (F.cross_entropy(type_logits, types)
-            + weight * F.cross_entropy(polarity_logits, polarities))
+    """Eq. 3: CE(type) + weight * CE(polarity), batch means. Images without a polarity label
+    (-1) add nothing to the polarity term; a batch with none adds no polarity term at all."""
+    loss = F.cross_entropy(type_logits, types)
+    labelled = polarities >= 0
+    if bool(labelled.any()):
+        loss = loss + weight * F.cross_entropy(polarity_logits[labelled], polarities[labelled])
+    return loss
 
 
 def part_loss(model, part, batch, boxcar_k=BOXCAR_K, loc_weight=LOC_WEIGHT):
@@ -188,7 +192,7 @@ def evaluate(model, part, dataset, batch_size):
         return {"val_loss": None, "val_type_acc": None, "val_polarity_acc": None}
     model.eval()
     config = model.config
-    total_loss, n, type_ok, pol_ok, l_err = 0.0, 0, 0, 0, 0.0
+    total_loss, n, type_ok, pol_ok, n_pol, l_err = 0.0, 0, 0, 0, 0, 0.0
     for images, types, polarities, targets in batches(dataset, batch_size):
         g_features, loc, g_type, g_pol = model.gnet(images)
         if part == "loc":
@@ -206,14 +210,17 @@ def evaluate(model, part, dataset, batch_size):
             weight = HEADS_POLARITY_WEIGHT if part == "heads" else POLARITY_WEIGHT
             loss = cls_loss(type_logits, pol_logits, types, polarities, weight)
             type_ok += int((type_logits.argmax(1) == types).sum())
-            pol_ok += int((pol_logits.argmax(1) == polarities).sum())
+            labelled = polarities >= 0
+            pol_ok += int((pol_logits.argmax(1)[labelled] == polarities[labelled]).sum())
+            n_pol += int(labelled.sum())
         total_loss += float(loss) * len(types)
         n += len(types)
     result = {"val_loss": total_loss / n}
     if part == "loc":
         result.update(val_type_acc=None, val_polarity_acc=None, val_ul_mae=l_err / n)
     else:
-        result.update(val_type_acc=type_ok / n, val_polarity_acc=pol_ok / n)
+        result.update(val_type_acc=type_ok / n,
+                      val_polarity_acc=pol_ok / n_pol if n_pol else None)
     return result
 
 
@@ -310,10 +317,21 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
         p.requires_grad_(True)
     save_checkpoint(model, model_path, {"step": "done", "epoch": None, "done": len(units),
                                         "history": run["history"], "split": split,
-                                        "seed": options["seed"], "options": options})
+                                        "seed": options["seed"], "options": options,
+                                        "training_record": training_record(
+                                            split, options, train_set.polarity_labelled)})
     _write_json(out_dir / "history.json", run["history"])
     log(f"saved {model_path}")
     return model_path
+
+
+def training_record(split, options, labelled):
+    """What the exported manifest keeps about the training (its "training" section)."""
+    return {"data_dir": options["data_dir"], "labels": options["labels"],
+            "train_slides": len(split["train"]), "val_slides": len(split["val"]),
+            "polarity_labelled_images": labelled,
+            "polarity": ("trained" if labelled else
+                         "not trained: no polarity labels (the polarity head is untrained)")}
 
 
 def _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule, val_fraction,
@@ -363,9 +381,11 @@ def _datasets(data_dir, labels, options, config, threads, state, last_path, log)
                                   threads=threads)
     val_set = ChromosomeDataset(val_records, config, balance_polarity=True,
                                 threads=threads) if val_records else None
+    labelled = sum(r.polarity >= 0 for r in train_records)
     log(f"data: {len(train_records)} train images ({len(split['train'])} slides), "
         f"{len(val_records)} validation images ({len(split['val'])} slides), "
-        f"loaded in {time.perf_counter() - started:.1f}s")
+        f"loaded in {time.perf_counter() - started:.1f}s; polarity labelled on {labelled}")
+    train_set.polarity_labelled = labelled
     return train_set, val_set, split
 
 

@@ -82,7 +82,7 @@ def test_load_labels_errors_name_csv_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"labels\.csv, line 3: type must be an integer"):
         load_labels(tmp_path)
     csv_path.write_text("cell,file,type,polarity\nc1,a.png,3,2\n")
-    with pytest.raises(ValueError, match=r"line 2: polarity must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"line 2: polarity must be 0, 1 or empty"):
         load_labels(tmp_path)
     csv_path.write_text("cell,file,type\nc1,a.png,3\n")
     with pytest.raises(ValueError, match=r"labels\.csv: missing column\(s\) polarity"):

@@ -40,9 +40,16 @@ def main():
 @click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
               help="CSV with the columns cell,patient: group cases by patient (instead of "
                    "--patient-from).")
+@click.option("--background", default="auto", show_default=True,
+              type=click.Choice(["auto", "light", "dark"]),
+              help="Background of the cut-outs: detected per image (auto), or light (dark "
+                   "chromosomes, bright-field) or dark (fluorescence) for all.")
+@click.option("--force-karyotype", is_flag=True,
+              help="Report the karyotype even when the cell looks unlike the model's "
+                   "in-domain cells (the verdict still says why it would be withheld).")
 @one_line_errors
 def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, dispatch_mode,
-        no_karyogram, overwrite, patient_from, sample_sheet):
+        no_karyogram, overwrite, patient_from, sample_sheet, background, force_karyotype):
     """Classify the chromosomes of each CASE_DIR (one cell per directory)."""
     from vfinfer.io.runner import case_name, run_cases
 
@@ -59,7 +66,8 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
     failed = run_cases(case_dirs, model_dir=model_dir, backend=backend, out_dir=out_dir,
                        dispatch_mode=dispatch_mode, karyogram=not no_karyogram,
                        threads=threads, batch_size=batch_size, overwrite=overwrite,
-                       precision=precision, echo=click.echo, progress=progress_bar)
+                       precision=precision, echo=click.echo, progress=progress_bar,
+                       background=background, force_karyotype=force_karyotype)
     if grouping:
         _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite)
     if failed:

@@ -234,6 +234,36 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
                    f"{store_params(model_dir, params, report)}")
 
 
+# -- domain -------------------------------------------------------------------------------------
+@main.command()
+@click.argument("case_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Model directory; its manifest.json receives the domain section.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="CPU threads (0: ONNX Runtime's default).")
+@click.option("--dry-run", is_flag=True, help="Report only; leave manifest.json alone.")
+@one_line_errors
+def domain(case_dirs, model_dir, backend, threads, dry_run):
+    """Store the figures of in-domain cells (CASE_DIRs: validation cells of the training data)
+    that the verdict compares each cell with."""
+    from vfinfer.tools.domain import store_domain
+
+    section = store_domain(model_dir, list(case_dirs), backend=backend, threads=threads,
+                           log=_log, dry_run=dry_run)
+    seen, limits = section["seen"], section["limits"]
+    click.echo(f"{section['fitted_on']['cells']} cells, {section['fitted_on']['images']} "
+               f"images: low-confidence share up to {seen['low_confidence_max']:.0%} (limit "
+               f"{limits['low_confidence_fraction']:.0%}), dark backgrounds "
+               f"{seen['dark_background_fraction']:.0%} (checked: {limits['background']}), "
+               f"tilt limit {limits['median_abs_tilt']}")
+    for name, reasons in section["refused_fit_cells"].items():
+        click.echo(f"  would refuse {name}: {'; '.join(reasons)}")
+    click.echo("dry run: manifest.json left unchanged" if dry_run
+               else f"wrote the domain section to {model_dir / 'manifest.json'}")
+
+
 # -- bench --------------------------------------------------------------------------------------
 @main.command()
 @model_options()

@@ -45,14 +45,19 @@ def result_csv(result):
     return buffer.getvalue()
 
 
+def summary_of(result):
+    """The karyotype, or "not karyotyped" when the verdict withholds it."""
+    return result["karyotype"] if result["karyotype"] is not None else "not karyotyped"
+
+
 def karyogram_png(result, images):
     chromosomes = result["chromosomes"]
     picture = render_karyogram(
         images,
         [type_index(c["type"]) for c in chromosomes],
-        [1 if c["polarity"] == "q-arm down" else 0 for c in chromosomes],
+        [0 if c["polarity"] == "q-arm up" else 1 for c in chromosomes],
         [c["low_confidence"] for c in chromosomes],
-        title=f"{result['case']}   {result['karyotype']}",
+        title=f"{result['case']}   {summary_of(result)}",
         notes=result["warnings"],
     )
     if not any(c["low_confidence"] for c in chromosomes):

@@ -33,7 +33,8 @@ class LoadedCase:
 
     @property
     def images(self):
-        return self.prepared.images
+        """The cut-outs as the karyogram shows them (upright when the model rotates them)."""
+        return self.prepared.display or self.prepared.images
 
 
 def case_name(case_dir):
@@ -71,20 +72,31 @@ def save_result(case, result, out_dir, karyogram, overwrite):
         return "failed", f"{case.name}: failed: cannot write results ({exc})"
     except Exception as exc:  # e.g. the karyogram could not be drawn: this case only
         return "failed", f"{case.name}: failed: cannot write results ({_one_line(exc)})"
+    return "ok", f"{case_line(result)} -> {target}"
+
+
+def case_line(result):
+    """``case: 46 chromosomes, 46,XY, 0 warnings, 108 ms``, or the verdict's reasons."""
     n_warn = len(result["warnings"])
-    return "ok", (f"{case.name}: {result['n_chromosomes']} chromosomes, {result['karyotype']}, "
-                  f"{n_warn} warning{'s' if n_warn != 1 else ''}, "
-                  f"{result['timing_ms']['total']:.0f} ms -> {target}")
+    summary = result["karyotype"]
+    if summary is None:
+        summary = result["verdict"]["text"]
+        n_warn -= 1  # the verdict is the first warning
+    return (f"{result['case']}: {result['n_chromosomes']} chromosomes, {summary}, "
+            f"{n_warn} warning{'s' if n_warn != 1 else ''}, "
+            f"{result['timing_ms']['total']:.0f} ms")
 
 
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="paper", karyogram=True, threads=0, batch_size=None,
-              overwrite=False, precision=None, echo=print, progress=None):
+              overwrite=False, precision=None, echo=print, progress=None, background="auto",
+              force_karyotype=False):
     """Run every case; returns the names of the cases that failed (``run_with`` says what
     ``echo`` and ``progress`` are)."""
     check_case_names(case_dirs)
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
-                  dispatch_mode=dispatch_mode, precision=precision) as pipeline:
+                  dispatch_mode=dispatch_mode, precision=precision, background=background,
+                  force_karyotype=force_karyotype) as pipeline:
         echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
              f"backend {pipeline.backend.name}")
         counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite, echo,

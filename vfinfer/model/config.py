@@ -35,9 +35,20 @@ class ModelConfig:
     n_types: int = 24
     n_polarities: int = 2
     dispatch_threshold: float = 0.9
+    # the images' convention after vfinfer.pipeline.normalize: "light" (dark chromosomes on a
+    # light background, as bright-field G-band) or "dark" (fluorescence); inputs of the other
+    # kind are inverted
+    background: str = "light"
+    # rotate-and-crop before the canvas (Render-Attention): none, principal-axis or hough
+    rotate_crop: str = "none"
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.background not in ("light", "dark"):
+            raise ValueError(f"background must be light or dark, not {self.background!r}")
+        if self.rotate_crop not in ("none", "principal-axis", "hough"):
+            raise ValueError("rotate_crop must be none, principal-axis or hough, not "
+                             f"{self.rotate_crop!r}")
         for name in ("g_input", "l_input"):
             side = getattr(self, name) // self.trunk_stride
             if side % self.cls_pool:

@@ -97,6 +97,18 @@ class Manifest:
         self.polarity_names = list(classes["polarity"])
 
     @property
+    def polarity_trained(self):
+        """False when the model was trained without polarity labels (its polarity head is
+        untrained, so the runtime does not call polarity); True for older manifests."""
+        training = self.data.get("training") or {}
+        return training.get("polarity_labelled_images", 1) != 0
+
+    @property
+    def domain(self):
+        """The in-domain figures of ``vfinfer domain`` (``vfinfer.calls.verdict``), or None."""
+        return self.data.get("domain")
+
+    @property
     def path(self):
         return self.model_dir / MANIFEST_NAME
 

@@ -14,19 +14,23 @@ parameters calibrated into manifest.json by ``vfinfer calibrate``, or the defaul
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from vfinfer import backends
 from vfinfer.calls.dispatch import argmax_types, dispatch
 from vfinfer.calls.karyotype import karyotype_summary
+from vfinfer.calls.verdict import judge
 from vfinfer.io.images import to_gray8
 from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline.network import Clock, run_network_batched
-from vfinfer.pipeline.preprocess import preprocess_batch
+from vfinfer.pipeline.normalize import to_convention
+from vfinfer.pipeline.preprocess import batch_of, normalize_batch
+from vfinfer.pipeline.result import abnormality_section, assemble_result
 
 DISPATCH_MODES = ("paper", "none", "optimal")
+BACKGROUND_CHOICES = ("auto", "light", "dark")
 TOP_HYPOTHESES = 3  # hypotheses listed in result["abnormality"]
 DEFAULT_BATCH = 64  # chromosomes per engine call when the engine sets no limit
 
@@ -40,17 +44,25 @@ class PreparedCase:
     """
 
     name: str
-    images: list  # 2-D uint8, white background
+    images: list  # 2-D uint8 as given (converted to gray)
     files: list
     g_input: np.ndarray  # (N, 1, g_input, g_input) float32, section III-B
     preprocess_ms: float
+    facts: list = field(default_factory=list)  # per image: background, tilt, rotated
+    display: list = field(default_factory=list)  # the normalized cut-outs, light background
 
 
 class Pipeline:
     """Batched Varifocal-Net inference for whole cases on one backend."""
 
     def __init__(self, model_dir=None, backend="auto", threads=0, batch_size=None,
-                 dispatch_mode="paper", precision=None, optimal_params=None):
+                 dispatch_mode="paper", precision=None, optimal_params=None,
+                 background="auto", force_karyotype=False):
+        if background not in BACKGROUND_CHOICES:
+            raise ValueError(f"background must be one of {', '.join(BACKGROUND_CHOICES)}, "
+                             f"not {background!r}")
+        self.background = background
+        self.force_karyotype = bool(force_karyotype)
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         if dispatch_mode not in DISPATCH_MODES:
@@ -91,13 +103,16 @@ class Pipeline:
         """Network outputs for a list of gray uint8 cut-outs, in chunks of ``batch_size``.
 
         Returns a dict of arrays: type_probs (N, 24), polarity_probs (N, 2), loc (N, 3) and
-        boxes (N, 4, eq. 5, G-input pixels). ``timing`` (a dict) collects ms per stage.
+        boxes (N, 4, eq. 5, G-input pixels), and ``facts`` (per image: the background found,
+        the tilt of the chromosome's axis, the turn applied; ``vfinfer.pipeline.normalize``).
+        ``timing`` (a dict) collects ms per stage.
         """
         timing = {} if timing is None else timing
         clock = Clock(timing)
-        g_input = preprocess_batch(images, self.config)
+        normalized, facts = normalize_batch(images, self.config, self.background)
+        g_input = batch_of(normalized, self.config)
         clock.lap("preprocess")
-        return self.infer_prepared(g_input, timing)
+        return {**self.infer_prepared(g_input, timing), "facts": facts}
 
     def infer_prepared(self, g_input, timing=None):
         """``infer`` from an already preprocessed (N, 1, g_input, g_input) float32 batch."""
@@ -119,9 +134,11 @@ class Pipeline:
         if len(files) != len(images):
             raise ValueError(f"{name}: {len(images)} images but {len(files)} file names")
         gray = [to_gray8(np.asarray(img), f) for img, f in zip(images, files)]
-        g_input = preprocess_batch(gray, self.config)
-        return PreparedCase(name, gray, files, g_input,
-                            (time.perf_counter() - started) * 1000)
+        normalized, facts = normalize_batch(gray, self.config, self.background)
+        g_input = batch_of(normalized, self.config)
+        display = [to_convention(img, self.config.background, "light") for img in normalized]
+        return PreparedCase(name, gray, files, g_input, (time.perf_counter() - started) * 1000,
+                            facts, display)
 
     def run_case(self, images, name="case", files=None):
         """Classify the chromosomes of one cell; returns the result dict (README, "Outputs").
@@ -158,91 +175,30 @@ class Pipeline:
             case_timing = {"preprocess": case.preprocess_ms}
             case_timing.update({stage: ms * share for stage, ms in timing.items()})
             case_timing["total"] = case.preprocess_ms + elapsed * share
-            results.append(self._build_result(case.name, case.files, case.images, part,
-                                              case_timing))
+            results.append(self._build_result(case, part, case_timing))
         return results
 
-    def _build_result(self, name, files, images, outputs, timing):
+    def _build_result(self, case, outputs, timing):
         clock = Clock(timing)
         probs = outputs["type_probs"]
-        before = argmax_types(probs)
-        abnormality = None
-        if self.dispatch_mode == "optimal":
-            found = self.optimal(probs, top=TOP_HYPOTHESES)
-            types, warnings = np.asarray(found["types"], dtype=np.int64), found["warnings"]
-            karyotype, karyotype_warnings = found["karyotype"], []
-            abnormality = _abnormality(found, self.optimal_note)
-        else:
-            if self.dispatch_mode == "paper":
-                types, warnings = dispatch(probs, self.manifest.threshold)
-            else:
-                types, warnings = before, []
-            karyotype, karyotype_warnings = karyotype_summary(types)
+        calls = self._dispatch(probs)
         clock.lap("dispatch")
         timing["total"] += timing["dispatch"]
-        names = self.manifest.type_names
-        polarity = outputs["polarity_probs"].argmax(1)
-        chromosomes = []
-        for i, file in enumerate(files):
-            row = probs[i]
-            top3 = np.argsort(-row, kind="stable")[:3]
-            type_prob = float(row[types[i]])
-            chromosomes.append({
-                "file": str(file),
-                "type": names[types[i]],
-                "type_prob": round(type_prob, 6),
-                "top3": [[names[j], round(float(row[j]), 6)] for j in top3],
-                "polarity": self.manifest.polarity_names[polarity[i]],
-                "polarity_prob": round(float(outputs["polarity_probs"][i, polarity[i]]), 6),
-                "box": [round(float(v), 2) for v in outputs["boxes"][i]],
-                "type_before_dispatch": names[before[i]],
-                "low_confidence": bool(type_prob < self.manifest.threshold
-                                       or types[i] != before[i]),
-                "size": list(images[i].shape),
-            })
-        result = {
-            "case": name,
-            "model": self.manifest.summary(),
-            "backend": self.backend.describe(),
-            "dispatch": self.dispatch_mode,
-            "n_chromosomes": len(files),
-            "karyotype": karyotype,
-            "warnings": warnings + karyotype_warnings + _image_warnings(images, files),
-            "timing_ms": {k: round(v, 3) for k, v in timing.items()},
-            "chromosomes": chromosomes,
-        }
-        if abnormality is not None:
-            result["abnormality"] = abnormality
-        return result
+        verdict = judge(probs, self.manifest.threshold, case.facts, self.manifest.domain,
+                        self.force_karyotype)
+        return assemble_result(self.manifest, self.backend.describe(), self.dispatch_mode,
+                               case, outputs, calls, verdict, timing)
 
-
-def _abnormality(found, params_note):
-    """The ``abnormality`` section of a result under optimal dispatch."""
-    return {
-        "abnormal": found["abnormal"],
-        "call": found["call"],
-        "margin": round(found["margin"], 4),
-        "threshold": found["threshold"],
-        "best_normal": found["best_normal"],
-        "best_abnormal": found["best_abnormal"],
-        "most_likely": found["most_likely"],
-        "confidence": found["confidence"],
-        "explanation": found["explanation"],
-        "counts_karyotype": found["counts_karyotype"],
-        "missing": found["missing"],
-        "extra": found["extra"],
-        "notes": found["notes"],
-        "hypotheses": found["hypotheses"],
-        "params": params_note,
-    }
-
-
-def _image_warnings(images, files):
-    small = [str(f) for img, f in zip(images, files) if min(img.shape) < 4]
-    blank = [str(f) for img, f in zip(images, files) if img.min() == img.max()]
-    notes = []
-    if small:
-        notes.append(f"images too small to hold a chromosome: {', '.join(small)}")
-    if blank:
-        notes.append(f"blank images (one gray level): {', '.join(blank)}")
-    return notes
+    def _dispatch(self, probs):
+        """(types after dispatch, karyotype, warnings, abnormality section or None)."""
+        if self.dispatch_mode == "optimal":
+            found = self.optimal(probs, top=TOP_HYPOTHESES)
+            types = np.asarray(found["types"], dtype=np.int64)
+            return types, found["karyotype"], found["warnings"], \
+                abnormality_section(found, self.optimal_note)
+        if self.dispatch_mode == "paper":
+            types, warnings = dispatch(probs, self.manifest.threshold)
+        else:
+            types, warnings = argmax_types(probs), []
+        karyotype, karyotype_warnings = karyotype_summary(types)
+        return types, karyotype, warnings + karyotype_warnings, None

@@ -1,12 +1,17 @@
 """Preprocessing of one chromosome cut-out into a G-Net input (paper section III-B).
 
-gray 8-bit image -> centred on a square canvas filled with the pad value (images larger than
-the canvas are first shrunk to fit, keeping their aspect) -> resized to the G input ->
-per-image z-score (eq. 11). Every constant comes from the model's ModelConfig / manifest.
+gray 8-bit image -> (``vfinfer.pipeline.normalize``: brought to the model's background
+convention, turned upright and cropped when the model asks for it) -> centred on a square
+canvas filled with the pad value (images larger than the canvas are first shrunk to fit,
+keeping their aspect) -> resized to the G input -> per-image z-score (eq. 11). Every constant
+comes from the model's ModelConfig / manifest. ``preprocess`` and ``to_canvas`` take the
+normalized cut-out; the trainer (``vfinfer_export.data``) calls the same functions.
 """
 
 import cv2
 import numpy as np
+
+from vfinfer.pipeline.normalize import normalize_cutout
 
 STD_FLOOR = 1e-6  # a blank (uniform) image normalizes to zeros instead of dividing by 0
 
@@ -33,18 +38,35 @@ def zscore(image):
     return ((x - mean) / max(std, STD_FLOOR)).astype(np.float32)
 
 
-def preprocess(image, config):
-    """One gray uint8 cut-out -> float32 (g_input, g_input) z-scored G-Net input."""
+def to_canvas(image, config):
+    """A normalized uint8 cut-out -> uint8 (g_input, g_input): padded canvas, resized."""
     canvas = pad_to_canvas(image, config.canvas, config.pad_value)
     if config.canvas != config.g_input:
         interpolation = cv2.INTER_AREA if config.g_input < config.canvas else cv2.INTER_LINEAR
         canvas = cv2.resize(canvas, (config.g_input, config.g_input), interpolation=interpolation)
-    return zscore(canvas)
+    return canvas
 
 
-def preprocess_batch(images, config):
-    """A list of cut-outs -> (N, 1, g_input, g_input) float32 batch."""
-    batch = np.empty((len(images), 1, config.g_input, config.g_input), dtype=np.float32)
-    for i, image in enumerate(images):
+def preprocess(image, config):
+    """One normalized gray uint8 cut-out -> float32 (g_input, g_input) z-scored G-Net input."""
+    return zscore(to_canvas(image, config))
+
+
+def normalize_batch(images, config, background="auto"):
+    """``vfinfer.pipeline.normalize.normalize_cutout`` of each image -> (images, facts)."""
+    pairs = [normalize_cutout(image, config, background) for image in images]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def batch_of(normalized, config):
+    """Normalized cut-outs -> (N, 1, g_input, g_input) float32 batch."""
+    batch = np.empty((len(normalized), 1, config.g_input, config.g_input), dtype=np.float32)
+    for i, image in enumerate(normalized):
         batch[i, 0] = preprocess(image, config)
     return batch
+
+
+def preprocess_batch(images, config, background="auto"):
+    """Gray uint8 cut-outs as read -> (N, 1, g_input, g_input) float32 batch (normalized,
+    padded, resized, z-scored)."""
+    return batch_of(normalize_batch(images, config, background)[0], config)

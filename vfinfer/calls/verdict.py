@@ -1,0 +1,89 @@
+"""An honest verdict per cell: a karyotype, or "not karyotyped" with the reasons.
+
+A classifier given cells unlike its training data (another lab's staining, fluorescence on a
+model trained on bright-field, cut-outs at angles it never saw) still names 46 types, and the
+counts then read like a karyotype (``46,XXXXXX,+1,+1,-2,...``). Before the karyotype is
+reported, three figures of the cell are compared with the same figures of the model's own
+in-domain validation cells, stored in its manifest by ``vfinfer domain``
+(``vfinfer.tools.domain``; the limits and how they were chosen are recorded there):
+
+* ``low_confidence_fraction``: the share of chromosomes whose top type probability is below
+  the dispatch threshold (0.9). Limit: the largest share seen on the in-domain cells plus
+  ``LOW_CONFIDENCE_MARGIN``.
+* ``dark_background_fraction``: the share of cut-outs with a dark background
+  (``vfinfer.pipeline.normalize.detect_background``). When at least ``BACKGROUND_PURE`` of
+  the in-domain images had one kind of background, a cell whose majority has the other kind
+  is unlike the training data, even though the runtime inverts it.
+* ``median_abs_tilt``: the median angle of the chromosomes' long axes from vertical, degrees,
+  for models without rotate-and-crop. Limit: the largest median seen plus ``TILT_MARGIN``.
+
+None of them depends on how many chromosomes were found or which types they got, so a real
+trisomy or loss is never suppressed by the verdict (measured on pki3's abnormal cells: README).
+"""
+
+import numpy as np
+
+LOW_CONFIDENCE_MARGIN = 0.15
+BACKGROUND_PURE = 0.95
+TILT_MARGIN = 15.0
+NO_DOMAIN = ("this model's manifest has no domain figures ('vfinfer domain'): cells unlike "
+             "its training data are not detected, so check that the images are like them")
+
+
+def cell_figures(type_probs, threshold, facts):
+    """The three figures of one cell from its type probabilities (N x 24, before dispatch)
+    and the per-image facts of ``vfinfer.pipeline.normalize.normalize_cutout``."""
+    top = np.asarray(type_probs).max(axis=1) if len(type_probs) else np.zeros(0)
+    tilts = [abs(f["tilt"]) for f in facts if f.get("tilt") is not None]
+    return {
+        "n": int(len(top)),
+        "low_confidence_fraction": round(float(np.mean(top < threshold)) if len(top) else 1.0,
+                                         4),
+        "dark_background_fraction": round(float(np.mean(
+            [f["background"] == "dark" for f in facts])) if facts else 0.0, 4),
+        "median_abs_tilt": round(float(np.median(tilts)), 2) if tilts else None,
+    }
+
+
+def reasons_against(figures, domain, threshold):
+    """The reasons a cell is unlike the model's in-domain cells (empty when it is like them)."""
+    limits, reasons = domain["limits"], []
+    low = figures["low_confidence_fraction"]
+    if low > limits["low_confidence_fraction"]:
+        count = int(round(low * figures["n"]))
+        reasons.append(f"{count} of {figures['n']} calls below confidence {threshold:g} "
+                       f"(in-domain cells: at most {domain['seen']['low_confidence_max']:.0%}, "
+                       f"limit {limits['low_confidence_fraction']:.0%})")
+    convention = limits.get("background")
+    dark = figures["dark_background_fraction"]
+    if convention == "light" and dark > 0.5 or convention == "dark" and dark < 0.5:
+        other = "dark" if convention == "light" else "light"
+        share = dark if other == "dark" else 1 - dark
+        reasons.append(f"images unlike the model's training data ({other} background: "
+                       f"{share:.0%} of the cut-outs; training data: {convention})")
+    tilt, tilt_limit = figures["median_abs_tilt"], limits.get("median_abs_tilt")
+    if tilt is not None and tilt_limit is not None and tilt > tilt_limit:
+        reasons.append(f"images unlike the model's training data (chromosomes lie "
+                       f"{tilt:.0f} degrees from vertical, median; in-domain cells at most "
+                       f"{domain['seen']['median_abs_tilt_max']:.0f}, limit {tilt_limit:.0f})")
+    return reasons
+
+
+def judge(type_probs, threshold, facts, domain, force=False):
+    """The ``verdict`` section of a result: ``karyotyped`` (bool), ``text``, ``reasons``,
+    ``figures`` and the ``limits`` used. ``force`` reports the karyotype in any case (the
+    reasons stay in the verdict)."""
+    figures = cell_figures(type_probs, threshold, facts)
+    if not domain:
+        return {"karyotyped": True, "text": "karyotyped; " + NO_DOMAIN, "reasons": [],
+                "figures": figures, "limits": None, "forced": False}
+    reasons = reasons_against(figures, domain, threshold)
+    karyotyped = force or not reasons
+    if not reasons:
+        text = "karyotyped: the cell is like the model's in-domain cells"
+    elif force:
+        text = "karyotyped because forced (--force-karyotype), although " + "; ".join(reasons)
+    else:
+        text = "not karyotyped: " + "; ".join(reasons)
+    return {"karyotyped": karyotyped, "text": text, "reasons": reasons, "figures": figures,
+            "limits": domain["limits"], "forced": bool(force and reasons)}

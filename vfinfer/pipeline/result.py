@@ -1,0 +1,99 @@
+"""The result dict of one cell (README, "Outputs"): per-chromosome calls, the karyotype or the
+verdict that withholds it, warnings, timing."""
+
+import numpy as np
+
+from vfinfer.calls.dispatch import argmax_types
+
+POLARITY_NOT_CALLED = "not called"
+
+
+def assemble_result(manifest, backend, dispatch_mode, case, outputs, calls, verdict, timing):
+    """``calls``: (types, karyotype, warnings, abnormality or None) of the dispatch;
+    ``verdict``: ``vfinfer.calls.verdict.judge``'s section."""
+    types, karyotype, warnings, abnormality = calls
+    warnings = list(warnings)
+    if not verdict["karyotyped"]:
+        verdict = {**verdict, "withheld_karyotype": karyotype}
+        karyotype, warnings, abnormality = None, [verdict["text"]], None
+    elif verdict["limits"] is None or verdict["forced"]:
+        warnings.append(verdict["text"])
+    warnings += _input_warnings(case, manifest)
+    result = {
+        "case": case.name,
+        "model": manifest.summary(),
+        "backend": backend,
+        "dispatch": dispatch_mode,
+        "n_chromosomes": len(case.files),
+        "karyotype": karyotype,
+        "verdict": verdict,
+        "warnings": warnings,
+        "timing_ms": {k: round(v, 3) for k, v in timing.items()},
+        "chromosomes": chromosome_rows(manifest, case, outputs, types),
+    }
+    if abnormality is not None:
+        result["abnormality"] = abnormality
+    return result
+
+
+def chromosome_rows(manifest, case, outputs, types):
+    """One dict per chromosome: type, probabilities, polarity, box, input facts."""
+    probs, names = outputs["type_probs"], manifest.type_names
+    before = argmax_types(probs)
+    polarity = outputs["polarity_probs"].argmax(1)
+    called = manifest.polarity_trained
+    rows = []
+    for i, file in enumerate(case.files):
+        row = probs[i]
+        top3 = np.argsort(-row, kind="stable")[:3]
+        type_prob = float(row[types[i]])
+        facts = case.facts[i] if case.facts else {}
+        rows.append({
+            "file": str(file),
+            "type": names[types[i]],
+            "type_prob": round(type_prob, 6),
+            "top3": [[names[j], round(float(row[j]), 6)] for j in top3],
+            "polarity": manifest.polarity_names[polarity[i]] if called else POLARITY_NOT_CALLED,
+            "polarity_prob": (round(float(outputs["polarity_probs"][i, polarity[i]]), 6)
+                              if called else None),
+            "box": [round(float(v), 2) for v in outputs["boxes"][i]],
+            "type_before_dispatch": names[before[i]],
+            "low_confidence": bool(type_prob < manifest.threshold or types[i] != before[i]),
+            "size": list(case.images[i].shape),
+            **facts,
+        })
+    return rows
+
+
+def abnormality_section(found, params_note):
+    """The ``abnormality`` section of a result under optimal dispatch."""
+    keys = ("abnormal", "call", "threshold", "best_normal", "best_abnormal", "most_likely",
+            "confidence", "explanation", "counts_karyotype", "missing", "extra", "notes",
+            "hypotheses")
+    section = {key: found[key] for key in keys}
+    section["margin"] = round(found["margin"], 4)
+    section["params"] = params_note
+    return section
+
+
+def _input_warnings(case, manifest):
+    images, files = case.images, case.files
+    small = [str(f) for img, f in zip(images, files) if min(img.shape) < 4]
+    blank = [str(f) for img, f in zip(images, files) if img.min() == img.max()]
+    notes = []
+    if small:
+        notes.append(f"images too small to hold a chromosome: {', '.join(small)}")
+    if blank:
+        notes.append(f"blank images (one gray level): {', '.join(blank)}")
+    kinds = [f.get("background") for f in case.facts]
+    if "light" in kinds and "dark" in kinds:
+        dark = [str(f) for f, k in zip(files, kinds) if k == "dark"]
+        light = [str(f) for f, k in zip(files, kinds) if k == "light"]
+        few, kind = (dark, "dark") if len(dark) <= len(light) else (light, "light")
+        notes.append(f"the cell mixes backgrounds: {len(few)} of {len(files)} cut-outs have a "
+                     f"{kind} background ({', '.join(few[:5])}{' ...' if len(few) > 5 else ''});"
+                     " check that they come from the same camera and staining")
+    if not manifest.polarity_trained:
+        notes.append("this model was trained without polarity labels: polarity is not called "
+                     "(the karyogram shows each chromosome as turned upright, either end up)")
+    return notes

@@ -1,0 +1,94 @@
+"""``vfinfer domain``: the figures of a model's own in-domain cells, stored in its manifest
+for the verdict (``vfinfer.calls.verdict``).
+
+Run it on validation cells of the training data that the network did not fit (the trainer's
+validation slides): the limits follow from them (``fit_domain``), and the share of those same
+cells the verdict would refuse is recorded (0 by construction of the low-confidence limit,
+but the background and tilt rules are checked too). Report the rate on held-out cells with
+``vfinfer eval``, which counts the verdicts.
+"""
+
+import datetime
+
+import numpy as np
+
+from vfinfer.calls.verdict import (
+    BACKGROUND_PURE,
+    LOW_CONFIDENCE_MARGIN,
+    TILT_MARGIN,
+    cell_figures,
+    reasons_against,
+)
+from vfinfer.io.images import read_case
+from vfinfer.io.runner import case_name
+from vfinfer.model.manifest import load_manifest, write_json_atomic
+from vfinfer.pipeline import Pipeline
+
+RULES = (f"low-confidence share: the largest on the in-domain cells + {LOW_CONFIDENCE_MARGIN}; "
+         f"background: checked when at least {BACKGROUND_PURE:.0%} of the in-domain cut-outs "
+         "have one kind, a cell whose majority has the other kind is refused; tilt (models "
+         f"without rotate-and-crop): the largest median tilt seen + {TILT_MARGIN} degrees")
+
+
+def _quantiles(values):
+    values = np.asarray(values, dtype=np.float64)
+    return {q: round(float(np.quantile(values, int(q[1:]) / 100)), 4)
+            for q in ("p50", "p90", "p99")} | {"max": round(float(values.max()), 4)}
+
+
+def fit_domain(figures, config, source):
+    """The manifest's ``domain`` section from per-cell ``cell_figures`` of in-domain cells."""
+    if not figures:
+        raise ValueError("no in-domain cells to fit the domain figures on")
+    low = [f["low_confidence_fraction"] for f in figures]
+    n_images = sum(f["n"] for f in figures)
+    dark = sum(f["dark_background_fraction"] * f["n"] for f in figures) / max(n_images, 1)
+    tilts = [f["median_abs_tilt"] for f in figures if f["median_abs_tilt"] is not None]
+    background = ("dark" if dark >= BACKGROUND_PURE else
+                  "light" if dark <= 1 - BACKGROUND_PURE else None)
+    use_tilt = config.rotate_crop == "none" and bool(tilts)
+    limits = {"low_confidence_fraction": round(min(1.0, max(low) + LOW_CONFIDENCE_MARGIN), 4),
+              "background": background,
+              "median_abs_tilt": round(max(tilts) + TILT_MARGIN, 2) if use_tilt else None}
+    return {
+        "fitted_on": {"cells": len(figures), "images": n_images, "source": source,
+                      "created": datetime.datetime.now(datetime.timezone.utc)
+                      .isoformat(timespec="seconds")},
+        "seen": {"low_confidence": _quantiles(low), "low_confidence_max": max(low),
+                 "dark_background_fraction": round(dark, 4),
+                 "median_abs_tilt": _quantiles(tilts) if tilts else None,
+                 "median_abs_tilt_max": max(tilts) if tilts else None},
+        "limits": limits,
+        "rules": RULES,
+    }
+
+
+def domain_figures(model_dir, case_dirs, backend="auto", threads=0, log=print):
+    """``cell_figures`` of every case directory (dispatch off), in order, with their names."""
+    out = []
+    with Pipeline(model_dir, backend=backend, threads=threads, dispatch_mode="none") as pipe:
+        for i, case_dir in enumerate(case_dirs):
+            images, paths, _ = read_case(case_dir)
+            prepared = pipe.prepare(case_name(case_dir), images, [p.name for p in paths])
+            probs = pipe.infer_prepared(prepared.g_input)["type_probs"]
+            out.append((prepared.name, cell_figures(probs, pipe.manifest.threshold,
+                                                    prepared.facts)))
+            if (i + 1) % 20 == 0:
+                log(f"  {i + 1}/{len(case_dirs)} cells")
+    return out
+
+
+def store_domain(model_dir, case_dirs, backend="auto", threads=0, log=print, dry_run=False):
+    """Fit the domain on ``case_dirs`` and (unless ``dry_run``) write it into the manifest;
+    returns the section, with the verdicts the fit cells themselves would get."""
+    manifest = load_manifest(model_dir)
+    named = domain_figures(model_dir, case_dirs, backend, threads, log)
+    source = f"{len(case_dirs)} case directories, e.g. {case_dirs[0]}"
+    domain = fit_domain([f for _, f in named], manifest.config, source)
+    refused = {name: reasons_against(f, domain, manifest.threshold) for name, f in named}
+    domain["refused_fit_cells"] = {name: r for name, r in refused.items() if r}
+    if not dry_run:
+        data = manifest.data
+        data["domain"] = domain
+        write_json_atomic(manifest.path, data)
+    return domain
