@@ -90,7 +90,8 @@ def hough_angle(light_image, mask):
                             minLineLength=min_length, maxLineGap=3)
     if lines is None:
         return None
-    x0, y0, x1, y1 = (lines[:, 0, k].astype(np.float64) for k in range(4))
+    segments = np.asarray(lines, dtype=np.float64).reshape(-1, 4)  # OpenCV: (N, 1, 4) or (N, 4)
+    x0, y0, x1, y1 = segments.T
     length = np.hypot(x1 - x0, y1 - y0)
     doubled = np.arctan2(y1 - y0, x1 - x0) * 2
     mean = math.atan2(float(np.sum(length * np.sin(doubled))),
