@@ -107,17 +107,26 @@ def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pi
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Train on a seeded subset of N images.")
+@click.option("--rotate-crop", default="none", show_default=True,
+              type=click.Choice(["none", "principal-axis", "hough"]),
+              help="Turn every cut-out upright and crop it before the canvas, in training and "
+                   "(recorded in the model) at run time: for cut-outs at any angle.")
 @one_line_errors
 def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
-          epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit):
+          epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit,
+          rotate_crop):
     """Train a model with the paper's four-step strategy (section II-C)."""
     import_export_side()
+    from dataclasses import replace
+
+    from vfinfer.model.config import preset as preset_config
     from vfinfer_export.train import train as run_training
 
     epochs = {k: v for k, v in (("gnet", epochs_gnet), ("loc", epochs_loc),
                                 ("local", epochs_local), ("heads", epochs_heads)) if v}
     started = time.perf_counter()
-    model_path = run_training(data_dir, labels, out_dir, preset=preset, epochs=epochs or None,
+    config = replace(preset_config(preset), rotate_crop=rotate_crop)
+    model_path = run_training(data_dir, labels, out_dir, preset=config, epochs=epochs or None,
                               batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                               val_fraction=val_fraction, seed=seed, resume=resume,
                               threads=threads, limit=limit)
