@@ -280,3 +280,64 @@ def test_train_and_resume(synth_dir, tmp_path):
         torch.testing.assert_close(resumed_state[key], value, atol=1e-5, rtol=1e-4)
     extra = torch.load(resumed, weights_only=True)["extra"]
     assert not set(extra["split"]["train"]) & set(extra["split"]["val"])
+
+
+def _without_polarity(synth_dir, root, invert=False, rotate=0):
+    """A copy of the synthetic cells whose labels leave polarity empty; ``invert`` makes them
+    fluorescence-like (light on dark), ``rotate`` turns every cut-out by that many degrees."""
+    import csv
+
+    import cv2
+
+    root.mkdir()
+    rows = list(csv.DictReader(open(synth_dir / "labels.csv", newline="")))
+    for row in rows:
+        image = read_gray8(synth_dir / row["file"])
+        if rotate:
+            image = np.rot90(image, k=rotate // 90).copy()
+        if invert:
+            image = 255 - image
+        (root / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / row["file"]), image)
+        row["polarity"] = ""
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_labels_without_polarity_through_train_export_and_eval(synth_dir, tmp_path):
+    from dataclasses import replace
+
+    from vfinfer.pipeline import Pipeline
+    from vfinfer.tools.evaluate import evaluate, format_report
+    from vfinfer_export.onnx_export import export_model
+
+    data = _without_polarity(synth_dir, tmp_path / "data", invert=True, rotate=90)
+    assert all(r.polarity == -1 for r in load_labels(data))
+    lines = []
+    config = replace(TINY, rotate_crop="principal-axis")
+    path = train(data, None, tmp_path / "run", preset=config,
+                 epochs={"gnet": 1, "loc": 1, "local": 1, "heads": 1}, batch_size=32,
+                 val_fraction=0.3, seed=0, threads=1, log=lines.append)
+    assert "polarity labelled on 0" in lines[0]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert all(h["val_polarity_acc"] is None for h in history)
+    assert all(np.isfinite(h["train_loss"]) for h in history)
+    model = load_checkpoint(path)
+    assert model.config.rotate_crop == "principal-axis"
+    export_model(model, tmp_path / "model", {"kind": "test"}, log=lambda *a: None,
+                 batches=(2,))
+    with Pipeline(tmp_path / "model") as pipe:
+        assert not pipe.manifest.polarity_trained
+        images = [read_gray8(r.path) for r in load_labels(data)[:5]]
+        result = pipe.run_case(images)
+    assert {c["polarity"] for c in result["chromosomes"]} == {"not called"}
+    assert {c["background"] for c in result["chromosomes"]} == {"dark"}
+    assert all(abs(c["rotated"]) > 45 for c in result["chromosomes"])  # lying: turned upright
+    assert any("trained without polarity labels" in w for w in result["warnings"])
+    res = evaluate(data, model_dir=tmp_path / "model", log=lambda *a: None, flip_half=True)
+    assert res["polarity"]["note"] == "not labelled" and res["polarity"]["accuracy"] is None
+    assert "Polarity: not labelled" in format_report(res)
+    assert all(c["polarity_accuracy"] is None for c in res["cells"])

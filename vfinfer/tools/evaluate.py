@@ -35,6 +35,7 @@ from vfinfer.calls.dispatch import argmax_types, dispatch_counts
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.optimal_params import load_params
 from vfinfer.calls.patient import group_cells, patient_evaluation
+from vfinfer.calls.verdict import NO_DOMAIN, cell_figures, reasons_against
 from vfinfer.io.atomic import write_atomic
 from vfinfer.io.images import read_gray8
 from vfinfer.model.classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
@@ -59,6 +60,7 @@ from vfinfer.tools.plots import confusion_png, roc_png
 from vfinfer.tools.simulate import simulate_abnormal
 
 REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
+NOT_LABELLED = -1  # an empty polarity column: the polarity figures leave the image out
 MAX_GROUP = 1024  # images read and sent to the pipeline at a time
 PROGRESS_EVERY_S = 5.0
 
@@ -140,9 +142,9 @@ def load_labels(data_dir, labels_csv=None):
                 except ValueError:
                     raise ValueError(f"{csv_path}: line {line}: type {type_text!r} is not "
                                      "1-24 (23 = X, 24 = Y), X or Y") from None
-                if pol_text not in ("0", "1"):
+                if pol_text not in ("0", "1", ""):
                     raise ValueError(f"{csv_path}: line {line}: polarity {pol_text!r} is not "
-                                     "0 (q-arm up) or 1 (q-arm down)")
+                                     "0 (q-arm up), 1 (q-arm down) or empty (not labelled)")
                 if file in seen:
                     raise ValueError(f"{csv_path}: line {line}: file {file} is listed again "
                                      f"(first on line {seen[file]})")
@@ -150,7 +152,8 @@ def load_labels(data_dir, labels_csv=None):
                 path = data_dir / file
                 if not path.is_file():
                     missing.append(f"line {line}: {path}")
-                cells.setdefault(cell, []).append(LabelRow(path, type_, int(pol_text)))
+                polarity = int(pol_text) if pol_text else NOT_LABELLED
+                cells.setdefault(cell, []).append(LabelRow(path, type_, polarity))
     except UnicodeDecodeError as exc:
         raise ValueError(f"{csv_path}: not a UTF-8 text file ({exc.reason})") from None
     except csv.Error as exc:
@@ -168,7 +171,7 @@ def _fields(row, col, csv_path, line):
     values = {}
     for name, k in col.items():
         value = row[k].strip() if k < len(row) else ""
-        if not value:
+        if not value and not (name == "polarity" and k < len(row)):  # empty: not labelled
             raise ValueError(f"{csv_path}: line {line}: empty or missing {name!r} "
                              f"(row has {len(row)} fields: {','.join(row)})")
         values[name] = value
@@ -231,9 +234,12 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
         else:
             optimal = (optimal_params, True, "optimal-dispatch parameters given by the caller")
         log(f"evaluating {n} images of {len(cells)} cells on {engine.get('name')}")
-        type_probs, pol_probs, infer_s = _infer_rows(pipe, rows, flipped, log)
+        type_probs, pol_probs, infer_s, facts = _infer_rows(pipe, rows, flipped, log)
+        domain = getattr(pipe.manifest, "domain", None)
 
     results = _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, threshold)
+    results["verdict"] = _verdicts(results["cells"], case_ids, type_probs, facts, threshold,
+                                   domain)
     groups, how = _patient_groups(data_dir, labels_csv, list(cells), patient_from,
                                   sample_sheet)
     results["optimal"] = _optimal_metrics(results["cells"], case_ids, true_type, type_probs,
@@ -271,7 +277,7 @@ def _labelled_rows(cells, flip_half, seed):
     flipped = np.zeros(len(rows), dtype=bool)
     if flip_half:
         flipped[flip_selection(len(rows), seed)] = True
-        true_pol = np.where(flipped, 1 - true_pol, true_pol)
+        true_pol = np.where(flipped & (true_pol >= 0), 1 - true_pol, true_pol)
     return rows, case_ids, true_type, true_pol, flipped
 
 
@@ -282,7 +288,7 @@ def _infer_rows(pipe, rows, flipped, log):
     type_probs = np.empty((n, N_TYPES), dtype=np.float64)
     pol_probs = np.empty((n, 2), dtype=np.float64)
     group = max(1, min(pipe.batch_size, MAX_GROUP))
-    infer_s, last_log = 0.0, time.perf_counter()
+    infer_s, last_log, facts = 0.0, time.perf_counter(), []
     for start in range(0, n, group):
         stop = min(start + group, n)
         images = [_read(rows[i][1].path, flipped[i]) for i in range(start, stop)]
@@ -291,10 +297,11 @@ def _infer_rows(pipe, rows, flipped, log):
         infer_s += time.perf_counter() - t0
         type_probs[start:stop] = out["type_probs"]
         pol_probs[start:stop] = out["polarity_probs"]
+        facts += out.get("facts") or [{}] * (stop - start)
         if time.perf_counter() - last_log >= PROGRESS_EVERY_S and stop < n:
             log(f"  {stop}/{n} images")
             last_log = time.perf_counter()
-    return type_probs, pol_probs, infer_s
+    return type_probs, pol_probs, infer_s, facts
 
 
 def cell_probabilities(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
@@ -319,7 +326,7 @@ def cell_probabilities(data_dir, labels_csv=None, model_dir=None, backend="auto"
         model, engine = pipe.manifest.summary(), pipe.backend.describe()
         threshold = pipe.manifest.threshold
         log(f"running {len(rows)} images of {len(cells)} cells on {engine.get('name')}")
-        type_probs, _, _ = _infer_rows(pipe, rows, np.zeros(len(rows), dtype=bool), log)
+        type_probs, _, _, _ = _infer_rows(pipe, rows, np.zeros(len(rows), dtype=bool), log)
     return {"probs": {c: type_probs[ids == c] for c in cells},
             "true": {c: true_type[ids == c] for c in cells},
             "labels": str(_labels_path(data_dir, labels_csv)),
@@ -346,7 +353,7 @@ def _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, thresh
 
     names, acc_t = case_accuracies(true_type, pred_type, case_ids)
     _, acc_td = case_accuracies(true_type, dispatched, case_ids)
-    _, acc_p = case_accuracies(true_pol, pred_pol, case_ids)
+    pol_by_cell = _polarity_by_cell(true_pol, pred_pol, case_ids)
     position = {cell: k for k, cell in enumerate(names)}
     ids = np.array([position[c] for c in case_ids])
     true_by_cell = [true_type[ids == k] for k in range(len(names))]
@@ -365,7 +372,7 @@ def _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, thresh
         "n_images": int(t.size),
         "type_accuracy": float(acc_t[k]),
         "type_accuracy_dispatch": float(acc_td[k]),
-        "polarity_accuracy": float(acc_p[k]),
+        "polarity_accuracy": pol_by_cell.get(cell),
         "true_karyotype": karyotype_summary(t)[0],
         "predicted_karyotype": karyotype_summary(p)[0],
         "abnormal": bool(abnormal[k]),
@@ -383,17 +390,65 @@ def _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, thresh
             "confusion": confusion_matrix(true_type, pred_type, N_TYPES).tolist(),
             "confusion_dispatch": confusion_matrix(true_type, dispatched, N_TYPES).tolist(),
         },
-        "polarity": {
-            "accuracy": accuracy(true_pol, pred_pol),
-            "macro_f1": macro_f1(true_pol, pred_pol, 2),
-            "acc_per_case": per_case_accuracy(true_pol, pred_pol, case_ids),
-            "per_class": _class_table(true_pol, pred_pol, POLARITY_NAMES),
-            "confusion": confusion_matrix(true_pol, pred_pol, 2).tolist(),
-        },
+        "polarity": _polarity_metrics(true_pol, pred_pol, case_ids),
         "abnormality": abnormality,
         "cells": per_cell,
         "_dispatched": dispatched,
     }
+
+
+def _polarity_by_cell(true_pol, pred_pol, case_ids):
+    """{cell: polarity accuracy over its labelled images}; cells without labels are absent."""
+    ids = np.array(case_ids)
+    out = {}
+    for cell in dict.fromkeys(case_ids):
+        rows = (ids == cell) & (true_pol >= 0)
+        if rows.any():
+            out[cell] = float(np.mean(pred_pol[rows] == true_pol[rows]))
+    return out
+
+
+def _polarity_metrics(true_pol, pred_pol, case_ids):
+    """The polarity figures over the images with a polarity label; "not labelled" when no
+    image has one (the figures are then None)."""
+    labelled = true_pol >= 0
+    if not labelled.any():
+        return {"labelled_images": 0, "note": "not labelled", "accuracy": None,
+                "macro_f1": None, "acc_per_case": None,
+                "per_class": _class_table(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                          POLARITY_NAMES),
+                "confusion": None}
+    t, p = true_pol[labelled], pred_pol[labelled]
+    ids = [c for c, lab in zip(case_ids, labelled) if lab]
+    return {"labelled_images": int(labelled.sum()), "accuracy": accuracy(t, p),
+            "macro_f1": macro_f1(t, p, 2), "acc_per_case": per_case_accuracy(t, p, ids),
+            "per_class": _class_table(t, p, POLARITY_NAMES),
+            "confusion": confusion_matrix(t, p, 2).tolist()}
+
+
+def _verdicts(per_cell, case_ids, type_probs, facts, threshold, domain):
+    """How often the verdict withholds the karyotype (``vfinfer.calls.verdict``), overall and
+    on the cells whose true counts are abnormal (it must never hide those)."""
+    if not domain:
+        return {"domain": False, "note": NO_DOMAIN}
+    ids = np.array(case_ids)
+    refused, reasons = [], {}
+    for cell in per_cell:
+        rows = np.flatnonzero(ids == cell["cell"])
+        found = reasons_against(cell_figures(type_probs[rows], threshold,
+                                             [facts[i] for i in rows]), domain, threshold)
+        cell["not_karyotyped"] = bool(found)
+        if found:
+            refused.append(cell["cell"])
+            for text in found:
+                key = text.split(" (")[0] if text.startswith("images") else "low confidence"
+                reasons[key] = reasons.get(key, 0) + 1
+    abnormal = [c["cell"] for c in per_cell if c["abnormal"]]
+    return {"domain": True, "n_cells": len(per_cell), "not_karyotyped": len(refused),
+            "rate": len(refused) / max(len(per_cell), 1), "reasons": reasons,
+            "abnormal_cells": len(abnormal),
+            "abnormal_not_karyotyped": sorted(set(abnormal) & set(refused)),
+            "cells_not_karyotyped": refused, "limits": domain["limits"]}
 
 
 def _patient_groups(data_dir, labels_csv, cells, patient_from, sample_sheet):
@@ -453,7 +508,8 @@ def _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs, dispatche
     """Images wrong in type (with or without dispatch) or polarity."""
     pred_type = type_probs.argmax(axis=1)
     pred_pol = pol_probs.argmax(axis=1)
-    wrong = (pred_type != true_type) | (dispatched != true_type) | (pred_pol != true_pol)
+    wrong = ((pred_type != true_type) | (dispatched != true_type)
+             | ((true_pol >= 0) & (pred_pol != true_pol)))
     out = []
     for i in np.flatnonzero(wrong):
         cell, row = rows[i]
@@ -466,7 +522,7 @@ def _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs, dispatche
             "true_type": TYPE_NAMES[true_type[i]], "type": TYPE_NAMES[pred_type[i]],
             "type_prob": round(float(type_probs[i, pred_type[i]]), 6),
             "type_dispatch": TYPE_NAMES[dispatched[i]],
-            "true_polarity": POLARITY_NAMES[true_pol[i]],
+            "true_polarity": POLARITY_NAMES[true_pol[i]] if true_pol[i] >= 0 else None,
             "polarity": POLARITY_NAMES[pred_pol[i]],
         })
     return out
@@ -482,6 +538,16 @@ def _key_order(results):
 
 
 # --------------------------------------------------------------------------- text report
+
+
+def _verdict_line(verdict):
+    if not verdict.get("domain"):
+        return "verdict   " + verdict.get("note", "not measured")
+    abnormal = verdict["abnormal_not_karyotyped"]
+    return (f"verdict   not karyotyped: {verdict['not_karyotyped']} of {verdict['n_cells']} "
+            f"cells ({100 * verdict['rate']:.1f} %; "
+            + (", ".join(f"{k}: {v}" for k, v in verdict["reasons"].items()) or "none")
+            + f"); abnormal cells withheld: {len(abnormal)} of {verdict['abnormal_cells']}")
 
 
 def _pct(value):
@@ -563,7 +629,11 @@ def format_report(results):
     ]
     lines += _class_lines(t["per_class"], "Type")
     lines.append("")
-    lines += _class_lines(p["per_class"], "Polarity")
+    if p.get("note") == "not labelled":
+        lines.append("Polarity: not labelled (the labels' polarity column is empty)")
+    else:
+        lines += _class_lines(p["per_class"], "Polarity")
+    lines += ["", _verdict_line(results.get("verdict") or {})]
     confusions = _top_confusions(t["confusion"], TYPE_NAMES)
     lines += ["", "most frequent type confusions (true -> predicted, no dispatch):"
               + ("" if confusions else " none")]

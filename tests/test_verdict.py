@@ -1,0 +1,129 @@
+"""The per-cell verdict (vfinfer.calls.verdict) and its domain figures (vfinfer domain): a
+karyotype for cells like the model's own, "not karyotyped" with the reason otherwise."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vfinfer.calls.verdict import judge
+from vfinfer.cli import main
+from vfinfer.io.images import read_case
+from vfinfer.model.config import preset
+from vfinfer.model.manifest import demo_model_dir
+from vfinfer.pipeline import Pipeline
+from vfinfer.tools.domain import fit_domain, store_domain
+from vfinfer.tools.synth import write_cases
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A copy of the demo model (trained on synthetic cells) with its domain fitted on six
+    synthetic cells it was not trained on; and three more cells to test with."""
+    root = tmp_path_factory.mktemp("verdict")
+    model = root / "model"
+    shutil.copytree(demo_model_dir(), model)
+    data = root / "cells"
+    for seed, karyotype in ((301, "46,XY"), (302, "46,XX"), (303, "46,XY")):
+        write_cases(karyotype, data, seed=seed, cases=2)
+    fit_dirs = sorted(p for p in data.iterdir() if p.is_dir())
+    domain = store_domain(model, fit_dirs, log=lambda *a: None)
+    tests = root / "tests"
+    write_cases("46,XX", tests, seed=404)
+    write_cases("47,XY,+21", tests, seed=9002)
+    return model, domain, sorted(p for p in tests.iterdir() if p.is_dir())
+
+
+def changed(case_dir, out_dir, change):
+    out_dir.mkdir(parents=True)
+    for path in sorted(case_dir.glob("*.png")):
+        cv2.imwrite(str(out_dir / path.name), change(cv2.imread(str(path), 0)))
+    return out_dir
+
+
+def test_domain_is_stored_with_its_limits(fitted):
+    model, domain, _ = fitted
+    stored = json.loads((model / "manifest.json").read_text())["domain"]
+    assert stored["fitted_on"]["cells"] == 6 and stored["limits"]["background"] == "light"
+    assert stored["limits"]["low_confidence_fraction"] == pytest.approx(
+        min(1.0, stored["seen"]["low_confidence_max"] + 0.15))
+    assert stored["limits"]["median_abs_tilt"] is not None  # no rotate-and-crop in this model
+    assert domain["refused_fit_cells"] == {}
+
+
+def test_in_domain_cells_are_karyotyped_and_a_trisomy_is_kept(fitted):
+    model, _, (normal, trisomy) = fitted
+    with Pipeline(model) as pipe:
+        results = [pipe.run_case(read_case(d)[0], name=d.name) for d in (normal, trisomy)]
+    assert [r["verdict"]["karyotyped"] for r in results] == [True, True]
+    assert results[0]["karyotype"] == "46,XX" and results[1]["karyotype"] == "47,XY,+21"
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda img: 255 - img, "dark background"),
+    (lambda img: np.rot90(img).copy(), "degrees from vertical"),
+])
+def test_out_of_domain_cells_are_not_karyotyped(fitted, tmp_path, change, reason):
+    model, _, (normal, _) = fitted
+    odd = changed(normal, tmp_path / "odd", change)
+    with Pipeline(model) as pipe, Pipeline(model, force_karyotype=True) as forcing:
+        result = pipe.run_case(read_case(odd)[0], name="odd")
+        forced = forcing.run_case(read_case(odd)[0], name="odd")
+    assert result["karyotype"] is None and not result["verdict"]["karyotyped"]
+    assert result["verdict"]["text"].startswith("not karyotyped: ")
+    text = result["verdict"]["text"]
+    assert reason in text and result["warnings"][0] == text
+    assert "withheld_karyotype" in result["verdict"] and "abnormality" not in result
+    assert forced["karyotype"] is not None and forced["verdict"]["forced"]
+
+
+def test_noise_is_refused_for_low_confidence(fitted):
+    model, _, _ = fitted
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(46):  # dark blobs of texture on white: no chromosome the model knows
+        image = np.full((90, 40), 255, np.uint8)
+        image[10:80, 8:32] = rng.integers(0, 200, (70, 24))
+        images.append(image)
+    with Pipeline(model) as pipe:
+        result = pipe.run_case(images)
+    assert result["karyotype"] is None and "below confidence" in result["verdict"]["text"]
+
+
+def test_run_prints_the_verdict_and_exits_0(fitted, tmp_path):
+    model, _, (normal, _) = fitted
+    odd = changed(normal, tmp_path / "odd_cell", lambda img: 255 - img)
+    out = tmp_path / "out"
+    done = CliRunner().invoke(main, ["run", str(odd), "--model", str(model), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "odd_cell: 46 chromosomes, not karyotyped: images unlike" in done.output
+    result = json.loads((out / "odd_cell" / "result.json").read_text())
+    assert result["karyotype"] is None and (out / "odd_cell" / "karyogram.png").is_file()
+
+
+def test_judge_without_domain_says_it_cannot_tell():
+    probs = np.full((3, 24), 1 / 24)
+    facts = [{"background": "light", "tilt": 0.0}] * 3
+    verdict = judge(probs, 0.9, facts, None)
+    assert verdict["karyotyped"] and "no domain figures" in verdict["text"]
+
+
+def test_fit_domain_rules():
+    figures = [{"n": 46, "low_confidence_fraction": 0.1, "dark_background_fraction": 1.0,
+                "median_abs_tilt": 40.0},
+               {"n": 46, "low_confidence_fraction": 0.2, "dark_background_fraction": 1.0,
+                "median_abs_tilt": 50.0}]
+    from dataclasses import replace
+    rotating = replace(preset("compact"), rotate_crop="principal-axis")
+    domain = fit_domain(figures, rotating, "test")
+    assert domain["limits"] == {"low_confidence_fraction": pytest.approx(0.35),
+                                "background": "dark", "median_abs_tilt": None}
+    probs = np.zeros((4, 24))
+    probs[:, 0] = 1.0
+    light = [{"background": "light", "tilt": 80.0}] * 4
+    assert "light background" in judge(probs, 0.9, light, domain)["text"]
+    dark = [{"background": "dark", "tilt": 80.0}] * 4  # tilt is not checked: rotate-and-crop
+    assert judge(probs, 0.9, dark, domain)["karyotyped"]
