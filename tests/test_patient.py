@@ -234,3 +234,14 @@ def test_patients_from_results(tmp_path):
     assert lines[0].startswith("no patient for 1 case(s)")
     assert lines[1] == (f"patient 97002023: 47,XY,+21[3]/46,XY[1] (4 cells) -> "
                         f"{tmp_path / '97002023' / PATIENT_FILE}")
+
+
+def test_a_cell_the_verdict_refused_is_left_out_with_its_reason():
+    from vfinfer.calls.patient import patient_karyotype
+
+    refused = {"karyotype": None,
+               "verdict": {"karyotyped": False, "text": "not karyotyped: dark background"}}
+    found = patient_karyotype({"c1": "46,XY", "c2": "46,XY", "c3": refused}, "p")
+    assert found["karyotype"] == "46,XY[2]" and found["n_cells"] == 2
+    assert found["unusable"] == [{"cell": "c3", "karyotype": None,
+                                  "reason": "not karyotyped: dark background"}]

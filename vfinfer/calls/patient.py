@@ -237,6 +237,10 @@ def _usable_cells(calls):
     cells, unusable = [], []
     for cell, value in calls.items():
         karyotype, margin = _cell_call(value)
+        verdict = value.get("verdict") if isinstance(value, Mapping) else None
+        if karyotype is None and isinstance(verdict, Mapping) and verdict.get("text"):
+            unusable.append({"cell": str(cell), "karyotype": None, "reason": verdict["text"]})
+            continue
         try:
             parse_karyotype(karyotype)
         except (TypeError, ValueError) as exc:
