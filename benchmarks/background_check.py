@@ -13,7 +13,6 @@ background, i.e. an unchanged input for models without rotate-and-crop.
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from vfinfer.io.images import read_gray8
 from vfinfer.model.config import preset
 from vfinfer.pipeline.normalize import normalize_cutout
 from vfinfer.pipeline.preprocess import preprocess
+from vfinfer.tools.bench import print_and_save
 
 
 def check(data_dir, config):
@@ -53,10 +53,7 @@ def main():
     report = {"command": "python benchmarks/background_check.py " + " ".join(args.data_dirs),
               "config": "compact, rotate_crop none, background light",
               "data": {str(d): check(d, config) for d in args.data_dirs}}
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
+    print_and_save(report, args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Errors are modulo 180 degrees (an axis has no direction).
 """
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -26,6 +25,7 @@ from vfinfer.pipeline.normalize import (
     principal_axis_angle,
 )
 from vfinfer.pipeline.preprocess import normalize_batch
+from vfinfer.tools.bench import print_and_save
 from vfinfer.tools.synth import render_chromosome
 
 
@@ -117,10 +117,7 @@ def main():
         "cpu": cpu_model(), "load_average": os.getloadavg(),
         "note": "timings on a machine shared with other work (see load_average)",
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
+    print_and_save(report, args.json)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,10 @@ def format_report(report):
 
 def save_report(report, path):
     write_atomic(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+
+
+def print_and_save(report, path=None):
+    """A benchmark script's ending: the report as JSON on stdout, and in ``path`` if given."""
+    print(json.dumps(report, indent=2))
+    if path:
+        save_report(report, path)
