@@ -1,4 +1,5 @@
-"""The per-case pipeline: preprocess -> G-Net -> eq. 5 box -> crop -> L-Net -> heads -> dispatch.
+"""The per-case pipeline: normalize (background, rotate-and-crop) -> preprocess -> G-Net ->
+eq. 5 box -> crop -> L-Net -> heads -> dispatch -> verdict (``vfinfer.calls.verdict``).
 
 ``Pipeline`` is created once from a model directory (or the bundled demo model) and is safe to
 share between threads: ``run_case`` keeps all per-call state local, the numerical steps are
