@@ -1,5 +1,6 @@
 """The ``vfinfer`` command line: run and env here (the runtime), export, train, eval,
-calibrate, bench, synth, fp16, quantize and build in ``vfinfer.cli.tools``.
+calibrate, bench, synth, fp16, quantize and build in ``vfinfer.cli.tools``, serve in
+``vfinfer.cli.serve``.
 
 Every command fails with one line on stderr and a non-zero exit (2 for a command line that
 cannot be run as given, through click); set VFINFER_DEBUG=1 to see the Python traceback
@@ -12,7 +13,13 @@ from pathlib import Path
 import click
 
 from vfinfer import __version__
-from vfinfer.cli.options import EXIT_FAILED, model_options, one_line_errors, progress_bar
+from vfinfer.cli.options import (
+    EXIT_FAILED,
+    dispatch_option,
+    model_options,
+    one_line_errors,
+    progress_bar,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,11 +33,7 @@ def main():
 @model_options()
 @click.option("--out", "out_dir", default="vfinfer-results", show_default=True,
               type=click.Path(path_type=Path), help="Results go to OUT/<case>/.")
-@click.option("--dispatch", "dispatch_mode", default="paper", show_default=True,
-              type=click.Choice(["paper", "none", "optimal"]),
-              help="paper: Algorithm 1 of the paper; none: plain argmax; optimal: the most "
-                   "likely karyotype by global assignment (parameters from 'vfinfer "
-                   "calibrate', else uncalibrated defaults).")
+@dispatch_option()
 @click.option("--no-karyogram", is_flag=True, help="Skip karyogram.png.")
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
 @click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
@@ -89,7 +92,7 @@ def env():
         click.echo(f"{key:22s} {value}")
 
 
-from vfinfer.cli import tools  # noqa: E402,F401  (registers the tool commands on main)
+from vfinfer.cli import serve, tools  # noqa: E402,F401  (register their commands on main)
 
 if __name__ == "__main__":
     main()

@@ -71,6 +71,15 @@ def model_options(model_required=False, model_help=None):
     return decorate
 
 
+def dispatch_option():
+    return click.option(
+        "--dispatch", "dispatch_mode", default="paper", show_default=True,
+        type=click.Choice(["paper", "none", "optimal"]),
+        help="paper: Algorithm 1 of the paper; none: plain argmax; optimal: the most likely "
+             "karyotype by global assignment (parameters from 'vfinfer calibrate', else "
+             "uncalibrated defaults).")
+
+
 def labels_option(help_text):
     return click.option("--labels", "labels_csv", default="labels.csv", show_default=True,
                         type=click.Path(path_type=Path), help=help_text)
