@@ -28,7 +28,7 @@ def _import_server():
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="File holding the token clients send as 'Authorization: Bearer <token>' "
                    "(health endpoints stay open for probes).")
-@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0, 1000),
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0, 10_000),
               help="How long the dynamic batcher gathers concurrent cells.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
               help="Most cells per engine run.")

@@ -52,13 +52,14 @@ class Batcher:
         self._queue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting = 0
+        self._taken = 0  # jobs taken off the queue for the batch being gathered
         self._thread = threading.Thread(target=self._loop, name="vfinfer-batcher", daemon=True)
         self._stopped = False
         self._thread.start()
 
     @property
     def depth(self):
-        """Cells accepted and not yet taken into an engine batch."""
+        """Cells accepted whose engine batch has not started (gathered ones included)."""
         return self._waiting
 
     @property
@@ -96,8 +97,7 @@ class Batcher:
         except queue.Empty:
             return None
         if item is not _STOP:
-            with self._lock:
-                self._waiting -= 1
+            self._taken += 1
         return item
 
     def _gather(self):
@@ -122,9 +122,12 @@ class Batcher:
     def _loop(self):
         stop = False
         while not stop:
+            self._taken = 0
             jobs, stop = self._gather()
             if stop:  # drain what is left without waiting for more
                 jobs += self._drain()
+            with self._lock:  # gathered cells count as waiting until the engines start
+                self._waiting -= self._taken
             if jobs:
                 self._run(jobs)
 
