@@ -101,7 +101,7 @@ class Batcher:
         return item
 
     def _gather(self):
-        """A list of live jobs (one at least) and whether the stop mark was seen."""
+        """The jobs gathered for one engine run and whether the stop mark was seen."""
         jobs, stop = [], False
         first = self._take()
         if first is _STOP:
@@ -112,7 +112,7 @@ class Batcher:
             if item is _STOP:
                 stop = True
                 break
-            if item is not None and item.future.set_running_or_notify_cancel():
+            if item is not None:
                 jobs.append(item)
             if len(jobs) >= self.max_batch or item is None:
                 break
@@ -128,6 +128,7 @@ class Batcher:
                 jobs += self._drain()
             with self._lock:  # gathered cells count as waiting until the engines start
                 self._waiting -= self._taken
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             if jobs:
                 self._run(jobs)
 
@@ -137,7 +138,7 @@ class Batcher:
             item = self._take(time.perf_counter())
             if item is None:
                 return jobs
-            if item is not _STOP and item.future.set_running_or_notify_cancel():
+            if item is not _STOP:
                 jobs.append(item)
 
     def _run(self, jobs):
