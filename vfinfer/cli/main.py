@@ -16,9 +16,11 @@ from vfinfer import __version__
 from vfinfer.cli.options import (
     EXIT_FAILED,
     dispatch_option,
+    fail,
     model_options,
     one_line_errors,
     progress_bar,
+    usage,
 )
 
 
@@ -43,11 +45,24 @@ def main():
 @click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
               help="CSV with the columns cell,patient: group cases by patient (instead of "
                    "--patient-from).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]",
+              help="Run the cells on Ray (the ray extra): alone, a Ray instance on this "
+                   "machine; with an address (e.g. auto, ray://head:10001), that cluster. "
+                   "Put it after the case directories or give an address.")
+@click.option("--ray-actors", default=0, type=click.IntRange(min=0),
+              help="Pipelines (Ray actors) with --ray (0: one per 2 CPUs of the cluster).")
 @one_line_errors
 def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, dispatch_mode,
-        no_karyogram, overwrite, patient_from, sample_sheet):
+        no_karyogram, overwrite, patient_from, sample_sheet, ray_address, ray_actors):
     """Classify the chromosomes of each CASE_DIR (one cell per directory)."""
     from vfinfer.io.runner import case_name, run_cases
+
+    if ray_address is not None and Path(ray_address).is_dir():
+        usage(f"--ray {ray_address}: that is a directory; put --ray after the case "
+              "directories, or give the cluster's address")
+    if ray_actors and ray_address is None:
+        usage("--ray-actors needs --ray")
 
     names = [case_name(d) for d in case_dirs]
     grouping = patient_from is not None or sample_sheet is not None
@@ -59,14 +74,29 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
             click.echo(f"note: patient karyotypes from --dispatch {dispatch_mode} count every "
                        "misclassification as a gain or loss; --dispatch optimal is meant for "
                        "this", err=True)
-    failed = run_cases(case_dirs, model_dir=model_dir, backend=backend, out_dir=out_dir,
-                       dispatch_mode=dispatch_mode, karyogram=not no_karyogram,
-                       threads=threads, batch_size=batch_size, overwrite=overwrite,
-                       precision=precision, echo=click.echo, progress=progress_bar)
+    options = dict(model_dir=model_dir, backend=backend, out_dir=out_dir,
+                   dispatch_mode=dispatch_mode, karyogram=not no_karyogram, threads=threads,
+                   batch_size=batch_size, overwrite=overwrite, precision=precision,
+                   echo=click.echo, progress=progress_bar)
+    if ray_address is not None:
+        failed = _import_ray_run()(case_dirs, address=ray_address, actors=ray_actors,
+                                   **options)
+    else:
+        failed = run_cases(case_dirs, **options)
     if grouping:
         _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite)
     if failed:
         sys.exit(EXIT_FAILED)
+
+
+def _import_ray_run():
+    try:
+        import ray.data  # noqa: F401
+
+        from vfinfer.cluster.ray_run import run_on_ray
+    except ImportError as exc:
+        fail(f"--ray needs the ray extra ({exc.name} is missing): pip install -e '.[ray]'")
+    return run_on_ray
 
 
 def _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite):
