@@ -258,15 +258,18 @@ async def read_cell_request(request, limits):
         except StarletteHTTPException as exc:  # the parser's own refusals (too many parts)
             raise bad_input(f"multipart body: {exc.detail}") from None
         name, parts = "cell", []
-        for key, value in form.multi_items():
-            if key == "images" and hasattr(value, "read"):
-                file = check_name(value.filename or f"image_{len(parts)}", "file name", limits)
-                parts.append((file, await value.read()))
-            elif key == "name":
-                name = check_name(str(value), "name", limits)
-            elif key == "karyogram":
-                karyogram = _flag(value)
-        await form.close()
+        try:
+            for key, value in form.multi_items():
+                if key == "images" and hasattr(value, "read"):
+                    file = check_name(value.filename or f"image_{len(parts)}", "file name",
+                                      limits)
+                    parts.append((file, await value.read()))
+                elif key == "name":
+                    name = check_name(str(value), "name", limits)
+                elif key == "karyogram":
+                    karyogram = _flag(value)
+        finally:
+            await form.close()  # the spooled temporary files go
         return name, parts, karyogram
     body = await json_body(request)
     if not isinstance(body, dict):
