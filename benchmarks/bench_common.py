@@ -1,5 +1,6 @@
 """What the serving and Ray benchmarks share: synthetic cells, machine facts, percentiles."""
 
+import json
 import os
 import shutil
 import sys
@@ -50,3 +51,11 @@ def stats_ms(seconds):
 
 def command():
     return "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def save(report, path):
+    """The machine's state at the end into ``report``, and the JSON to ``path`` (if any)."""
+    report["machine_after"] = machine()
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")

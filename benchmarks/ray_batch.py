@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import command, machine, make_cells  # noqa: E402
+from bench_common import command, machine, make_cells, save  # noqa: E402
 
 from vfinfer.cluster.ray_run import run_on_ray  # noqa: E402
 from vfinfer.io.runner import run_cases  # noqa: E402
@@ -65,10 +65,7 @@ def main():
             report["ray"].append(row)
             print(json.dumps(row))
         ray.shutdown()
-        report["machine_after"] = machine()
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    save(report, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import command, machine, make_cells, stats_ms  # noqa: E402
+from bench_common import command, machine, make_cells, save, stats_ms  # noqa: E402
 
 from vfinfer.io.images import decode_gray8  # noqa: E402
 from vfinfer.io.runner import run_with  # noqa: E402
@@ -176,10 +176,7 @@ def main():
             "--max-batch", 1)
         report["memory"] = memory(small, args)
         print(json.dumps(report["memory"]))
-        report["machine_after"] = machine()
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    save(report, args.json)
 
 
 if __name__ == "__main__":
