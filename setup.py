@@ -23,6 +23,11 @@ setup(
         "gpu": ["tensorrt>=10.0", "cuda-python>=12.6.1"],
         "openvino": ["openvino>=2024.0"],
         "dev": ["pytest>=8", "ruff>=0.5"],
+        # vfinfer serve (vfinfer.serve) and its client (vfinfer.client)
+        "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9",
+                  "prometheus-client>=0.19", "httpx>=0.27"],
+        # vfinfer run --ray (vfinfer.cluster)
+        "ray": ["ray[data]>=2.9"],
     },
     entry_points={"console_scripts": ["vfinfer=vfinfer.cli:main"]},
 )

@@ -98,3 +98,14 @@ def test_no_function_over_80_lines(folder):
             for path, name, n in function_lengths(ROOT / folder)
             if n > MAX_FUNCTION_LINES]
     assert not long, "\n".join(long)
+
+
+def test_the_server_and_ray_stacks_load_only_when_asked_for():
+    """``import vfinfer`` and the command line (``vfinfer run`` without --ray) load none of
+    FastAPI, uvicorn, httpx, Prometheus or Ray."""
+    code = ("import sys, vfinfer, vfinfer.cli, vfinfer.io.runner; "
+            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', "
+            "'uvicorn', 'starlette', 'httpx', 'prometheus_client', 'ray'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""

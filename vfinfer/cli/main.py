@@ -1,5 +1,6 @@
 """The ``vfinfer`` command line: run and env here (the runtime), export, train, eval,
-calibrate, bench, synth, fp16, quantize and build in ``vfinfer.cli.tools``.
+calibrate, bench, synth, fp16, quantize and build in ``vfinfer.cli.tools``, serve in
+``vfinfer.cli.serve``.
 
 Every command fails with one line on stderr and a non-zero exit (2 for a command line that
 cannot be run as given, through click); set VFINFER_DEBUG=1 to see the Python traceback
@@ -12,7 +13,16 @@ from pathlib import Path
 import click
 
 from vfinfer import __version__
-from vfinfer.cli.options import EXIT_FAILED, model_options, one_line_errors, progress_bar
+from vfinfer.cli.options import (
+    EXIT_FAILED,
+    dispatch_option,
+    fail,
+    model_options,
+    one_line_errors,
+    progress_bar,
+    usage,
+    verdict_options,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,11 +36,7 @@ def main():
 @model_options()
 @click.option("--out", "out_dir", default="vfinfer-results", show_default=True,
               type=click.Path(path_type=Path), help="Results go to OUT/<case>/.")
-@click.option("--dispatch", "dispatch_mode", default="paper", show_default=True,
-              type=click.Choice(["paper", "none", "optimal"]),
-              help="paper: Algorithm 1 of the paper; none: plain argmax; optimal: the most "
-                   "likely karyotype by global assignment (parameters from 'vfinfer "
-                   "calibrate', else uncalibrated defaults).")
+@dispatch_option()
 @click.option("--no-karyogram", is_flag=True, help="Skip karyogram.png.")
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
 @click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
@@ -40,18 +46,26 @@ def main():
 @click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
               help="CSV with the columns cell,patient: group cases by patient (instead of "
                    "--patient-from).")
-@click.option("--background", default="auto", show_default=True,
-              type=click.Choice(["auto", "light", "dark"]),
-              help="Background of the cut-outs: detected per image (auto), or light (dark "
-                   "chromosomes, bright-field) or dark (fluorescence) for all.")
-@click.option("--force-karyotype", is_flag=True,
-              help="Report the karyotype even when the cell looks unlike the model's "
-                   "in-domain cells (the verdict still says why it would be withheld).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]",
+              help="Run the cells on Ray (the ray extra): alone, a Ray instance on this "
+                   "machine; with an address (e.g. auto, ray://head:10001), that cluster. "
+                   "Put it after the case directories or give an address.")
+@click.option("--ray-actors", default=0, type=click.IntRange(min=0),
+              help="Pipelines (Ray actors) with --ray (0: one per 2 CPUs of the cluster).")
+@verdict_options
 @one_line_errors
 def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, dispatch_mode,
-        no_karyogram, overwrite, patient_from, sample_sheet, background, force_karyotype):
+        no_karyogram, overwrite, patient_from, sample_sheet, ray_address, ray_actors,
+        background, force_karyotype):
     """Classify the chromosomes of each CASE_DIR (one cell per directory)."""
     from vfinfer.io.runner import case_name, run_cases
+
+    if ray_address is not None and Path(ray_address).is_dir():
+        usage(f"--ray {ray_address}: that is a directory; put --ray after the case "
+              "directories, or give the cluster's address")
+    if ray_actors and ray_address is None:
+        usage("--ray-actors needs --ray")
 
     names = [case_name(d) for d in case_dirs]
     grouping = patient_from is not None or sample_sheet is not None
@@ -63,15 +77,30 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
             click.echo(f"note: patient karyotypes from --dispatch {dispatch_mode} count every "
                        "misclassification as a gain or loss; --dispatch optimal is meant for "
                        "this", err=True)
-    failed = run_cases(case_dirs, model_dir=model_dir, backend=backend, out_dir=out_dir,
-                       dispatch_mode=dispatch_mode, karyogram=not no_karyogram,
-                       threads=threads, batch_size=batch_size, overwrite=overwrite,
-                       precision=precision, echo=click.echo, progress=progress_bar,
-                       background=background, force_karyotype=force_karyotype)
+    options = dict(model_dir=model_dir, backend=backend, out_dir=out_dir,
+                   dispatch_mode=dispatch_mode, karyogram=not no_karyogram, threads=threads,
+                   batch_size=batch_size, overwrite=overwrite, precision=precision,
+                   echo=click.echo, progress=progress_bar, background=background,
+                   force_karyotype=force_karyotype)
+    if ray_address is not None:
+        failed = _import_ray_run()(case_dirs, address=ray_address, actors=ray_actors,
+                                   **options)
+    else:
+        failed = run_cases(case_dirs, **options)
     if grouping:
         _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite)
     if failed:
         sys.exit(EXIT_FAILED)
+
+
+def _import_ray_run():
+    try:
+        import ray.data  # noqa: F401
+
+        from vfinfer.cluster.ray_run import run_on_ray
+    except ImportError as exc:
+        fail(f"--ray needs the ray extra ({exc.name} is missing): pip install -e '.[ray]'")
+    return run_on_ray
 
 
 def _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite):
@@ -97,7 +126,7 @@ def env():
         click.echo(f"{key:22s} {value}")
 
 
-from vfinfer.cli import tools  # noqa: E402,F401  (registers the tool commands on main)
+from vfinfer.cli import serve, tools  # noqa: E402,F401  (register their commands on main)
 
 if __name__ == "__main__":
     main()

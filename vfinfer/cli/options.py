@@ -71,6 +71,15 @@ def model_options(model_required=False, model_help=None):
     return decorate
 
 
+def dispatch_option():
+    return click.option(
+        "--dispatch", "dispatch_mode", default="paper", show_default=True,
+        type=click.Choice(["paper", "none", "optimal"]),
+        help="paper: Algorithm 1 of the paper; none: plain argmax; optimal: the most likely "
+             "karyotype by global assignment (parameters from 'vfinfer calibrate', else "
+             "uncalibrated defaults).")
+
+
 def labels_option(help_text):
     return click.option("--labels", "labels_csv", default="labels.csv", show_default=True,
                         type=click.Path(path_type=Path), help=help_text)
@@ -92,3 +101,16 @@ def progress_bar(total):
     """click's progress bar on stderr, shown only for several cases on a terminal."""
     return click.progressbar(length=total, label="cases", file=sys.stderr,
                              hidden=not (total > 1 and sys.stderr.isatty()))
+
+
+def verdict_options(command):
+    """``--background auto|light|dark`` and ``--force-karyotype`` (run and serve)."""
+    command = click.option(
+        "--force-karyotype", is_flag=True,
+        help="Report the karyotype even when the cell looks unlike the model's in-domain "
+             "cells (the verdict still says why it would be withheld).")(command)
+    return click.option(
+        "--background", default="auto", show_default=True,
+        type=click.Choice(["auto", "light", "dark"]),
+        help="Background of the cut-outs: detected per image (auto), or light (dark "
+             "chromosomes, bright-field) or dark (fluorescence) for all.")(command)

@@ -15,6 +15,8 @@ Public API
     Image files in natural name order, plus the names of everything else that was skipped.
 ``read_gray8(path) -> ndarray (H, W) uint8``
     One image as 8-bit gray with the background white (255).
+``decode_gray8(data, path) -> ndarray (H, W) uint8``
+    The same from the file's bytes in memory (``path`` only names it in messages).
 ``read_case(case_dir) -> (images, paths, ignored)``
     ``list_case`` + ``read_gray8`` on every file; raises on the first bad file.
 
@@ -67,6 +69,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "CaseError",
     "ImageReadError",
+    "decode_gray8",
     "list_case",
     "read_case",
     "read_gray8",
@@ -347,6 +350,14 @@ def read_gray8(path):
     except MemoryError as exc:
         raise ImageReadError(path, "file too large to load into memory") from exc
 
+    return decode_gray8(data, path)
+
+
+def decode_gray8(data, path):
+    """``read_gray8`` on the bytes of an image file already in memory (``data``: bytes or a
+    uint8 array); ``path`` names the file in the messages (e.g. an uploaded part's name)."""
+    if not isinstance(data, np.ndarray):
+        data = np.frombuffer(data, dtype=np.uint8)
     if data.size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
 

@@ -135,7 +135,7 @@ def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo
                     break
 
         try:
-            with (progress or _no_progress)(len(case_dirs)) as bar:
+            with (progress or no_progress)(len(case_dirs)) as bar:
                 read_ahead()
                 while loads:
                     name, future = loads.popleft()
@@ -217,7 +217,7 @@ class _NoBar:
 
 
 @contextlib.contextmanager
-def _no_progress(_total):
+def no_progress(_total):
     yield _NoBar()
 
 

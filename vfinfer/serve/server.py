@@ -1,0 +1,85 @@
+"""``vfinfer serve``: the app of ``vfinfer.serve.app`` under uvicorn, on one socket.
+
+Loopback by default; any other address needs a token. SIGTERM (or Ctrl-C) stops accepting
+connections, lets the requests in flight finish (uvicorn's graceful shutdown, then the
+batcher drains its queue), closes the pipeline and returns normally (exit code 0).
+"""
+
+import ipaddress
+import signal
+import socket
+from pathlib import Path
+
+from vfinfer.pipeline import Pipeline
+from vfinfer.serve.limits import Limits
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path):
+    """The token in a file (surrounding whitespace stripped); one-line errors."""
+    path = Path(path)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the token file ({exc})") from None
+    if len(token) < 16:
+        raise ValueError(f"{path}: the token must be at least 16 characters "
+                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+    return token
+
+
+def bind(host, port):
+    """A listening TCP socket on (host, port); port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
+          max_batch=8, echo=print, **pipeline_options):
+    """Run the server until SIGTERM / Ctrl-C. ``pipeline_options`` go to ``Pipeline``."""
+    import uvicorn
+
+    from vfinfer.serve.app import create_app
+
+    if not is_loopback(host) and not token:
+        raise ValueError(f"binding to {host} (not loopback) needs a token: --token-file FILE")
+    limits = limits or Limits()
+    sock = bind(host, port)
+    with sock, Pipeline(**pipeline_options) as pipeline:
+        app = create_app(pipeline, limits, token=token, max_wait_ms=max_wait_ms,
+                         max_batch=max_batch)
+        config = uvicorn.Config(app, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=int(limits.timeout_s) + 5,
+                                limit_concurrency=max(256, 4 * limits.queue_size))
+        server = uvicorn.Server(config)
+        shown = f"[{host}]" if ":" in host else host
+        echo(f"serving {pipeline.manifest.model_dir} ({pipeline.config.preset}), backend "
+             f"{pipeline.backend.name}, on http://{shown}:{sock.getsockname()[1]} "
+             f"(API page /docs{', token required' if token else ''})")
+        # uvicorn re-raises the signal it caught once it has shut down; with this handler in
+        # place that ends here, so the pipeline is closed and the exit code is 0
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in STOP_SIGNALS}
+        try:
+            server.run(sockets=[sock])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    echo("server stopped")
