@@ -127,3 +127,23 @@ def test_fit_domain_rules():
     assert "light background" in judge(probs, 0.9, light, domain)["text"]
     dark = [{"background": "dark", "tilt": 80.0}] * 4  # tilt is not checked: rotate-and-crop
     assert judge(probs, 0.9, dark, domain)["karyotyped"]
+
+
+def test_eval_counts_the_verdicts(fitted, tmp_path):
+    from vfinfer.tools.evaluate import evaluate, format_report
+
+    model, _, (normal, trisomy) = fitted
+    data = normal.parent
+    res = evaluate(data, model_dir=model, log=lambda *a: None, simulate=0)
+    verdict = res["verdict"]
+    assert verdict["domain"] and verdict["n_cells"] == 2 and verdict["not_karyotyped"] == 0
+    assert verdict["abnormal_cells"] == 1 and verdict["abnormal_not_karyotyped"] == []
+    assert "verdict   not karyotyped: 0 of 2 cells" in format_report(res)
+    inverted = tmp_path / "inverted"
+    changed(normal, inverted / normal.name, lambda img: 255 - img)
+    (inverted / "labels.csv").write_text(
+        "".join(line for line in (data / "labels.csv").read_text().splitlines(True)
+                if line.startswith("cell,") or line.startswith(normal.name + ",")))
+    refused = evaluate(inverted, model_dir=model, log=lambda *a: None, simulate=0)["verdict"]
+    assert refused["not_karyotyped"] == 1 and refused["rate"] == 1.0
+    assert refused["cells_not_karyotyped"] == [normal.name]

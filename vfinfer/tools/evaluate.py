@@ -530,7 +530,7 @@ def _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs, dispatche
 
 _ORDER = ("data_dir", "labels", "n_cells", "n_images", "flip_half", "seed", "n_flipped",
           "model", "backend", "threshold", "seconds", "inference_seconds", "ms_per_image",
-          "type", "polarity", "abnormality", "optimal", "cells", "errors")
+          "type", "polarity", "abnormality", "verdict", "optimal", "cells", "errors")
 
 
 def _key_order(results):
