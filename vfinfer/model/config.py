@@ -1,7 +1,9 @@
 """Model configuration: every size and constant of a Varifocal-Net model.
 
 The same numbers travel into the exported model's manifest, so the runtime never
-hard-codes them. Two presets:
+hard-codes them. ``trunk`` names the deep CNN of G-Net and L-Net (``wrn``, ``vgg16-res`` or
+``chrblock``; geometry in ``vfinfer.model.trunks``); the subnets, the crop, the heads and the
+runtime are the same for all three. Six presets, a paper-size and a compact one per trunk:
 
 * ``paper``: the network of Qin et al. 2019 (Tables II-III, section III-B): canvas 320,
   G input 256, L input 128, T1 = 64, T2 = 128, a WRN-28-10 style trunk (16-channel stem,
@@ -10,9 +12,15 @@ hard-codes them. Two presets:
 * ``compact``: the same design sized for a 2-core CPU: canvas 176, G input 128, L input 64,
   T1 = 32, T2 = 64 (the paper's ratios), a stride-2 stem and blocks of 32/64/128 channels
   with two units each: 0.131 GMAC per chromosome (G + L + heads, ``count_macs``).
+* ``paper-vgg`` / ``compact-vgg``: the same sizes with the residual VGG-16 trunk of the
+  dual-VGG-16 Varifocal-Net (IJMTFM 2026); choices in ``vfinfer_export.trunk_vgg``.
+* ``paper-chrblock`` / ``compact-chrblock``: the same sizes with the ChrNet4 trunk of
+  Render-Attention (section II-B.3, Fig. 3); choices in ``vfinfer_export.trunk_chrblock``.
 """
 
 from dataclasses import asdict, dataclass, fields
+
+from vfinfer.model import trunks
 
 
 @dataclass(frozen=True)
@@ -35,10 +43,22 @@ class ModelConfig:
     n_types: int = 24
     n_polarities: int = 2
     dispatch_threshold: float = 0.9
+    trunk: str = "wrn"  # wrn | vgg16-res | chrblock (vfinfer.model.trunks)
+    depths: tuple = ()  # blocks (vgg16-res: convs) per stage; wrn uses units_per_block
+    stage_strides: tuple = ()  # vgg16-res: max-pool after each block; chrblock: first block's
+    stem_pool: int = 1  # chrblock: stride of the 3x3 max-pool after the stem conv
+    cardinality: int = 0  # chrblock: groups G of the 3x3 conv
+    base_width: int = 0  # chrblock: channels W per group in the first stage
+    se_reduction: int = 0  # chrblock: channel attention reduction ratio
 
     def __post_init__(self):
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        for name in ("widths", "depths", "stage_strides"):
+            object.__setattr__(self, name, tuple(int(w) for w in getattr(self, name)))
+        trunks.check(self)
         for name in ("g_input", "l_input"):
+            if getattr(self, name) % self.trunk_stride:
+                raise ValueError(f"{name}={getattr(self, name)} is not a multiple of the "
+                                 f"trunk stride {self.trunk_stride}")
             side = getattr(self, name) // self.trunk_stride
             if side % self.cls_pool:
                 raise ValueError(
@@ -52,11 +72,11 @@ class ModelConfig:
 
     @property
     def trunk_stride(self):
-        return self.stem_stride * 8  # three blocks, each downsampling by 2
+        return trunks.stride(self)
 
     @property
     def feature_channels(self):
-        return self.widths[-1]
+        return trunks.out_channels(self)
 
     @property
     def feature_size(self):
@@ -65,7 +85,8 @@ class ModelConfig:
 
     def to_dict(self):
         data = asdict(self)
-        data["widths"] = list(self.widths)
+        for name in ("widths", "depths", "stage_strides"):
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
@@ -88,6 +109,32 @@ PRESETS = {
         stem_channels=16, stem_stride=2, widths=(32, 64, 128), units_per_block=2,
         cls_pool=4, loc_pool=8, loc_hidden=256, mlp_hidden=256,
     ),
+    "paper-vgg": ModelConfig(
+        preset="paper-vgg", canvas=320, g_input=256, l_input=128, t1=64, t2=128,
+        stem_channels=0, stem_stride=1, widths=(64, 128, 256, 512, 512), units_per_block=0,
+        cls_pool=4, loc_pool=8, loc_hidden=1024, mlp_hidden=512,
+        trunk="vgg16-res", depths=(2, 2, 3, 3, 3), stage_strides=(2, 2, 2, 2, 1),
+    ),
+    "compact-vgg": ModelConfig(
+        preset="compact-vgg", canvas=176, g_input=128, l_input=64, t1=32, t2=64,
+        stem_channels=0, stem_stride=1, widths=(16, 32, 64, 128, 128), units_per_block=0,
+        cls_pool=4, loc_pool=8, loc_hidden=256, mlp_hidden=256,
+        trunk="vgg16-res", depths=(2, 2, 3, 3, 3), stage_strides=(2, 2, 2, 2, 1),
+    ),
+    "paper-chrblock": ModelConfig(
+        preset="paper-chrblock", canvas=320, g_input=256, l_input=128, t1=64, t2=128,
+        stem_channels=64, stem_stride=2, widths=(64, 128, 256, 512), units_per_block=0,
+        cls_pool=4, loc_pool=8, loc_hidden=1024, mlp_hidden=512,
+        trunk="chrblock", depths=(2, 3, 3, 2), stage_strides=(1, 2, 2, 2), stem_pool=2,
+        cardinality=32, base_width=4, se_reduction=16,
+    ),
+    "compact-chrblock": ModelConfig(
+        preset="compact-chrblock", canvas=176, g_input=128, l_input=64, t1=32, t2=64,
+        stem_channels=16, stem_stride=2, widths=(16, 32, 64, 128), units_per_block=0,
+        cls_pool=4, loc_pool=8, loc_hidden=256, mlp_hidden=256,
+        trunk="chrblock", depths=(2, 3, 3, 2), stage_strides=(1, 2, 2, 1), stem_pool=2,
+        cardinality=8, base_width=4, se_reduction=16,
+    ),
 }
 
 
@@ -104,17 +151,7 @@ def count_macs(config):
     """Multiply-accumulates per chromosome of G-Net + L-Net + heads (convs and FCs)."""
     total = 0
     for side, with_loc in ((config.g_input, True), (config.l_input, False)):
-        s = side // config.stem_stride
-        total += 9 * config.stem_channels * s * s
-        n_in = config.stem_channels
-        for width in config.widths:
-            for i in range(config.units_per_block):
-                if i == 0:
-                    s //= 2
-                total += 9 * n_in * width * s * s + 9 * width * width * s * s
-                if n_in != width or i == 0:
-                    total += n_in * width * s * s
-                n_in = width
+        total += trunks.macs(config, side)
         total += config.feature_size * (config.n_types + config.n_polarities)
         if with_loc:
             loc_in = config.feature_channels * config.loc_pool ** 2
