@@ -45,7 +45,7 @@ class ModelConfig:
     dispatch_threshold: float = 0.9
     trunk: str = "wrn"  # wrn | vgg16-res | chrblock (vfinfer.model.trunks)
     depths: tuple = ()  # blocks (vgg16-res: convs) per stage; wrn uses units_per_block
-    stage_strides: tuple = ()  # vgg16-res: max-pool after each block; chrblock: first block's
+    stage_strides: tuple = ()  # vgg16-res: pool after each block; chrblock: 1st block's stride
     stem_pool: int = 1  # chrblock: stride of the 3x3 max-pool after the stem conv
     cardinality: int = 0  # chrblock: groups G of the 3x3 conv
     base_width: int = 0  # chrblock: channels W per group in the first stage
@@ -98,44 +98,32 @@ class ModelConfig:
         return cls(**data)
 
 
-PRESETS = {
-    "paper": ModelConfig(
-        preset="paper", canvas=320, g_input=256, l_input=128, t1=64, t2=128,
-        stem_channels=16, stem_stride=1, widths=(160, 320, 640), units_per_block=4,
-        cls_pool=4, loc_pool=8, loc_hidden=1024, mlp_hidden=512,
-    ),
-    "compact": ModelConfig(
-        preset="compact", canvas=176, g_input=128, l_input=64, t1=32, t2=64,
-        stem_channels=16, stem_stride=2, widths=(32, 64, 128), units_per_block=2,
-        cls_pool=4, loc_pool=8, loc_hidden=256, mlp_hidden=256,
-    ),
-    "paper-vgg": ModelConfig(
-        preset="paper-vgg", canvas=320, g_input=256, l_input=128, t1=64, t2=128,
-        stem_channels=0, stem_stride=1, widths=(64, 128, 256, 512, 512), units_per_block=0,
-        cls_pool=4, loc_pool=8, loc_hidden=1024, mlp_hidden=512,
-        trunk="vgg16-res", depths=(2, 2, 3, 3, 3), stage_strides=(2, 2, 2, 2, 1),
-    ),
-    "compact-vgg": ModelConfig(
-        preset="compact-vgg", canvas=176, g_input=128, l_input=64, t1=32, t2=64,
-        stem_channels=0, stem_stride=1, widths=(16, 32, 64, 128, 128), units_per_block=0,
-        cls_pool=4, loc_pool=8, loc_hidden=256, mlp_hidden=256,
-        trunk="vgg16-res", depths=(2, 2, 3, 3, 3), stage_strides=(2, 2, 2, 2, 1),
-    ),
-    "paper-chrblock": ModelConfig(
-        preset="paper-chrblock", canvas=320, g_input=256, l_input=128, t1=64, t2=128,
-        stem_channels=64, stem_stride=2, widths=(64, 128, 256, 512), units_per_block=0,
-        cls_pool=4, loc_pool=8, loc_hidden=1024, mlp_hidden=512,
-        trunk="chrblock", depths=(2, 3, 3, 2), stage_strides=(1, 2, 2, 2), stem_pool=2,
-        cardinality=32, base_width=4, se_reduction=16,
-    ),
-    "compact-chrblock": ModelConfig(
-        preset="compact-chrblock", canvas=176, g_input=128, l_input=64, t1=32, t2=64,
-        stem_channels=16, stem_stride=2, widths=(16, 32, 64, 128), units_per_block=0,
-        cls_pool=4, loc_pool=8, loc_hidden=256, mlp_hidden=256,
-        trunk="chrblock", depths=(2, 3, 3, 2), stage_strides=(1, 2, 2, 1), stem_pool=2,
-        cardinality=8, base_width=4, se_reduction=16,
-    ),
+# the Varifocal-Net sizes (input, crop, subnets, heads), shared by every trunk
+_SIZES = {
+    "paper": dict(canvas=320, g_input=256, l_input=128, t1=64, t2=128, cls_pool=4, loc_pool=8,
+                  loc_hidden=1024, mlp_hidden=512),
+    "compact": dict(canvas=176, g_input=128, l_input=64, t1=32, t2=64, cls_pool=4, loc_pool=8,
+                    loc_hidden=256, mlp_hidden=256),
 }
+_VGG16 = dict(stem_channels=0, stem_stride=1, units_per_block=0, trunk="vgg16-res",
+              depths=(2, 2, 3, 3, 3), stage_strides=(2, 2, 2, 2, 1))
+_CHRNET4 = dict(stem_stride=2, stem_pool=2, units_per_block=0, trunk="chrblock",
+                depths=(2, 3, 3, 2), base_width=4, se_reduction=16)
+# preset name: (size, trunk fields)
+_PRESET_TABLE = {
+    "paper": ("paper", dict(stem_channels=16, stem_stride=1, widths=(160, 320, 640),
+                            units_per_block=4)),
+    "compact": ("compact", dict(stem_channels=16, stem_stride=2, widths=(32, 64, 128),
+                                units_per_block=2)),
+    "paper-vgg": ("paper", dict(_VGG16, widths=(64, 128, 256, 512, 512))),
+    "compact-vgg": ("compact", dict(_VGG16, widths=(16, 32, 64, 128, 128))),
+    "paper-chrblock": ("paper", dict(_CHRNET4, stem_channels=64, widths=(64, 128, 256, 512),
+                                     stage_strides=(1, 2, 2, 2), cardinality=32)),
+    "compact-chrblock": ("compact", dict(_CHRNET4, stem_channels=16, widths=(16, 32, 64, 128),
+                                         stage_strides=(1, 2, 2, 1), cardinality=8)),
+}
+PRESETS = {name: ModelConfig(preset=name, **_SIZES[size], **trunk)
+           for name, (size, trunk) in _PRESET_TABLE.items()}
 
 
 def preset(name):
