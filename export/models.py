@@ -2,7 +2,9 @@
 
 * ``Trunk``: first conv, three residual blocks of wide residual units (Fig. 4; the first unit of
   each block changes channels and downsamples with a strided conv and a 1x1 projection
-  shortcut), final BN + ReLU.
+  shortcut), final BN + ReLU. The config's ``trunk`` may name another deep CNN instead
+  (``make_trunk``): the residual VGG-16 (``trunk_vgg``) or ChrNet4 (``trunk_chrblock``); the
+  subnets and heads below take their sizes from the config and are the same for all three.
 * ``GNet``: trunk + classification subnet (max-pool to cls_pool^2, FC to 24 types, FC to 2
   polarities) + localization subnet (max-pool to loc_pool^2, FC, FC 3, sigmoid; eq. 4).
 * ``LNet``: trunk + its own classification subnet.
@@ -14,6 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from vfinfer.model.config import count_macs  # noqa: F401 - re-exported for the torch side
+
+from .trunk_chrblock import ChrBlockTrunk
+from .trunk_vgg import VGG16ResTrunk
 
 
 class WideResidualUnit(nn.Module):
@@ -53,6 +58,14 @@ class Trunk(nn.Module):
         return F.relu(self.bn(self.units(self.stem(x))))
 
 
+TRUNKS = {"wrn": Trunk, "vgg16-res": VGG16ResTrunk, "chrblock": ChrBlockTrunk}
+
+
+def make_trunk(config):
+    """The deep CNN that ``config.trunk`` names (the same design for G-Net and L-Net)."""
+    return TRUNKS[config.trunk](config)
+
+
 class ClassificationSubnet(nn.Module):
     """Max-pool to cls_pool x cls_pool, then one FC for type and one for polarity (eq. 1-3)."""
 
@@ -89,7 +102,7 @@ class GNet(nn.Module):
     def __init__(self, config):
         super().__init__()
         side = config.g_input // config.trunk_stride
-        self.trunk = Trunk(config)
+        self.trunk = make_trunk(config)
         self.cls = ClassificationSubnet(config, side)
         self.loc = LocalizationSubnet(config, side)
 
@@ -104,7 +117,7 @@ class LNet(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.trunk = Trunk(config)
+        self.trunk = make_trunk(config)
         self.cls = ClassificationSubnet(config, config.l_input // config.trunk_stride)
 
     def forward(self, crop):

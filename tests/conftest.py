@@ -4,6 +4,7 @@ bundled demo model without the export extra), synthetic cases."""
 import importlib.util
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,9 +17,9 @@ PKI3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pki3"
 # test modules that import an extra at the top: without it they are not collected (said in
 # the report header), and the runtime tests run on the bundled demo model instead
 NEEDS = {
-    "torch": ["test_checkpoint.py", "test_export.py", "test_models.py"],
+    "torch": ["test_checkpoint.py", "test_export.py", "test_models.py", "test_trunks.py"],
     "onnx": ["test_export.py", "test_fp16.py", "test_op_audit.py", "test_quantize.py",
-             "test_trt_build_fakes.py"],
+             "test_trt_build_fakes.py", "test_trunks.py"],
 }
 MISSING = [name for name in NEEDS if importlib.util.find_spec(name) is None]
 collect_ignore = sorted({f for name in MISSING for f in NEEDS[name]})
@@ -58,6 +59,34 @@ def model_dir(request, tmp_path_factory):
     compact_model = request.getfixturevalue("compact_model")
     export_model(compact_model, out, {"kind": "random-init", "seed": 0}, log=lambda *a: None)
     return out
+
+
+TRUNK_VARIANTS = ("compact-vgg", "compact-chrblock")  # the other trunks, at compact sizes
+
+
+@pytest.fixture(scope="session")
+def variant_dirs(tmp_path_factory):
+    """``get(preset)`` -> namespace(dir, model, output): an untrained model exported once per
+    session through ``vfinfer export --preset P --random-init``, the PyTorch model it holds
+    and what the command printed."""
+    pytest.importorskip("torch", reason="the export extra (torch) is not installed")
+    from click.testing import CliRunner
+
+    from vfinfer.cli import main
+    from vfinfer_export.models import random_model
+
+    root, made = tmp_path_factory.mktemp("variants"), {}
+
+    def get(name):
+        if name not in made:
+            out = root / name
+            result = CliRunner().invoke(main, ["export", "--preset", name, "--random-init",
+                                               "--seed", "0", "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            made[name] = SimpleNamespace(dir=out, model=random_model(preset(name), seed=0),
+                                         output=result.output)
+        return made[name]
+    return get
 
 
 @pytest.fixture(scope="session")

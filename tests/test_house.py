@@ -83,6 +83,16 @@ def test_runtime_loads_without_tools_in_a_fresh_interpreter():
     assert out.stdout.strip() == ""
 
 
+def test_only_the_model_config_knows_the_trunk():
+    """The runtime runs every trunk through the same code: outside ``vfinfer.model`` (the
+    config and its geometry, which the manifest carries) no runtime module names one."""
+    naming = [str(path.relative_to(ROOT)) for path in runtime_files()
+              if not is_under(module_name(path), "vfinfer.model")
+              and any(word in path.read_text(encoding="utf-8")
+                      for word in ("trunk", "vgg16-res", "chrblock", "wrn"))]
+    assert naming == []
+
+
 def function_lengths(root):
     for path in sorted(root.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))

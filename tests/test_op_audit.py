@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import onnx
+import pytest
 
 SUPPORTED = Path(__file__).resolve().parents[1] / "export" / "trt_supported_ops.txt"
 
@@ -12,7 +13,16 @@ def supported_ops():
     return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
 
 
-def test_all_ops_are_supported_by_tensorrt(model_dir):
+@pytest.fixture(params=["compact", "compact-vgg", "compact-chrblock"])
+def audited_dir(request, model_dir):
+    """The exported graphs of each trunk (wrn, vgg16-res, chrblock) at compact sizes."""
+    if request.param == "compact":
+        return model_dir
+    return request.getfixturevalue("variant_dirs")(request.param).dir
+
+
+def test_all_ops_are_supported_by_tensorrt(audited_dir):
+    model_dir = audited_dir
     allowed = supported_ops()
     assert {"Conv", "Gemm", "MaxPool", "Softmax"} <= allowed
     for name in ("gnet.onnx", "lnet.onnx", "heads.onnx"):
@@ -21,7 +31,8 @@ def test_all_ops_are_supported_by_tensorrt(model_dir):
         assert used - allowed == set(), f"{name}: ops TensorRT cannot parse: {used - allowed}"
 
 
-def test_tensorrt_restrictions(model_dir):
+def test_tensorrt_restrictions(audited_dir):
+    model_dir = audited_dir
     for name in ("gnet.onnx", "lnet.onnx", "heads.onnx"):
         graph = onnx.load(str(model_dir / name)).graph
         initializers = {i.name for i in graph.initializer}

@@ -34,6 +34,20 @@ TINY = ModelConfig(
     stem_stride=1, widths=(8, 16, 16), units_per_block=1, cls_pool=4, loc_pool=8,
     loc_hidden=16, mlp_hidden=16,
 )
+# the same trainer for every trunk (vfinfer.model.trunks): tiny residual VGG and ChrNet4 trunks
+TINY_TRUNKS = {
+    "wrn": TINY,
+    "vgg16-res": ModelConfig(
+        preset="tiny-vgg", canvas=96, g_input=64, l_input=32, t1=16, t2=32, stem_channels=0,
+        stem_stride=1, widths=(8, 16, 16, 16), units_per_block=0, cls_pool=4, loc_pool=8,
+        loc_hidden=16, mlp_hidden=16, trunk="vgg16-res", depths=(1, 1, 2, 1),
+        stage_strides=(2, 2, 2, 1)),
+    "chrblock": ModelConfig(
+        preset="tiny-chrblock", canvas=96, g_input=64, l_input=32, t1=16, t2=32,
+        stem_channels=8, stem_stride=2, widths=(8, 16, 16), units_per_block=0, cls_pool=4,
+        loc_pool=8, loc_hidden=16, mlp_hidden=16, trunk="chrblock", depths=(1, 1, 1),
+        stage_strides=(1, 2, 2), cardinality=4, base_width=2, se_reduction=8),
+}
 ALLOWED = {
     "gnet": ("gnet.trunk.", "gnet.cls."),
     "loc": ("gnet.loc.",),
@@ -195,9 +209,10 @@ def test_boxcar_crop_tends_to_plain_crop_and_passes_gradient():
 # --------------------------------------------------------------------------- training steps
 
 
-def test_loss_falls_on_a_fixed_batch(tiny_set):
+@pytest.mark.parametrize("trunk", sorted(TINY_TRUNKS))
+def test_loss_falls_on_a_fixed_batch(tiny_set, trunk):
     torch.manual_seed(0)
-    model = VarifocalNet(TINY)
+    model = VarifocalNet(TINY_TRUNKS[trunk])
     batch = _fixed_batch(tiny_set)
     params = prepare(model, "gnet")
     optimizer = make_optimizer(params, 3e-3)
@@ -211,10 +226,11 @@ def test_loss_falls_on_a_fixed_batch(tiny_set):
     assert losses[-1] < 0.6 * losses[0]
 
 
+@pytest.mark.parametrize("trunk", sorted(TINY_TRUNKS))
 @pytest.mark.parametrize("part", ["gnet", "loc", "local-a", "local-b", "heads"])
-def test_each_step_changes_only_its_parameters(tiny_set, part):
+def test_each_step_changes_only_its_parameters(tiny_set, part, trunk):
     torch.manual_seed(0)
-    model = VarifocalNet(TINY)
+    model = VarifocalNet(TINY_TRUNKS[trunk])
     batch = _fixed_batch(tiny_set, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     params = prepare(model, part)

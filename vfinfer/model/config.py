@@ -1,7 +1,9 @@
 """Model configuration: every size and constant of a Varifocal-Net model.
 
 The same numbers travel into the exported model's manifest, so the runtime never
-hard-codes them. Two presets:
+hard-codes them. ``trunk`` names the deep CNN of G-Net and L-Net (``wrn``, ``vgg16-res`` or
+``chrblock``; geometry in ``vfinfer.model.trunks``); the subnets, the crop, the heads and the
+runtime are the same for all three. Six presets, a paper-size and a compact one per trunk:
 
 * ``paper``: the network of Qin et al. 2019 (Tables II-III, section III-B): canvas 320,
   G input 256, L input 128, T1 = 64, T2 = 128, a WRN-28-10 style trunk (16-channel stem,
@@ -10,9 +12,15 @@ hard-codes them. Two presets:
 * ``compact``: the same design sized for a 2-core CPU: canvas 176, G input 128, L input 64,
   T1 = 32, T2 = 64 (the paper's ratios), a stride-2 stem and blocks of 32/64/128 channels
   with two units each: 0.131 GMAC per chromosome (G + L + heads, ``count_macs``).
+* ``paper-vgg`` / ``compact-vgg``: the same sizes with the residual VGG-16 trunk of the
+  dual-VGG-16 Varifocal-Net (IJMTFM 2026); choices in ``vfinfer_export.trunk_vgg``.
+* ``paper-chrblock`` / ``compact-chrblock``: the same sizes with the ChrNet4 trunk of
+  Render-Attention (section II-B.3, Fig. 3); choices in ``vfinfer_export.trunk_chrblock``.
 """
 
 from dataclasses import asdict, dataclass, fields
+
+from vfinfer.model import trunks
 
 
 @dataclass(frozen=True)
@@ -41,15 +49,27 @@ class ModelConfig:
     background: str = "light"
     # rotate-and-crop before the canvas (Render-Attention): none, principal-axis or hough
     rotate_crop: str = "none"
+    trunk: str = "wrn"  # wrn | vgg16-res | chrblock (vfinfer.model.trunks)
+    depths: tuple = ()  # blocks (vgg16-res: convs) per stage; wrn uses units_per_block
+    stage_strides: tuple = ()  # vgg16-res: pool after each block; chrblock: 1st block's stride
+    stem_pool: int = 1  # chrblock: stride of the 3x3 max-pool after the stem conv
+    cardinality: int = 0  # chrblock: groups G of the 3x3 conv
+    base_width: int = 0  # chrblock: channels W per group in the first stage
+    se_reduction: int = 0  # chrblock: channel attention reduction ratio
 
     def __post_init__(self):
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        for name in ("widths", "depths", "stage_strides"):
+            object.__setattr__(self, name, tuple(int(w) for w in getattr(self, name)))
         if self.background not in ("light", "dark"):
             raise ValueError(f"background must be light or dark, not {self.background!r}")
         if self.rotate_crop not in ("none", "principal-axis", "hough"):
             raise ValueError("rotate_crop must be none, principal-axis or hough, not "
                              f"{self.rotate_crop!r}")
+        trunks.check(self)
         for name in ("g_input", "l_input"):
+            if getattr(self, name) % self.trunk_stride:
+                raise ValueError(f"{name}={getattr(self, name)} is not a multiple of the "
+                                 f"trunk stride {self.trunk_stride}")
             side = getattr(self, name) // self.trunk_stride
             if side % self.cls_pool:
                 raise ValueError(
@@ -63,11 +83,11 @@ class ModelConfig:
 
     @property
     def trunk_stride(self):
-        return self.stem_stride * 8  # three blocks, each downsampling by 2
+        return trunks.stride(self)
 
     @property
     def feature_channels(self):
-        return self.widths[-1]
+        return trunks.out_channels(self)
 
     @property
     def feature_size(self):
@@ -76,7 +96,8 @@ class ModelConfig:
 
     def to_dict(self):
         data = asdict(self)
-        data["widths"] = list(self.widths)
+        for name in ("widths", "depths", "stage_strides"):
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
@@ -88,18 +109,32 @@ class ModelConfig:
         return cls(**data)
 
 
-PRESETS = {
-    "paper": ModelConfig(
-        preset="paper", canvas=320, g_input=256, l_input=128, t1=64, t2=128,
-        stem_channels=16, stem_stride=1, widths=(160, 320, 640), units_per_block=4,
-        cls_pool=4, loc_pool=8, loc_hidden=1024, mlp_hidden=512,
-    ),
-    "compact": ModelConfig(
-        preset="compact", canvas=176, g_input=128, l_input=64, t1=32, t2=64,
-        stem_channels=16, stem_stride=2, widths=(32, 64, 128), units_per_block=2,
-        cls_pool=4, loc_pool=8, loc_hidden=256, mlp_hidden=256,
-    ),
+# the Varifocal-Net sizes (input, crop, subnets, heads), shared by every trunk
+_SIZES = {
+    "paper": dict(canvas=320, g_input=256, l_input=128, t1=64, t2=128, cls_pool=4, loc_pool=8,
+                  loc_hidden=1024, mlp_hidden=512),
+    "compact": dict(canvas=176, g_input=128, l_input=64, t1=32, t2=64, cls_pool=4, loc_pool=8,
+                    loc_hidden=256, mlp_hidden=256),
 }
+_VGG16 = dict(stem_channels=0, stem_stride=1, units_per_block=0, trunk="vgg16-res",
+              depths=(2, 2, 3, 3, 3), stage_strides=(2, 2, 2, 2, 1))
+_CHRNET4 = dict(stem_stride=2, stem_pool=2, units_per_block=0, trunk="chrblock",
+                depths=(2, 3, 3, 2), base_width=4, se_reduction=16)
+# preset name: (size, trunk fields)
+_PRESET_TABLE = {
+    "paper": ("paper", dict(stem_channels=16, stem_stride=1, widths=(160, 320, 640),
+                            units_per_block=4)),
+    "compact": ("compact", dict(stem_channels=16, stem_stride=2, widths=(32, 64, 128),
+                                units_per_block=2)),
+    "paper-vgg": ("paper", dict(_VGG16, widths=(64, 128, 256, 512, 512))),
+    "compact-vgg": ("compact", dict(_VGG16, widths=(16, 32, 64, 128, 128))),
+    "paper-chrblock": ("paper", dict(_CHRNET4, stem_channels=64, widths=(64, 128, 256, 512),
+                                     stage_strides=(1, 2, 2, 2), cardinality=32)),
+    "compact-chrblock": ("compact", dict(_CHRNET4, stem_channels=16, widths=(16, 32, 64, 128),
+                                         stage_strides=(1, 2, 2, 1), cardinality=8)),
+}
+PRESETS = {name: ModelConfig(preset=name, **_SIZES[size], **trunk)
+           for name, (size, trunk) in _PRESET_TABLE.items()}
 
 
 def preset(name):
@@ -115,17 +150,7 @@ def count_macs(config):
     """Multiply-accumulates per chromosome of G-Net + L-Net + heads (convs and FCs)."""
     total = 0
     for side, with_loc in ((config.g_input, True), (config.l_input, False)):
-        s = side // config.stem_stride
-        total += 9 * config.stem_channels * s * s
-        n_in = config.stem_channels
-        for width in config.widths:
-            for i in range(config.units_per_block):
-                if i == 0:
-                    s //= 2
-                total += 9 * n_in * width * s * s + 9 * width * width * s * s
-                if n_in != width or i == 0:
-                    total += n_in * width * s * s
-                n_in = width
+        total += trunks.macs(config, side)
         total += config.feature_size * (config.n_types + config.n_polarities)
         if with_loc:
             loc_in = config.feature_channels * config.loc_pool ** 2

@@ -103,11 +103,16 @@ def format_agreement(figures, precision, images="images"):
 
 def bounded_nodes(model, bounded_reasons, feeds_reasons):
     """``{node: (op, reason)}`` for each bounded output (Softmax, Sigmoid: the keys of
-    ``bounded_reasons``) and the fully connected layer feeding it (``feeds_reasons``)."""
+    ``bounded_reasons``) and the fully connected layer feeding it (``feeds_reasons``).
+
+    Only nodes that produce a graph output count (the localizer's ``loc``, the heads'
+    probabilities): a sigmoid inside a trunk (the channel attention of ChrNet4's ChrBlock)
+    gates features and is left to the range audit like any other activation."""
     producers = graph_producers(model)
+    outputs = {value.name for value in model.graph.output}
     kept = {}
     for node in model.graph.node:
-        if node.op_type not in bounded_reasons:
+        if node.op_type not in bounded_reasons or not outputs & set(node.output):
             continue
         kept.setdefault(node.name, (node.op_type, bounded_reasons[node.op_type]))
         source = producers.get(node.input[0])
