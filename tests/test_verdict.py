@@ -147,3 +147,29 @@ def test_eval_counts_the_verdicts(fitted, tmp_path):
     refused = evaluate(inverted, model_dir=model, log=lambda *a: None, simulate=0)["verdict"]
     assert refused["not_karyotyped"] == 1 and refused["rate"] == 1.0
     assert refused["cells_not_karyotyped"] == [normal.name]
+
+
+def test_a_model_that_gets_its_own_cells_wrong_withholds_that_dispatch(fitted, tmp_path):
+    model, _, (normal, _) = fitted
+    weak = tmp_path / "weak"
+    shutil.copytree(model, weak)
+    data = json.loads((weak / "manifest.json").read_text())
+    data["domain"]["karyotype_exact"] = {"none": 0.1, "paper": 0.2, "optimal": 0.8, "cells": 10}
+    (weak / "manifest.json").write_text(json.dumps(data))
+    images = read_case(normal)[0]
+    with Pipeline(weak) as paper, Pipeline(weak, dispatch_mode="optimal") as optimal:
+        refused, kept = paper.run_case(images), optimal.run_case(images)
+    assert refused["karyotype"] is None
+    assert "not reliable with --dispatch paper: only 20% of its 10" in refused["verdict"]["text"]
+    assert kept["karyotype"] is not None and kept["verdict"]["karyotyped"]
+
+
+def test_domain_with_labels_records_exact_karyotypes(fitted, tmp_path):
+    model, _, (normal, trisomy) = fitted
+    copy = tmp_path / "m"
+    shutil.copytree(model, copy)
+    domain = store_domain(copy, [normal, trisomy], log=lambda *a: None,
+                          labels_csv=normal.parent / "labels.csv")
+    exact = domain["karyotype_exact"]
+    assert exact["cells"] == 2 and set(exact) == {"none", "paper", "optimal", "cells"}
+    assert exact["paper"] == 1.0  # the demo model calls 46,XX and 47,XY,+21 right

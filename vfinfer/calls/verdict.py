@@ -19,6 +19,12 @@ in-domain validation cells, stored in its manifest by ``vfinfer domain``
 
 None of them depends on how many chromosomes were found or which types they got, so a real
 trisomy or loss is never suppressed by the verdict (measured on pki3's abnormal cells: README).
+
+A fourth check is about the model rather than the cell: when ``vfinfer domain`` was given the
+in-domain cells' labels, it records for each dispatch mode the share of those cells whose
+karyotype came out exactly right. Below ``MIN_EXACT_KARYOTYPES`` the model's karyotypes
+under that dispatch are not worth reporting (an undertrained model on its own data), and
+every cell says so instead of showing a string of gains and losses.
 """
 
 import numpy as np
@@ -26,6 +32,7 @@ import numpy as np
 LOW_CONFIDENCE_MARGIN = 0.15
 BACKGROUND_PURE = 0.95
 TILT_MARGIN = 15.0
+MIN_EXACT_KARYOTYPES = 0.5
 NO_DOMAIN = ("this model's manifest has no domain figures ('vfinfer domain'): cells unlike "
              "its training data are not detected, so check that the images are like them")
 
@@ -45,9 +52,10 @@ def cell_figures(type_probs, threshold, facts):
     }
 
 
-def reasons_against(figures, domain, threshold):
-    """The reasons a cell is unlike the model's in-domain cells (empty when it is like them)."""
-    limits, reasons = domain["limits"], []
+def reasons_against(figures, domain, threshold, dispatch_mode=None):
+    """The reasons a cell is unlike the model's in-domain cells, or the model cannot
+    karyotype them with ``dispatch_mode`` (empty when neither holds)."""
+    limits, reasons = domain["limits"], _model_reasons(domain, dispatch_mode)
     low = figures["low_confidence_fraction"]
     if low > limits["low_confidence_fraction"]:
         count = int(round(low * figures["n"]))
@@ -69,7 +77,19 @@ def reasons_against(figures, domain, threshold):
     return reasons
 
 
-def judge(type_probs, threshold, facts, domain, force=False):
+def _model_reasons(domain, dispatch_mode):
+    exact = (domain.get("karyotype_exact") or {}) if dispatch_mode else {}
+    share = exact.get(dispatch_mode)
+    if share is None or share >= MIN_EXACT_KARYOTYPES:
+        return []
+    others = ", ".join(f"{mode}: {value:.0%}" for mode, value in exact.items()
+                       if mode not in (dispatch_mode, "cells") and value is not None)
+    return [f"this model's karyotypes are not reliable with --dispatch {dispatch_mode}: only "
+            f"{share:.0%} of its {exact.get('cells')} labelled in-domain cells came out exactly "
+            f"right ({others}); it needs more training or data"]
+
+
+def judge(type_probs, threshold, facts, domain, force=False, dispatch_mode=None):
     """The ``verdict`` section of a result: ``karyotyped`` (bool), ``text``, ``reasons``,
     ``figures`` and the ``limits`` used. ``force`` reports the karyotype in any case (the
     reasons stay in the verdict)."""
@@ -77,7 +97,7 @@ def judge(type_probs, threshold, facts, domain, force=False):
     if not domain:
         return {"karyotyped": True, "text": "karyotyped; " + NO_DOMAIN, "reasons": [],
                 "figures": figures, "limits": None, "forced": False}
-    reasons = reasons_against(figures, domain, threshold)
+    reasons = reasons_against(figures, domain, threshold, dispatch_mode)
     karyotyped = force or not reasons
     if not reasons:
         text = "karyotyped: the cell is like the model's in-domain cells"

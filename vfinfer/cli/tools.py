@@ -252,21 +252,29 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
               type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
 @click.option("--threads", default=0, type=click.IntRange(min=0),
               help="CPU threads (0: ONNX Runtime's default).")
+@click.option("--labels", "labels_csv", type=click.Path(path_type=Path), default=None,
+              help="Labels of these cells (a labels.csv whose file column is relative to its "
+                   "folder): also record how often each dispatch gets their karyotype right; "
+                   "below 50 % the verdict withholds that dispatch's karyotypes.")
 @click.option("--dry-run", is_flag=True, help="Report only; leave manifest.json alone.")
 @one_line_errors
-def domain(case_dirs, model_dir, backend, threads, dry_run):
+def domain(case_dirs, model_dir, backend, threads, labels_csv, dry_run):
     """Store the figures of in-domain cells (CASE_DIRs: validation cells of the training data)
     that the verdict compares each cell with."""
     from vfinfer.tools.domain import store_domain
 
     section = store_domain(model_dir, list(case_dirs), backend=backend, threads=threads,
-                           log=_log, dry_run=dry_run)
+                           log=_log, dry_run=dry_run, labels_csv=labels_csv)
     seen, limits = section["seen"], section["limits"]
     click.echo(f"{section['fitted_on']['cells']} cells, {section['fitted_on']['images']} "
                f"images: low-confidence share up to {seen['low_confidence_max']:.0%} (limit "
                f"{limits['low_confidence_fraction']:.0%}), dark backgrounds "
                f"{seen['dark_background_fraction']:.0%} (checked: {limits['background']}), "
                f"tilt limit {limits['median_abs_tilt']}")
+    exact = section.get("karyotype_exact")
+    if exact:
+        click.echo(f"karyotype exactly right on {exact['cells']} labelled cells: "
+                   + ", ".join(f"{m} {exact[m]:.0%}" for m in ("none", "paper", "optimal")))
     for name, reasons in section["refused_fit_cells"].items():
         click.echo(f"  would refuse {name}: {'; '.join(reasons)}")
     click.echo("dry run: manifest.json left unchanged" if dry_run

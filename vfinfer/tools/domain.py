@@ -9,9 +9,12 @@ but the background and tilt rules are checked too). Report the rate on held-out 
 """
 
 import datetime
+from pathlib import Path
 
 import numpy as np
 
+from vfinfer.calls.dispatch import argmax_types, dispatch
+from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.verdict import (
     BACKGROUND_PURE,
     LOW_CONFIDENCE_MARGIN,
@@ -64,28 +67,55 @@ def fit_domain(figures, config, source):
 
 
 def domain_figures(model_dir, case_dirs, backend="auto", threads=0, log=print):
-    """``cell_figures`` of every case directory (dispatch off), in order, with their names."""
+    """(name, ``cell_figures``, {dispatch mode: karyotype}) of every case directory."""
+    from vfinfer.calls.optimal import OptimalDispatch
+    from vfinfer.calls.optimal_params import load_params
+
     out = []
     with Pipeline(model_dir, backend=backend, threads=threads, dispatch_mode="none") as pipe:
+        optimal = OptimalDispatch(load_params(pipe.manifest).params)
+        threshold = pipe.manifest.threshold
         for i, case_dir in enumerate(case_dirs):
             images, paths, _ = read_case(case_dir)
             prepared = pipe.prepare(case_name(case_dir), images, [p.name for p in paths])
             probs = pipe.infer_prepared(prepared.g_input)["type_probs"]
-            out.append((prepared.name, cell_figures(probs, pipe.manifest.threshold,
-                                                    prepared.facts)))
+            calls = {"none": karyotype_summary(argmax_types(probs))[0],
+                     "paper": karyotype_summary(dispatch(probs, threshold)[0])[0],
+                     "optimal": optimal(probs, top=0)["karyotype"]}
+            out.append((prepared.name, cell_figures(probs, threshold, prepared.facts), calls))
             if (i + 1) % 20 == 0:
                 log(f"  {i + 1}/{len(case_dirs)} cells")
     return out
 
 
-def store_domain(model_dir, case_dirs, backend="auto", threads=0, log=print, dry_run=False):
+def exact_karyotypes(named, labels_csv):
+    """Per dispatch mode, the share of the labelled cells whose karyotype is exactly right."""
+    from vfinfer.tools.evaluate import load_labels
+
+    cells = load_labels(Path(labels_csv).parent, labels_csv)
+    truth = {cell: karyotype_summary(np.array([r.type for r in rows]))[0]
+             for cell, rows in cells.items()}
+    known = [(truth[name], calls) for name, _, calls in named if name in truth]
+    if not known:
+        raise ValueError(f"{labels_csv}: labels none of the given cells")
+    shares = {mode: round(sum(calls[mode] == true for true, calls in known) / len(known), 4)
+              for mode in ("none", "paper", "optimal")}
+    return {**shares, "cells": len(known)}
+
+
+def store_domain(model_dir, case_dirs, backend="auto", threads=0, log=print, dry_run=False,
+                 labels_csv=None):
     """Fit the domain on ``case_dirs`` and (unless ``dry_run``) write it into the manifest;
-    returns the section, with the verdicts the fit cells themselves would get."""
+    returns the section, with the verdicts the fit cells themselves would get. With
+    ``labels_csv`` (labels of those cells, ``file`` relative to the CSV's folder) it also
+    records how often each dispatch mode gets their karyotype exactly right."""
     manifest = load_manifest(model_dir)
     named = domain_figures(model_dir, case_dirs, backend, threads, log)
     source = f"{len(case_dirs)} case directories, e.g. {case_dirs[0]}"
-    domain = fit_domain([f for _, f in named], manifest.config, source)
-    refused = {name: reasons_against(f, domain, manifest.threshold) for name, f in named}
+    domain = fit_domain([f for _, f, _ in named], manifest.config, source)
+    if labels_csv is not None:
+        domain["karyotype_exact"] = exact_karyotypes(named, labels_csv)
+    refused = {name: reasons_against(f, domain, manifest.threshold) for name, f, _ in named}
     domain["refused_fit_cells"] = {name: r for name, r in refused.items() if r}
     if not dry_run:
         data = manifest.data
