@@ -441,7 +441,8 @@ def _verdicts(per_cell, case_ids, type_probs, facts, threshold, domain):
         if found:
             refused.append(cell["cell"])
             for text in found:
-                key = text.split(" (")[0] if text.startswith("images") else "low confidence"
+                key = ("background" if "background:" in text else
+                       "tilt" if "degrees from vertical" in text else "low confidence")
                 reasons[key] = reasons.get(key, 0) + 1
     abnormal = [c["cell"] for c in per_cell if c["abnormal"]]
     return {"domain": True, "n_cells": len(per_cell), "not_karyotyped": len(refused),
