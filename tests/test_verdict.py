@@ -160,7 +160,9 @@ def test_a_model_that_gets_its_own_cells_wrong_withholds_that_dispatch(fitted, t
     with Pipeline(weak) as paper, Pipeline(weak, dispatch_mode="optimal") as optimal:
         refused, kept = paper.run_case(images), optimal.run_case(images)
     assert refused["karyotype"] is None
-    assert "not reliable with --dispatch paper: only 20% of its 10" in refused["verdict"]["text"]
+    text = refused["verdict"]["text"]
+    assert "with --dispatch paper are not reliable: only 20% of its 10" in text
+    assert "--dispatch optimal got 80% right" in text
     assert kept["karyotype"] is not None and kept["verdict"]["karyotyped"]
 
 

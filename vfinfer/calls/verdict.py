@@ -82,11 +82,14 @@ def _model_reasons(domain, dispatch_mode):
     share = exact.get(dispatch_mode)
     if share is None or share >= MIN_EXACT_KARYOTYPES:
         return []
-    others = ", ".join(f"{mode}: {value:.0%}" for mode, value in exact.items()
-                       if mode not in (dispatch_mode, "cells") and value is not None)
-    return [f"this model's karyotypes are not reliable with --dispatch {dispatch_mode}: only "
+    better = [(value, mode) for mode, value in exact.items()
+              if mode not in (dispatch_mode, "cells") and value is not None
+              and value >= MIN_EXACT_KARYOTYPES]
+    advice = (f"--dispatch {max(better)[1]} got {max(better)[0]:.0%} right" if better
+              else "the model needs more training or data")
+    return [f"this model's karyotypes with --dispatch {dispatch_mode} are not reliable: only "
             f"{share:.0%} of its {exact.get('cells')} labelled in-domain cells came out exactly "
-            f"right ({others}); it needs more training or data"]
+            f"right; {advice}"]
 
 
 def judge(type_probs, threshold, facts, domain, force=False, dispatch_mode=None):
