@@ -41,6 +41,7 @@ class Server:
              "127.0.0.1", "--port", "0", "--threads", "2", *map(str, options)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output = []
+        self.signalled = False
         self.url = f"http://127.0.0.1:{self._wait_for_port()}"
 
     def _wait_for_port(self):
@@ -63,10 +64,15 @@ class Server:
         found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
         return float(found.group(1)) if found else None
 
+    def terminate(self):
+        """SIGTERM once (a second one would only be ignored by the shutting-down server)."""
+        self.signalled = True
+        self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout=30):
         """SIGTERM, then the exit code (killed, and the test failed, if it hangs)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None and not self.signalled:
+            self.terminate()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -259,7 +265,7 @@ def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir
                                      for p in sorted(case.glob("*.png"))])
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json()["error"]["code"] == "queue_full"
-        srv.proc.send_signal(signal.SIGTERM)
+        srv.terminate()
         first.join(30)
     finally:
         code = srv.stop()

@@ -48,6 +48,7 @@ def bind(host, port):
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    sock.listen(2048)  # listening before "serving ..." is printed: early clients queue, not fail
     sock.set_inheritable(True)
     return sock
 
@@ -76,10 +77,18 @@ def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
              f"(API page /docs{', token required' if token else ''})")
         # uvicorn re-raises the signal it caught once it has shut down; with this handler in
         # place that ends here, so the pipeline is closed and the exit code is 0
+        # (and a second stop signal during the shutdown is ignored too); the handlers come back
+        # once the pipeline is closed
         previous = {sig: signal.signal(sig, lambda *_: None) for sig in STOP_SIGNALS}
         try:
             server.run(sockets=[sock])
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        except BaseException:
+            _restore(previous)
+            raise
     echo("server stopped")
+    _restore(previous)
+
+
+def _restore(handlers):
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
