@@ -47,7 +47,7 @@ def cell_figures(type_probs, threshold, facts):
         "low_confidence_fraction": round(float(np.mean(top < threshold)) if len(top) else 1.0,
                                          4),
         "dark_background_fraction": round(float(np.mean(
-            [f["background"] == "dark" for f in facts])) if facts else 0.0, 4),
+            [f.get("background") == "dark" for f in facts])) if facts else 0.0, 4),
         "median_abs_tilt": round(float(np.median(tilts)), 2) if tilts else None,
     }
 
