@@ -55,25 +55,34 @@ def cell_figures(type_probs, threshold, facts):
 def reasons_against(figures, domain, threshold, dispatch_mode=None):
     """The reasons a cell is unlike the model's in-domain cells, or the model cannot
     karyotype them with ``dispatch_mode`` (empty when neither holds)."""
-    limits, reasons = domain["limits"], _model_reasons(domain, dispatch_mode)
+    return [text for _, text in kinded_reasons(figures, domain, threshold, dispatch_mode)]
+
+
+def kinded_reasons(figures, domain, threshold, dispatch_mode=None):
+    """``reasons_against`` as (kind, text) pairs; kinds: model, low confidence, background,
+    tilt."""
+    limits = domain["limits"]
+    reasons = [("model", text) for text in _model_reasons(domain, dispatch_mode)]
     low = figures["low_confidence_fraction"]
     if low > limits["low_confidence_fraction"]:
         count = int(round(low * figures["n"]))
-        reasons.append(f"{count} of {figures['n']} calls below confidence {threshold:g} "
-                       f"(in-domain cells: at most {domain['seen']['low_confidence_max']:.0%}, "
-                       f"limit {limits['low_confidence_fraction']:.0%})")
+        reasons.append(("low confidence",
+                        f"{count} of {figures['n']} calls below confidence {threshold:g} "
+                        f"(in-domain cells: at most {domain['seen']['low_confidence_max']:.0%}, "
+                        f"limit {limits['low_confidence_fraction']:.0%})"))
     convention = limits.get("background")
     dark = figures["dark_background_fraction"]
     if convention == "light" and dark > 0.5 or convention == "dark" and dark < 0.5:
         other = "dark" if convention == "light" else "light"
         share = dark if other == "dark" else 1 - dark
-        reasons.append(f"images unlike the model's training data ({other} background: "
-                       f"{share:.0%} of the cut-outs; training data: {convention})")
+        reasons.append(("background",
+                        f"images unlike the model's training data ({other} background: "
+                        f"{share:.0%} of the cut-outs; training data: {convention})"))
     tilt, tilt_limit = figures["median_abs_tilt"], limits.get("median_abs_tilt")
     if tilt is not None and tilt_limit is not None and tilt > tilt_limit:
-        reasons.append(f"images unlike the model's training data (chromosomes lie "
-                       f"{tilt:.0f} degrees from vertical, median; in-domain cells at most "
-                       f"{domain['seen']['median_abs_tilt_max']:.0f}, limit {tilt_limit:.0f})")
+        reasons.append(("tilt", f"images unlike the model's training data (chromosomes lie "
+                        f"{tilt:.0f} degrees from vertical, median; in-domain cells at most "
+                        f"{domain['seen']['median_abs_tilt_max']:.0f}, limit {tilt_limit:.0f})"))
     return reasons
 
 

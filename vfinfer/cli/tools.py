@@ -11,6 +11,7 @@ import click
 
 from vfinfer.cli.main import main
 from vfinfer.cli.options import (
+    BACKEND_CHOICE,
     PRESET_CHOICE,
     fail,
     import_export_side,
@@ -248,8 +249,7 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
 @click.argument("case_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
               help="Model directory; its manifest.json receives the domain section.")
-@click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "ort", "ort-cuda", "trt", "openvino"]))
+@click.option("--backend", default="auto", show_default=True, type=BACKEND_CHOICE)
 @click.option("--threads", default=0, type=click.IntRange(min=0),
               help="CPU threads (0: ONNX Runtime's default).")
 @click.option("--labels", "labels_csv", type=click.Path(path_type=Path), default=None,

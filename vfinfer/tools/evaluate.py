@@ -35,7 +35,7 @@ from vfinfer.calls.dispatch import argmax_types, dispatch_counts
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.optimal_params import load_params
 from vfinfer.calls.patient import group_cells, patient_evaluation
-from vfinfer.calls.verdict import NO_DOMAIN, cell_figures, reasons_against
+from vfinfer.calls.verdict import NO_DOMAIN, cell_figures, kinded_reasons
 from vfinfer.io.atomic import write_atomic
 from vfinfer.io.images import read_gray8
 from vfinfer.model.classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
@@ -435,15 +435,13 @@ def _verdicts(per_cell, case_ids, type_probs, facts, threshold, domain):
     refused, reasons = [], {}
     for cell in per_cell:
         rows = np.flatnonzero(ids == cell["cell"])
-        found = reasons_against(cell_figures(type_probs[rows], threshold,
-                                             [facts[i] for i in rows]), domain, threshold)
+        found = kinded_reasons(cell_figures(type_probs[rows], threshold,
+                                            [facts[i] for i in rows]), domain, threshold)
         cell["not_karyotyped"] = bool(found)
         if found:
             refused.append(cell["cell"])
-            for text in found:
-                key = ("background" if "background:" in text else
-                       "tilt" if "degrees from vertical" in text else "low confidence")
-                reasons[key] = reasons.get(key, 0) + 1
+            for kind, _ in found:
+                reasons[kind] = reasons.get(kind, 0) + 1
     abnormal = [c["cell"] for c in per_cell if c["abnormal"]]
     return {"domain": True, "n_cells": len(per_cell), "not_karyotyped": len(refused),
             "rate": len(refused) / max(len(per_cell), 1), "reasons": reasons,
