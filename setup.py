@@ -7,7 +7,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["vfinfer", "vfinfer.*"]) + ["vfinfer_export"],
     package_dir={"vfinfer_export": "export"},
-    package_data={"vfinfer": ["demo_model/*.onnx", "demo_model/*.json"]},
+    package_data={"vfinfer": ["demo_model/*.onnx", "demo_model/*.json",
+                              "demo_seg_model/*.onnx", "demo_seg_model/*.json"]},
     install_requires=[
         "numpy>=1.23",
         "opencv-python-headless>=4.8",
@@ -18,8 +19,10 @@ setup(
     extras_require={
         # torch>=2.4 is met by the 2.13.0 CPU wheel when it is installed first (see README)
         # vfinfer fp16 / quantize (vfinfer.tools): onnxruntime.quantization is built on onnx
-        "tools": ["onnx>=1.16", "onnxconverter-common>=1.14"],
-        "export": ["torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxconverter-common>=1.14"],
+        # vfinfer eval-seg: COCO mask AP (pycocotools)
+        "tools": ["onnx>=1.16", "onnxconverter-common>=1.14", "pycocotools>=2.0.7"],
+        "export": ["torch>=2.4", "onnx>=1.16", "onnxscript>=0.1", "onnxconverter-common>=1.14",
+                   "pycocotools>=2.0.7"],
         "gpu": ["tensorrt>=10.0", "cuda-python>=12.6.1"],
         "openvino": ["openvino>=2024.0"],
         "dev": ["pytest>=8", "ruff>=0.5"],

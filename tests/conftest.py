@@ -17,9 +17,10 @@ PKI3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pki3"
 # test modules that import an extra at the top: without it they are not collected (said in
 # the report header), and the runtime tests run on the bundled demo model instead
 NEEDS = {
-    "torch": ["test_checkpoint.py", "test_export.py", "test_models.py", "test_trunks.py"],
+    "torch": ["test_checkpoint.py", "test_export.py", "test_models.py", "test_trunks.py",
+              "test_segment_export.py"],
     "onnx": ["test_export.py", "test_fp16.py", "test_op_audit.py", "test_quantize.py",
-             "test_trt_build_fakes.py", "test_trunks.py"],
+             "test_trt_build_fakes.py", "test_trunks.py", "test_segment_export.py"],
 }
 MISSING = [name for name in NEEDS if importlib.util.find_spec(name) is None]
 collect_ignore = sorted({f for name in MISSING for f in NEEDS[name]})

@@ -1,6 +1,6 @@
 """The ``vfinfer`` command line: run and env here (the runtime), export, train, eval,
 calibrate, bench, synth, fp16, quantize and build in ``vfinfer.cli.tools``, serve in
-``vfinfer.cli.serve``.
+``vfinfer.cli.serve``, segment and the segmentation tools in ``vfinfer.cli.segment``.
 
 Every command fails with one line on stderr and a non-zero exit (2 for a command line that
 cannot be run as given, through click); set VFINFER_DEBUG=1 to see the Python traceback
@@ -20,6 +20,7 @@ from vfinfer.cli.options import (
     model_options,
     one_line_errors,
     progress_bar,
+    seg_model_option,
     usage,
     verdict_options,
 )
@@ -54,18 +55,24 @@ def main():
 @click.option("--ray-actors", default=0, type=click.IntRange(min=0),
               help="Pipelines (Ray actors) with --ray (0: one per 2 CPUs of the cluster).")
 @verdict_options
+@seg_model_option
 @one_line_errors
 def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, dispatch_mode,
         no_karyogram, overwrite, patient_from, sample_sheet, ray_address, ray_actors,
-        background, force_karyotype):
-    """Classify the chromosomes of each CASE_DIR (one cell per directory)."""
-    from vfinfer.io.runner import case_name, run_cases
+        background, force_karyotype, seg_model):
+    """Classify the chromosomes of each CASE_DIR (one cell per directory of cut-outs). A
+    metaphase image file in place of a directory is segmented first (--seg-model) and
+    also gets OUT/<image>/overlay.png."""
+    from vfinfer.io.runner import case_name, is_metaphase, run_cases
 
     if ray_address is not None and Path(ray_address).is_dir():
         usage(f"--ray {ray_address}: that is a directory; put --ray after the case "
               "directories, or give the cluster's address")
     if ray_actors and ray_address is None:
         usage("--ray-actors needs --ray")
+    if ray_address is not None and any(is_metaphase(d) for d in case_dirs):
+        usage("--ray runs case directories; segment metaphase images first with "
+              "'vfinfer segment' (or run them without --ray)")
 
     names = [case_name(d) for d in case_dirs]
     grouping = patient_from is not None or sample_sheet is not None
@@ -86,7 +93,7 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
         failed = _import_ray_run()(case_dirs, address=ray_address, actors=ray_actors,
                                    **options)
     else:
-        failed = run_cases(case_dirs, **options)
+        failed = run_cases(case_dirs, seg_model=seg_model, **options)
     if grouping:
         _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite)
     if failed:
@@ -126,7 +133,7 @@ def env():
         click.echo(f"{key:22s} {value}")
 
 
-from vfinfer.cli import serve, tools  # noqa: E402,F401  (register their commands on main)
+from vfinfer.cli import segment, serve, tools  # noqa: E402,F401  (register their commands)
 
 if __name__ == "__main__":
     main()

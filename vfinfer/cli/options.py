@@ -71,6 +71,13 @@ def model_options(model_required=False, model_help=None):
     return decorate
 
 
+seg_model_option = click.option(
+    "--seg-model", "seg_model", default=None, metavar="DIR|classical",
+    help="Segmentation model directory for metaphase images, or 'classical' (threshold + "
+         "watershed, no training); default: the bundled demo segmentation model, trained on "
+         "synthetic metaphases only.")
+
+
 def dispatch_option():
     return click.option(
         "--dispatch", "dispatch_mode", default="paper", show_default=True,

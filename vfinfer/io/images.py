@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+SEGMENTATION_DIR = "segmentation"  # vfinfer segment's masks, overlay and segments.json
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -189,7 +190,8 @@ def list_case(case_dir):
     Returns ``(image_paths, ignored)``: ``image_paths`` are the files whose suffix is in
     ``IMAGE_SUFFIXES`` (any case), in natural name order; ``ignored`` are the names of the
     other entries (non-image files and subdirectories), also in natural order. Hidden
-    entries (names starting with ``.``, or with the Windows hidden attribute) are skipped
+    entries (names starting with ``.``, or with the Windows hidden attribute) and the
+    ``segmentation`` folder that ``vfinfer segment`` writes beside its cut-outs are skipped
     and not listed.
 
     Raises ``CaseError`` if the directory is missing, is not a directory, cannot be listed,
@@ -200,7 +202,7 @@ def list_case(case_dir):
     try:
         with os.scandir(path) as entries:
             for entry in entries:
-                if _is_hidden(entry):
+                if _is_hidden(entry) or (entry.name == SEGMENTATION_DIR and entry.is_dir()):
                     continue
                 try:
                     is_file = entry.is_file()

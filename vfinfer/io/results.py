@@ -16,7 +16,7 @@ import cv2
 from vfinfer.io.karyogram import render_karyogram
 from vfinfer.model.classes import type_index
 
-RESULT_FILES = ("result.json", "result.csv", "karyogram.png")
+RESULT_FILES = ("result.json", "result.csv", "karyogram.png", "overlay.png")
 CSV_COLUMNS = ("file", "type", "type_prob", "type_before_dispatch", "low_confidence",
                "polarity", "polarity_prob", "top2", "top2_prob", "box_x0", "box_y0",
                "box_x1", "box_y1")
@@ -72,8 +72,9 @@ def existing_result(case_dir):
     return [name for name in RESULT_FILES if (Path(case_dir) / name).exists()]
 
 
-def write_case(out_root, result, images=None, overwrite=False):
-    """Write the files of one case; returns the case's output directory.
+def write_case(out_root, result, images=None, overwrite=False, extra_files=None):
+    """Write the files of one case; returns the case's output directory. ``extra_files``:
+    {name: bytes} written with them (a metaphase's ``overlay.png``).
 
     Everything is encoded first and written under temporary names, then renamed into place
     with result.json last, so a failure leaves either the old set or the new one, never a
@@ -87,6 +88,7 @@ def write_case(out_root, result, images=None, overwrite=False):
     files = {}
     if images is not None:
         files["karyogram.png"] = karyogram_png(result, images)
+    files.update(extra_files or {})
     files["result.csv"] = result_csv(result).encode("utf-8")
     files["result.json"] = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode()
     case_dir.mkdir(parents=True, exist_ok=True)

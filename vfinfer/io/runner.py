@@ -30,6 +30,8 @@ class LoadedCase:
     name: str
     prepared: PreparedCase
     ignored: list = field(default_factory=list)
+    segmented: object = None  # a metaphase image's SegmentedImage (None for a case directory)
+    segmenter: object = None
 
     @property
     def images(self):
@@ -38,16 +40,38 @@ class LoadedCase:
 
 
 def case_name(case_dir):
-    return Path(case_dir).resolve().name or "case"
+    """OUT/<name>/: a case directory's name, or a metaphase image's file name without suffix."""
+    path = Path(case_dir).resolve()
+    return (path.stem if path.is_file() else path.name) or "case"
 
 
-def load_case(case_dir, out_dir, overwrite, pipeline):
-    """A LoadedCase, or (status, line) when the case is skipped or cannot be read."""
+def is_metaphase(path):
+    """A metaphase image (segmented first) rather than a case directory of cut-outs."""
+    return Path(path).is_file()
+
+
+def _load_metaphase(path, name, pipeline, segmenter):
+    from vfinfer.pipeline.metaphase import segment_image
+
+    if segmenter is None:
+        raise ValueError(f"{path}: a metaphase image, but no segmentation model was given")
+    segmented = segment_image(segmenter, read_gray8(path), name, pipeline.config.rotate_crop,
+                              pipeline.background)
+    images = [cut.image for cut in segmented.cutouts]
+    prepared = pipeline.prepare(name, images, [cut.name for cut in segmented.cutouts])
+    return LoadedCase(name, prepared, [], segmented, segmenter)
+
+
+def load_case(case_dir, out_dir, overwrite, pipeline, segmenter=None):
+    """A LoadedCase, or (status, line) when the case is skipped or cannot be read.
+    ``case_dir`` may be a metaphase image file: it is segmented by ``segmenter`` first."""
     name = case_name(case_dir)
     try:
         if existing_result(Path(out_dir) / name) and not overwrite:
             return "skipped", (f"{name}: skipped, {Path(out_dir) / name} already holds "
                                "results (left untouched; pass --overwrite to replace)")
+        if is_metaphase(case_dir):
+            return _load_metaphase(case_dir, name, pipeline, segmenter)
         paths, ignored = list_case(case_dir)
         images = [read_gray8(p) for p in paths]
         prepared = pipeline.prepare(name, images, [p.name for p in paths])
@@ -64,8 +88,15 @@ def save_result(case, result, out_dir, karyogram, overwrite):
         shown = ", ".join(case.ignored[:5]) + (" ..." if len(case.ignored) > 5 else "")
         result["ignored_files"] = case.ignored
         result["warnings"].append(f"ignored {len(case.ignored)} non-image entries: {shown}")
+    extra = {}
+    if case.segmented is not None:
+        from vfinfer.pipeline.metaphase import attach_segmentation, result_overlay
+
+        attach_segmentation(result, case.segmented, case.segmenter)
+        extra["overlay.png"] = result_overlay(result, case.segmented)
     try:
-        target = write_case(out_dir, result, case.images if karyogram else None, overwrite)
+        target = write_case(out_dir, result, case.images if karyogram else None, overwrite,
+                            extra)
     except ResultExistsError as exc:
         return "skipped", f"{case.name}: skipped, {exc}"
     except OSError as exc:
@@ -90,17 +121,28 @@ def case_line(result):
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="paper", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=print, progress=None, background="auto",
-              force_karyotype=False):
+              force_karyotype=False, seg_model=None):
     """Run every case; returns the names of the cases that failed (``run_with`` says what
-    ``echo`` and ``progress`` are)."""
+    ``echo`` and ``progress`` are). Metaphase image files among ``case_dirs`` are segmented
+    by ``seg_model`` (a segmentation model directory, "classical", or None: the demo)."""
     check_case_names(case_dirs)
+    segmenter = None
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
                   dispatch_mode=dispatch_mode, precision=precision, background=background,
                   force_karyotype=force_karyotype) as pipeline:
         echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
              f"backend {pipeline.backend.name}")
-        counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite, echo,
-                                  progress)
+        if any(is_metaphase(d) for d in case_dirs):
+            from vfinfer.segment.segmenter import Segmenter
+
+            segmenter = Segmenter(seg_model, threads=threads)
+            echo(f"segmentation {segmenter.describe().get('dir', 'classical')}")
+        try:
+            counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite,
+                                      echo, progress, segmenter)
+        finally:
+            if segmenter is not None:
+                segmenter.close()
     echo(f"{counts['ok']} done, {counts['skipped']} skipped, {counts['failed']} failed")
     return failed
 
@@ -114,7 +156,7 @@ def check_case_names(case_dirs):
 
 
 def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo=print,
-             progress=None):
+             progress=None, segmenter=None):
     """The cases through an open pipeline, reading, inference and writing overlapped.
 
     ``echo`` prints one line per case, in case order; ``progress(total)`` (optional) returns
@@ -130,7 +172,7 @@ def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo
         def read_ahead():
             for case_dir in todo:
                 loads.append((case_name(case_dir), reader.submit(
-                    load_case, case_dir, out_dir, overwrite, pipeline)))
+                    load_case, case_dir, out_dir, overwrite, pipeline, segmenter)))
                 if len(loads) >= READ_AHEAD:
                     break
 

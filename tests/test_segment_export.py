@@ -1,0 +1,76 @@
+"""The PyTorch side of segmentation: the trainer on labelme files, the ONNX export with its
+parity check, op audit and FP16 graph, and the runtime running the exported graph."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vfinfer.segment.model import load_seg_model
+from vfinfer.segment.segmenter import Segmenter
+from vfinfer.tools.synth_metaphase import render_metaphase, write_metaphases
+from vfinfer_export.seg_export import PROBABILITY_TOLERANCE, export_seg
+from vfinfer_export.seg_model import SegNet
+from vfinfer_export.seg_train import load_seg_checkpoint, train_seg
+
+WIDTHS = (4, 8, 16)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    net = SegNet(WIDTHS).eval()
+    out = tmp_path_factory.mktemp("seg") / "model"
+    manifest = export_seg(net, out, {"kind": "random-init"}, log=lambda _line: None)
+    return net, out, manifest
+
+
+def test_parity_op_audit_and_fp16(exported):
+    net, out, manifest = exported
+    for shape, entry in manifest["parity"]["shapes"].items():
+        assert entry["max_abs"] <= PROBABILITY_TOLERANCE, shape
+        assert entry["agreement"] > 0.999
+    assert manifest["op_audit"]["unsupported"] == []
+    assert {"Conv", "ConvTranspose", "Sigmoid"} <= set(manifest["op_audit"]["ops"])
+    fp16 = manifest["graphs"]["seg_fp16"]
+    assert (out / fp16["file"]).is_file() and fp16["agreement_vs_fp32"] > 0.99
+    assert any(k["reason"].startswith("output sigmoid") for k in fp16["kept_fp32"])
+    assert not list(out.glob("*.data"))  # one self-contained file per graph
+
+
+def test_runtime_runs_the_exported_graph_like_torch(exported):
+    net, out, _ = exported
+    seg = Segmenter(out)
+    image, _ = render_metaphase(1, size=(200, 300))  # not a multiple of 4: padded
+    probs = seg.maps(image)
+    from vfinfer.segment.model import prepare_input
+
+    x, _ = prepare_input(image, load_seg_model(out).input)
+    with torch.no_grad():
+        ref = net.probabilities(torch.from_numpy(x)).numpy()[0][:, :200, :300]
+    assert probs.shape == (3, 200, 300)
+    assert float(np.abs(probs - ref).max()) < 1e-4
+    fp16 = Segmenter(out, precision="fp16").maps(image)
+    assert float(np.mean((fp16 > 0.5) == (probs > 0.5))) > 0.99
+
+
+def test_trainer_learns_and_resumes(tmp_path):
+    write_metaphases(tmp_path / "data", seed=3, count=2, size=(192, 256))
+    log = []
+    train_seg(tmp_path / "data", tmp_path / "run", widths=WIDTHS, epochs=1, crop=64,
+              crops_per_image=2, batch_size=4, log=log.append)
+    path = train_seg(tmp_path / "data", tmp_path / "run", widths=WIDTHS, epochs=2, crop=64,
+                     crops_per_image=2, batch_size=4, resume=True, log=log.append)
+    assert any("resuming after epoch 1" in line for line in log)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [e["epoch"] for e in history] == [1, 2]
+    net, extra = load_seg_checkpoint(path)
+    assert net.widths == WIDTHS and extra["training"]["images"] == 2
+
+
+def test_wrong_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "not_seg.pt"
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(ValueError, match="not a vfinfer segmentation checkpoint"):
+        load_seg_checkpoint(bad)

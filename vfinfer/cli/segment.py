@@ -1,0 +1,186 @@
+"""The segmentation commands: segment (runtime), eval-seg, train-seg, export-seg and
+synth-metaphase (offline; each imports its tool, torch where needed, only when it runs)."""
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from vfinfer.cli.main import main
+from vfinfer.cli.options import (
+    EXIT_FAILED,
+    fail,
+    import_export_side,
+    one_line_errors,
+    seg_model_option,
+)
+
+
+def _log(line):
+    click.echo(line, err=True)
+
+
+def _read_names(list_path):
+    if list_path is None:
+        return None
+    lines = Path(list_path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@seg_model_option
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="Classifier whose rotate-and-crop the cut-outs follow (default: the demo).")
+@click.option("--out", "out_dir", default="vfinfer-segments", show_default=True,
+              type=click.Path(path_type=Path), help="Case directories go to OUT/<image>/.")
+@click.option("--threads", default=0, type=click.IntRange(min=0), help="CPU threads.")
+@click.option("--background", default="auto", show_default=True,
+              type=click.Choice(["auto", "light", "dark"]), help="The images' background.")
+@click.option("--overwrite", is_flag=True, help="Replace existing OUT/<image>/ directories.")
+@one_line_errors
+def segment(images, seg_model, model_dir, out_dir, threads, background, overwrite):
+    """Cut the chromosomes out of each metaphase IMAGE: OUT/<image>/ is a case directory
+    (cut-outs plus segmentation/ with masks, boxes and an overlay) to check, correct and
+    'vfinfer run'."""
+    from vfinfer.io.images import ImageReadError, read_gray8
+    from vfinfer.io.segments import write_segmented
+    from vfinfer.model.manifest import demo_model_dir, load_manifest
+    from vfinfer.pipeline.metaphase import segment_image
+    from vfinfer.segment.segmenter import Segmenter
+
+    rotate_crop = load_manifest(model_dir or demo_model_dir()).config.rotate_crop
+    segmenter = Segmenter(seg_model, threads=threads)
+    click.echo(f"segmentation {segmenter.describe().get('dir', 'classical')}; cut-outs turned "
+               f"upright ({rotate_crop if rotate_crop != 'none' else 'principal-axis'})")
+    failed = 0
+    for path in images:
+        try:
+            segmented = segment_image(segmenter, read_gray8(path), path.stem, rotate_crop,
+                                      background)
+            target = write_segmented(out_dir, segmented, segmenter, path, overwrite)
+        except (ImageReadError, ValueError, OSError, RuntimeError) as exc:
+            failed += 1
+            click.echo(f"{path.stem}: failed: {' '.join(str(exc).split())}")
+            continue
+        t = segmented.section(segmenter)["timing_ms"]
+        click.echo(f"{path.stem}: {len(segmented.cutouts)} chromosomes -> {target} "
+                   f"({sum(t.values()):.0f} ms)" + "".join(f"; {n}" for n in segmented.notes))
+    click.echo(f"{len(images) - failed} done, {failed} failed")
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command("eval-seg")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@seg_model_option
+@click.option("--list", "list_path", type=click.Path(path_type=Path),
+              help="Text file of the JSON names to evaluate (default: every *.json).")
+@click.option("--threads", default=0, type=click.IntRange(min=0), help="CPU threads.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the figures as JSON here.")
+@one_line_errors
+def eval_seg(data_dir, seg_model, list_path, threads, json_path):
+    """Measure a segmentation model (or 'classical') on labelme metaphases: COCO AP50, AP75,
+    mAP, precision and recall at IoU 0.5, chromosomes found, time per image."""
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        fail("eval-seg needs pycocotools: pip install -e '.[tools]'")
+    from vfinfer.segment.segmenter import Segmenter
+    from vfinfer.tools.eval_seg import evaluate_segmentation, format_seg_report, save_seg_report
+
+    segmenter = Segmenter(seg_model, threads=threads)
+    report = evaluate_segmentation(data_dir, segmenter, _read_names(list_path), log=_log)
+    click.echo(format_seg_report(report))
+    if json_path is not None:
+        click.echo(f"wrote {save_seg_report(report, json_path)}")
+
+
+@main.command("train-seg")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run directory: last.pt, history.json, seg.pt and the exported model/.")
+@click.option("--list", "list_path", type=click.Path(path_type=Path),
+              help="Text file of the JSON names to train on (default: every *.json).")
+@click.option("--epochs", default=36, show_default=True, type=click.IntRange(min=1))
+@click.option("--widths", default="16,32,64,96", show_default=True,
+              help="Channels per U-Net level.")
+@click.option("--crop", default=256, show_default=True, type=click.IntRange(min=32))
+@click.option("--crops-per-image", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, type=click.IntRange(min=0), help="torch CPU threads.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--describe-data", default=None,
+              help="How the data was made, for the manifest (default: DATA_DIR).")
+@one_line_errors
+def train_seg(data_dir, out_dir, list_path, epochs, widths, crop, crops_per_image, batch_size,
+              lr, seed, threads, resume, describe_data):
+    """Train the segmentation network on labelme metaphases and export it to OUT/model."""
+    import_export_side()
+    from vfinfer_export.seg_export import export_seg
+    from vfinfer_export.seg_train import load_seg_checkpoint
+    from vfinfer_export.seg_train import train_seg as run_training
+
+    started = time.perf_counter()
+    path = run_training(data_dir, out_dir, files=_read_names(list_path),
+                        widths=tuple(int(w) for w in widths.split(",")), epochs=epochs,
+                        crop=crop, crops_per_image=crops_per_image, batch_size=batch_size,
+                        lr=lr, seed=seed, threads=threads, resume=resume,
+                        data_description=describe_data, log=_log)
+    net, extra = load_seg_checkpoint(path)
+    export_seg(net, Path(out_dir) / "model", {"kind": "checkpoint", "path": str(path)},
+               training=extra.get("training"), overwrite=True, log=_log)
+    click.echo(f"wrote {path} and {Path(out_dir) / 'model'} in "
+               f"{(time.perf_counter() - started) / 60:.1f} min")
+
+
+@main.command("export-seg")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty --out.")
+@click.option("--tune", "tune_dir", type=click.Path(path_type=Path),
+              help="Directory of labelme files to choose the instance step's thresholds on "
+                   "(not the test images).")
+@click.option("--tune-list", type=click.Path(path_type=Path),
+              help="Text file of the JSON names in --tune to use (default: all).")
+@one_line_errors
+def export_seg_command(checkpoint, out_dir, overwrite, tune_dir, tune_list):
+    """Export a segmentation checkpoint (train-seg's seg.pt) with its checks."""
+    import_export_side()
+    from vfinfer.io.labelme import list_labelme
+    from vfinfer.model.manifest import sha256_file
+    from vfinfer_export.seg_export import export_seg
+    from vfinfer_export.seg_train import load_seg_checkpoint
+
+    net, extra = load_seg_checkpoint(checkpoint)
+    tune_on = None
+    if tune_dir is not None:
+        names = _read_names(tune_list)
+        tune_on = list_labelme(tune_dir) if names is None else [tune_dir / n for n in names]
+    export_seg(net, out_dir, {"kind": "checkpoint", "path": str(checkpoint),
+                              "sha256": sha256_file(checkpoint)},
+               training=extra.get("training"), overwrite=overwrite, tune_on=tune_on,
+               log=_log)
+    click.echo(f"wrote {out_dir}")
+
+
+@main.command("synth-metaphase")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--count", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--karyotype", "karyotypes", multiple=True,
+              help="Karyotype(s) to cycle through (default: a normal and abnormal mix).")
+@click.option("--background", default="mixed", show_default=True,
+              type=click.Choice(["light", "dark", "mixed"]))
+@one_line_errors
+def synth_metaphase(out_dir, count, seed, karyotypes, background):
+    """Write synthetic metaphases (labelme JSON with the image embedded, plus a PNG each)."""
+    from vfinfer.tools.synth_metaphase import DEMO_KARYOTYPES, write_metaphases
+
+    paths = write_metaphases(out_dir, seed, count, tuple(karyotypes) or DEMO_KARYOTYPES,
+                             background)
+    click.echo(f"wrote {len(paths)} metaphases to {out_dir}")

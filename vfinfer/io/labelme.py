@@ -1,0 +1,151 @@
+"""Metaphase annotations in labelme JSON, the format labs annotate in.
+
+A labelme file holds one image (``imageData``: the image file's bytes, base64; or
+``imagePath``: a file beside the JSON) and a list of ``shapes``; each ``polygon`` shape is one
+chromosome (touching and overlapping chromosomes have overlapping polygons). Shapes of any
+other kind (``rectangle``, ``point``...) or with a label in ``skip_labels`` are not
+chromosomes and are left out, as are polygons with fewer than three points.
+
+``read_labelme(path)`` returns a ``Metaphase`` (gray uint8 image as it is: dark or light
+background, polygons in pixel coordinates); ``write_labelme`` writes one (used for the
+synthetic metaphases). A file that cannot be used raises ``LabelmeError`` with one line naming
+the file and the problem.
+"""
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vfinfer.io.atomic import write_atomic
+from vfinfer.io.images import ImageReadError, _PathError, decode_gray8, read_gray8
+
+
+class LabelmeError(_PathError):
+    """A labelme file could not be used."""
+
+
+@dataclass
+class Metaphase:
+    """One annotated metaphase: ``image`` (H, W) uint8 and one (N, 2) float array of (x, y)
+    points per chromosome in ``polygons``."""
+
+    path: Path
+    image: np.ndarray
+    polygons: list = field(default_factory=list)
+
+    @property
+    def name(self):
+        return self.path.stem
+
+
+def _load_json(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise LabelmeError(path, "file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LabelmeError(path, f"not a JSON file ({exc})") from None
+    except OSError as exc:
+        raise LabelmeError(path, f"cannot read file ({exc.strerror or exc})") from None
+
+
+def _image_of(doc, path):
+    """The annotated image: embedded ``imageData``, else the ``imagePath`` file beside it."""
+    data = doc.get("imageData")
+    if data:
+        try:
+            raw = base64.b64decode(data, validate=False)
+        except (binascii.Error, TypeError, ValueError):
+            raise LabelmeError(path, "imageData is not valid base64") from None
+        try:
+            return decode_gray8(raw, f"{path} (imageData)")
+        except ImageReadError as exc:
+            raise LabelmeError(path, f"embedded image unreadable: {exc.problem}") from None
+    image_path = doc.get("imagePath")
+    if not image_path:
+        raise LabelmeError(path, "no image: neither imageData nor imagePath is set")
+    try:
+        return read_gray8(path.parent / image_path)
+    except ImageReadError as exc:
+        raise LabelmeError(path, f"image {image_path}: {exc.problem}") from None
+
+
+def _polygons_of(doc, path, skip_labels):
+    shapes = doc.get("shapes")
+    if not isinstance(shapes, list):
+        raise LabelmeError(path, "no 'shapes' list (not a labelme annotation)")
+    polygons = []
+    for k, shape in enumerate(shapes):
+        if not isinstance(shape, dict):
+            raise LabelmeError(path, f"shape {k} is not an object")
+        if shape.get("shape_type", "polygon") != "polygon" or shape.get("label") in skip_labels:
+            continue
+        try:
+            points = np.asarray(shape.get("points"), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise LabelmeError(path, f"shape {k}: points are not numbers") from None
+        if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
+            raise LabelmeError(path, f"shape {k}: points must be a list of [x, y] pairs")
+        if len(points) >= 3:
+            polygons.append(points)
+    return polygons
+
+
+def read_labelme(path, skip_labels=()):
+    """Read one labelme JSON file (see the module doc). Raises ``LabelmeError``."""
+    path = Path(path)
+    doc = _load_json(path)
+    if not isinstance(doc, dict):
+        raise LabelmeError(path, "not a labelme annotation (the JSON is not an object)")
+    polygons = _polygons_of(doc, path, set(skip_labels))
+    image = _image_of(doc, path)
+    height, width = doc.get("imageHeight"), doc.get("imageWidth")
+    if (height, width) != (None, None) and (height, width) != image.shape:
+        raise LabelmeError(path, f"imageHeight x imageWidth {height} x {width} does not match "
+                                 f"the image ({image.shape[0]} x {image.shape[1]})")
+    return Metaphase(path=path, image=image, polygons=polygons)
+
+
+def list_labelme(data_dir):
+    """The ``*.json`` files of a directory, sorted; ``LabelmeError`` if there are none."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise LabelmeError(data_dir, "not a directory of labelme JSON files")
+    files = sorted(data_dir.glob("*.json"))
+    if not files:
+        raise LabelmeError(data_dir, "no labelme .json files in this directory")
+    return files
+
+
+def polygon_masks(polygons, shape):
+    """One boolean (H, W) mask per polygon (filled, pixel centres inside or on the edge)."""
+    masks = []
+    for points in polygons:
+        canvas = np.zeros(shape, dtype=np.uint8)
+        cv2.fillPoly(canvas, [np.round(points).astype(np.int32)], 1)
+        masks.append(canvas.astype(bool))
+    return masks
+
+
+def write_labelme(path, image, polygons, label="chr"):
+    """Write ``image`` (uint8 gray) with ``polygons`` as a labelme 4.5 JSON file, the image
+    embedded as PNG. Atomic."""
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"{path}: could not encode the image")
+    doc = {
+        "version": "4.5.6", "flags": {},
+        "shapes": [{"label": label, "points": np.asarray(p, dtype=float).round(2).tolist(),
+                    "group_id": None, "shape_type": "polygon", "flags": {}} for p in polygons],
+        "imagePath": path.with_suffix(".png").name,
+        "imageData": base64.b64encode(buf.tobytes()).decode("ascii"),
+        "imageHeight": int(image.shape[0]), "imageWidth": int(image.shape[1]),
+    }
+    write_atomic(path, json.dumps(doc).encode("utf-8"))

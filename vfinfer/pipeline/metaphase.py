@@ -1,0 +1,123 @@
+"""From a metaphase image to the result of a cell: segmentation -> cut-outs (rotate-and-crop) ->
+the classifier's pipeline (Render-Attention, Fig. 1 and 4).
+
+    with MetaphasePipeline(model_dir, seg_model="models/seg") as mp:
+        result = mp.run_image(gray, name="cell_07")
+        print(result["karyotype"], result["segmentation"]["found"])
+
+The result is the classifier's result dict (README, "Outputs") with, per chromosome,
+``segment`` (its box, polygon, area, score and the turn applied, in the metaphase image) and a
+``segmentation`` section (the segmentation model, the background found, the instances found,
+ms per stage). Thread-safe like ``Pipeline``: each call keeps its state local.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vfinfer.io.images import to_gray8
+from vfinfer.pipeline.pipeline import Pipeline
+from vfinfer.segment.cutouts import make_cutouts
+from vfinfer.segment.overlay import overlay_png
+from vfinfer.segment.segmenter import Segmenter
+
+# below this many chromosomes a metaphase is reported, but the count says the cell is partial
+FEW_CHROMOSOMES = 30
+
+
+class NoChromosomesError(ValueError):
+    """The segmentation found no chromosome in the image: nothing to classify."""
+
+
+@dataclass
+class SegmentedImage:
+    """One metaphase after segmentation: the gray image, what was found, the cut-outs."""
+
+    name: str
+    gray: np.ndarray
+    segmentation: object
+    cutouts: list
+    cutout_ms: float
+    notes: list = field(default_factory=list)
+
+    def section(self, segmenter):
+        timing = dict(self.segmentation.timing_ms, cutouts=round(self.cutout_ms, 3))
+        return {"model": segmenter.describe(), "background": self.segmentation.background,
+                "image_size": list(self.gray.shape), "found": len(self.cutouts),
+                "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
+
+
+def segment_image(segmenter, image, name, rotate_crop, background="auto"):
+    """Segment one metaphase and cut its chromosomes out (``SegmentedImage``)."""
+    gray = to_gray8(np.asarray(image), name)
+    found = segmenter.segment(gray, background, name)
+    started = time.perf_counter()
+    cutouts = make_cutouts(gray, found.instances, found.background, rotate_crop)
+    segmented = SegmentedImage(name, gray, found, cutouts,
+                               (time.perf_counter() - started) * 1000)
+    if not cutouts:
+        raise NoChromosomesError(f"{name}: the segmentation found no chromosome in this image "
+                                 "(nothing to classify)")
+    if len(cutouts) < FEW_CHROMOSOMES:
+        segmented.notes.append(f"only {len(cutouts)} chromosomes segmented: a partial "
+                               "metaphase or a segmentation that missed many")
+    return segmented
+
+
+def attach_segmentation(result, segmented, segmenter):
+    """Add each chromosome's ``segment`` and the ``segmentation`` section to ``result``."""
+    for row, cut in zip(result["chromosomes"], segmented.cutouts):
+        row["segment"] = {k: v for k, v in cut.record().items() if k != "file"}
+    result["segmentation"] = segmented.section(segmenter)
+    result["warnings"].extend(segmented.notes)
+    stages = result["segmentation"]["timing_ms"]
+    result["timing_ms"].update(stages)
+    result["timing_ms"]["total"] = round(result["timing_ms"]["total"] + sum(stages.values()), 3)
+    return result
+
+
+def result_overlay(result, segmented):
+    """The overlay PNG with each instance labelled by its call (``?`` when low confidence)."""
+    labels = [row["type"] + ("?" if row["low_confidence"] else "")
+              for row in result["chromosomes"]]
+    return overlay_png(segmented.gray, segmented.cutouts, labels)
+
+
+class MetaphasePipeline:
+    """A ``Pipeline`` (classifier) behind a ``Segmenter``; see the module doc. Keyword
+    arguments other than ``seg_model``, ``seg_backend`` and ``seg_precision`` go to
+    ``Pipeline``."""
+
+    def __init__(self, model_dir=None, seg_model=None, seg_backend="ort", seg_precision="fp32",
+                 **pipeline_options):
+        self.pipeline = Pipeline(model_dir, **pipeline_options)
+        try:
+            self.segmenter = Segmenter(seg_model, backend=seg_backend,
+                                       threads=pipeline_options.get("threads", 0),
+                                       precision=seg_precision)
+        except Exception:
+            self.pipeline.close()
+            raise
+
+    def segment(self, image, name="metaphase"):
+        return segment_image(self.segmenter, image, name, self.pipeline.config.rotate_crop,
+                             self.pipeline.background)
+
+    def run_image(self, image, name="metaphase"):
+        """The result dict of one metaphase image; raises ``NoChromosomesError`` when the
+        segmentation finds nothing."""
+        segmented = self.segment(image, name)
+        images = [cut.image for cut in segmented.cutouts]
+        result = self.pipeline.run_case(images, name, [cut.name for cut in segmented.cutouts])
+        return attach_segmentation(result, segmented, self.segmenter)
+
+    def close(self):
+        self.pipeline.close()
+        self.segmenter.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

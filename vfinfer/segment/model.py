@@ -1,0 +1,141 @@
+"""The segmentation model directory: ``seg.onnx`` (and ``seg_fp16.onnx``) plus ``manifest.json``
+with ``"kind": "segmentation"``, kept apart from the classifier's directory because the two are
+trained on different data.
+
+The manifest holds everything the runtime needs: the input convention (``input``: background
+the network was trained on, the multiple the padded image must be, the largest side taken,
+the intensity normalization), the instance step's thresholds (``instances``), the graphs with
+their sha256, the parity report, the training data and figures (``training``, ``figures``).
+
+Input normalization (``prepare_input``, used by the trainer as well): the image is brought to
+the model's background (dark: chromosomes bright), then ``(x - median) / (p99.5 - median)``
+(median: the background level; the 99.5th percentile: the brightest chromosome pixels; at
+least ``MIN_SPREAD`` apart), clipped to [-2, 6], and padded with the background to the
+multiple.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vfinfer.pipeline.normalize import detect_background, to_convention
+from vfinfer.segment.instances import InstanceParams
+
+SEG_SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MIN_SPREAD = 8.0
+DEFAULT_MAX_SIDE = 4096
+
+
+class SegModelError(ValueError):
+    """A segmentation model directory that cannot be used (message names file and problem)."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image exceeds the model's ``max_side``."""
+
+
+@dataclass
+class SegInput:
+    background: str = "dark"
+    multiple: int = 8
+    max_side: int = DEFAULT_MAX_SIDE
+
+    @classmethod
+    def from_dict(cls, values):
+        return cls(**{k: values[k] for k in cls.__dataclass_fields__ if k in values})
+
+    def to_dict(self):
+        return {"background": self.background, "multiple": self.multiple,
+                "max_side": self.max_side,
+                "normalize": "(x - median) / (p99.5 - median), clipped to [-2, 6], "
+                             "on the image in this background convention"}
+
+
+def normalized(gray, background_found, spec):
+    """The gray uint8 image as the network sees it (float32, unpadded)."""
+    image = to_convention(gray, background_found, spec.background).astype(np.float32)
+    if spec.background == "light":
+        image = 255.0 - image  # the statistics below treat chromosomes as bright
+    low = float(np.median(image))
+    high = float(np.percentile(image, 99.5))
+    x = (image - low) / max(high - low, MIN_SPREAD)
+    return np.clip(x, -2.0, 6.0)
+
+
+def prepare_input(gray, spec, background="auto"):
+    """(network input (1, 1, Hp, Wp) float32, background found) for a gray uint8 image."""
+    height, width = gray.shape
+    if max(height, width) > spec.max_side:
+        raise ImageTooLargeError(
+            f"image is {width} x {height} px, larger than the {spec.max_side} px per side this "
+            "segmentation model takes (manifest input.max_side); downscale it")
+    found = detect_background(gray) if background == "auto" else background
+    x = normalized(gray, found, spec)
+    m = spec.multiple
+    pad_h, pad_w = (-height) % m, (-width) % m
+    if pad_h or pad_w:
+        x = cv2.copyMakeBorder(x, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
+    return x[None, None], found
+
+
+@dataclass
+class SegModel:
+    model_dir: Path
+    data: dict
+
+    @property
+    def input(self):
+        return SegInput.from_dict(self.data["input"])
+
+    @property
+    def params(self):
+        return InstanceParams.from_dict(self.data.get("instances", {}))
+
+    def graph_path(self, precision="fp32"):
+        role = "seg" if precision == "fp32" else f"seg_{precision}"
+        entry = self.data["graphs"].get(role)
+        if entry is None:
+            raise SegModelError(f"{self.model_dir}: no {precision} segmentation graph "
+                                f"(available: {', '.join(sorted(self.data['graphs']))})")
+        return self.model_dir / entry["file"]
+
+    def describe(self):
+        return {"dir": str(self.model_dir), "kind": "network",
+                "trained_on": self.data.get("training", {}).get("data")}
+
+
+def load_seg_model(model_dir):
+    """Read and check a segmentation model directory; raises ``SegModelError``."""
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST_NAME
+    if not model_dir.is_dir():
+        raise SegModelError(f"{model_dir}: segmentation model directory not found")
+    if not path.is_file():
+        raise SegModelError(f"{path}: not found; a segmentation model directory is made by "
+                            "'vfinfer train-seg' or 'vfinfer export-seg'")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SegModelError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("kind") != "segmentation":
+        raise SegModelError(f"{path}: not a segmentation model (a classifier directory goes "
+                            "to --model, a segmentation one to --seg-model)")
+    if data.get("schema_version") != SEG_SCHEMA_VERSION:
+        raise SegModelError(f"{path}: schema_version {data.get('schema_version')!r} is not "
+                            f"{SEG_SCHEMA_VERSION}; re-export the segmentation model")
+    for key in ("input", "graphs", "instances"):
+        if key not in data:
+            raise SegModelError(f"{path}: missing '{key}'")
+    graph = model_dir / data["graphs"].get("seg", {}).get("file", "seg.onnx")
+    if not graph.is_file():
+        raise SegModelError(f"{graph}: segmentation graph missing")
+    return SegModel(model_dir, data)
+
+
+def demo_seg_model_dir():
+    """The demo segmentation model shipped in the package (trained on synthetic metaphases)."""
+    return Path(__file__).parent.parent / "demo_seg_model"

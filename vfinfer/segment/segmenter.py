@@ -1,0 +1,117 @@
+"""A metaphase image -> its chromosome instances, with the network or the classical baseline.
+
+    seg = Segmenter()                      # the bundled demo model (synthetic metaphases)
+    seg = Segmenter("models/bioimlab-seg") # a trained segmentation model directory
+    seg = Segmenter("classical")           # threshold + distance-transform watershed
+    found = seg.segment(gray)              # a Segmentation: instances, background, timings
+
+Thread-safe: ``segment`` keeps its state local and ONNX Runtime sessions accept concurrent
+runs. Backends: ONNX Runtime on the CPU (default) or CUDA, and OpenVINO; the graph is the one
+``vfinfer export-seg`` checked. TensorRT engines are not built for this graph (its FP16
+ONNX graph is exported and audited for TensorRT, but no engine build or run has been done).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vfinfer.backends.base import BackendError
+from vfinfer.io.images import to_gray8
+from vfinfer.pipeline.normalize import detect_background
+from vfinfer.segment.instances import instances_from_maps
+from vfinfer.segment.model import demo_seg_model_dir, load_seg_model, prepare_input
+
+CLASSICAL = "classical"
+SEG_BACKENDS = ("ort", "ort-cuda", "openvino")
+
+
+@dataclass
+class Segmentation:
+    """What ``Segmenter.segment`` found: ``instances`` (``vfinfer.segment.instances.Instance``,
+    largest first), the image's ``background``, and ms per stage."""
+
+    instances: list
+    background: str
+    shape: tuple
+    timing_ms: dict = field(default_factory=dict)
+
+
+def network_maps(runner, spec, gray, background="auto"):
+    """(3, H, W) float32 probabilities of a segmentation graph's ``runner`` for a gray uint8
+    image, ``spec`` the model's ``SegInput``."""
+    x, _ = prepare_input(gray, spec, background)
+    probs = runner.infer({"image": x})["probs"][0]
+    return probs[:, :gray.shape[0], :gray.shape[1]]
+
+
+def _runner(model, backend, threads, precision):
+    if backend == "openvino":  # fp32 or bf16: OpenVINO's precision hint on the FP32 graph
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendError("the OpenVINO backend needs: pip install openvino") from None
+        from vfinfer.backends.openvino import OvRunner
+
+        return OvRunner(ov.Core(), model.graph_path("fp32"), threads, precision)
+    path = model.graph_path(precision)
+    from vfinfer.backends import ort
+
+    providers = ort.CPU
+    if backend == "ort-cuda":
+        if "CUDAExecutionProvider" not in ort.available_providers():
+            raise BackendError("ONNX Runtime here has no CUDA execution provider")
+        providers = ort.CUDA
+    return ort.OrtRunner(path, providers, threads)
+
+
+class Segmenter:
+    """See the module doc. ``model``: a segmentation model directory, ``"classical"``, or
+    None for the bundled demo model."""
+
+    def __init__(self, model=None, backend="ort", threads=0, precision="fp32"):
+        if backend not in SEG_BACKENDS:
+            raise BackendError(f"unknown segmentation backend {backend!r}: choose one of "
+                               f"{', '.join(SEG_BACKENDS)}")
+        self.classical = str(model) == CLASSICAL
+        if self.classical:
+            from vfinfer.segment.classical import ClassicalParams
+
+            self.model, self.runner, self.params = None, None, ClassicalParams()
+            return
+        self.model = load_seg_model(model or demo_seg_model_dir())
+        self.params = self.model.params
+        self.runner = _runner(self.model, backend, threads, precision)
+
+    def describe(self):
+        if self.classical:
+            return {"kind": CLASSICAL, "method": "Otsu threshold + distance-transform "
+                                                "watershed (no training)"}
+        return self.model.describe()
+
+    def maps(self, gray, background="auto"):
+        """(3, H, W) float32 probabilities of the network for a gray uint8 image."""
+        return network_maps(self.runner, self.model.input, gray, background)
+
+    def segment(self, image, background="auto", name="image"):
+        """Instances of one metaphase image (2-D array; 16-bit, float or colour converted)."""
+        gray = to_gray8(np.asarray(image), name)
+        started = time.perf_counter()
+        found = detect_background(gray) if background == "auto" else background
+        if self.classical:
+            from vfinfer.segment.classical import classical_instances
+
+            instances = classical_instances(gray, found, self.params)
+            network_ms = (time.perf_counter() - started) * 1000
+            return Segmentation(instances, found, gray.shape,
+                                {"segmentation": network_ms, "instances": 0.0})
+        probs = self.maps(gray, found)
+        network_ms = (time.perf_counter() - started) * 1000
+        instances = instances_from_maps(probs, self.params)
+        instance_ms = (time.perf_counter() - started) * 1000 - network_ms
+        return Segmentation(instances, found, gray.shape,
+                            {"segmentation": network_ms, "instances": instance_ms})
+
+    def close(self):
+        if self.runner is not None:
+            self.runner.close()
