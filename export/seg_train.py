@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from vfinfer.io.atomic import write_atomic
-from vfinfer.io.labelme import list_labelme, polygon_masks, read_labelme
+from vfinfer.io.labelme import Metaphase, list_labelme, polygon_masks, read_labelme
 from vfinfer.pipeline.normalize import detect_background
 from vfinfer.segment.channels import target_maps
 from vfinfer.segment.model import SegInput, normalized
@@ -53,7 +53,14 @@ def read_list(path):
 
 
 def training_files(data_dir, files=None):
-    """The labelme files to train on: ``files`` (names in ``data_dir``) or all of them."""
+    """What to train on: a COCO JSON file's metaphases (``data_dir`` is a .json file;
+    ``files`` then names the images to keep), or labelme files (``files``: names in
+    ``data_dir``, default all of them)."""
+    if Path(data_dir).is_file():
+        from vfinfer.io.labelme import read_coco
+
+        metaphases = read_coco(data_dir)
+        return [m for m in metaphases if files is None or m.path.name in set(files)]
     if files is None:
         return list_labelme(data_dir)
     paths = [Path(data_dir) / name for name in files]
@@ -64,10 +71,11 @@ def training_files(data_dir, files=None):
 
 
 def load_examples(paths, spec, log=_stderr):
-    """[(normalized image (H, W) float32, targets (3, H, W) uint8)] for labelme files."""
+    """[(normalized image (H, W) float32, targets (3, H, W) uint8)] for labelme files (or
+    ``Metaphase`` objects read already) and the record of the chromosome areas."""
     examples, areas = [], []
     for path in paths:
-        metaphase = read_labelme(path)
+        metaphase = path if isinstance(path, Metaphase) else read_labelme(path)
         gray = metaphase.image
         masks = polygon_masks(metaphase.polygons, gray.shape)
         areas += [int(m.sum()) for m in masks]
@@ -204,7 +212,8 @@ def train_seg(data_dir, out_dir, files=None, widths=(16, 32, 64, 96), epochs=40,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = training_files(data_dir, files)
-    options = {"data": str(data_dir), "files": [p.name for p in paths], "widths": list(widths),
+    names = [p.path.name if isinstance(p, Metaphase) else p.name for p in paths]
+    options = {"data": str(data_dir), "files": names, "widths": list(widths),
                "epochs": int(epochs), "crop": int(crop), "crops_per_image": int(crops_per_image),
                "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
                "background": background}

@@ -78,3 +78,22 @@ def test_size_mismatch_is_named(tmp_path, image):
 def test_missing_file(tmp_path):
     with pytest.raises(LabelmeError, match="file not found"):
         read_labelme(tmp_path / "absent.json")
+
+
+def test_coco_polygons_are_read(tmp_path, image):
+    from vfinfer.io.labelme import read_coco
+
+    cv2.imwrite(str(tmp_path / "m1.png"), image)
+    doc = {"images": [{"id": 7, "file_name": "m1.png", "height": 60, "width": 80}],
+           "annotations": [{"id": 1, "image_id": 7, "category_id": 1,
+                            "segmentation": [SQUARE.ravel().tolist()]},
+                           {"id": 2, "image_id": 7, "category_id": 1,
+                            "segmentation": [TRIANGLE.ravel().tolist()]}],
+           "categories": [{"id": 1, "name": "chr"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(doc))
+    (got,) = read_coco(tmp_path / "coco.json")
+    assert np.array_equal(got.image, image) and len(got.polygons) == 2
+    assert np.allclose(got.polygons[1], TRIANGLE)
+    (tmp_path / "bad.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(LabelmeError, match="not a COCO annotation file"):
+        read_coco(tmp_path / "bad.json")

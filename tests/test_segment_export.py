@@ -69,6 +69,25 @@ def test_trainer_learns_and_resumes(tmp_path):
     assert net.widths == WIDTHS and extra["training"]["images"] == 2
 
 
+def test_trainer_reads_coco_json(tmp_path):
+    import cv2
+
+    from vfinfer.tools.synth_metaphase import mask_polygon
+
+    image, masks = render_metaphase(8, size=(192, 256))
+    cv2.imwrite(str(tmp_path / "m.png"), image)
+    doc = {"images": [{"id": 1, "file_name": "m.png"}], "categories": [{"id": 1}],
+           "annotations": [{"id": k, "image_id": 1, "category_id": 1,
+                            "segmentation": [mask_polygon(m).ravel().tolist()]}
+                           for k, m in enumerate(masks)]}
+    (tmp_path / "coco.json").write_text(json.dumps(doc))
+    path = train_seg(tmp_path / "coco.json", tmp_path / "run", widths=WIDTHS, epochs=1,
+                     crop=64, crops_per_image=1, batch_size=2, log=lambda _line: None)
+    _, extra = load_seg_checkpoint(path)
+    assert extra["training"]["files"] == ["m.png"]
+    assert extra["training"]["areas"]["chromosomes"] == len(masks)
+
+
 def test_wrong_checkpoint_is_named(tmp_path):
     bad = tmp_path / "not_seg.pt"
     torch.save({"state_dict": {}}, bad)

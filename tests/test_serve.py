@@ -301,3 +301,31 @@ def test_the_result_is_json_as_vfinfer_run_writes_it(server, expected, tmp_path,
     assert sorted(got) == sorted(written)
     same_calls(got, written)
 
+
+
+def test_a_metaphase_image_is_segmented_and_classified(server, model_dir):
+    from vfinfer.pipeline.metaphase import MetaphasePipeline
+    from vfinfer.tools.synth_metaphase import render_metaphase
+
+    image, _ = render_metaphase(21, "46,XY", size=(512, 640))
+    with MetaphasePipeline(model_dir, threads=2) as mp:
+        want = mp.run_image(image, name="meta")
+    png = cv2.imencode(".png", image)[1].tobytes()
+    answer = httpx.post(f"{server.url}/v1/metaphase?overlay=true", timeout=60,
+                        files=[("images", ("meta.png", png, "image/png"))],
+                        data={"name": "meta"})
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    assert got["segmentation"]["found"] == want["segmentation"]["found"]
+    assert got["karyotype"] == want["karyotype"]
+    assert [c["segment"]["box"] for c in got["chromosomes"]] == \
+        [c["segment"]["box"] for c in want["chromosomes"]]
+    overlay = cv2.imdecode(np.frombuffer(base64.b64decode(got["overlay_png"]), np.uint8), 1)
+    assert overlay.shape == (512, 640, 3)
+    blank = cv2.imencode(".png", np.full((64, 64), 240, np.uint8))[1].tobytes()
+    refused = httpx.post(f"{server.url}/v1/metaphase",
+                         files=[("images", ("blank.png", blank, "image/png"))])
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "no_chromosomes"
+    two = httpx.post(f"{server.url}/v1/metaphase", files=[
+        ("images", ("a.png", png, "image/png")), ("images", ("b.png", png, "image/png"))])
+    assert two.status_code == 422 and "exactly one" in two.text

@@ -119,7 +119,8 @@ def eval_seg(data_dir, seg_model, list_path, threads, json_path):
 @one_line_errors
 def train_seg(data_dir, out_dir, list_path, epochs, widths, crop, crops_per_image, batch_size,
               lr, seed, threads, resume, describe_data):
-    """Train the segmentation network on labelme metaphases and export it to OUT/model."""
+    """Train the segmentation network on annotated metaphases (DATA_DIR of labelme .json
+    files, or one COCO JSON file) and export it to OUT/model."""
     import_export_side()
     from vfinfer_export.seg_export import export_seg
     from vfinfer_export.seg_train import load_seg_checkpoint

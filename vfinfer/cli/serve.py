@@ -10,6 +10,7 @@ from vfinfer.cli.options import (
     fail,
     model_options,
     one_line_errors,
+    seg_model_option,
     usage,
     verdict_options,
 )
@@ -50,11 +51,13 @@ def _import_server():
 @click.option("--max-pixels", default=16_000_000, show_default=True,
               type=click.IntRange(min=1), help="Most pixels per image.")
 @verdict_options
+@seg_model_option
 @one_line_errors
 def serve(model_dir, backend, precision, threads, batch_size, dispatch_mode, host, port,
           token_file, max_wait_ms, max_batch, queue_size, timeout_s, max_body_mb, max_images,
-          max_pixels, background, force_karyotype):
-    """Serve the model over HTTP: POST /v1/cells, /v1/cells:batch, health, /metrics."""
+          max_pixels, background, force_karyotype, seg_model):
+    """Serve the model over HTTP: POST /v1/cells, /v1/cells:batch, /v1/metaphase, health,
+    /metrics."""
     server, limits_class = _import_server()
     if not server.is_loopback(host) and token_file is None:
         usage(f"--host {host} is not a loopback address: give --token-file so that only "
@@ -66,4 +69,5 @@ def serve(model_dir, backend, precision, threads, batch_size, dispatch_mode, hos
                  max_batch=max_batch, echo=click.echo,
                  model_dir=model_dir, backend=backend, threads=threads,
                  batch_size=batch_size, dispatch_mode=dispatch_mode, precision=precision,
-                 background=background, force_karyotype=force_karyotype)
+                 background=background, force_karyotype=force_karyotype,
+                 seg_model=seg_model)

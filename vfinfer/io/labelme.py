@@ -149,3 +149,36 @@ def write_labelme(path, image, polygons, label="chr"):
         "imageHeight": int(image.shape[0]), "imageWidth": int(image.shape[1]),
     }
     write_atomic(path, json.dumps(doc).encode("utf-8"))
+
+
+def read_coco(path, image_dir=None):
+    """The metaphases of a COCO instance-segmentation JSON file (``images``,
+    ``annotations`` with polygon ``segmentation``; RLE annotations are not read): a list of
+    ``Metaphase``, images read from ``image_dir`` (default: beside the JSON) by
+    ``file_name``. Raises ``LabelmeError`` naming the file and the problem."""
+    path = Path(path)
+    doc = _load_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) \
+            or not isinstance(doc.get("annotations"), list):
+        raise LabelmeError(path, "not a COCO annotation file (no 'images' and 'annotations')")
+    folder = Path(image_dir) if image_dir is not None else path.parent
+    polygons = {}
+    for k, ann in enumerate(doc["annotations"]):
+        segmentation = ann.get("segmentation") if isinstance(ann, dict) else None
+        if not isinstance(segmentation, list):
+            raise LabelmeError(path, f"annotation {k}: segmentation is not a polygon list")
+        for flat in segmentation:
+            points = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
+            if len(points) >= 3:
+                polygons.setdefault(ann.get("image_id"), []).append(points)
+    metaphases = []
+    for entry in doc["images"]:
+        try:
+            image = read_gray8(folder / entry["file_name"])
+        except (KeyError, TypeError):
+            raise LabelmeError(path, "an image entry has no file_name") from None
+        except ImageReadError as exc:
+            raise LabelmeError(path, f"image {entry['file_name']}: {exc.problem}") from None
+        metaphases.append(Metaphase(folder / entry["file_name"], image,
+                                    polygons.get(entry.get("id"), [])))
+    return metaphases

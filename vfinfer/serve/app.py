@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI): one cell per ``POST /v1/cells``, several per ``/v1/cells:batch``,
-health, model summary and Prometheus metrics. ``create_app(pipeline, ...)`` builds it around
-an open ``Pipeline``; ``vfinfer.serve.server`` runs it under uvicorn.
+one metaphase image per ``POST /v1/metaphase`` (segmented first, when the server has a
+segmenter), health, model summary and Prometheus metrics. ``create_app(pipeline, ...)`` builds
+it around an open ``Pipeline``; ``vfinfer.serve.server`` runs it under uvicorn.
 
 Each request decodes and preprocesses its own images on a worker thread (nothing is written
 to disk but the multipart parser's own spooled temporary files), then waits for the dynamic
@@ -62,11 +63,14 @@ def _json_response(error):
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8):
-    """The FastAPI app around an open pipeline; the batcher stops when the app shuts down
-    (the caller closes the pipeline)."""
+def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
+               segmenter=None):
+    """The FastAPI app around an open pipeline (and ``segmenter``, a
+    ``vfinfer.segment.segmenter.Segmenter`` for ``/v1/metaphase``); the batcher stops when
+    the app shuts down (the caller closes the pipeline and the segmenter)."""
     limits = limits or Limits()
     state = ServerState(pipeline, limits, token, max_wait_ms, max_batch)
+    state.segmenter = segmenter
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -179,20 +183,47 @@ def _add_routes(app, state):
             for name, parts in cells))
         return {"results": answers}
 
+    @app.post("/v1/metaphase")
+    async def metaphase(request: Request):
+        """One metaphase image, sent as one cell of ``/v1/cells`` with a single image: it is
+        segmented, its chromosomes cut out and classified; the result carries each
+        chromosome's ``segment`` and a ``segmentation`` section; ``?overlay=true`` adds the
+        overlay PNG (base64) as ``overlay_png``."""
+        started = time.perf_counter()
+        state.check_token(request)
+        if state.segmenter is None:
+            raise ApiError(404, "no_segmenter", "this server has no segmentation model "
+                           "(start it with --seg-model)")
+        name, parts, karyogram = await read_cell_request(request, state.limits)
+        if len(parts) != 1:
+            raise bad_input(f"{name}: send exactly one metaphase image (got {len(parts)})")
+        held = {}
+        result = await classify(state, name, parts, karyogram, started,
+                                decode=lambda *args: decode_metaphase(*args, held))
+        from vfinfer.pipeline.metaphase import attach_segmentation, result_overlay
+
+        attach_segmentation(result, held["segmented"], state.segmenter)
+        if _flag(request.query_params.get("overlay", "false")):
+            png = await run_in_threadpool(result_overlay, result, held["segmented"])
+            result["overlay_png"] = base64.b64encode(png).decode("ascii")
+        return result
+
 
 def queue_full(detail):
     return ApiError(503, "queue_full", f"server busy: {detail}; retry later",
                     headers={"Retry-After": RETRY_AFTER_S})
 
 
-async def classify(state, name, parts, karyogram, started, raise_errors=True):
-    """One cell through decode, the batcher and (optionally) the karyogram."""
+async def classify(state, name, parts, karyogram, started, raise_errors=True,
+                   decode=None):
+    """One cell through decode (``decode_cell``, or ``decode``), the batcher and
+    (optionally) the karyogram."""
     try:
         if isinstance(parts, ApiError):
             raise parts
         if state.batcher.depth >= state.limits.queue_size:  # before decoding anything
             raise queue_full(f"{state.batcher.depth} cells are waiting")
-        prepared = await run_in_threadpool(decode_cell, state, name, parts)
+        prepared = await run_in_threadpool(decode or decode_cell, state, name, parts)
         try:
             future = state.batcher.submit(prepared)
         except QueueFull as exc:
@@ -240,6 +271,30 @@ def decode_cell(state, name, parts):
         return state.pipeline.prepare(name, images, files)
     except ValueError as exc:
         raise bad_input(str(exc)) from None
+
+
+def decode_metaphase(state, name, parts, held):
+    """One metaphase part -> segmented (kept in ``held``) -> a PreparedCase of its cut-outs;
+    ApiError 422/413 naming the file."""
+    from vfinfer.pipeline.metaphase import NoChromosomesError, segment_image
+    from vfinfer.segment.model import ImageTooLargeError
+
+    file, data = parts[0]
+    check_pixels(data, file, state.limits)
+    try:
+        image = decode_gray8(data, file)
+    except ImageReadError as exc:
+        raise ApiError(422, "bad_image", str(exc), file) from None
+    try:
+        segmented = segment_image(state.segmenter, image, name,
+                                  state.pipeline.config.rotate_crop, state.pipeline.background)
+    except ImageTooLargeError as exc:
+        raise ApiError(413, "image_too_large", f"{file}: {exc}", file) from None
+    except NoChromosomesError as exc:
+        raise ApiError(422, "no_chromosomes", str(exc), file) from None
+    held["segmented"] = segmented
+    return state.pipeline.prepare(name, [c.image for c in segmented.cutouts],
+                                  [c.name for c in segmented.cutouts])
 
 
 def _flag(value):

@@ -5,6 +5,7 @@ connections, lets the requests in flight finish (uvicorn's graceful shutdown, th
 batcher drains its queue), closes the pipeline and returns normally (exit code 0).
 """
 
+import contextlib
 import ipaddress
 import signal
 import socket
@@ -54,8 +55,9 @@ def bind(host, port):
 
 
 def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
-          max_batch=8, echo=print, **pipeline_options):
-    """Run the server until SIGTERM / Ctrl-C. ``pipeline_options`` go to ``Pipeline``."""
+          max_batch=8, echo=print, seg_model=None, **pipeline_options):
+    """Run the server until SIGTERM / Ctrl-C. ``pipeline_options`` go to ``Pipeline``;
+    ``seg_model`` (a directory, "classical" or None: the demo) serves ``/v1/metaphase``."""
     import uvicorn
 
     from vfinfer.serve.app import create_app
@@ -64,9 +66,12 @@ def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
         raise ValueError(f"binding to {host} (not loopback) needs a token: --token-file FILE")
     limits = limits or Limits()
     sock = bind(host, port)
-    with sock, Pipeline(**pipeline_options) as pipeline:
+    from vfinfer.segment.segmenter import Segmenter
+
+    segmenter = Segmenter(seg_model, threads=pipeline_options.get("threads", 0))
+    with sock, Pipeline(**pipeline_options) as pipeline, contextlib.closing(segmenter):
         app = create_app(pipeline, limits, token=token, max_wait_ms=max_wait_ms,
-                         max_batch=max_batch)
+                         max_batch=max_batch, segmenter=segmenter)
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=int(limits.timeout_s) + 5,
                                 limit_concurrency=max(256, 4 * limits.queue_size))
