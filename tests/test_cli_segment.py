@@ -90,3 +90,10 @@ def test_eval_seg_reports_coco_figures(tmp_path):
         assert 0 <= report["mAP"] <= report["AP50"] <= 100
         assert 0 <= report["precision50"] <= 100 and report["timing_ms"]["total"]["median"] > 0
     assert report["AP50"] > 50  # the demo network on metaphases like its training data
+
+
+def test_a_labelme_file_is_a_metaphase_image_too(tmp_path):
+    (path,) = write_metaphases(tmp_path / "data", seed=78, count=1, size=(384, 512))
+    done = invoke("segment", path, "--out", tmp_path / "seg")
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "seg" / path.stem / "chr_01.png").is_file()

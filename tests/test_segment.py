@@ -171,3 +171,19 @@ def test_segmented_case_directory_runs_as_a_case(tmp_path):
     assert mask.shape == (y1 - y0, x1 - x0)
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_segmented(tmp_path, segmented, seg, "meta.png")
+
+
+def test_metaphase_pipeline_is_thread_safe():
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [render_metaphase(seed, size=(384, 512))[0] for seed in (31, 32)]
+    with MetaphasePipeline(threads=1) as mp:
+        alone = [mp.run_image(img, name=f"m{k}") for k, img in enumerate(images)]
+        with ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(lambda k: mp.run_image(images[k % 2], name=f"m{k % 2}"),
+                                     range(6)))
+    for k, got in enumerate(together):
+        want = alone[k % 2]
+        assert [c["type"] for c in got["chromosomes"]] == [c["type"] for c in want["chromosomes"]]
+        assert [c["segment"]["box"] for c in got["chromosomes"]] == \
+            [c["segment"]["box"] for c in want["chromosomes"]]

@@ -41,10 +41,11 @@ def _read_names(list_path):
 @click.option("--overwrite", is_flag=True, help="Replace existing OUT/<image>/ directories.")
 @one_line_errors
 def segment(images, seg_model, model_dir, out_dir, threads, background, overwrite):
-    """Cut the chromosomes out of each metaphase IMAGE: OUT/<image>/ is a case directory
-    (cut-outs plus segmentation/ with masks, boxes and an overlay) to check, correct and
-    'vfinfer run'."""
-    from vfinfer.io.images import ImageReadError, read_gray8
+    """Cut the chromosomes out of each metaphase IMAGE (an image file, or a labelme JSON
+    file's image): OUT/<image>/ is a case directory (cut-outs plus segmentation/ with masks,
+    boxes and an overlay) to check, correct and 'vfinfer run'."""
+    from vfinfer.io.images import ImageReadError
+    from vfinfer.io.labelme import read_metaphase_image
     from vfinfer.io.segments import write_segmented
     from vfinfer.model.manifest import demo_model_dir, load_manifest
     from vfinfer.pipeline.metaphase import segment_image
@@ -57,8 +58,8 @@ def segment(images, seg_model, model_dir, out_dir, threads, background, overwrit
     failed = 0
     for path in images:
         try:
-            segmented = segment_image(segmenter, read_gray8(path), path.stem, rotate_crop,
-                                      background)
+            segmented = segment_image(segmenter, read_metaphase_image(path), path.stem,
+                                      rotate_crop, background)
             target = write_segmented(out_dir, segmented, segmenter, path, overwrite)
         except (ImageReadError, ValueError, OSError, RuntimeError) as exc:
             failed += 1

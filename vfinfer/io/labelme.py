@@ -182,3 +182,13 @@ def read_coco(path, image_dir=None):
         metaphases.append(Metaphase(folder / entry["file_name"], image,
                                     polygons.get(entry.get("id"), [])))
     return metaphases
+
+
+def read_metaphase_image(path):
+    """A metaphase image file as gray uint8: an image file (``read_gray8``) or a labelme
+    JSON file's image (its annotation is not used). Raises ``ImageReadError`` or
+    ``LabelmeError``."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return read_labelme(path).image
+    return read_gray8(path)

@@ -51,12 +51,13 @@ def is_metaphase(path):
 
 
 def _load_metaphase(path, name, pipeline, segmenter):
+    from vfinfer.io.labelme import read_metaphase_image
     from vfinfer.pipeline.metaphase import segment_image
 
     if segmenter is None:
         raise ValueError(f"{path}: a metaphase image, but no segmentation model was given")
-    segmented = segment_image(segmenter, read_gray8(path), name, pipeline.config.rotate_crop,
-                              pipeline.background)
+    segmented = segment_image(segmenter, read_metaphase_image(path), name,
+                              pipeline.config.rotate_crop, pipeline.background)
     images = [cut.image for cut in segmented.cutouts]
     prepared = pipeline.prepare(name, images, [cut.name for cut in segmented.cutouts])
     return LoadedCase(name, prepared, [], segmented, segmenter)

@@ -57,7 +57,7 @@ def segment_image(segmenter, image, name, rotate_crop, background="auto"):
     segmented = SegmentedImage(name, gray, found, cutouts,
                                (time.perf_counter() - started) * 1000)
     if not cutouts:
-        raise NoChromosomesError(f"{name}: the segmentation found no chromosome in this image "
+        raise NoChromosomesError("the segmentation found no chromosome in this image "
                                  "(nothing to classify)")
     if len(cutouts) < FEW_CHROMOSOMES:
         segmented.notes.append(f"only {len(cutouts)} chromosomes segmented: a partial "
