@@ -34,6 +34,10 @@ def test_segment_then_run_the_case_directory(tmp_path, metaphase_png):
     assert done.exit_code == 0, done.output
     result = json.loads((tmp_path / "res" / "meta_46XX" / "result.json").read_text())
     assert not any("ignored" in w for w in result["warnings"])  # segmentation/ is known
+    # the demo classifier was validated on ready-made cut-outs only: it says so
+    assert not result["verdict"]["karyotyped"] and all(c["segmented"]
+                                                       for c in result["chromosomes"])
+    assert any("not validated" in r for r in result["verdict"]["reasons"])
     again = invoke("segment", metaphase_png, "--out", tmp_path / "seg")
     assert again.exit_code == 1 and "already exists" in again.output
 

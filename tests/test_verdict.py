@@ -175,3 +175,24 @@ def test_domain_with_labels_records_exact_karyotypes(fitted, tmp_path):
     exact = domain["karyotype_exact"]
     assert exact["cells"] == 2 and set(exact) == {"none", "paper", "optimal", "cells"}
     assert exact["paper"] == 1.0  # the demo model calls 46,XX and 47,XY,+21 right
+
+
+def test_segmented_cells_need_a_domain_fitted_on_segmented_cells(fitted, tmp_path):
+    """Cut-outs from a metaphase are refused by a model validated on ready-made cut-outs
+    only; once 'vfinfer domain' ran on segmented cells (a 'vfinfer segment' directory), the
+    same cut-outs are judged by the figures alone."""
+    model, domain, (normal, _) = fitted
+    assert domain["fitted_on"]["segmented"] is False
+    probs = np.full((46, 24), 0.001)
+    probs[:, 0] = 0.977
+    facts = [{"background": "light", "tilt": 0.0, "segmented": True}] * 46
+    verdict = judge(probs, 0.9, facts, domain)
+    assert not verdict["karyotyped"] and "not validated" in verdict["text"]
+    as_cut_outs = judge(probs, 0.9, [dict(f, segmented=False) for f in facts], domain)
+    assert "not validated" not in as_cut_outs["text"]
+    segmented = tmp_path / "segmented"
+    shutil.copytree(normal, segmented)
+    (segmented / "segmentation").mkdir()  # what 'vfinfer segment' leaves beside its cut-outs
+    refit = store_domain(model, [segmented], log=lambda *a: None, dry_run=True)
+    assert refit["fitted_on"]["segmented"] is True
+    assert "not validated" not in judge(probs, 0.9, facts, refit)["text"]

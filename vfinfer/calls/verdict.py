@@ -20,6 +20,14 @@ in-domain validation cells, stored in its manifest by ``vfinfer domain``
 None of them depends on how many chromosomes were found or which types they got, so a real
 trisomy or loss is never suppressed by the verdict (measured on pki3's abnormal cells: README).
 
+Cut-outs segmented from a metaphase (``vfinfer run IMAGE``, or a case directory written by
+``vfinfer segment``: their facts say ``segmented``) are a domain of their own: masked,
+turned, touched by neighbours, and at the metaphase's scale. A model whose in-domain figures
+were fitted on ready-made cut-outs has never been checked on them (on BioImLab such a model
+got 2 of 33 metaphase karyotypes right while its figures looked in-domain: README), so a cell
+of mostly segmented cut-outs is refused unless ``vfinfer domain`` was run on segmented cells
+(``domain["fitted_on"]["segmented"]``).
+
 A fourth check is about the model rather than the cell: when ``vfinfer domain`` was given the
 in-domain cells' labels, it records for each dispatch mode the share of those cells whose
 karyotype came out exactly right. Below ``MIN_EXACT_KARYOTYPES`` the model's karyotypes
@@ -33,6 +41,10 @@ LOW_CONFIDENCE_MARGIN = 0.15
 BACKGROUND_PURE = 0.95
 TILT_MARGIN = 15.0
 MIN_EXACT_KARYOTYPES = 0.5
+SEGMENTED_NOT_FITTED = ("chromosomes segmented from a metaphase, but this model's in-domain "
+                        "figures come from ready-made cut-outs: its calls on segmented "
+                        "chromosomes are not validated ('vfinfer domain' on segmented cells of "
+                        "your lab validates them)")
 NO_DOMAIN = ("this model's manifest has no domain figures ('vfinfer domain'): cells unlike "
              "its training data are not detected, so check that the images are like them")
 
@@ -49,6 +61,8 @@ def cell_figures(type_probs, threshold, facts):
         "dark_background_fraction": round(float(np.mean(
             [f.get("background") == "dark" for f in facts])) if facts else 0.0, 4),
         "median_abs_tilt": round(float(np.median(tilts)), 2) if tilts else None,
+        "segmented_fraction": round(float(np.mean(
+            [bool(f.get("segmented")) for f in facts])) if facts else 0.0, 4),
     }
 
 
@@ -59,10 +73,13 @@ def reasons_against(figures, domain, threshold, dispatch_mode=None):
 
 
 def kinded_reasons(figures, domain, threshold, dispatch_mode=None):
-    """``reasons_against`` as (kind, text) pairs; kinds: model, low confidence, background,
-    tilt."""
+    """``reasons_against`` as (kind, text) pairs; kinds: model, segmentation, low
+    confidence, background, tilt."""
     limits = domain["limits"]
     reasons = [("model", text) for text in _model_reasons(domain, dispatch_mode)]
+    if figures.get("segmented_fraction", 0.0) > 0.5 and \
+            not domain.get("fitted_on", {}).get("segmented"):
+        reasons.append(("segmentation", SEGMENTED_NOT_FITTED))
     low = figures["low_confidence_fraction"]
     if low > limits["low_confidence_fraction"]:
         count = int(round(low * figures["n"]))

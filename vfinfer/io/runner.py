@@ -20,6 +20,7 @@ from pathlib import Path
 from vfinfer.io.images import CaseError, ImageReadError, list_case, read_gray8
 from vfinfer.io.results import ResultExistsError, existing_result, write_case
 from vfinfer.pipeline import Pipeline, PreparedCase
+from vfinfer.pipeline.metaphase import mark_segmented
 
 READ_AHEAD = 2  # cases read and preprocessed ahead of the engines
 WRITE_BEHIND = 4  # finished cases waiting for the writer before the engines wait too
@@ -59,7 +60,8 @@ def _load_metaphase(path, name, pipeline, segmenter):
     segmented = segment_image(segmenter, read_metaphase_image(path), name,
                               pipeline.config.rotate_crop, pipeline.background)
     images = [cut.image for cut in segmented.cutouts]
-    prepared = pipeline.prepare(name, images, [cut.name for cut in segmented.cutouts])
+    prepared = mark_segmented(pipeline.prepare(name, images,
+                                               [cut.name for cut in segmented.cutouts]))
     return LoadedCase(name, prepared, [], segmented, segmenter)
 
 
@@ -75,7 +77,8 @@ def load_case(case_dir, out_dir, overwrite, pipeline, segmenter=None):
             return _load_metaphase(case_dir, name, pipeline, segmenter)
         paths, ignored = list_case(case_dir)
         images = [read_gray8(p) for p in paths]
-        prepared = pipeline.prepare(name, images, [p.name for p in paths])
+        prepared = mark_segmented(pipeline.prepare(name, images, [p.name for p in paths]),
+                                  case_dir)
     except (CaseError, ImageReadError) as exc:
         return "failed", f"{name}: failed: {exc}"
     except Exception as exc:  # anything else about this case's files fails this case only
@@ -89,13 +92,8 @@ def save_result(case, result, out_dir, karyogram, overwrite):
         shown = ", ".join(case.ignored[:5]) + (" ..." if len(case.ignored) > 5 else "")
         result["ignored_files"] = case.ignored
         result["warnings"].append(f"ignored {len(case.ignored)} non-image entries: {shown}")
-    extra = {}
-    if case.segmented is not None:
-        from vfinfer.pipeline.metaphase import attach_segmentation, result_overlay
-
-        attach_segmentation(result, case.segmented, case.segmenter)
-        extra["overlay.png"] = result_overlay(result, case.segmented)
     try:
+        extra = _metaphase_extras(case, result)
         target = write_case(out_dir, result, case.images if karyogram else None, overwrite,
                             extra)
     except ResultExistsError as exc:
@@ -105,6 +103,16 @@ def save_result(case, result, out_dir, karyogram, overwrite):
     except Exception as exc:  # e.g. the karyogram could not be drawn: this case only
         return "failed", f"{case.name}: failed: cannot write results ({_one_line(exc)})"
     return "ok", f"{case_line(result)} -> {target}"
+
+
+def _metaphase_extras(case, result):
+    """For a metaphase image: its segmentation in ``result`` and {"overlay.png": bytes}."""
+    if case.segmented is None:
+        return {}
+    from vfinfer.pipeline.metaphase import attach_segmentation, result_overlay
+
+    attach_segmentation(result, case.segmented, case.segmenter)
+    return {"overlay.png": result_overlay(result, case.segmented)}
 
 
 def case_line(result):

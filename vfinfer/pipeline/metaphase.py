@@ -13,10 +13,11 @@ ms per stage). Thread-safe like ``Pipeline``: each call keeps its state local.
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from vfinfer.io.images import to_gray8
+from vfinfer.io.images import SEGMENTATION_DIR, to_gray8
 from vfinfer.pipeline.pipeline import Pipeline
 from vfinfer.segment.cutouts import make_cutouts
 from vfinfer.segment.overlay import overlay_png
@@ -65,6 +66,16 @@ def segment_image(segmenter, image, name, rotate_crop, background="auto"):
     return segmented
 
 
+def mark_segmented(prepared, case_dir=None):
+    """Record in each image's facts that it was segmented from a metaphase (always without
+    ``case_dir``; with it, when the directory holds ``vfinfer segment``'s folder): the
+    verdict treats segmented cut-outs as a domain of their own (``vfinfer.calls.verdict``)."""
+    if case_dir is None or (Path(case_dir) / SEGMENTATION_DIR).is_dir():
+        for facts in prepared.facts:
+            facts["segmented"] = True
+    return prepared
+
+
 def attach_segmentation(result, segmented, segmenter):
     """Add each chromosome's ``segment`` and the ``segmentation`` section to ``result``."""
     for row, cut in zip(result["chromosomes"], segmented.cutouts):
@@ -108,8 +119,10 @@ class MetaphasePipeline:
         """The result dict of one metaphase image; raises ``NoChromosomesError`` when the
         segmentation finds nothing."""
         segmented = self.segment(image, name)
-        images = [cut.image for cut in segmented.cutouts]
-        result = self.pipeline.run_case(images, name, [cut.name for cut in segmented.cutouts])
+        prepared = mark_segmented(self.pipeline.prepare(
+            name, [cut.image for cut in segmented.cutouts],
+            [cut.name for cut in segmented.cutouts]))
+        result = self.pipeline.run_cases([prepared])[0]
         return attach_segmentation(result, segmented, self.segmenter)
 
     def close(self):

@@ -276,7 +276,7 @@ def decode_cell(state, name, parts):
 def decode_metaphase(state, name, parts, held):
     """One metaphase part -> segmented (kept in ``held``) -> a PreparedCase of its cut-outs;
     ApiError 422/413 naming the file."""
-    from vfinfer.pipeline.metaphase import NoChromosomesError, segment_image
+    from vfinfer.pipeline.metaphase import NoChromosomesError, mark_segmented, segment_image
     from vfinfer.segment.model import ImageTooLargeError
 
     file, data = parts[0]
@@ -293,8 +293,8 @@ def decode_metaphase(state, name, parts, held):
     except NoChromosomesError as exc:
         raise ApiError(422, "no_chromosomes", str(exc), file) from None
     held["segmented"] = segmented
-    return state.pipeline.prepare(name, [c.image for c in segmented.cutouts],
-                                  [c.name for c in segmented.cutouts])
+    return mark_segmented(state.pipeline.prepare(name, [c.image for c in segmented.cutouts],
+                                                 [c.name for c in segmented.cutouts]))
 
 
 def _flag(value):

@@ -26,6 +26,7 @@ from vfinfer.io.images import read_case
 from vfinfer.io.runner import case_name
 from vfinfer.model.manifest import load_manifest, write_json_atomic
 from vfinfer.pipeline import Pipeline
+from vfinfer.pipeline.metaphase import mark_segmented
 
 RULES = (f"low-confidence share: the largest on the in-domain cells + {LOW_CONFIDENCE_MARGIN}; "
          f"background: checked when at least {BACKGROUND_PURE:.0%} of the in-domain cut-outs "
@@ -53,8 +54,11 @@ def fit_domain(figures, config, source):
     limits = {"low_confidence_fraction": round(min(1.0, max(low) + LOW_CONFIDENCE_MARGIN), 4),
               "background": background,
               "median_abs_tilt": round(max(tilts) + TILT_MARGIN, 2) if use_tilt else None}
+    segmented = sum(f.get("segmented_fraction", 0.0) * f["n"] for f in figures) / \
+        max(n_images, 1)
     return {
         "fitted_on": {"cells": len(figures), "images": n_images, "source": source,
+                      "segmented": bool(segmented >= BACKGROUND_PURE),
                       "created": datetime.datetime.now(datetime.timezone.utc)
                       .isoformat(timespec="seconds")},
         "seen": {"low_confidence": _quantiles(low), "low_confidence_max": max(low),
@@ -78,6 +82,7 @@ def domain_figures(model_dir, case_dirs, backend="auto", threads=0, log=print):
         for i, case_dir in enumerate(case_dirs):
             images, paths, _ = read_case(case_dir)
             prepared = pipe.prepare(case_name(case_dir), images, [p.name for p in paths])
+            mark_segmented(prepared, case_dir)
             probs = pipe.infer_prepared(prepared.g_input)["type_probs"]
             calls = {"none": karyotype_summary(argmax_types(probs))[0],
                      "paper": karyotype_summary(dispatch(probs, threshold)[0])[0],
