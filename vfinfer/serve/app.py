@@ -183,6 +183,10 @@ def _add_routes(app, state):
             for name, parts in cells))
         return {"results": answers}
 
+    _add_metaphase_route(app, state)
+
+
+def _add_metaphase_route(app, state):
     @app.post("/v1/metaphase")
     async def metaphase(request: Request):
         """One metaphase image, sent as one cell of ``/v1/cells`` with a single image: it is
