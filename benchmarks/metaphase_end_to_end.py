@@ -12,7 +12,9 @@ cut-out of ``cells/<case>/`` is looked for in the metaphase by normalised cross-
 or not); a match of at least ``--min-ncc`` locates the labelled chromosome (its pixels above
 Otsu's threshold of the cut-out); the segmented instance with the highest IoU (>= 0.5) with
 it carries the label. End-to-end type accuracy = right calls / located labelled chromosomes
-(FKA of Render-Attention counts over all 46; their 83.70 % is on their own split). The
+(FKA of Render-Attention counts over all 46; their 83.70 % is on their own split). Per image
+also the median upright length of the segmented cut-outs and of the case's labelled ones
+(``length_segmented``, ``length_cells``: the scale the classifier saw in training). The
 cut-outs in ``cells/`` were made by the data set's authors, some from these images pixel for
 pixel, others not: unlocated ones are counted and left out.
 """
@@ -20,7 +22,6 @@ pixel, others not: unlocated ones are counted and left out.
 import argparse
 import csv
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from split_metaphases import case_of  # noqa: E402
 
-from vfinfer.io.labelme import read_labelme  # noqa: E402
+from vfinfer.io.labelme import read_labelme, read_names  # noqa: E402
 from vfinfer.pipeline.metaphase import MetaphasePipeline, NoChromosomesError  # noqa: E402
 from vfinfer.tools.eval_seg import iou_matrix  # noqa: E402
 
@@ -94,6 +95,13 @@ def score_calls(image, result, labels, min_ncc):
     return located, right
 
 
+def median_length(images, config):
+    """Median long side (px) of cut-outs after the classifier's rotate-and-crop."""
+    from vfinfer.pipeline.normalize import normalize_cutout
+
+    return float(np.median([max(normalize_cutout(img, config)[0].shape) for img in images]))
+
+
 def one_image(mp, path, cells, min_ncc):
     metaphase = read_labelme(path)
     labels = cells.get(case_of(path.name), [])
@@ -104,6 +112,7 @@ def one_image(mp, path, cells, min_ncc):
         return {"image": path.name, "annotated": len(metaphase.polygons), "found": 0}
     wall = (time.perf_counter() - started) * 1000
     located, right = score_calls(metaphase.image, result, labels, min_ncc)
+    cell_images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p, _ in labels]
     timing = result["timing_ms"]
     seg_stages = sum(timing[k] for k in ("segmentation", "instances", "cutouts"))
     return {"image": path.name, "annotated": len(metaphase.polygons),
@@ -112,6 +121,8 @@ def one_image(mp, path, cells, min_ncc):
             "withheld": result["verdict"].get("withheld_karyotype"),
             "verdict": result["verdict"]["text"], "labelled": len(labels),
             "located": located, "right": right,
+            "length_segmented": float(np.median([max(r["size"]) for r in result["chromosomes"]])),
+            "length_cells": median_length(cell_images, mp.pipeline.config) if labels else None,
             "timing_ms": {"segmentation": timing["segmentation"],
                           "instances": timing["instances"], "cutouts": timing["cutouts"],
                           "classification": timing["total"] - seg_stages, "wall": wall}}
@@ -150,7 +161,7 @@ def main():
     parser.add_argument("--min-ncc", type=float, default=0.9)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    names = [n for n in args.list.read_text().split() if re.search(r"\.json$", n)]
+    names = read_names(args.list)
     cells = labelled_cells(args.data)
     rows = []
     with MetaphasePipeline(args.model, seg_model=args.seg_model, dispatch_mode=args.dispatch,

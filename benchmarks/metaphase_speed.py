@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vfinfer.io.labelme import read_labelme
+from vfinfer.io.labelme import read_labelme, read_names
 from vfinfer.pipeline.metaphase import MetaphasePipeline
 
 STAGES = ("segmentation", "instances", "cutouts", "classification", "total")
@@ -31,7 +31,7 @@ def images_from(args):
         from vfinfer.tools.synth_metaphase import render_metaphase
 
         return [render_metaphase(5000 + k, "46,XY")[0] for k in range(args.images + 1)]
-    names = args.list.read_text().split() if args.list else sorted(
+    names = read_names(args.list) if args.list else sorted(
         p.name for p in args.data.glob("*.json"))
     return [read_labelme(args.data / n).image for n in names[:args.images + 1]]
 

@@ -46,12 +46,6 @@ def _stderr(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def read_list(path):
-    """File names from a text file, one per line (blank lines and # comments skipped)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
-
 def training_files(data_dir, files=None):
     """What to train on: a COCO JSON file's metaphases (``data_dir`` is a .json file;
     ``files`` then names the images to keep), or labelme files (``files``: names in

@@ -22,10 +22,9 @@ def _log(line):
 
 
 def _read_names(list_path):
-    if list_path is None:
-        return None
-    lines = Path(list_path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    from vfinfer.io.labelme import read_names
+
+    return None if list_path is None else read_names(list_path)
 
 
 @main.command()

@@ -112,6 +112,13 @@ def read_labelme(path, skip_labels=()):
     return Metaphase(path=path, image=image, polygons=polygons)
 
 
+def read_names(path):
+    """File names from a text file, one per line (blank lines and ``#`` comments skipped):
+    the ``--list`` of the segmentation commands and the split files."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
 def list_labelme(data_dir):
     """The ``*.json`` files of a directory, sorted; ``LabelmeError`` if there are none."""
     data_dir = Path(data_dir)

@@ -53,15 +53,12 @@ def is_metaphase(path):
 
 def _load_metaphase(path, name, pipeline, segmenter):
     from vfinfer.io.labelme import read_metaphase_image
-    from vfinfer.pipeline.metaphase import segment_image
+    from vfinfer.pipeline.metaphase import prepare_metaphase
 
     if segmenter is None:
         raise ValueError(f"{path}: a metaphase image, but no segmentation model was given")
-    segmented = segment_image(segmenter, read_metaphase_image(path), name,
-                              pipeline.config.rotate_crop, pipeline.background)
-    images = [cut.image for cut in segmented.cutouts]
-    prepared = mark_segmented(pipeline.prepare(name, images,
-                                               [cut.name for cut in segmented.cutouts]))
+    segmented, prepared = prepare_metaphase(pipeline, segmenter, read_metaphase_image(path),
+                                            name)
     return LoadedCase(name, prepared, [], segmented, segmenter)
 
 

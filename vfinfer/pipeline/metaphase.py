@@ -76,6 +76,17 @@ def mark_segmented(prepared, case_dir=None):
     return prepared
 
 
+def prepare_metaphase(pipeline, segmenter, image, name):
+    """Segment one metaphase image and prepare its cut-outs for ``pipeline``, marked as
+    segmented: (``SegmentedImage``, ``PreparedCase``). What ``vfinfer run IMAGE``, the server
+    and ``MetaphasePipeline`` share."""
+    segmented = segment_image(segmenter, image, name, pipeline.config.rotate_crop,
+                              pipeline.background)
+    prepared = pipeline.prepare(name, [cut.image for cut in segmented.cutouts],
+                                [cut.name for cut in segmented.cutouts])
+    return segmented, mark_segmented(prepared)
+
+
 def attach_segmentation(result, segmented, segmenter):
     """Add each chromosome's ``segment`` and the ``segmentation`` section to ``result``."""
     for row, cut in zip(result["chromosomes"], segmented.cutouts):
@@ -118,10 +129,7 @@ class MetaphasePipeline:
     def run_image(self, image, name="metaphase"):
         """The result dict of one metaphase image; raises ``NoChromosomesError`` when the
         segmentation finds nothing."""
-        segmented = self.segment(image, name)
-        prepared = mark_segmented(self.pipeline.prepare(
-            name, [cut.image for cut in segmented.cutouts],
-            [cut.name for cut in segmented.cutouts]))
+        segmented, prepared = prepare_metaphase(self.pipeline, self.segmenter, image, name)
         result = self.pipeline.run_cases([prepared])[0]
         return attach_segmentation(result, segmented, self.segmenter)
 

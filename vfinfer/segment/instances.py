@@ -149,7 +149,7 @@ def _grown(box, shape, by):
 def _overlap_owners(labels, overlap, params):
     """{overlap region label: the pieces meeting it}, the pairs to join, and the regions."""
     count, regions = cv2.connectedComponents(overlap.astype(np.uint8), connectivity=8)
-    moments = _moments(labels)
+    moments = _moments(labels) if count > 1 else None  # only where an overlap needs them
     owners, pairs = {}, []
     for r, box in enumerate(ndimage.find_objects(regions), start=1):
         if box is None:

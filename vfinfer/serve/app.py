@@ -280,7 +280,7 @@ def decode_cell(state, name, parts):
 def decode_metaphase(state, name, parts, held):
     """One metaphase part -> segmented (kept in ``held``) -> a PreparedCase of its cut-outs;
     ApiError 422/413 naming the file."""
-    from vfinfer.pipeline.metaphase import NoChromosomesError, mark_segmented, segment_image
+    from vfinfer.pipeline.metaphase import NoChromosomesError, prepare_metaphase
     from vfinfer.segment.model import ImageTooLargeError
 
     file, data = parts[0]
@@ -290,15 +290,13 @@ def decode_metaphase(state, name, parts, held):
     except ImageReadError as exc:
         raise ApiError(422, "bad_image", str(exc), file) from None
     try:
-        segmented = segment_image(state.segmenter, image, name,
-                                  state.pipeline.config.rotate_crop, state.pipeline.background)
+        held["segmented"], prepared = prepare_metaphase(state.pipeline, state.segmenter, image,
+                                                        name)
     except ImageTooLargeError as exc:
         raise ApiError(413, "image_too_large", f"{file}: {exc}", file) from None
     except NoChromosomesError as exc:
         raise ApiError(422, "no_chromosomes", str(exc), file) from None
-    held["segmented"] = segmented
-    return mark_segmented(state.pipeline.prepare(name, [c.image for c in segmented.cutouts],
-                                                 [c.name for c in segmented.cutouts]))
+    return prepared
 
 
 def _flag(value):

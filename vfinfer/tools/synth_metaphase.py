@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from vfinfer.io.labelme import write_labelme
-from vfinfer.tools.synth import _karyotype_tag, render_chromosome
+from vfinfer.tools.synth import _karyotype_tag, _write_png, render_chromosome
 
 DEFAULT_SIZE = (768, 1024)  # height, width
 DEMO_KARYOTYPES = ("46,XX", "46,XY", "47,XY,+21", "47,XX,+18", "45,X", "47,XXY")
@@ -165,9 +165,6 @@ def write_metaphases(out_dir, seed, count, karyotypes=DEMO_KARYOTYPES, backgroun
             raise ValueError(f"{json_path} already exists")
         image, masks = render_metaphase(int(seed) * 1000 + k, karyotype, size, bg)
         write_labelme(json_path, image, [mask_polygon(m) for m in masks])
-        ok, buf = cv2.imencode(".png", image)
-        from vfinfer.io.atomic import write_atomic
-
-        write_atomic(png_path, buf.tobytes())
+        _write_png(png_path, image)
         paths.append(json_path)
     return paths
