@@ -3,7 +3,9 @@
 Writes ``gnet.onnx``, ``lnet.onnx``, ``heads.onnx`` and ``manifest.json`` into a fresh
 directory: each graph has a dynamic batch axis, is fully checked with ``onnx.checker`` and is
 run on ONNX Runtime against PyTorch at several batch sizes. The directory only appears when
-every check passed (it is built under a temporary name and renamed at the end).
+every check passed (it is built under a temporary name and renamed at the end). The TensorRT
+op audit (``op_audit.py``) of each graph goes into the manifest's ``op_audit``; a graph that
+TensorRT could not parse is a warning in the log, not a failure.
 
 Graph outputs are the tensors the runtime needs:
   gnet  image (N,1,G,G)               -> g_features (N,C,p,p), loc (N,3), g_type_logits,
@@ -33,7 +35,9 @@ from vfinfer.backends.ort import make_session
 from vfinfer.model.manifest import build_manifest, sha256_file, write_json_atomic
 from vfinfer.tools.onnx_graph import io_records
 
-OPSET = 18  # opset 18 keeps every op in TensorRT 10/11's ONNX parser (see tests/test_op_audit)
+from .op_audit import format_audit, op_audit
+
+OPSET = 18  # opset 18 keeps every op in TensorRT 10/11's ONNX parser (see op_audit.py)
 PROTOBUF_LIMIT = 2 ** 31 - 1
 PARITY_BATCHES = (1, 7, 46)
 PROBABILITY_TOLERANCE = 1e-4  # abs, on probabilities and the sigmoid localization output
@@ -224,6 +228,8 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
             graphs[role] = {"file": path.name, "files": _files_of(path),
                             "sha256": sha256_file(path), "inputs": inputs, "outputs": outputs}
             paths[role] = path
+        audits = {role: op_audit(path) for role, path in paths.items()}
+        log(format_audit(audits))
         log(f"checking ONNX Runtime against PyTorch at batch sizes {', '.join(map(str, batches))}")
         report = check_parity(model, paths, batches, threads)
         log(format_parity(report))
@@ -233,6 +239,7 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
         manifest = build_manifest(model.config, graphs, producer_versions(), source,
                                   parity={"batches": list(batches), "outputs": report,
                                           "tolerance_abs_probabilities": PROBABILITY_TOLERANCE})
+        manifest["op_audit"] = audits
         if getattr(model, "training_record", None):
             manifest["training"] = model.training_record
         write_json_atomic(tmp_dir / "manifest.json", manifest)

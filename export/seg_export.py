@@ -41,11 +41,11 @@ from .onnx_export import (
     _publish,
     producer_versions,
 )
+from .op_audit import audit_problems, op_audit
 from .seg_model import SegExport, macs_per_pixel
 
 PARITY_SHAPES = ((1, 64, 64), (2, 96, 136), (1, 576, 768))
 PROBABILITY_TOLERANCE = 1e-4
-SUPPORTED_OPS = Path(__file__).with_name("trt_supported_ops.txt")
 
 
 def _export_graph(net, path):
@@ -65,14 +65,6 @@ def _export_graph(net, path):
                           external_data=False)
     torch_logger.setLevel(level)
     onnx.checker.check_model(str(path), full_check=True)
-
-
-def op_audit(path):
-    """{"ops": [...], "unsupported": [...]} against TensorRT's ONNX parser list."""
-    lines = SUPPORTED_OPS.read_text().splitlines()
-    allowed = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
-    used = sorted({node.op_type for node in onnx.load(str(path)).graph.node})
-    return {"ops": used, "unsupported": [op for op in used if op not in allowed]}
 
 
 def check_parity(net, path, threads=0):
@@ -193,8 +185,9 @@ def export_seg(net, out_dir, source, training=None, overwrite=False, threads=0,
         log(f"exporting the segmentation network -> {path.name}")
         _export_graph(net, path)
         audit = op_audit(path)
-        if audit["unsupported"]:
-            raise ExportError(f"ops TensorRT cannot parse: {', '.join(audit['unsupported'])}")
+        problems = audit_problems({"seg": audit})
+        if problems:
+            raise ExportError("; ".join(problems))
         parity = check_parity(net, path, threads)
         log("parity (ONNX Runtime vs PyTorch): " + ", ".join(
             f"{k}: max abs {v['max_abs']:.1e}, agreement {v['agreement']:.4%}"

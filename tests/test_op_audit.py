@@ -1,16 +1,12 @@
 """Every op in the exported graphs must be one TensorRT's ONNX parser supports."""
 
-from pathlib import Path
 
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
-SUPPORTED = Path(__file__).resolve().parents[1] / "export" / "trt_supported_ops.txt"
-
-
-def supported_ops():
-    lines = SUPPORTED.read_text().splitlines()
-    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+from vfinfer.model.manifest import load_manifest
+from vfinfer_export.op_audit import audit_problems, format_audit, op_audit, supported_ops
 
 
 @pytest.fixture(params=["compact", "compact-vgg", "compact-chrblock"])
@@ -22,23 +18,37 @@ def audited_dir(request, model_dir):
 
 
 def test_all_ops_are_supported_by_tensorrt(audited_dir):
-    model_dir = audited_dir
-    allowed = supported_ops()
-    assert {"Conv", "Gemm", "MaxPool", "Softmax"} <= allowed
+    assert {"Conv", "Gemm", "MaxPool", "Softmax"} <= supported_ops()
     for name in ("gnet.onnx", "lnet.onnx", "heads.onnx"):
-        graph = onnx.load(str(model_dir / name)).graph
-        used = {node.op_type for node in graph.node}
-        assert used - allowed == set(), f"{name}: ops TensorRT cannot parse: {used - allowed}"
+        audit = op_audit(audited_dir / name)
+        assert audit["unsupported"] == [], f"{name}: ops TensorRT cannot parse"
+        assert audit["restrictions"] == [], f"{name}: {audit['restrictions']}"
 
 
-def test_tensorrt_restrictions(audited_dir):
-    model_dir = audited_dir
-    for name in ("gnet.onnx", "lnet.onnx", "heads.onnx"):
-        graph = onnx.load(str(model_dir / name)).graph
-        initializers = {i.name for i in graph.initializer}
-        for node in graph.node:
-            if node.op_type == "Conv":
-                assert node.input[1] in initializers, f"{name}: Conv weights not an initializer"
-            if node.op_type == "MaxPool":
-                assert len([o for o in node.output if o]) == 1, f"{name}: MaxPool with indices"
-        assert all(node.domain in ("", "ai.onnx") for node in graph.node), "custom-domain op"
+def test_export_records_a_clean_audit(audited_dir):
+    manifest = load_manifest(audited_dir).data
+    if "op_audit" not in manifest:
+        pytest.skip("the bundled demo model (no torch here) was exported before the audit")
+    audits = manifest["op_audit"]
+    assert audits == {role: op_audit(audited_dir / f"{role}.onnx") for role in audits}
+    assert set(audits) == {"gnet", "lnet", "heads"}
+    assert audit_problems(audits) == []
+    assert {"Conv", "Gemm", "Softmax"} <= set(audits["gnet"]["ops"]) | set(audits["heads"]["ops"])
+    assert format_audit(audits).startswith("TensorRT op audit: all ")
+
+
+def test_audit_flags_what_tensorrt_cannot_parse(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 1, 1, 1])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv_from_input"),
+             helper.make_node("NonZero", ["c"], ["nz"], name="nonzero"),
+             helper.make_node("Mystery", ["c"], ["m"], name="custom", domain="com.lab")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("nz", "m")]
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "bad", [x, w], outputs)), str(path))
+    audit = op_audit(path)
+    assert "NonZero" in audit["unsupported"] and "Mystery" in audit["unsupported"]
+    problems = audit_problems({"gnet": audit})
+    assert any("conv_from_input: Conv weights are not an initializer" in p for p in problems)
+    assert any("custom domain com.lab" in p for p in problems)
+    assert format_audit({"gnet": audit}).startswith("warning: TensorRT will not build")
