@@ -41,7 +41,10 @@ def test_result_follows_the_design_schema(model_dir, case46):
     with Pipeline(model_dir) as pipe:
         result = pipe.run_case(images, name="cell", files=files)
     assert result["case"] == "cell" and result["n_chromosomes"] == 46
-    assert isinstance(result["karyotype"], str) and isinstance(result["warnings"], list)
+    assert isinstance(result["warnings"], list) and isinstance(result["verdict"]["text"], str)
+    # an untrained export's calls are near chance: withheld; the demo model's are karyotyped
+    karyotype = result["karyotype"]
+    assert isinstance(karyotype, str) if result["verdict"]["karyotyped"] else karyotype is None
     assert {"preprocess", "gnet", "crop", "lnet", "heads", "dispatch", "total"} <= \
         set(result["timing_ms"])
     chromosome = result["chromosomes"][0]

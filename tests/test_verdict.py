@@ -105,10 +105,29 @@ def test_run_prints_the_verdict_and_exits_0(fitted, tmp_path):
 
 
 def test_judge_without_domain_says_it_cannot_tell():
-    probs = np.full((3, 24), 1 / 24)
-    facts = [{"background": "light", "tilt": 0.0}] * 3
+    probs = np.zeros((4, 24))
+    probs[:, 0], probs[:, 1] = 0.6, 0.4  # every call unsure (below 0.9) but not near chance
+    facts = [{"background": "light", "tilt": 0.0}] * 4
     verdict = judge(probs, 0.9, facts, None)
     assert verdict["karyotyped"] and "no domain figures" in verdict["text"]
+    assert verdict["reasons"] == [] and verdict["figures"]["near_chance_fraction"] == 0.0
+
+
+def test_judge_without_domain_refuses_near_chance_calls():
+    """An untrained model's probabilities sit near 1/24: no karyotype from those, even
+    without domain figures; exactly half the calls near chance is still karyotyped."""
+    facts = [{"background": "light", "tilt": 0.0}] * 4
+    verdict = judge(np.full((4, 24), 1 / 24), 0.9, facts, None)
+    assert not verdict["karyotyped"] and verdict["text"].startswith("not karyotyped: 4 of 4 "
+                                                                     "calls below probability 0.5")
+    assert verdict["limits"] == {"near_chance_fraction": 0.5}
+    half = np.zeros((4, 24))
+    half[:2, 3] = 1.0
+    half[2:] = 1 / 24
+    assert judge(half, 0.9, facts, None)["karyotyped"]
+    forced = judge(np.full((4, 24), 1 / 24), 0.9, facts, None, force=True)
+    assert forced["karyotyped"] and forced["forced"] and "near chance" not in forced["text"]
+    assert "cannot tell these chromosomes apart" in forced["text"]
 
 
 def test_fit_domain_rules():

@@ -28,6 +28,15 @@ got 2 of 33 metaphase karyotypes right while its figures looked in-domain: READM
 of mostly segmented cut-outs is refused unless ``vfinfer domain`` was run on segmented cells
 (``domain["fitted_on"]["segmented"]``).
 
+A model without domain figures (a fresh export, before ``vfinfer domain``) cannot be compared
+with its own cells, so one model-independent floor stands in: a cell is refused when more than
+``NO_DOMAIN_NEAR_CHANCE_LIMIT`` of its calls have a top type probability below ``NEAR_CHANCE``
+(``near_chance_fraction``), i.e. the model cannot tell most of its chromosomes apart. Untrained
+exports lie above it on every cell measured (61-100 % of the calls), trained models on their
+own held-out cells below it (at most 43 %, the weakest; ``benchmarks/near_chance_calls.py``,
+README "Images from your lab"). The floor is deliberately loose: it stops nonsense, not a model
+that is merely unsure or a cell from another lab, which only domain figures can judge.
+
 A fourth check is about the model rather than the cell: when ``vfinfer domain`` was given the
 in-domain cells' labels, it records for each dispatch mode the share of those cells whose
 karyotype came out exactly right. Below ``MIN_EXACT_KARYOTYPES`` the model's karyotypes
@@ -41,6 +50,8 @@ LOW_CONFIDENCE_MARGIN = 0.15
 BACKGROUND_PURE = 0.95
 TILT_MARGIN = 15.0
 MIN_EXACT_KARYOTYPES = 0.5
+NEAR_CHANCE = 0.5
+NO_DOMAIN_NEAR_CHANCE_LIMIT = 0.5
 SEGMENTED_NOT_FITTED = ("chromosomes segmented from a metaphase, but this model's in-domain "
                         "figures come from ready-made cut-outs: its calls on segmented "
                         "chromosomes are not validated ('vfinfer domain' on segmented cells of "
@@ -63,6 +74,8 @@ def cell_figures(type_probs, threshold, facts):
         "median_abs_tilt": round(float(np.median(tilts)), 2) if tilts else None,
         "segmented_fraction": round(float(np.mean(
             [bool(f.get("segmented")) for f in facts])) if facts else 0.0, 4),
+        "near_chance_fraction": round(float(np.mean(top < NEAR_CHANCE)) if len(top) else 1.0,
+                                      4),
     }
 
 
@@ -74,7 +87,9 @@ def reasons_against(figures, domain, threshold, dispatch_mode=None):
 
 def kinded_reasons(figures, domain, threshold, dispatch_mode=None):
     """``reasons_against`` as (kind, text) pairs; kinds: model, segmentation, low
-    confidence, background, tilt."""
+    confidence, background, tilt; without a domain only the floor (near chance)."""
+    if not domain:
+        return _near_chance_reasons(figures)
     limits = domain["limits"]
     reasons = [("model", text) for text in _model_reasons(domain, dispatch_mode)]
     if figures.get("segmented_fraction", 0.0) > 0.5 and \
@@ -103,6 +118,17 @@ def kinded_reasons(figures, domain, threshold, dispatch_mode=None):
     return reasons
 
 
+def _near_chance_reasons(figures):
+    share = figures["near_chance_fraction"]
+    if share <= NO_DOMAIN_NEAR_CHANCE_LIMIT:
+        return []
+    count = int(round(share * figures["n"]))
+    return [("near chance", f"{count} of {figures['n']} calls below probability "
+             f"{NEAR_CHANCE:g}: the model cannot tell these chromosomes apart (without domain "
+             f"figures, a cell is refused when more than {NO_DOMAIN_NEAR_CHANCE_LIMIT:.0%} of "
+             "its calls are)")]
+
+
 def _model_reasons(domain, dispatch_mode):
     exact = (domain.get("karyotype_exact") or {}) if dispatch_mode else {}
     share = exact.get(dispatch_mode)
@@ -123,16 +149,15 @@ def judge(type_probs, threshold, facts, domain, force=False, dispatch_mode=None)
     ``figures`` and the ``limits`` used. ``force`` reports the karyotype in any case (the
     reasons stay in the verdict)."""
     figures = cell_figures(type_probs, threshold, facts)
-    if not domain:
-        return {"karyotyped": True, "text": "karyotyped; " + NO_DOMAIN, "reasons": [],
-                "figures": figures, "limits": None, "forced": False}
     reasons = reasons_against(figures, domain, threshold, dispatch_mode)
     karyotyped = force or not reasons
+    limits = domain["limits"] if domain else {"near_chance_fraction": NO_DOMAIN_NEAR_CHANCE_LIMIT}
     if not reasons:
-        text = "karyotyped: the cell is like the model's in-domain cells"
+        text = ("karyotyped: the cell is like the model's in-domain cells" if domain
+                else "karyotyped; " + NO_DOMAIN)
     elif force:
         text = "karyotyped because forced (--force-karyotype), although " + "; ".join(reasons)
     else:
         text = "not karyotyped: " + "; ".join(reasons)
     return {"karyotyped": karyotyped, "text": text, "reasons": reasons, "figures": figures,
-            "limits": domain["limits"], "forced": bool(force and reasons)}
+            "limits": limits, "forced": bool(force and reasons)}

@@ -35,7 +35,12 @@ from vfinfer.calls.dispatch import argmax_types, dispatch_counts
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.optimal_params import load_params
 from vfinfer.calls.patient import group_cells, patient_evaluation
-from vfinfer.calls.verdict import NO_DOMAIN, cell_figures, kinded_reasons
+from vfinfer.calls.verdict import (
+    NO_DOMAIN,
+    NO_DOMAIN_NEAR_CHANCE_LIMIT,
+    cell_figures,
+    kinded_reasons,
+)
 from vfinfer.io.atomic import write_atomic
 from vfinfer.io.images import read_gray8
 from vfinfer.model.classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
@@ -428,9 +433,8 @@ def _polarity_metrics(true_pol, pred_pol, case_ids):
 
 def _verdicts(per_cell, case_ids, type_probs, facts, threshold, domain):
     """How often the verdict withholds the karyotype (``vfinfer.calls.verdict``), overall and
-    on the cells whose true counts are abnormal (it must never hide those)."""
-    if not domain:
-        return {"domain": False, "note": NO_DOMAIN}
+    on the cells whose true counts are abnormal (it must never hide those). Without domain
+    figures only the near-chance floor applies (``note`` says so)."""
     ids = np.array(case_ids)
     refused, reasons = [], {}
     for cell in per_cell:
@@ -443,11 +447,16 @@ def _verdicts(per_cell, case_ids, type_probs, facts, threshold, domain):
             for kind, _ in found:
                 reasons[kind] = reasons.get(kind, 0) + 1
     abnormal = [c["cell"] for c in per_cell if c["abnormal"]]
-    return {"domain": True, "n_cells": len(per_cell), "not_karyotyped": len(refused),
-            "rate": len(refused) / max(len(per_cell), 1), "reasons": reasons,
-            "abnormal_cells": len(abnormal),
-            "abnormal_not_karyotyped": sorted(set(abnormal) & set(refused)),
-            "cells_not_karyotyped": refused, "limits": domain["limits"]}
+    summary = {"domain": bool(domain), "n_cells": len(per_cell), "not_karyotyped": len(refused),
+               "rate": len(refused) / max(len(per_cell), 1), "reasons": reasons,
+               "abnormal_cells": len(abnormal),
+               "abnormal_not_karyotyped": sorted(set(abnormal) & set(refused)),
+               "cells_not_karyotyped": refused,
+               "limits": domain["limits"] if domain else
+               {"near_chance_fraction": NO_DOMAIN_NEAR_CHANCE_LIMIT}}
+    if not domain:
+        summary["note"] = NO_DOMAIN
+    return summary
 
 
 def _patient_groups(data_dir, labels_csv, cells, patient_from, sample_sheet):
@@ -540,13 +549,14 @@ def _key_order(results):
 
 
 def _verdict_line(verdict):
-    if not verdict.get("domain"):
+    if "n_cells" not in verdict:  # a results file from before the no-domain floor
         return "verdict   " + verdict.get("note", "not measured")
     abnormal = verdict["abnormal_not_karyotyped"]
     return (f"verdict   not karyotyped: {verdict['not_karyotyped']} of {verdict['n_cells']} "
             f"cells ({100 * verdict['rate']:.1f} %; "
             + (", ".join(f"{k}: {v}" for k, v in verdict["reasons"].items()) or "none")
-            + f"); abnormal cells withheld: {len(abnormal)} of {verdict['abnormal_cells']}")
+            + f"); abnormal cells withheld: {len(abnormal)} of {verdict['abnormal_cells']}"
+            + ("" if verdict["domain"] else "; " + verdict["note"]))
 
 
 def _pct(value):
