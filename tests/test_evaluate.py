@@ -310,6 +310,11 @@ def test_end_to_end_with_the_runtime(model_dir, synth_root, tmp_path):
     values = [float(v) for v in table_row.split()[1:]]
     assert len(values) == 7 and all(0 <= v <= 100 for v in values)
     assert res["abnormality"]["n_abnormal"] == 1 and res["abnormality"]["n_normal"] == 1
+    verdict = res["verdict"]  # no domain figures: only the near-chance floor judges
+    if not verdict["domain"]:  # the random-init export (the demo model has a domain)
+        assert verdict["limits"] == {"near_chance_fraction": 0.5}
+        assert verdict["not_karyotyped"] == 2 and verdict["reasons"] == {"near chance": 2}
+        assert "no domain figures" in report
 
     json_path, png_path = ev.save_eval(res, tmp_path / "out" / "eval.json")
     assert png_path == tmp_path / "out" / "eval_confusion.png"

@@ -144,6 +144,11 @@ def _model_reasons(domain, dispatch_mode):
             f"right; {advice}"]
 
 
+def verdict_limits(domain):
+    """The limits a cell is judged by: the domain's, else the no-domain floor's."""
+    return domain["limits"] if domain else {"near_chance_fraction": NO_DOMAIN_NEAR_CHANCE_LIMIT}
+
+
 def judge(type_probs, threshold, facts, domain, force=False, dispatch_mode=None):
     """The ``verdict`` section of a result: ``karyotyped`` (bool), ``text``, ``reasons``,
     ``figures`` and the ``limits`` used. ``force`` reports the karyotype in any case (the
@@ -151,7 +156,6 @@ def judge(type_probs, threshold, facts, domain, force=False, dispatch_mode=None)
     figures = cell_figures(type_probs, threshold, facts)
     reasons = reasons_against(figures, domain, threshold, dispatch_mode)
     karyotyped = force or not reasons
-    limits = domain["limits"] if domain else {"near_chance_fraction": NO_DOMAIN_NEAR_CHANCE_LIMIT}
     if not reasons:
         text = ("karyotyped: the cell is like the model's in-domain cells" if domain
                 else "karyotyped; " + NO_DOMAIN)
@@ -160,4 +164,4 @@ def judge(type_probs, threshold, facts, domain, force=False, dispatch_mode=None)
     else:
         text = "not karyotyped: " + "; ".join(reasons)
     return {"karyotyped": karyotyped, "text": text, "reasons": reasons, "figures": figures,
-            "limits": limits, "forced": bool(force and reasons)}
+            "limits": verdict_limits(domain), "forced": bool(force and reasons)}

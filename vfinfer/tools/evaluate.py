@@ -35,12 +35,7 @@ from vfinfer.calls.dispatch import argmax_types, dispatch_counts
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.optimal_params import load_params
 from vfinfer.calls.patient import group_cells, patient_evaluation
-from vfinfer.calls.verdict import (
-    NO_DOMAIN,
-    NO_DOMAIN_NEAR_CHANCE_LIMIT,
-    cell_figures,
-    kinded_reasons,
-)
+from vfinfer.calls.verdict import NO_DOMAIN, cell_figures, kinded_reasons, verdict_limits
 from vfinfer.io.atomic import write_atomic
 from vfinfer.io.images import read_gray8
 from vfinfer.model.classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
@@ -451,9 +446,7 @@ def _verdicts(per_cell, case_ids, type_probs, facts, threshold, domain):
                "rate": len(refused) / max(len(per_cell), 1), "reasons": reasons,
                "abnormal_cells": len(abnormal),
                "abnormal_not_karyotyped": sorted(set(abnormal) & set(refused)),
-               "cells_not_karyotyped": refused,
-               "limits": domain["limits"] if domain else
-               {"near_chance_fraction": NO_DOMAIN_NEAR_CHANCE_LIMIT}}
+               "cells_not_karyotyped": refused, "limits": verdict_limits(domain)}
     if not domain:
         summary["note"] = NO_DOMAIN
     return summary
