@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vfinfer.calls.verdict import NEAR_CHANCE, NO_DOMAIN_NEAR_CHANCE_LIMIT
+from vfinfer.calls.verdict import (
+    NEAR_CHANCE,
+    NO_DOMAIN_NEAR_CHANCE_LIMIT,
+    cell_figures,
+    kinded_reasons,
+)
 from vfinfer.tools.evaluate import cell_probabilities
 
 
@@ -27,11 +32,12 @@ def one_run(model_dir, data_dir, labels_csv, threads):
     found = cell_probabilities(data_dir, labels_csv, model_dir, threads=threads,
                                log=lambda *a: None)
     cells = []
-    for cell, probs in found["probs"].items():
-        top = probs.max(axis=1)
-        cells.append({"cell": cell, "n": int(len(top)),
-                      "near_chance_fraction": round(float(np.mean(top < NEAR_CHANCE)), 4),
-                      "median_top_probability": round(float(np.median(top)), 4),
+    for cell, probs in found["probs"].items():  # the verdict's own figure and rule, no domain
+        figures = cell_figures(probs, found["threshold"], [])
+        cells.append({"cell": cell, "n": figures["n"],
+                      "near_chance_fraction": figures["near_chance_fraction"],
+                      "refused": bool(kinded_reasons(figures, None, found["threshold"])),
+                      "median_top_probability": round(float(np.median(probs.max(axis=1))), 4),
                       "type_accuracy": round(float(np.mean(probs.argmax(1) == found["true"][cell])),
                                              4)})
     shares = np.array([c["near_chance_fraction"] for c in cells])
@@ -40,7 +46,7 @@ def one_run(model_dir, data_dir, labels_csv, threads):
             "type_accuracy": round(float(np.mean([c["type_accuracy"] for c in cells])), 4),
             "near_chance_fraction": {"min": float(shares.min()), "median": float(np.median(shares)),
                                      "max": float(shares.max())},
-            "cells_refused_by_floor": int(np.sum(shares > NO_DOMAIN_NEAR_CHANCE_LIMIT)),
+            "cells_refused_by_floor": sum(c["refused"] for c in cells),
             "cells": cells}
 
 

@@ -218,17 +218,17 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
     model = model.eval()
     tmp_dir = _prepare_destination(out_dir, overwrite)
     try:
-        graphs, paths = {}, {}
+        graphs, paths, audits = {}, {}, {}
         examples = example_inputs(model, 2)
         for role, module in _wrappers(model).items():
             path = tmp_dir / f"{role}.onnx"
             log(f"exporting {role} -> {path.name}")
             _export_graph(module, examples[role], GRAPHS[role], path)
-            inputs, outputs = io_records(onnx.load(str(path), load_external_data=False))
+            structure = onnx.load(str(path), load_external_data=False)
+            inputs, outputs = io_records(structure)
             graphs[role] = {"file": path.name, "files": _files_of(path),
                             "sha256": sha256_file(path), "inputs": inputs, "outputs": outputs}
-            paths[role] = path
-        audits = {role: op_audit(path) for role, path in paths.items()}
+            paths[role], audits[role] = path, op_audit(structure)
         log(format_audit(audits))
         log(f"checking ONNX Runtime against PyTorch at batch sizes {', '.join(map(str, batches))}")
         report = check_parity(model, paths, batches, threads)

@@ -32,9 +32,12 @@ def _restriction_problems(graph):
     return problems
 
 
-def op_audit(path):
-    """``{"ops": [...], "unsupported": [...], "restrictions": [...]}`` for one ONNX file."""
-    graph = onnx.load(str(path), load_external_data=False).graph
+def op_audit(model):
+    """``{"ops": [...], "unsupported": [...], "restrictions": [...]}`` for one ONNX file
+    (a path) or an already loaded ``onnx.ModelProto``."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    graph = model.graph
     used = sorted({node.op_type for node in graph.node})
     allowed = supported_ops()
     return {"ops": used, "unsupported": [op for op in used if op not in allowed],

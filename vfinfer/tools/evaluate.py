@@ -542,8 +542,8 @@ def _key_order(results):
 
 
 def _verdict_line(verdict):
-    if "n_cells" not in verdict:  # a results file from before the no-domain floor
-        return "verdict   " + verdict.get("note", "not measured")
+    if "n_cells" not in verdict:  # no verdict section
+        return "verdict   not measured"
     abnormal = verdict["abnormal_not_karyotyped"]
     return (f"verdict   not karyotyped: {verdict['not_karyotyped']} of {verdict['n_cells']} "
             f"cells ({100 * verdict['rate']:.1f} %; "
