@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vfinfer.io.images import read_gray8
 from vfinfer.model.config import preset
-from vfinfer.pipeline.normalize import normalize_cutout
 from vfinfer.pipeline.preprocess import preprocess
-from vfinfer.tools.bench import print_and_save
+from vfinfer.tools.benchmarking.bench import print_and_save
+from vfinfer.util.geometry import normalize_cutout
+from vfinfer.util.images import read_gray8
 
 
 def check(data_dir, config):

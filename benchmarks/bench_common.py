@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vfinfer.tools.bench import cpu_facts
-from vfinfer.tools.synth import write_cases
+from vfinfer.tools.benchmarking.bench import cpu_facts
+from vfinfer.tools.synthesis.cells import write_cases
 
 KARYOTYPES = ("46,XY", "46,XX", "47,XY,+21", "45,X")
 

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_latency.py --model engines/compact --cases 50 --json out/gpu.json
 
-Each case is a synthetic 46,XY cell (vfinfer.tools.synth, a fixed seed per case) classified with
+Each case is a synthetic 46,XY cell (vfinfer.tools.synthesis.cells, a fixed seed per case) classified with
 ``Pipeline.run_case`` on the TensorRT engines built by ``vfinfer build``: preprocessing, the
 three engines, the NumPy crop between them, dispatch and the karyotype, i.e. what a user
 waits for. After ``--warmup`` untimed cases, every case is timed with perf_counter; the
@@ -24,7 +24,7 @@ KARYOTYPE_46XY = [t for t in range(22) for _ in range(2)] + [22, 23]
 
 
 def synthetic_case(seed):
-    from vfinfer.tools.synth import render_chromosome
+    from vfinfer.tools.synthesis.cells import render_chromosome
 
     rng = np.random.default_rng(seed)
     return [render_chromosome(t, rng) for t in KARYOTYPE_46XY]
@@ -104,7 +104,7 @@ def main(argv=None):
     if args.cases < 1:
         parser.error("--cases must be at least 1")
 
-    from vfinfer.environment import cuda_devices
+    from vfinfer.util.machine import cuda_devices
 
     count, description = cuda_devices()
     if count == 0:

@@ -34,7 +34,7 @@ from split_metaphases import case_of  # noqa: E402
 
 from vfinfer.io.labelme import read_labelme, read_names  # noqa: E402
 from vfinfer.pipeline.metaphase import MetaphasePipeline, NoChromosomesError  # noqa: E402
-from vfinfer.tools.eval_seg import iou_matrix  # noqa: E402
+from vfinfer.tools.evaluation.segmentation import iou_matrix  # noqa: E402
 
 
 def labelled_cells(data):
@@ -97,7 +97,7 @@ def score_calls(image, result, labels, min_ncc):
 
 def median_length(images, config):
     """Median long side (px) of cut-outs after the classifier's rotate-and-crop."""
-    from vfinfer.pipeline.normalize import normalize_cutout
+    from vfinfer.util.geometry import normalize_cutout
 
     return float(np.median([max(normalize_cutout(img, config)[0].shape) for img in images]))
 

@@ -28,7 +28,7 @@ STAGES = ("segmentation", "instances", "cutouts", "classification", "total")
 
 def images_from(args):
     if args.data is None:
-        from vfinfer.tools.synth_metaphase import render_metaphase
+        from vfinfer.tools.synthesis.metaphases import render_metaphase
 
         return [render_metaphase(5000 + k, "46,XY")[0] for k in range(args.images + 1)]
     names = read_names(args.list) if args.list else sorted(

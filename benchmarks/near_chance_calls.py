@@ -2,7 +2,7 @@
 figure behind the verdict's floor for models without domain figures (``vfinfer.calls.verdict``).
 
 Each ``--run MODEL_DIR DATA_DIR LABELS_CSV`` runs one model over labelled cells (dispatch off,
-``vfinfer.tools.evaluate.cell_probabilities``) and records, per cell, the share below the floor,
+``vfinfer.tools.evaluation.evaluate.cell_probabilities``) and records, per cell, the share below the floor,
 the median top probability and the type accuracy, and how many cells the floor would refuse:
 
     python benchmarks/near_chance_calls.py \\
@@ -25,7 +25,7 @@ from vfinfer.calls.verdict import (
     cell_figures,
     kinded_reasons,
 )
-from vfinfer.tools.evaluate import cell_probabilities
+from vfinfer.tools.evaluation.evaluate import cell_probabilities
 
 
 def one_run(model_dir, data_dir, labels_csv, threads):

@@ -21,11 +21,11 @@ import onnxruntime as ort
 import openvino as ov
 
 from vfinfer import backends
-from vfinfer.io.images import read_case
 from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline.network import run_network
 from vfinfer.pipeline.preprocess import preprocess_batch
-from vfinfer.tools.synth import write_cases
+from vfinfer.tools.synthesis.cells import write_cases
+from vfinfer.util.images import read_case
 
 ROLES = ("gnet", "lnet", "heads")
 # built one after the other, ONNX Runtime first, so no runtime's idle worker threads are alive

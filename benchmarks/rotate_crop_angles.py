@@ -1,10 +1,10 @@
-"""Angle error of the two rotate-and-crop axis estimates (vfinfer.pipeline.normalize) on
+"""Angle error of the two rotate-and-crop axis estimates (vfinfer.util.geometry) on
 rotated rods and rotated synthetic chromosomes, and their time per 46-chromosome cell.
 
     python benchmarks/rotate_crop_angles.py --json benchmarks/results/rotate_crop_angles.json
 
 Rods: straight capsules, lengths 30-120 px, widths 8-20 px, noise, at 200 seeded angles.
-Chromosomes: ``vfinfer.tools.synth.render_chromosome`` cut-outs (bent, banded, with their own
+Chromosomes: ``vfinfer.tools.synthesis.cells.render_chromosome`` cut-outs (bent, banded, with their own
 small tilt), turned by seeded angles; the truth is the principal axis of the unturned
 cut-out plus the turn, so this part measures how well each estimate follows a turn.
 Errors are modulo 180 degrees (an axis has no direction).
@@ -19,14 +19,14 @@ import cv2
 import numpy as np
 
 from vfinfer.model.config import preset
-from vfinfer.pipeline.normalize import (
+from vfinfer.pipeline.preprocess import normalize_batch
+from vfinfer.tools.benchmarking.bench import print_and_save
+from vfinfer.tools.synthesis.cells import render_chromosome
+from vfinfer.util.geometry import (
     chromosome_mask,
     hough_angle,
     principal_axis_angle,
 )
-from vfinfer.pipeline.preprocess import normalize_batch
-from vfinfer.tools.bench import print_and_save
-from vfinfer.tools.synth import render_chromosome
 
 
 def rod(angle, length, width, rng):

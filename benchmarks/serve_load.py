@@ -25,9 +25,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import command, machine, make_cells, save, stats_ms  # noqa: E402
 
-from vfinfer.io.images import decode_gray8  # noqa: E402
 from vfinfer.io.runner import run_with  # noqa: E402
 from vfinfer.pipeline import Pipeline  # noqa: E402
+from vfinfer.util.images import decode_gray8  # noqa: E402
 
 
 def start_server(*options):

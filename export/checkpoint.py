@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from vfinfer.io.atomic import write_atomic
 from vfinfer.model.config import ModelConfig, preset
+from vfinfer.util.atomic import write_atomic
 
 from .models import VarifocalNet
 

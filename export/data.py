@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 import torch
 
-from vfinfer.io.images import read_gray8
-from vfinfer.pipeline.normalize import normalize_cutout
 from vfinfer.pipeline.preprocess import to_canvas, zscore
+from vfinfer.util.geometry import normalize_cutout
+from vfinfer.util.images import read_gray8
 
 REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
 UNLABELLED = -1  # polarity of an image whose labels leave the polarity column empty
@@ -139,7 +139,7 @@ def slides_of(records):
 
 def to_g_canvas(image, config):
     """uint8 image as read -> uint8 (g_input, g_input): the runtime's preprocessing up to the
-    z-score (``vfinfer.pipeline.normalize`` with automatic background detection, then the
+    z-score (``vfinfer.util.geometry`` with automatic background detection, then the
     same padding and resize call)."""
     return to_canvas(normalize_cutout(image, config)[0], config)
 

@@ -33,7 +33,7 @@ from torch import nn
 import vfinfer
 from vfinfer.backends.ort import make_session
 from vfinfer.model.manifest import build_manifest, sha256_file, write_json_atomic
-from vfinfer.tools.onnx_graph import io_records
+from vfinfer.tools.precision.onnx_graph import io_records
 
 from .op_audit import format_audit, op_audit
 
@@ -212,7 +212,7 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
                  log=print, threads=0, fp16=False, calib_case_dir=None):
     """Export ``model`` into ``out_dir`` and return the manifest written there.
 
-    ``fp16``: also write the audited mixed-precision FP16 graphs (vfinfer.tools.fp16),
+    ``fp16``: also write the audited mixed-precision FP16 graphs (vfinfer.tools.precision.fp16),
     calibrated on ``calib_case_dir`` (a case directory) or on synthetic images.
     """
     model = model.eval()
@@ -245,7 +245,7 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
         write_json_atomic(tmp_dir / "manifest.json", manifest)
         if fp16:  # before publishing: the directory appears only when every check passed
             from vfinfer.model.manifest import load_manifest
-            from vfinfer.tools.fp16 import add_fp16_graphs
+            from vfinfer.tools.precision.fp16 import add_fp16_graphs
 
             add_fp16_graphs(tmp_dir, calib_case_dir=calib_case_dir, log=log)
             manifest = load_manifest(tmp_dir).data

@@ -10,7 +10,7 @@ directory that appears only when every check passed:
   error of the probabilities, tolerance ``PROBABILITY_TOLERANCE``, and the share of pixels on
   the same side of 0.5);
 * the TensorRT op audit: every op in ``trt_supported_ops.txt`` (TensorRT's ONNX parser);
-* the FP16 graph (``vfinfer.tools.fp16.convert_graph``): the output sigmoid and the 1x1 conv
+* the FP16 graph (``vfinfer.tools.precision.fp16.convert_graph``): the output sigmoid and the 1x1 conv
   feeding it stay FP32, plus whatever the range audit flags on the calibration images; its
   maps against the FP32 graph's are recorded (max abs error, pixel agreement at 0.5).
 """
@@ -31,8 +31,8 @@ from vfinfer.model.manifest import sha256_file, write_json_atomic
 from vfinfer.segment.channels import CHANNELS
 from vfinfer.segment.instances import InstanceParams
 from vfinfer.segment.model import SEG_SCHEMA_VERSION, SegInput, prepare_input
-from vfinfer.tools import fp16, onnx_graph
-from vfinfer.tools.onnx_graph import io_records
+from vfinfer.tools.precision import fp16, onnx_graph
+from vfinfer.tools.precision.onnx_graph import io_records
 
 from .onnx_export import (
     OPSET,
@@ -131,7 +131,7 @@ def tune_instance_params(graph_path, spec, paths, params):
     from vfinfer.io.labelme import polygon_masks, read_labelme
     from vfinfer.segment.instances import instances_from_maps
     from vfinfer.segment.segmenter import network_maps
-    from vfinfer.tools.eval_seg import matched
+    from vfinfer.tools.evaluation.segmentation import matched
 
     runner = OrtRunner(graph_path)
     images = []
@@ -164,7 +164,7 @@ def _graph_record(path):
 def _calibration_feeds(calib_images, spec):
     """A calibration input: the first image (synthetic metaphase when none is given)."""
     if not calib_images:
-        from vfinfer.tools.synth_metaphase import render_metaphase
+        from vfinfer.tools.synthesis.metaphases import render_metaphase
 
         calib_images = [render_metaphase(1, size=(384, 512))[0]]
     x, _ = prepare_input(calib_images[0], spec)

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vfinfer.io.atomic import write_atomic
 from vfinfer.io.labelme import Metaphase, list_labelme, polygon_masks, read_labelme
-from vfinfer.pipeline.normalize import detect_background
 from vfinfer.segment.channels import target_maps
 from vfinfer.segment.model import SegInput, normalized
+from vfinfer.util.atomic import write_atomic
+from vfinfer.util.geometry import detect_background
 
 from .seg_model import SegNet
 

@@ -8,7 +8,7 @@ work=${1:-/tmp/vfinfer-demo}
 mkdir -p "$work"
 
 if [ ! -f "$work/data/labels.csv" ]; then
-  python -c "from vfinfer.tools.synth import make_training_set as m; m('$work/data', seed=2026, n_cases=300)"
+  python -c "from vfinfer.tools.synthesis.cells import make_training_set as m; m('$work/data', seed=2026, n_cases=300)"
 fi
 vfinfer train "$work/data" --out "$work/run" --preset compact --seed 0 --threads 2 \
   $([ -f "$work/run/last.pt" ] && echo --resume)

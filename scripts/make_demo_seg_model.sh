@@ -19,7 +19,7 @@ vfinfer export-seg "$work/run/seg.pt" --out vfinfer/demo_seg_model --overwrite \
 # the example: a metaphase none of the training images is (seed 90 is outside 11000-11039)
 python - <<'PY'
 import cv2
-from vfinfer.tools.synth_metaphase import render_metaphase
+from vfinfer.tools.synthesis.metaphases import render_metaphase
 image, _ = render_metaphase(90, "46,XY", background="light")
 cv2.imwrite("examples/metaphase-46XY.png", image)
 PY

@@ -10,7 +10,7 @@ import pytest
 
 from vfinfer.model.config import preset
 from vfinfer.model.manifest import demo_model_dir
-from vfinfer.tools.synth import write_cases
+from vfinfer.tools.synthesis.cells import write_cases
 
 PKI3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pki3"
 

@@ -4,9 +4,9 @@ cell in a shared batch fails alone, a cancelled cell is skipped, stop drains the
 import numpy as np
 import pytest
 
-from vfinfer.io.images import read_case
 from vfinfer.pipeline import Pipeline
 from vfinfer.serve.batcher import Batcher, QueueFull
+from vfinfer.util.images import read_case
 
 
 @pytest.fixture(scope="module")

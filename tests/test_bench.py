@@ -6,12 +6,15 @@ import json
 from click.testing import CliRunner
 
 from vfinfer.cli import main
-from vfinfer.tools.bench import cpu_facts, run_bench
+from vfinfer.tools.benchmarking.bench import cpu_facts, run_bench
 
 
 def test_report_structure(model_dir):
+    from vfinfer.cli.tools import _eager_reference
+
+    reference, why_not = _eager_reference()
     report = run_bench(model_dir, backend="ort", n_cases=2, n_chromosomes=5, warmup_s=0,
-                       reference=True)
+                       reference=reference, no_reference=why_not)
     stages = report["stages_ms_per_case"]
     assert set(stages) == {"read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch",
                            "write"}

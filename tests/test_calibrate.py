@@ -1,4 +1,4 @@
-"""Tests for vfinfer.tools.calibrate: threshold choice, ROC, grid calibration on synthetic score
+"""Tests for vfinfer.tools.evaluation.calibrate: threshold choice, ROC, grid calibration on synthetic score
 matrices, and the parameters' round trip through manifest.json."""
 
 import json
@@ -11,14 +11,14 @@ from vfinfer.calls.optimal import OptimalParams
 from vfinfer.calls.optimal_params import load_params
 from vfinfer.model.config import preset
 from vfinfer.model.manifest import MANIFEST_NAME, build_manifest, load_manifest, write_json_atomic
-from vfinfer.tools.calibrate import (
+from vfinfer.tools.evaluation.calibrate import (
     NO_ABNORMAL_WARNING,
     calibrate,
     choose_threshold,
     format_calibration,
     store_params,
 )
-from vfinfer.tools.dispatch_figures import dispatch_comparison, roc_curve
+from vfinfer.tools.evaluation.dispatch_figures import dispatch_comparison, roc_curve
 
 SMALL_GRID = {"extra_penalty": (8.0, 12.0), "missing_penalty": (8.0, 12.0),
               "prior_gain": (0.03,), "prior_loss": (0.05,), "prior_sex": (0.02,)}

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from vfinfer.cli import main
-from vfinfer.tools.synth_metaphase import render_metaphase, write_metaphases
+from vfinfer.tools.synthesis.metaphases import render_metaphase, write_metaphases
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from vfinfer.model.engine_record import (
     version_tuple,
 )
 from vfinfer.model.manifest import build_manifest, load_manifest, sha256_file, write_json_atomic
-from vfinfer_export.trt_build import (
+from vfinfer.tools.precision.engines import (
     BuildError,
     build_recipe,
     describe_parser_errors,

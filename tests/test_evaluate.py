@@ -1,4 +1,4 @@
-"""``vfinfer.tools.evaluate``: labels, hand-checkable metrics with a forced pipeline,
+"""``vfinfer.tools.evaluation.evaluate``: labels, hand-checkable metrics with a forced pipeline,
 flip_half, files.
 
 The forced pipeline recognises each image it is given (by its pixels, or the pixels of its
@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from vfinfer.io.images import read_gray8
-from vfinfer.tools import evaluate as ev
-from vfinfer.tools.synth import write_cases
+from vfinfer.tools.evaluation import evaluate as ev
+from vfinfer.tools.synthesis.cells import write_cases
+from vfinfer.util.images import read_gray8
 
 # Cell A: 46,XY (normal), cell B: 47,XX,+21, cell C: 46,XX,+21,-22 (both abnormal).
 KARYOTYPES = [("46,XY", 1), ("47,XX,+21", 2), ("46,XX,+21,-22", 3)]

@@ -10,9 +10,9 @@ from onnx import TensorProto
 
 from vfinfer.model.manifest import load_manifest, sha256_file
 from vfinfer.pipeline import Pipeline
-from vfinfer.tools import precision
+from vfinfer.tools.precision import agreement
 
-fp16 = pytest.importorskip("vfinfer.tools.fp16", reason="the export extra is not installed")
+fp16 = pytest.importorskip("vfinfer.tools.precision.fp16", reason="the export extra is not installed")
 
 ROLES = ("gnet", "lnet", "heads")
 
@@ -103,7 +103,7 @@ def test_softmax_sigmoid_and_their_fc_stay_fp32(fp16_dir):
 
 
 def test_activation_ranges_reports_every_tensor(model_dir):
-    feeds = precision.calibration_feeds(model_dir, fp16.synthetic_calibration_images(8))
+    feeds = agreement.calibration_feeds(model_dir, fp16.synthetic_calibration_images(8))
     ranges = fp16.activation_ranges(model_dir / "gnet.onnx", feeds["gnet"])
     model = onnx.load(str(model_dir / "gnet.onnx"))
     produced = [o for n in model.graph.node for o in n.output]
@@ -150,13 +150,13 @@ def test_agreement_recorded_in_manifest(fp16_dir):
     out, audit, lines = fp16_dir
     data = json.loads((out / "manifest.json").read_text())
     assert data["fp16_audit"] == audit
-    agreement = audit["agreement"]
-    assert agreement["images"] == fp16.SYNTHETIC_CALIBRATION_IMAGES
+    figures = audit["agreement"]
+    assert figures["images"] == fp16.SYNTHETIC_CALIBRATION_IMAGES
     for key in ("type_argmax_agreement", "polarity_argmax_agreement"):
-        assert 0.9 <= agreement[key] <= 1.0
-    assert agreement["type_prob_max_abs_diff"] < 0.02
-    assert agreement["polarity_prob_max_abs_diff"] < 0.02
-    assert agreement["box_max_abs_diff_px"] < 0.5  # G-input pixels
+        assert 0.9 <= figures[key] <= 1.0
+    assert figures["type_prob_max_abs_diff"] < 0.02
+    assert figures["polarity_prob_max_abs_diff"] < 0.02
+    assert figures["box_max_abs_diff_px"] < 0.5  # G-input pixels
     assert set(audit["ranges"]) == set(ROLES)
     assert audit["thresholds"]["fp16_max"] == 65504.0
     assert any(line.startswith("FP16 vs FP32 on 48 images") for line in lines)
@@ -164,7 +164,7 @@ def test_agreement_recorded_in_manifest(fp16_dir):
 
 def test_fp16_pipeline_runs(fp16_dir, case_dirs):
     out, _audit, _lines = fp16_dir
-    from vfinfer.io.images import read_case
+    from vfinfer.util.images import read_case
 
     images, paths, _ = read_case(case_dirs[0])
     with Pipeline(out, backend="ort", precision="fp16") as pipe:

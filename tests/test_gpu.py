@@ -1,6 +1,6 @@
 """The TensorRT path on a real GPU: build, run, parity with the FP32 ONNX graphs, leaks.
 
-Skipped by a real device probe (vfinfer.environment.cuda_devices), not by "tensorrt
+Skipped by a real device probe (vfinfer.util.machine.cuda_devices), not by "tensorrt
 importable": on a machine with a GPU but without TensorRT they fail, saying what to install.
 The same logic is covered on the CPU by tests/test_trt_runner_fakes.py (the runner against
 fake TensorRT and CUDA modules) and tests/test_trt_build_fakes.py (the build recipe).
@@ -16,8 +16,8 @@ import pytest
 
 from vfinfer.backends import trt as trt_backend
 from vfinfer.backends.base import BackendError
-from vfinfer.environment import cuda_devices
 from vfinfer.model.manifest import load_manifest, write_json_atomic
+from vfinfer.util.machine import cuda_devices
 
 GPU_COUNT, GPU_DESCRIPTION = cuda_devices()
 needs_gpu = pytest.mark.skipif(GPU_COUNT == 0, reason=f"no CUDA device: {GPU_DESCRIPTION}")
@@ -42,7 +42,7 @@ def _free_gpu_memory():
 
 @pytest.fixture(scope="module")
 def built_dir(model_dir, tmp_path_factory):
-    from vfinfer_export.trt_build import build_engines
+    from vfinfer.tools.precision.engines import build_engines
 
     out = tmp_path_factory.mktemp("trt") / "compact"
     shutil.copytree(model_dir, out)
@@ -80,8 +80,8 @@ def test_engines_built_verified_and_recorded(built_dir):
 
 @needs_gpu
 def test_fp16_engines_agree_with_fp32_onnx(built_dir, case_dirs):
-    from vfinfer.io.images import read_case
     from vfinfer.pipeline import Pipeline
+    from vfinfer.util.images import read_case
 
     out, _records, _lines = built_dir
     images, _paths, _ = read_case(case_dirs[1])
@@ -126,7 +126,7 @@ def test_stale_engine_is_refused(built_dir, tmp_path):
 
 @needs_gpu
 def test_no_device_memory_leak_over_1000_runs(built_dir, case_dirs):
-    from vfinfer.io.images import read_case
+    from vfinfer.util.images import read_case
 
     out, _records, _lines = built_dir
     images, _paths, _ = read_case(case_dirs[0])
@@ -148,7 +148,7 @@ def test_no_device_memory_leak_over_1000_runs(built_dir, case_dirs):
 
 @needs_gpu
 def test_threads_share_engines(built_dir, case_dirs):
-    from vfinfer.io.images import read_case
+    from vfinfer.util.images import read_case
 
     out, _records, _lines = built_dir
     images, _paths, _ = read_case(case_dirs[0])

@@ -1,4 +1,4 @@
-"""Tests for vfinfer.io.images. Every input file is generated in tmp_path."""
+"""Tests for vfinfer.util.images. Every input file is generated in tmp_path."""
 
 import pickle
 import struct
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vfinfer.io.images import (
+from vfinfer.util.images import (
     IMAGE_SUFFIXES,
     CaseError,
     ImageReadError,

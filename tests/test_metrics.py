@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vfinfer.tools import metrics
+from vfinfer.tools.evaluation import metrics
 
 # Three classes, six samples:
 #   true  0 0 0 1 1 2

@@ -1,11 +1,12 @@
-"""Cut-outs from any lab (vfinfer.pipeline.normalize): background polarity, rotate-and-crop."""
+"""Cut-outs from any lab (vfinfer.util.geometry): background polarity, rotate-and-crop."""
 
 import cv2
 import numpy as np
 import pytest
 
 from vfinfer.model.config import preset
-from vfinfer.pipeline.normalize import (
+from vfinfer.tools.synthesis.cells import render_chromosome
+from vfinfer.util.geometry import (
     CROP_MARGIN,
     chromosome_mask,
     detect_background,
@@ -14,7 +15,6 @@ from vfinfer.pipeline.normalize import (
     principal_axis_angle,
     rotate_and_crop,
 )
-from vfinfer.tools.synth import render_chromosome
 
 
 def rod(angle, length=80, width=16, size=130, light=True, seed=0):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from vfinfer.backends import BackendError
-from vfinfer.io.images import read_case
 from vfinfer.pipeline import Pipeline
+from vfinfer.util.images import read_case
 
 pytest.importorskip("openvino", reason="the optional openvino extra is not installed")
 

@@ -12,12 +12,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from vfinfer.backends import BackendError
-from vfinfer.io.images import read_case
 from vfinfer.model import audits
 from vfinfer.model.manifest import load_manifest, sha256_file
 from vfinfer.pipeline import Pipeline
-from vfinfer.tools import precision, quantize
-from vfinfer.tools.synth import write_cases
+from vfinfer.tools.precision import agreement, quantize
+from vfinfer.tools.synthesis.cells import write_cases
+from vfinfer.util.images import read_case
 
 ROLES = ("gnet", "lnet", "heads")
 FIGURES = ("images", "type_argmax_agreement", "type_disagreements",
@@ -250,7 +250,7 @@ def test_agreement_figures_on_made_up_outputs():
            "boxes": np.array([[0, 0, 10, 10]] * 3, np.float32)}
     got = {**ref, "type_probs": np.array([[0.9, 0.1], [0.45, 0.55], [0.1, 0.9]], np.float32),
            "boxes": np.array([[0, 0, 10, 10], [5, 0, 15, 10], [0, 0, 10, 10]], np.float32)}
-    figures = precision.agreement_figures(ref, got, threshold=0.9)
+    figures = agreement.agreement_figures(ref, got, threshold=0.9)
     assert figures["type_disagreements"] == 1 and figures["type_disagreements_confident"] == 0
     assert figures["confident_images"] == 1 and figures["fp32_distinct_types"] == 2
     assert figures["type_argmax_agreement"] == pytest.approx(2 / 3)
@@ -263,7 +263,7 @@ def test_agreement_figures_on_made_up_outputs():
 def test_box_iou():
     a = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
     b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
-    assert np.allclose(precision.box_iou(a, b), [1.0, 50 / 150, 0.0])
+    assert np.allclose(agreement.box_iou(a, b), [1.0, 50 / 150, 0.0])
 
 
 def test_usable_flag_follows_the_rule(int8_dir, model_dir, cases, tmp_path):
@@ -298,7 +298,7 @@ def test_int8_pipeline_runs_when_usable(int8_dir, cases):
     assert result["backend"]["precision"] == "int8" and result["n_chromosomes"] == 46
     assert all(0 <= c["type_prob"] <= 1 for c in result["chromosomes"])
     manifest = load_manifest(out)
-    checked = precision.network_outputs({role: manifest.graph_path(role, "int8")
+    checked = agreement.network_outputs({role: manifest.graph_path(role, "int8")
                                          for role in ROLES}, images, manifest.config)
     for key in ("type_probs", "polarity_probs", "loc", "boxes"):  # what the audit measured
         np.testing.assert_allclose(got[key], checked[key], rtol=1e-5, atol=1e-6)
@@ -338,7 +338,7 @@ def test_failure_leaves_the_manifest(model_dir, cases, tmp_path, monkeypatch):
 
 
 def test_runtime_side_does_not_import_torch():
-    code = ("import sys, vfinfer.tools.quantize, onnxruntime.quantization, "
+    code = ("import sys, vfinfer.tools.precision.quantize, onnxruntime.quantization, "
             "onnxruntime.quantization.shape_inference; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

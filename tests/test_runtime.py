@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from vfinfer.io.images import read_case
 from vfinfer.pipeline import Pipeline
+from vfinfer.util.images import read_case
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_prepared_cases_give_the_same_results(model_dir, synth_root):
 def test_auto_backend_says_why_it_passed_over_tensorrt(model_dir, fresh_copy, case46):
     import json
 
-    from vfinfer.environment import cuda_devices
+    from vfinfer.util.machine import cuda_devices
 
     if cuda_devices()[0]:
         pytest.skip("a CUDA device is present: TensorRT may legitimately be chosen")

@@ -10,15 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
-from vfinfer.io.images import list_case
 from vfinfer.pipeline.metaphase import MetaphasePipeline, NoChromosomesError
 from vfinfer.segment.channels import target_maps
 from vfinfer.segment.classical import classical_instances
 from vfinfer.segment.instances import instances_from_maps
 from vfinfer.segment.model import ImageTooLargeError, demo_seg_model_dir, load_seg_model
 from vfinfer.segment.segmenter import Segmenter
-from vfinfer.tools.eval_seg import iou_matrix
-from vfinfer.tools.synth_metaphase import render_metaphase
+from vfinfer.tools.evaluation.segmentation import iou_matrix
+from vfinfer.tools.synthesis.metaphases import render_metaphase
+from vfinfer.util.images import list_case
 
 SHAPE = (200, 300)
 
@@ -123,7 +123,7 @@ def test_metaphase_to_result_through_the_runtime(tmp_path):
 def test_runtime_path_loads_no_torch(tmp_path):
     code = ("import sys, numpy as np\n"
             "from vfinfer.pipeline.metaphase import MetaphasePipeline\n"
-            "from vfinfer.tools.synth_metaphase import render_metaphase\n"
+            "from vfinfer.tools.synthesis.metaphases import render_metaphase\n"
             "image, _ = render_metaphase(3, size=(384, 512))\n"
             "with MetaphasePipeline() as mp:\n"
             "    r = mp.run_image(image)\n"

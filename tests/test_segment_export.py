@@ -9,7 +9,7 @@ import torch
 
 from vfinfer.segment.model import load_seg_model
 from vfinfer.segment.segmenter import Segmenter
-from vfinfer.tools.synth_metaphase import render_metaphase, write_metaphases
+from vfinfer.tools.synthesis.metaphases import render_metaphase, write_metaphases
 from vfinfer_export.seg_export import PROBABILITY_TOLERANCE, export_seg
 from vfinfer_export.seg_model import SegNet
 from vfinfer_export.seg_train import load_seg_checkpoint, train_seg
@@ -72,7 +72,7 @@ def test_trainer_learns_and_resumes(tmp_path):
 def test_trainer_reads_coco_json(tmp_path):
     import cv2
 
-    from vfinfer.tools.synth_metaphase import mask_polygon
+    from vfinfer.tools.synthesis.metaphases import mask_polygon
 
     image, masks = render_metaphase(8, size=(192, 256))
     cv2.imwrite(str(tmp_path / "m.png"), image)

@@ -24,8 +24,8 @@ from click.testing import CliRunner  # noqa: E402
 
 from vfinfer.cli import main  # noqa: E402
 from vfinfer.client import Client, ServerError  # noqa: E402
-from vfinfer.io.images import read_case  # noqa: E402
 from vfinfer.pipeline import Pipeline  # noqa: E402
+from vfinfer.util.images import read_case  # noqa: E402
 
 START_TIMEOUT_S = 60
 LINE = re.compile(r"on http://127\.0\.0\.1:(\d+)")
@@ -305,7 +305,7 @@ def test_the_result_is_json_as_vfinfer_run_writes_it(server, expected, tmp_path,
 
 def test_a_metaphase_image_is_segmented_and_classified(server, model_dir):
     from vfinfer.pipeline.metaphase import MetaphasePipeline
-    from vfinfer.tools.synth_metaphase import render_metaphase
+    from vfinfer.tools.synthesis.metaphases import render_metaphase
 
     image, _ = render_metaphase(21, "46,XY", size=(512, 640))
     with MetaphasePipeline(model_dir, threads=2) as mp:

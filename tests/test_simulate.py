@@ -1,12 +1,12 @@
-"""vfinfer.tools.simulate: abnormal cells made from normal labelled ones, and their figures."""
+"""vfinfer.tools.evaluation.simulate: abnormal cells made from normal labelled ones, and their figures."""
 
 import numpy as np
 import pytest
 
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.optimal import OptimalParams
-from vfinfer.tools.calibrate import simulated_figures
-from vfinfer.tools.simulate import simulate_abnormal
+from vfinfer.tools.evaluation.calibrate import simulated_figures
+from vfinfer.tools.evaluation.simulate import simulate_abnormal
 
 X, Y = 22, 23
 MALE = [k for k in range(22) for _ in range(2)] + [X, Y]
@@ -89,7 +89,7 @@ def test_an_unflagged_cell_is_listed_as_missed(cells):
 
 
 def test_calibration_keeps_simulated_cells_apart(cells):
-    from vfinfer.tools.calibrate import calibrate
+    from vfinfer.tools.evaluation.calibrate import calibrate
 
     probs, true, slides = cells
     normal = {c: probs[c] for c in ("a.1", "a.2", "b.1")}

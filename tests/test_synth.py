@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vfinfer.model.classes import N_TYPES, X_INDEX, Y_INDEX
-from vfinfer.tools.synth import (
+from vfinfer.tools.synthesis.cells import (
     CHROMOSOME_FACTS,
     LABEL_HEADER,
     make_training_set,

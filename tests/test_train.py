@@ -7,11 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vfinfer.io.images import read_gray8  # noqa: E402
 from vfinfer.model.config import ModelConfig  # noqa: E402
 from vfinfer.pipeline.crop import crop_and_resize, decode_boxes  # noqa: E402
 from vfinfer.pipeline.preprocess import preprocess  # noqa: E402
-from vfinfer.tools.synth import write_cases  # noqa: E402
+from vfinfer.tools.synthesis.cells import write_cases  # noqa: E402
+from vfinfer.util.images import read_gray8  # noqa: E402
 from vfinfer_export.checkpoint import load_checkpoint  # noqa: E402
 from vfinfer_export.data import (  # noqa: E402
     ChromosomeDataset,
@@ -327,7 +327,7 @@ def test_labels_without_polarity_through_train_export_and_eval(synth_dir, tmp_pa
     from dataclasses import replace
 
     from vfinfer.pipeline import Pipeline
-    from vfinfer.tools.evaluate import evaluate, format_report
+    from vfinfer.tools.evaluation.evaluate import evaluate, format_report
     from vfinfer_export.onnx_export import export_model
 
     data = _without_polarity(synth_dir, tmp_path / "data", invert=True, rotate=90)

@@ -1,4 +1,4 @@
-"""``vfinfer build`` (vfinfer_export.trt_build) against fake TensorRT 10 and 11 modules
+"""``vfinfer build`` (vfinfer.tools.precision.engines) against fake TensorRT 10 and 11 modules
 written to the documented API: flags and FP32 constraints, the FP16 graphs, the precision
 verdict and parser errors. Real builds are in tests/test_gpu.py."""
 
@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from vfinfer.backends import trt as trt_backend
-from vfinfer.environment import cuda_devices
 from vfinfer.model.manifest import load_manifest
+from vfinfer.util.machine import cuda_devices
 
 GPU_COUNT, GPU_DESCRIPTION = cuda_devices()
 needs_gpu = pytest.mark.skipif(GPU_COUNT == 0, reason=f"no CUDA device: {GPU_DESCRIPTION}")
@@ -208,7 +208,7 @@ FAKE_MACHINE = {"tensorrt": None, "cuda": "12.6", "cuda_driver": "12.8",
 
 
 def _with_fake_tensorrt(monkeypatch, trt):
-    from vfinfer_export import trt_build
+    from vfinfer.tools.precision import engines as trt_build
 
     monkeypatch.setattr(trt_build, "cuda_devices", lambda: (1, "fake GPU"))
     monkeypatch.setitem(sys.modules, "tensorrt", trt)

@@ -12,8 +12,8 @@ import pytest
 
 from vfinfer.backends import trt as trt_backend
 from vfinfer.backends.base import BackendError
-from vfinfer.environment import cuda_devices
 from vfinfer.model.manifest import load_manifest
+from vfinfer.util.machine import cuda_devices
 
 GPU_COUNT, GPU_DESCRIPTION = cuda_devices()
 needs_gpu = pytest.mark.skipif(GPU_COUNT == 0, reason=f"no CUDA device: {GPU_DESCRIPTION}")
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # =========================================================================== CPU: refusals
 def test_build_without_gpu_raises_one_line(model_dir, monkeypatch):
-    from vfinfer_export import trt_build
+    from vfinfer.tools.precision import engines as trt_build
 
     monkeypatch.setattr(trt_build, "cuda_devices", lambda: (0, "none"))
     with pytest.raises(RuntimeError) as info:
@@ -35,7 +35,7 @@ def test_build_without_gpu_raises_one_line(model_dir, monkeypatch):
 
 @pytest.mark.skipif(GPU_COUNT > 0, reason="this machine has a CUDA device")
 def test_build_on_this_cpu_machine_refuses(model_dir):
-    from vfinfer_export.trt_build import NO_DEVICE, build_engines
+    from vfinfer.tools.precision.engines import NO_DEVICE, build_engines
 
     with pytest.raises(RuntimeError, match=f"^{NO_DEVICE}$"):
         build_engines(model_dir, log=lambda *a: None)
@@ -59,9 +59,9 @@ def _benchmark_module():
 
 
 def test_benchmark_without_gpu_exits_with_one_line(model_dir, monkeypatch, capsys):
-    import vfinfer.environment
+    import vfinfer.util.machine
 
-    monkeypatch.setattr(vfinfer.environment, "cuda_devices", lambda: (0, "none"))
+    monkeypatch.setattr(vfinfer.util.machine, "cuda_devices", lambda: (0, "none"))
     assert _benchmark_module().main(["--model", str(model_dir), "--cases", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no CUDA device found") and "\n" not in err

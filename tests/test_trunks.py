@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from vfinfer.cli import main
-from vfinfer.io.images import read_case
 from vfinfer.model.config import PRESETS, ModelConfig, count_macs, preset
 from vfinfer.model.manifest import load_manifest
 from vfinfer.pipeline import Pipeline
+from vfinfer.util.images import read_case
 from vfinfer_export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vfinfer_export.models import VarifocalNet
 from vfinfer_export.reference import ReferencePipeline
@@ -249,7 +249,7 @@ def test_vfinfer_run_on_the_trunk(variant_dirs, case46, name, tmp_path):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_fp16_graphs_with_range_audit(variant_dirs, case46, name, tmp_path):
-    from vfinfer.tools.fp16 import BOUNDED_OPS, add_fp16_graphs
+    from vfinfer.tools.precision.fp16 import BOUNDED_OPS, add_fp16_graphs
 
     out = tmp_path / name
     shutil.copytree(variant_dirs(name).dir, out)

@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from vfinfer.calls.verdict import judge
 from vfinfer.cli import main
-from vfinfer.io.images import read_case
 from vfinfer.model.config import preset
 from vfinfer.model.manifest import demo_model_dir
 from vfinfer.pipeline import Pipeline
-from vfinfer.tools.domain import fit_domain, store_domain
-from vfinfer.tools.synth import write_cases
+from vfinfer.tools.evaluation.domain import fit_domain, store_domain
+from vfinfer.tools.synthesis.cells import write_cases
+from vfinfer.util.images import read_case
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_fit_domain_rules():
 
 
 def test_eval_counts_the_verdicts(fitted, tmp_path):
-    from vfinfer.tools.evaluate import evaluate, format_report
+    from vfinfer.tools.evaluation.evaluate import evaluate, format_report
 
     model, _, (normal, trisomy) = fitted
     data = normal.parent

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Pipeline": ("vfinfer.pipeline", "Pipeline"),
-    "read_case": ("vfinfer.io.images", "read_case"),
+    "read_case": ("vfinfer.util.images", "read_case"),
     "dispatch": ("vfinfer.calls.dispatch", "dispatch"),
 }
 

@@ -56,7 +56,7 @@ class Client:
         return self._json(response)
 
     def classify_dir(self, case_dir, karyogram=False):
-        from vfinfer.io.images import list_case
+        from vfinfer.util.images import list_case
 
         paths, _ = list_case(case_dir)
         return self.classify(paths, name=Path(case_dir).resolve().name, karyogram=karyogram)

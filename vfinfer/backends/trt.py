@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from vfinfer.backends.base import Backend, BackendError, GraphRunner
-from vfinfer.environment import cuda_devices
 from vfinfer.model.engine_record import (
     check_engine_record,
     engine_record_notes,
     format_compute_capability,
 )
+from vfinfer.util.machine import cuda_devices
 
 ROLES = ("gnet", "lnet", "heads")
 INSTALL_HINT = "pip install 'vfinfer[gpu]' (tensorrt and cuda-python)"

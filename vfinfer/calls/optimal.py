@@ -75,7 +75,7 @@ STRONG_MARGIN = 6.0  # nats beyond the threshold (odds e^6, about 400:1) for "st
 class OptimalParams:
     """Parameters of optimal dispatch (JSON-ready through ``to_dict`` / ``from_dict``).
 
-    Defaults (uncalibrated; ``vfinfer.tools.calibrate`` fits them on training slides):
+    Defaults (uncalibrated; ``vfinfer.tools.evaluation.calibrate`` fits them on training slides):
 
     - ``prior_normal`` 0.90, ``prior_gain`` 0.03, ``prior_loss`` 0.05, ``prior_sex`` 0.02:
       prior mass of each class, split evenly over its hypotheses (46,XX and 46,XY 0.45 each;

@@ -5,13 +5,13 @@ model trained on bright-field, cut-outs at angles it never saw) still names 46 t
 counts then read like a karyotype (``46,XXXXXX,+1,+1,-2,...``). Before the karyotype is
 reported, three figures of the cell are compared with the same figures of the model's own
 in-domain validation cells, stored in its manifest by ``vfinfer domain``
-(``vfinfer.tools.domain``; the limits and how they were chosen are recorded there):
+(``vfinfer.tools.evaluation.domain``; the limits and how they were chosen are recorded there):
 
 * ``low_confidence_fraction``: the share of chromosomes whose top type probability is below
   the dispatch threshold (0.9). Limit: the largest share seen on the in-domain cells plus
   ``LOW_CONFIDENCE_MARGIN``.
 * ``dark_background_fraction``: the share of cut-outs with a dark background
-  (``vfinfer.pipeline.normalize.detect_background``). When at least ``BACKGROUND_PURE`` of
+  (``vfinfer.util.geometry.detect_background``). When at least ``BACKGROUND_PURE`` of
   the in-domain images had one kind of background, a cell whose majority has the other kind
   is unlike the training data, even though the runtime inverts it.
 * ``median_abs_tilt``: the median angle of the chromosomes' long axes from vertical, degrees,
@@ -62,7 +62,7 @@ NO_DOMAIN = ("this model's manifest has no domain figures ('vfinfer domain'): ce
 
 def cell_figures(type_probs, threshold, facts):
     """The three figures of one cell from its type probabilities (N x 24, before dispatch)
-    and the per-image facts of ``vfinfer.pipeline.normalize.normalize_cutout``."""
+    and the per-image facts of ``vfinfer.util.geometry.normalize_cutout``."""
     top = np.asarray(type_probs).max(axis=1) if len(type_probs) else np.zeros(0)
     tilts = [abs(f["tilt"]) for f in facts if f.get("tilt") is not None]
     return {

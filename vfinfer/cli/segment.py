@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vfinfer.cli.main import main
+from vfinfer.cli.group import main
 from vfinfer.cli.options import (
     EXIT_FAILED,
     fail,
@@ -43,12 +43,12 @@ def segment(images, seg_model, model_dir, out_dir, threads, background, overwrit
     """Cut the chromosomes out of each metaphase IMAGE (an image file, or a labelme JSON
     file's image): OUT/<image>/ is a case directory (cut-outs plus segmentation/ with masks,
     boxes and an overlay) to check, correct and 'vfinfer run'."""
-    from vfinfer.io.images import ImageReadError
     from vfinfer.io.labelme import read_metaphase_image
     from vfinfer.io.segments import write_segmented
     from vfinfer.model.manifest import demo_model_dir, load_manifest
     from vfinfer.pipeline.metaphase import segment_image
     from vfinfer.segment.segmenter import Segmenter
+    from vfinfer.util.images import ImageReadError
 
     rotate_crop = load_manifest(model_dir or demo_model_dir()).config.rotate_crop
     segmenter = Segmenter(seg_model, threads=threads)
@@ -89,7 +89,11 @@ def eval_seg(data_dir, seg_model, list_path, threads, json_path):
     except ImportError:
         fail("eval-seg needs pycocotools: pip install -e '.[tools]'")
     from vfinfer.segment.segmenter import Segmenter
-    from vfinfer.tools.eval_seg import evaluate_segmentation, format_seg_report, save_seg_report
+    from vfinfer.tools.evaluation.segmentation import (
+        evaluate_segmentation,
+        format_seg_report,
+        save_seg_report,
+    )
 
     segmenter = Segmenter(seg_model, threads=threads)
     report = evaluate_segmentation(data_dir, segmenter, _read_names(list_path), log=_log)
@@ -180,7 +184,7 @@ def export_seg_command(checkpoint, out_dir, overwrite, tune_dir, tune_list):
 @one_line_errors
 def synth_metaphase(out_dir, count, seed, karyotypes, background):
     """Write synthetic metaphases (labelme JSON with the image embedded, plus a PNG each)."""
-    from vfinfer.tools.synth_metaphase import DEMO_KARYOTYPES, write_metaphases
+    from vfinfer.tools.synthesis.metaphases import DEMO_KARYOTYPES, write_metaphases
 
     paths = write_metaphases(out_dir, seed, count, tuple(karyotypes) or DEMO_KARYOTYPES,
                              background)

@@ -1,10 +1,10 @@
-"""``vfinfer serve``: the HTTP server (the ``serve`` extra); registered on ``vfinfer.cli.main``."""
+"""``vfinfer serve``: the HTTP server (the ``serve`` extra); registered on ``vfinfer.cli.group.main``."""
 
 from pathlib import Path
 
 import click
 
-from vfinfer.cli.main import main
+from vfinfer.cli.group import main
 from vfinfer.cli.options import (
     dispatch_option,
     fail,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from vfinfer.cli.main import main
+from vfinfer.cli.group import main
 from vfinfer.cli.options import (
     BACKEND_CHOICE,
     PRESET_CHOICE,
@@ -162,7 +162,7 @@ def eval_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_si
           flip_half, seed, patient_from, sample_sheet, simulate_per_cell):
     """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper, and
     argmax / Algorithm 1 / optimal dispatch per cell and per patient."""
-    from vfinfer.tools.evaluate import evaluate, format_report, roc_paths, save_eval
+    from vfinfer.tools.evaluation.evaluate import evaluate, format_report, roc_paths, save_eval
 
     results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
                        threads=threads, batch_size=batch_size, precision=precision,
@@ -213,7 +213,7 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
                dry_run, simulate_per_cell, allow_few_abnormal, json_path):
     """Fit optimal-dispatch parameters on labelled training cells; store them in the model."""
     from vfinfer.model.manifest import write_json_atomic
-    from vfinfer.tools.calibrate import (
+    from vfinfer.tools.evaluation.calibrate import (
         calibrate_on_data,
         format_calibration,
         select_cells,
@@ -261,7 +261,7 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
 def domain(case_dirs, model_dir, backend, threads, labels_csv, dry_run):
     """Store the figures of in-domain cells (CASE_DIRs: validation cells of the training data)
     that the verdict compares each cell with."""
-    from vfinfer.tools.domain import store_domain
+    from vfinfer.tools.evaluation.domain import store_domain
 
     section = store_domain(model_dir, list(case_dirs), backend=backend, threads=threads,
                            log=_log, dry_run=dry_run, labels_csv=labels_csv)
@@ -298,21 +298,31 @@ def domain(case_dirs, model_dir, backend, threads, labels_csv, dry_run):
 def bench(model_dir, backend, precision, threads, batch_size, preset, n_cases, chromosomes,
           warmup, no_reference, no_karyogram, json_path):
     """Time whole cases stage by stage; compare with PyTorch eager."""
-    from vfinfer.tools.bench import format_report, run_bench, save_report
+    from vfinfer.tools.benchmarking.bench import format_report, run_bench, save_report
 
     if model_dir and preset:
         usage("give --model or --preset, not both")
     with tempfile.TemporaryDirectory(prefix="vfinfer-bench-model-") as tmp:
         if preset:
             model_dir = _untrained_model(preset, Path(tmp))
+        reference, why_not = (None, "not requested") if no_reference else _eager_reference()
         report = run_bench(model_dir, backend=backend, n_cases=n_cases,
                            n_chromosomes=chromosomes, batch_size=batch_size, threads=threads,
-                           warmup_s=warmup, reference=not no_reference, precision=precision,
-                           karyogram=not no_karyogram)
+                           warmup_s=warmup, reference=reference, no_reference=why_not,
+                           precision=precision, karyogram=not no_karyogram)
     click.echo(format_report(report))
     if json_path:
         save_report(report, json_path)
         click.echo(f"wrote {json_path}")
+
+
+def _eager_reference():
+    """(PyTorch eager timer, None), or (None, why) when the torch side is not installed."""
+    try:
+        from vfinfer_export.reference import time_reference_pipeline
+    except ImportError as exc:
+        return None, f"torch side not installed ({exc.name})"
+    return time_reference_pipeline, None
 
 
 def _untrained_model(preset, tmp):
@@ -338,7 +348,7 @@ def _untrained_model(preset, tmp):
 @one_line_errors
 def synth(karyotype, out_dir, seed, cases, flip_polarity):
     """Write synthetic G-banded cases with known labels (DIR/labels.csv, DIR/<case>/)."""
-    from vfinfer.tools.synth import write_cases
+    from vfinfer.tools.synthesis.cells import write_cases
 
     out_dir.mkdir(parents=True, exist_ok=True)
     names = write_cases(karyotype, out_dir, seed, cases=cases, flip_polarity=flip_polarity)
@@ -355,7 +365,7 @@ def synth(karyotype, out_dir, seed, cases, flip_polarity):
 def fp16_(model_dir, calib_case_dir):
     """Add audited FP16 graphs to an exported model directory (replaces earlier ones)."""
     try:
-        from vfinfer.tools.fp16 import add_fp16_graphs
+        from vfinfer.tools.precision.fp16 import add_fp16_graphs
     except ImportError as exc:
         fail(f"this command needs the tools extra ({exc.name} is missing): "
              "pip install -e '.[tools]'")
@@ -402,7 +412,7 @@ def quantize(model_dir, calib_case_dirs, holdout_case_dirs, methods, max_calib_i
              no_latency, latency_threads, latency_repeats, reduce_range):
     """Add static INT8 graphs (ONNX Runtime CPU) to DIR, checked on held-out images."""
     try:
-        from vfinfer.tools.quantize import METHODS, quantize_model_dir
+        from vfinfer.tools.precision.quantize import METHODS, quantize_model_dir
     except ImportError as exc:
         fail(f"this command needs the tools extra ({exc.name} is missing): "
              "pip install -e '.[tools]'")
@@ -429,7 +439,7 @@ def quantize(model_dir, calib_case_dirs, holdout_case_dirs, methods, max_calib_i
 def build(model_dir, max_batch, opt_batch, workspace_mb, timing_cache):
     """Build verified FP16 TensorRT engines from DIR's ONNX graphs (NVIDIA GPU only)."""
     try:
-        from vfinfer_export.trt_build import build_engines
+        from vfinfer.tools.precision.engines import build_engines
     except ImportError as exc:
         fail(f"this command needs the export extra ({exc.name} is missing): "
              "pip install -e '.[export,gpu]'")

@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vfinfer.io.atomic import write_atomic
-from vfinfer.io.images import ImageReadError, _PathError, decode_gray8, read_gray8
+from vfinfer.util.atomic import write_atomic
+from vfinfer.util.images import ImageReadError, _PathError, decode_gray8, read_gray8
 
 
 class LabelmeError(_PathError):

@@ -17,10 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vfinfer.io.images import CaseError, ImageReadError, list_case, read_gray8
 from vfinfer.io.results import ResultExistsError, existing_result, write_case
 from vfinfer.pipeline import Pipeline, PreparedCase
 from vfinfer.pipeline.metaphase import mark_segmented
+from vfinfer.util.images import CaseError, ImageReadError, list_case, read_gray8
 
 READ_AHEAD = 2  # cases read and preprocessed ahead of the engines
 WRITE_BEHIND = 4  # finished cases waiting for the writer before the engines wait too

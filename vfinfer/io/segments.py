@@ -21,8 +21,8 @@ from pathlib import Path
 
 import cv2
 
-from vfinfer.io.images import SEGMENTATION_DIR
 from vfinfer.segment.overlay import overlay_png
+from vfinfer.util.images import SEGMENTATION_DIR
 
 
 def _png(image):

@@ -43,7 +43,7 @@ class ModelConfig:
     n_types: int = 24
     n_polarities: int = 2
     dispatch_threshold: float = 0.9
-    # the images' convention after vfinfer.pipeline.normalize: "light" (dark chromosomes on a
+    # the images' convention after vfinfer.util.geometry: "light" (dark chromosomes on a
     # light background, as bright-field G-band) or "dark" (fluorescence); inputs of the other
     # kind are inverted
     background: str = "light"

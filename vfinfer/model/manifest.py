@@ -10,9 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from vfinfer.io.atomic import write_json_atomic
 from vfinfer.model.classes import POLARITY_NAMES, TYPE_NAMES
 from vfinfer.model.config import ModelConfig
+from vfinfer.util.atomic import write_json_atomic
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vfinfer.io.images import SEGMENTATION_DIR, to_gray8
 from vfinfer.pipeline.pipeline import Pipeline
 from vfinfer.segment.cutouts import make_cutouts
 from vfinfer.segment.overlay import overlay_png
 from vfinfer.segment.segmenter import Segmenter
+from vfinfer.util.images import SEGMENTATION_DIR, to_gray8
 
 # below this many chromosomes a metaphase is reported, but the count says the cell is partial
 FEW_CHROMOSOMES = 30

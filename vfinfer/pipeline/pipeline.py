@@ -23,12 +23,12 @@ from vfinfer import backends
 from vfinfer.calls.dispatch import argmax_types, dispatch
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.verdict import judge
-from vfinfer.io.images import to_gray8
 from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline.network import Clock, run_network_batched
-from vfinfer.pipeline.normalize import to_convention
 from vfinfer.pipeline.preprocess import batch_of, normalize_batch
 from vfinfer.pipeline.result import abnormality_section, assemble_result
+from vfinfer.util.geometry import to_convention
+from vfinfer.util.images import to_gray8
 
 DISPATCH_MODES = ("paper", "none", "optimal")
 BACKGROUND_CHOICES = ("auto", "light", "dark")
@@ -105,7 +105,7 @@ class Pipeline:
 
         Returns a dict of arrays: type_probs (N, 24), polarity_probs (N, 2), loc (N, 3) and
         boxes (N, 4, eq. 5, G-input pixels), and ``facts`` (per image: the background found,
-        the tilt of the chromosome's axis, the turn applied; ``vfinfer.pipeline.normalize``).
+        the tilt of the chromosome's axis, the turn applied; ``vfinfer.util.geometry``).
         ``timing`` (a dict) collects ms per stage.
         """
         timing = {} if timing is None else timing

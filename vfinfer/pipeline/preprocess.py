@@ -1,6 +1,6 @@
 """Preprocessing of one chromosome cut-out into a G-Net input (paper section III-B).
 
-gray 8-bit image -> (``vfinfer.pipeline.normalize``: brought to the model's background
+gray 8-bit image -> (``vfinfer.util.geometry``: brought to the model's background
 convention, turned upright and cropped when the model asks for it) -> centred on a square
 canvas filled with the pad value (images larger than the canvas are first shrunk to fit,
 keeping their aspect) -> resized to the G input -> per-image z-score (eq. 11). Every constant
@@ -11,7 +11,7 @@ normalized cut-out; the trainer (``vfinfer_export.data``) calls the same functio
 import cv2
 import numpy as np
 
-from vfinfer.pipeline.normalize import normalize_cutout
+from vfinfer.util.geometry import normalize_cutout
 
 STD_FLOOR = 1e-6  # a blank (uniform) image normalizes to zeros instead of dividing by 0
 
@@ -53,7 +53,7 @@ def preprocess(image, config):
 
 
 def normalize_batch(images, config, background="auto"):
-    """``vfinfer.pipeline.normalize.normalize_cutout`` of each image -> (images, facts)."""
+    """``vfinfer.util.geometry.normalize_cutout`` of each image -> (images, facts)."""
     pairs = [normalize_cutout(image, config, background) for image in images]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 

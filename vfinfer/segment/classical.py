@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from vfinfer.pipeline.normalize import to_convention
 from vfinfer.segment.instances import Instance
+from vfinfer.util.geometry import to_convention
 
 
 @dataclass

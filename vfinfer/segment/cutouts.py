@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from vfinfer.pipeline.normalize import (
+from vfinfer.util.geometry import (
     hough_angle,
     principal_axis_angle,
     rotate_and_crop,

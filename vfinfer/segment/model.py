@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vfinfer.pipeline.normalize import detect_background, to_convention
 from vfinfer.segment.instances import InstanceParams
+from vfinfer.util.geometry import detect_background, to_convention
 
 SEG_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

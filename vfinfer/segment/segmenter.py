@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vfinfer.backends.base import BackendError
-from vfinfer.io.images import to_gray8
-from vfinfer.pipeline.normalize import detect_background
 from vfinfer.segment.instances import instances_from_maps
 from vfinfer.segment.model import demo_seg_model_dir, load_seg_model, prepare_input
+from vfinfer.util.geometry import detect_background
+from vfinfer.util.images import to_gray8
 
 CLASSICAL = "classical"
 SEG_BACKENDS = ("ort", "ort-cuda", "openvino")

@@ -23,11 +23,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vfinfer import __version__
-from vfinfer.io.images import ImageReadError, decode_gray8
 from vfinfer.io.results import karyogram_png
 from vfinfer.serve.batcher import Batcher, QueueFull
 from vfinfer.serve.limits import ApiError, BodyTooLarge, Limits, bad_input, check_name, check_pixels
 from vfinfer.serve.metrics import CountRequests, Metrics
+from vfinfer.util.images import ImageReadError, decode_gray8
 
 OPEN_PATHS = ("/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready")
 RETRY_AFTER_S = "1"

@@ -1,5 +1,5 @@
-"""The skeleton shared by the FP16 (``vfinfer.tools.fp16``) and INT8
-(``vfinfer.tools.quantize``) conversions.
+"""The skeleton shared by the FP16 (``vfinfer.tools.precision.fp16``) and INT8
+(``vfinfer.tools.precision.quantize``) conversions.
 
 Both feed each graph what it sees at run time (``calibration_feeds``), compare the whole
 network pass of the converted graphs with the FP32 one (``network_outputs`` and
@@ -18,7 +18,7 @@ from vfinfer.backends.ort import backend_from_paths
 from vfinfer.model.manifest import GRAPH_ROLES, MANIFEST_NAME, load_manifest, write_json_atomic
 from vfinfer.pipeline.network import run_network_batched
 from vfinfer.pipeline.preprocess import preprocess_batch
-from vfinfer.tools.onnx_graph import producers as graph_producers
+from vfinfer.tools.precision.onnx_graph import producers as graph_producers
 
 AGREEMENT_BATCH = 64
 LINEAR_OPS = ("Gemm", "MatMul")

@@ -1,18 +1,11 @@
-"""The ``vfinfer`` command line: run and env here (the runtime), export, train, eval,
-calibrate, bench, synth, fp16, quantize and build in ``vfinfer.cli.tools``, serve in
-``vfinfer.cli.serve``, segment and the segmentation tools in ``vfinfer.cli.segment``.
-
-Every command fails with one line on stderr and a non-zero exit (2 for a command line that
-cannot be run as given, through click); set VFINFER_DEBUG=1 to see the Python traceback
-behind an unexpected error.
-"""
+"""``vfinfer run`` and ``vfinfer env``: the runtime's commands."""
 
 import sys
 from pathlib import Path
 
 import click
 
-from vfinfer import __version__
+from vfinfer.cli.group import main
 from vfinfer.cli.options import (
     EXIT_FAILED,
     dispatch_option,
@@ -24,12 +17,6 @@ from vfinfer.cli.options import (
     usage,
     verdict_options,
 )
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="vfinfer")
-def main():
-    """Varifocal-Net chromosome classification: export models, run cases, measure them."""
 
 
 @main.command()
@@ -127,13 +114,8 @@ def _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrit
 @one_line_errors
 def env():
     """Print versions, ONNX Runtime providers and GPU facts (or why they are absent)."""
-    from vfinfer.environment import describe_environment
+    from vfinfer.util.machine import describe_environment
 
     for key, value in describe_environment().items():
         click.echo(f"{key:22s} {value}")
 
-
-from vfinfer.cli import segment, serve, tools  # noqa: E402,F401  (register their commands)
-
-if __name__ == "__main__":
-    main()

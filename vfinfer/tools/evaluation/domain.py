@@ -22,11 +22,11 @@ from vfinfer.calls.verdict import (
     cell_figures,
     reasons_against,
 )
-from vfinfer.io.images import read_case
 from vfinfer.io.runner import case_name
 from vfinfer.model.manifest import load_manifest, write_json_atomic
 from vfinfer.pipeline import Pipeline
 from vfinfer.pipeline.metaphase import mark_segmented
+from vfinfer.util.images import read_case
 
 RULES = (f"low-confidence share: the largest on the in-domain cells + {LOW_CONFIDENCE_MARGIN}; "
          f"background: checked when at least {BACKGROUND_PURE:.0%} of the in-domain cut-outs "
@@ -95,7 +95,7 @@ def domain_figures(model_dir, case_dirs, backend="auto", threads=0, log=print):
 
 def exact_karyotypes(named, labels_csv):
     """Per dispatch mode, the share of the labelled cells whose karyotype is exactly right."""
-    from vfinfer.tools.evaluate import load_labels
+    from vfinfer.tools.evaluation.evaluate import load_labels
 
     cells = load_labels(Path(labels_csv).parent, labels_csv)
     truth = {cell: karyotype_summary(np.array([r.type for r in rows]))[0]

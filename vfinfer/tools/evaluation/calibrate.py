@@ -22,10 +22,10 @@ and then picks the margin threshold:
    best; among them the highest sensitivity, then the fewest false alarms, then the highest
    accuracy, then the widest threshold interval (the most robust separation).
 
-A cell is *abnormal* when its true counts are (``vfinfer.tools.metrics.abnormal_cells``: an autosome
+A cell is *abnormal* when its true counts are (``vfinfer.tools.evaluation.metrics.abnormal_cells``: an autosome
 not twice, or X + Y != 2), *flagged* when optimal dispatch calls it abnormal. Real abnormal
 cells are rare, so ``vfinfer calibrate`` adds abnormal cells simulated from the normal ones
-(``vfinfer.tools.simulate``); they take part in the fit, while the figures and warnings of the
+(``vfinfer.tools.evaluation.simulate``); they take part in the fit, while the figures and warnings of the
 report count the real cells apart (``simulated=``). Use training
 slides only: the figures on the cells the threshold was chosen on are optimistic, and the
 model is over-confident on the very images it was trained on, so a validation split that
@@ -54,14 +54,14 @@ from vfinfer.calls.optimal import (
     neg_log_probs,
 )
 from vfinfer.model.manifest import load_manifest, write_json_atomic
-from vfinfer.tools.dispatch_figures import (
+from vfinfer.tools.evaluation.dispatch_figures import (
     dispatch_comparison,
     jsonable,
     labelled_cells,
     simulated_figures,
     simulated_line,
 )
-from vfinfer.tools.metrics import abnormal_cells
+from vfinfer.tools.evaluation.metrics import abnormal_cells
 
 __all__ = [
     "DEFAULT_GRID",
@@ -194,7 +194,7 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
     abnormal cell) are kept; ``grid``: dict of value lists per key of ``DEFAULT_GRID`` (a key
     left out keeps ``base``'s value); ``threshold_position``: see ``choose_threshold`` (0:
     the smallest threshold, 0.5: the middle of the interval). ``simulated``: the
-    ``info`` dict of ``vfinfer.tools.simulate.simulate_abnormal`` when its cells are among the
+    ``info`` dict of ``vfinfer.tools.evaluation.simulate.simulate_abnormal`` when its cells are among the
     given ones: they take part in the fit, but the figures and warnings keep them apart.
     See the module docstring.
 
@@ -424,7 +424,7 @@ def select_cells(data_dir, labels_csv, slides_from=None, exclude=(), patient_fro
     """The cells to calibrate on: those of ``slides_from`` (all when None) less ``exclude``
     (ids, or ``@FILE``); a cell's slide from the labels' slide column, else ``patient_from``."""
     from vfinfer.calls.patient import patient_of
-    from vfinfer.tools.evaluate import load_cell_slides
+    from vfinfer.tools.evaluation.evaluate import load_cell_slides
 
     slides = load_cell_slides(data_dir, labels_csv)
 
@@ -451,9 +451,9 @@ def select_cells(data_dir, labels_csv, slides_from=None, exclude=(), patient_fro
 def calibrate_on_data(data_dir, labels_csv, selection, pipeline_options, log=print, echo=print,
                       simulate_per_cell=3, min_sensitivity=1.0, threshold_position=0.0):
     """Run the model on the selected labelled cells, add simulated abnormal cells
-    (``vfinfer.tools.simulate``) and ``calibrate``; returns ``(params, report)``."""
-    from vfinfer.tools.evaluate import cell_probabilities
-    from vfinfer.tools.simulate import simulate_abnormal
+    (``vfinfer.tools.evaluation.simulate``) and ``calibrate``; returns ``(params, report)``."""
+    from vfinfer.tools.evaluation.evaluate import cell_probabilities
+    from vfinfer.tools.evaluation.simulate import simulate_abnormal
 
     data = cell_probabilities(data_dir, labels_csv, keep=selection.keep, log=log,
                               **pipeline_options)

@@ -36,16 +36,14 @@ from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.optimal_params import load_params
 from vfinfer.calls.patient import group_cells, patient_evaluation
 from vfinfer.calls.verdict import NO_DOMAIN, cell_figures, kinded_reasons, verdict_limits
-from vfinfer.io.atomic import write_atomic
-from vfinfer.io.images import read_gray8
 from vfinfer.model.classes import N_TYPES, POLARITY_NAMES, TYPE_NAMES, type_index
 from vfinfer.pipeline import Pipeline
-from vfinfer.tools.dispatch_figures import (
+from vfinfer.tools.evaluation.dispatch_figures import (
     dispatch_comparison,
     simulated_figures,
     simulated_line,
 )
-from vfinfer.tools.metrics import (
+from vfinfer.tools.evaluation.metrics import (
     abnormal_cells,
     accuracy,
     case_accuracies,
@@ -56,8 +54,10 @@ from vfinfer.tools.metrics import (
     per_class_prf,
     warning_stats,
 )
-from vfinfer.tools.plots import confusion_png, roc_png
-from vfinfer.tools.simulate import simulate_abnormal
+from vfinfer.tools.evaluation.plots import confusion_png, roc_png
+from vfinfer.tools.evaluation.simulate import simulate_abnormal
+from vfinfer.util.atomic import write_atomic
+from vfinfer.util.images import read_gray8
 
 REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
 NOT_LABELLED = -1  # an empty polarity column: the polarity figures leave the image out
@@ -215,7 +215,7 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     progress lines. ``patient_from`` (regex on the cell name) or ``sample_sheet`` (CSV
     cell,patient) group cells by patient; by default the labels' ``slide`` column does.
     ``optimal_params``: ``OptimalParams`` to use instead of the model's. ``simulate``:
-    abnormal cells simulated per normal cell (``vfinfer.tools.simulate``) for the separate
+    abnormal cells simulated per normal cell (``vfinfer.tools.evaluation.simulate``) for the separate
     ``results["optimal"]["simulated"]`` figures; 0 for none. ``precision``: the graphs to
     run (fp32, fp16, int8, bf16 as ``Pipeline``), so reduced precisions are measured too.
     """
@@ -696,7 +696,7 @@ def _optimal_lines(opt, n_cells):
             f"{pt['n_patients']}",
         ]
     if opt.get("simulated"):
-        lines.append(f"  {simulated_line(opt['simulated'])} (vfinfer.tools.simulate: a real "
+        lines.append(f"  {simulated_line(opt['simulated'])} (vfinfer.tools.evaluation.simulate: a real "
                      "chromosome's output added to or removed from a normal cell)")
     lines.append(f"  parameters: {opt['params_note']}")
     return lines

@@ -48,7 +48,6 @@ from pathlib import Path
 import numpy as np
 
 from vfinfer.backends.ort import make_session
-from vfinfer.io.images import read_case
 from vfinfer.model.audits import MIN_TYPE_AGREEMENT, int8_usable
 from vfinfer.model.manifest import (
     GRAPH_ROLES,
@@ -56,10 +55,7 @@ from vfinfer.model.manifest import (
     remove_precision_graphs,
     sha256_file,
 )
-from vfinfer.tools.onnx_graph import consumers as graph_consumers
-from vfinfer.tools.onnx_graph import ensure_node_names, io_records, ordered_records
-from vfinfer.tools.onnx_graph import producers as graph_producers
-from vfinfer.tools.precision import (
+from vfinfer.tools.precision.agreement import (
     LINEAR_OPS,
     agreement_figures,
     bounded_nodes,
@@ -73,6 +69,10 @@ from vfinfer.tools.precision import (
     restore_on_failure,
     write_manifest,
 )
+from vfinfer.tools.precision.onnx_graph import consumers as graph_consumers
+from vfinfer.tools.precision.onnx_graph import ensure_node_names, io_records, ordered_records
+from vfinfer.tools.precision.onnx_graph import producers as graph_producers
+from vfinfer.util.images import read_case
 
 METHODS = ("minmax", "percentile", "entropy")  # tried in this order until one passes
 PERCENTILE = 99.999

@@ -141,7 +141,7 @@ def format_seg_report(report):
 
 
 def save_seg_report(report, path):
-    from vfinfer.io.atomic import write_atomic
+    from vfinfer.util.atomic import write_atomic
 
     write_atomic(path, (json.dumps(report, indent=1) + "\n").encode())
     return path

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from vfinfer.io.labelme import write_labelme
-from vfinfer.tools.synth import _karyotype_tag, _write_png, render_chromosome
+from vfinfer.tools.synthesis.cells import _karyotype_tag, _write_png, render_chromosome
 
 DEFAULT_SIZE = (768, 1024)  # height, width
 DEMO_KARYOTYPES = ("46,XX", "46,XY", "47,XY,+21", "47,XX,+18", "45,X", "47,XXY")

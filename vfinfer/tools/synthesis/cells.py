@@ -24,8 +24,8 @@ import re
 import cv2
 import numpy as np
 
-from vfinfer.io.atomic import write_atomic
 from vfinfer.model.classes import N_TYPES
+from vfinfer.util.atomic import write_atomic
 
 # Relative length (% of the haploid autosomal length) and centromere index (p-arm / total) of
 # each type, in type-index order (0-21 = chromosomes 1-22, 22 = X, 23 = Y). Standard published

@@ -43,7 +43,7 @@ from vfinfer.model.manifest import (
     remove_precision_graphs,
     sha256_file,
 )
-from vfinfer.tools import onnx_graph, precision
+from vfinfer.tools.precision import agreement, onnx_graph
 
 FP16_MAX = 65504.0
 FP16_MIN_NORMAL = 6.103515625e-05  # 2 ** -14
@@ -88,7 +88,7 @@ def sensitive_nodes(model):
 
     Returns a list of ``{"node", "op", "reason"}`` in graph order. Works on the FP32 graph.
     """
-    kept = precision.bounded_nodes(model, BOUNDED_OPS, FEEDS_REASON)
+    kept = agreement.bounded_nodes(model, BOUNDED_OPS, FEEDS_REASON)
     return onnx_graph.ordered_records(model, kept)
 
 
@@ -345,7 +345,7 @@ def check_fp16_graph(fp32_model, fp16_model, kept_nodes):
     Inputs and outputs keep their names and FP32 types; every kept node reads and writes FP32
     tensors only; some node computes in FP16; onnx.checker (full) passes.
     """
-    problems = precision.io_and_checker_problems(fp32_model, fp16_model, full_check=True)
+    problems = agreement.io_and_checker_problems(fp32_model, fp16_model, full_check=True)
     types = _float_tensor_types(fp16_model)
     by_name = {node.name: node for node in fp16_model.graph.node}
     for name in kept_nodes:
@@ -380,8 +380,8 @@ def check_fp16_graph(fp32_model, fp16_model, kept_nodes):
 
 # --------------------------------------------------------------------------- calibration
 def synthetic_calibration_images(n=SYNTHETIC_CALIBRATION_IMAGES, seed=2019):
-    """Synthetic chromosome cut-outs of all 24 types (vfinfer.tools.synth)."""
-    from vfinfer.tools.synth import render_chromosome
+    """Synthetic chromosome cut-outs of all 24 types (vfinfer.tools.synthesis.cells)."""
+    from vfinfer.tools.synthesis.cells import render_chromosome
 
     rng = np.random.default_rng(seed)
     return [render_chromosome(i % 24, rng, scale=rng.uniform(0.8, 1.2)) for i in range(n)]
@@ -390,8 +390,8 @@ def synthetic_calibration_images(n=SYNTHETIC_CALIBRATION_IMAGES, seed=2019):
 def calibration_images(calib_case_dir=None):
     """Gray uint8 images of a case directory, or synthetic ones when none is given."""
     if calib_case_dir is None:
-        return synthetic_calibration_images(), "synthetic (vfinfer.tools.synth.render_chromosome)"
-    from vfinfer.io.images import read_case
+        return synthetic_calibration_images(), "synthetic (vfinfer.tools.synthesis.cells.render_chromosome)"
+    from vfinfer.util.images import read_case
 
     images, _paths, _ignored = read_case(calib_case_dir)
     return images, str(calib_case_dir)
@@ -435,7 +435,7 @@ def convert_model_dir_to_fp16(model_dir, calib_images=None, log=print):
     manifest = load_manifest(model_dir)
     if calib_images is None:
         calib_images = synthetic_calibration_images()
-    feeds = precision.calibration_feeds(model_dir, calib_images)
+    feeds = agreement.calibration_feeds(model_dir, calib_images)
     records, audit = {}, {}
     for role in GRAPH_ROLES:
         source = manifest.graph_path(role)
@@ -473,13 +473,13 @@ def convert_model_dir_to_fp16(model_dir, calib_images=None, log=print):
 
 def fp16_agreement(model_dir, images):
     """The network pass in FP32 and FP16 (ONNX Runtime CPU) on the same gray uint8 images:
-    ``vfinfer.tools.precision.agreement_figures`` (type / polarity argmax agreement, largest
+    ``vfinfer.tools.precision.agreement.agreement_figures`` (type / polarity argmax agreement, largest
     probability, box and localization differences)."""
     manifest = load_manifest(model_dir)
-    outputs = [precision.network_outputs({role: manifest.graph_path(role, kind)
+    outputs = [agreement.network_outputs({role: manifest.graph_path(role, kind)
                                           for role in GRAPH_ROLES}, images, manifest.config)
                for kind in ("fp32", "fp16")]
-    return precision.agreement_figures(*outputs, threshold=manifest.threshold)
+    return agreement.agreement_figures(*outputs, threshold=manifest.threshold)
 
 
 def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
@@ -488,35 +488,35 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
     Writes ``gnet_fp16.onnx`` etc., lists them in ``manifest.json`` as ``graphs["gnet_fp16"]``
     (the FP32 records' fields plus ``kept_fp32``) and adds an ``fp16_audit`` section (range
     summaries and the FP16-vs-FP32 pipeline agreement). Calibration images come from
-    ``calib_case_dir`` (one case directory) or, when none is given, from vfinfer.tools.synth.
+    ``calib_case_dir`` (one case directory) or, when none is given, from vfinfer.tools.synthesis.cells.
     FP16 graphs from an earlier conversion are replaced. If anything fails, the manifest is
     left without FP16 graphs (as it was, when it had none) and no FP16 file remains.
     """
     model_dir = Path(model_dir)
     images, source = calibration_images(calib_case_dir)
-    if precision.earlier_graphs(model_dir, "fp16"):
+    if agreement.earlier_graphs(model_dir, "fp16"):
         log("replacing the FP16 graphs of an earlier conversion")
         remove_fp16_graphs(model_dir)
     log(f"FP16 conversion of {model_dir} with {len(images)} calibration images ({source})")
-    with precision.restore_on_failure(model_dir, "fp16") as data:
+    with agreement.restore_on_failure(model_dir, "fp16") as data:
         records, audit = convert_model_dir_to_fp16(model_dir, images, log=log)
         for role, record in records.items():
             data["graphs"][f"{role}_fp16"] = record
-        precision.write_manifest(model_dir, data)  # fp16_agreement reads it
-        agreement = fp16_agreement(model_dir, images)
+        agreement.write_manifest(model_dir, data)  # fp16_agreement reads it
+        figures = fp16_agreement(model_dir, images)
         data["fp16_audit"] = {
             "calibration": {"source": source, "images": len(images)},
             "thresholds": {"fp16_max": FP16_MAX, "range_fraction": RANGE_FRACTION,
                            "fp16_min_normal": FP16_MIN_NORMAL,
                            "underflow_fraction": UNDERFLOW_FRACTION},
             "ranges": audit,
-            "agreement": agreement,
+            "agreement": figures,
         }
-        precision.write_manifest(model_dir, data)
-    log(precision.format_agreement(agreement, "fp16"))
-    if agreement["type_argmax_agreement"] < AGREEMENT_WARN_BELOW:
+        agreement.write_manifest(model_dir, data)
+    log(agreement.format_agreement(figures, "fp16"))
+    if figures["type_argmax_agreement"] < AGREEMENT_WARN_BELOW:
         log(f"warning: FP16 changes the type argmax on "
-            f"{1 - agreement['type_argmax_agreement']:.1%} of the calibration images; check "
+            f"{1 - figures['type_argmax_agreement']:.1%} of the calibration images; check "
             "accuracy on labelled data (vfinfer eval) before using the FP16 engines")
     return data["fp16_audit"]
 

@@ -1,13 +1,14 @@
 """``vfinfer bench``: per-stage and end-to-end latency of whole cases, with a JSON report.
 
-Cases come from ``vfinfer.tools.synth`` (no outside data). After a time-based warm-up every case
+Cases come from ``vfinfer.tools.synthesis.cells`` (no outside data). After a time-based warm-up every case
 is timed from reading its files to writing its results, one after the other (latency); the
 pipeline's own stage clock splits the network part. Then the same cases go through
 ``vfinfer run``'s overlapped reader / engines / writer (``runner.run_with``) as one batch
 (throughput: wall time per case). Figures: median, p90, p99 per stage and end to end, ms per
 image, images per second, GMAC/s against this CPU's FP32 peak, and the share of each mode's
 time spent outside the networks. With the export extra, the PyTorch eager pipeline
-(same weights, same preprocessing, same threads) is timed in the same run and the ratio given,
+(same weights, same preprocessing, same threads; passed in by the command line) is timed in the
+same run and the ratio given,
 because absolute times on shared machines drift.
 """
 
@@ -22,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vfinfer.io.atomic import write_atomic
-from vfinfer.io.images import read_case
 from vfinfer.io.results import write_case
 from vfinfer.io.runner import run_with
 from vfinfer.model.config import count_macs
 from vfinfer.pipeline import Pipeline
+from vfinfer.util.atomic import write_atomic
+from vfinfer.util.images import read_case
 
 STAGES = ("read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch", "write")
 BATCH_RUNS = 3  # repetitions of the batch (throughput) run; the median is reported
@@ -64,7 +65,7 @@ def percentiles(values):
 
 def make_cases(root, n_cases, n_chromosomes, seed):
     """Synthetic cells of ``n_chromosomes`` each (46 -> 46,XY; else a 46,XY cell cut/extended)."""
-    from vfinfer.tools.synth import write_cases
+    from vfinfer.tools.synthesis.cells import write_cases
 
     write_cases("46,XY", root, seed, cases=n_cases)
     cases = sorted(p for p in Path(root).iterdir() if p.is_dir())
@@ -106,21 +107,21 @@ def time_batch_run(pipeline, cases, out_dir, runs=BATCH_RUNS, karyogram=True):
     return per_case
 
 
-def time_reference(manifest, cases, threads, warmup_s, batch_size):
-    """The same cases through the PyTorch eager pipeline (needs the export extra)."""
-    try:
-        from vfinfer_export.reference import time_reference_pipeline
-    except ImportError as exc:
-        return {"skipped": f"torch side not installed ({exc.name})"}
+def time_reference(reference, manifest, cases, threads, warmup_s, batch_size):
+    """The same cases through ``reference``, the PyTorch eager pipeline's timer
+    (``vfinfer_export.reference.time_reference_pipeline``, which the command line passes in:
+    this layer never imports the torch side)."""
     loaded = [read_case(c)[0] for c in cases]
-    report = time_reference_pipeline(manifest, loaded, threads, warmup_s, batch_size)
+    report = reference(manifest, loaded, threads, warmup_s, batch_size)
     report["inference_ms_per_case"] = percentiles(report.pop("times_ms"))
     return report
 
 
 def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batch_size=None,
-              threads=0, warmup_s=3.0, seed=0, reference=True, precision=None, log=print,
-              karyogram=True):
+              threads=0, warmup_s=3.0, seed=0, reference=None, precision=None, log=print,
+              karyogram=True, no_reference="not requested"):
+    """Time synthetic cases; ``reference`` (a callable, see ``time_reference``) adds the
+    PyTorch eager figures, else the report says ``no_reference`` in their place."""
     with tempfile.TemporaryDirectory(prefix="vfinfer-bench-") as tmp:
         cases = make_cases(Path(tmp) / "cases", n_cases, n_chromosomes, seed)
         out_dir = Path(tmp) / "out"
@@ -143,8 +144,8 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
                                        karyogram=karyogram)
             backend_info = pipe.backend.describe()
             used_batch = pipe.batch_size
-        ref = (time_reference(manifest, cases, threads, warmup_s, used_batch)
-               if reference else {"skipped": "not requested"})
+        ref = (time_reference(reference, manifest, cases, threads, warmup_s, used_batch)
+               if reference else {"skipped": no_reference})
 
     gmac = count_macs(manifest.config) / 1e9
     e2e = percentiles(end_to_end)

@@ -14,7 +14,7 @@ version number (never by probing ``BuilderFlag`` attributes: code that guards wi
   and the FC layers feeding them, plus whatever the range audit flagged) get FP32 layer
   precision and output types, enforced with ``OBEY_PRECISION_CONSTRAINTS``.
 * TensorRT 11 (always strongly typed, no precision flags): the mixed-precision FP16 graph
-  written by ``vfinfer.tools.fp16`` (created here if missing), no precision flag,
+  written by ``vfinfer.tools.precision.fp16`` (created here if missing), no precision flag,
   ``builder.create_network()`` with flags 0.
 
 Either way the result is verified, not assumed: the plan is deserialized and read with the
@@ -27,8 +27,6 @@ import json
 import re
 from pathlib import Path
 
-from vfinfer.environment import cuda_devices
-from vfinfer.io.atomic import write_atomic
 from vfinfer.model.engine_record import ENGINE_PRECISION, make_engine_record
 from vfinfer.model.manifest import (
     GRAPH_ROLES,
@@ -37,6 +35,8 @@ from vfinfer.model.manifest import (
     sha256_file,
     write_json_atomic,
 )
+from vfinfer.util.atomic import write_atomic
+from vfinfer.util.machine import cuda_devices
 
 NO_DEVICE = "no CUDA device found: vfinfer build needs an NVIDIA GPU with TensorRT"
 TIMING_CACHE_NAME = "timing.cache"
@@ -324,7 +324,7 @@ def _kept_nodes(manifest, role, fp32_path):
         return [entry["node"] for entry in record["kept_fp32"]]
     import onnx
 
-    from vfinfer.tools.fp16 import sensitive_nodes
+    from vfinfer.tools.precision.fp16 import sensitive_nodes
 
     return [entry["node"] for entry in sensitive_nodes(onnx.load(str(fp32_path)))]
 
@@ -355,7 +355,7 @@ def build_engines(model_dir, max_batch=64, opt_batch=46, workspace_mb=2048, timi
         log(f"note: {recipe['note']}")
     if recipe["graph_precision"] == "fp16" and any(
             f"{role}_fp16" not in manifest.data["graphs"] for role in GRAPH_ROLES):
-        from vfinfer.tools.fp16 import add_fp16_graphs
+        from vfinfer.tools.precision.fp16 import add_fp16_graphs
 
         log("no FP16 graphs in the model directory yet: converting them first")
         add_fp16_graphs(model_dir, log=log)

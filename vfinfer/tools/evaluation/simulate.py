@@ -24,7 +24,7 @@ import numpy as np
 
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.model.classes import TYPE_NAMES
-from vfinfer.tools.metrics import abnormal_cells
+from vfinfer.tools.evaluation.metrics import abnormal_cells
 
 __all__ = ["SIMULATED_KINDS", "simulate_abnormal"]
 

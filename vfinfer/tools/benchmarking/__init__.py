@@ -1,0 +1,1 @@
+"""``vfinfer bench``: latency and throughput of whole cases with a JSON report."""
