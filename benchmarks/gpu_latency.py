@@ -2,10 +2,10 @@
 
     python benchmarks/gpu_latency.py --model engines/compact --cases 50 --json out/gpu.json
 
-Each case is a synthetic 46,XY cell (vfinfer.tools.synthesis.cells, a fixed seed per case) classified with
-``Pipeline.run_case`` on the TensorRT engines built by ``vfinfer build``: preprocessing, the
-three engines, the NumPy crop between them, dispatch and the karyotype, i.e. what a user
-waits for. After ``--warmup`` untimed cases, every case is timed with perf_counter; the
+Each case is a synthetic 46,XY cell (vfinfer.tools.synthesis.cells, a fixed seed per case)
+classified with ``Pipeline.run_case`` on the TensorRT engines built by ``vfinfer build``:
+preprocessing, the three engines, the NumPy crop between them, dispatch and the karyotype, i.e. what
+a user waits for. After ``--warmup`` untimed cases, every case is timed with perf_counter; the
 report gives median / p90 / p99 / mean ms per case, ms per image, images per second, the
 per-stage medians from the pipeline's own timing, the machine and the engine records.
 Exits with status 2 and one line when there is no CUDA device.

@@ -2,8 +2,9 @@
 figure behind the verdict's floor for models without domain figures (``vfinfer.calls.verdict``).
 
 Each ``--run MODEL_DIR DATA_DIR LABELS_CSV`` runs one model over labelled cells (dispatch off,
-``vfinfer.tools.evaluation.evaluate.cell_probabilities``) and records, per cell, the share below the floor,
-the median top probability and the type accuracy, and how many cells the floor would refuse:
+``vfinfer.tools.evaluation.inference.cell_probabilities``) and records, per cell, the share
+below the floor, the median top probability and the type accuracy, and how many cells the
+floor would refuse:
 
     python benchmarks/near_chance_calls.py \\
         --run /tmp/pki3/model ../shared/data/pki3 /tmp/pki3/split/test.csv \\
@@ -25,7 +26,7 @@ from vfinfer.calls.verdict import (
     cell_figures,
     kinded_reasons,
 )
-from vfinfer.tools.evaluation.evaluate import cell_probabilities
+from vfinfer.tools.evaluation.inference import cell_probabilities
 
 
 def one_run(model_dir, data_dir, labels_csv, threads):

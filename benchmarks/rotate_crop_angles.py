@@ -4,8 +4,8 @@ rotated rods and rotated synthetic chromosomes, and their time per 46-chromosome
     python benchmarks/rotate_crop_angles.py --json benchmarks/results/rotate_crop_angles.json
 
 Rods: straight capsules, lengths 30-120 px, widths 8-20 px, noise, at 200 seeded angles.
-Chromosomes: ``vfinfer.tools.synthesis.cells.render_chromosome`` cut-outs (bent, banded, with their own
-small tilt), turned by seeded angles; the truth is the principal axis of the unturned
+Chromosomes: ``vfinfer.tools.synthesis.cells.render_chromosome`` cut-outs (bent, banded, with their
+own small tilt), turned by seeded angles; the truth is the principal axis of the unturned
 cut-out plus the turn, so this part measures how well each estimate follows a turn.
 Errors are modulo 180 degrees (an axis has no direction).
 """

@@ -1,9 +1,8 @@
 """Training data: labels, slide-wise split, cached G inputs with the paper's augmentation.
 
-* ``load_labels(data_dir, labels_csv=None)``: rows ``cell,slide,file,type,polarity`` ->
-  ``Record``s (type 0-based, 0-23; polarity 1 = q-arm down, an empty polarity -1: not
-  labelled, as in collections without polarity labels). ``slide`` is optional: without
-  the column (or with an empty value) the cell id stands for the slide.
+* the labels come from ``vfinfer.io.labels.read_labels`` (the one reader of labels.csv, for
+  eval, calibrate and domain too): ``Label``s with 0-based types and polarity 1 = q-arm down
+  (-1: not labelled); without a slide the cell id stands for the slide (``Label.unit``).
 * ``split_by_slide(records, val_fraction, seed)``: seeded, deterministic (train, val) split in
   which no slide is on both sides (chromosomes of one patient stay together, paper III-A).
 * ``ChromosomeDataset``: reads every image once (thread pool), pads it to the canvas and
@@ -14,13 +13,10 @@
   II-A.4 on the augmented canvas.
 """
 
-import csv
 import os
 import random
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,8 +26,6 @@ from vfinfer.pipeline.preprocess import to_canvas, zscore
 from vfinfer.util.geometry import normalize_cutout
 from vfinfer.util.images import read_gray8
 
-REQUIRED_COLUMNS = ("cell", "file", "type", "polarity")
-UNLABELLED = -1  # polarity of an image whose labels leave the polarity column empty
 # A pixel belongs to the chromosome when it is darker than the pad value by more than this
 # (the resize to the G input blends the outline into the white background).
 DARK_MARGIN = 8
@@ -39,70 +33,6 @@ MAX_ROTATION = 45.0  # degrees, paper III-B
 # after rotate-and-crop every chromosome is upright: a small turn covers the axis estimate's
 # error without showing the network orientations it never meets at run time
 MAX_ROTATION_UPRIGHT = 10.0
-
-
-@dataclass(frozen=True)
-class Record:
-    cell: str
-    slide: str
-    path: Path
-    type: int  # 0-23 (22 = X, 23 = Y)
-    polarity: int  # 1 = q-arm down, 0 = q-arm up, -1 = not labelled (empty column)
-
-
-def load_labels(data_dir, labels_csv=None):
-    """Read the labels CSV -> list of ``Record``.
-
-    ``labels_csv`` defaults to ``data_dir/labels.csv``; the ``file`` column is relative to
-    ``data_dir``, which in the standard layout is the labels' folder. Raises ValueError
-    naming the CSV and line of a bad row.
-    """
-    data_dir = Path(data_dir)
-    csv_path = Path(labels_csv) if labels_csv is not None else data_dir / "labels.csv"
-    if not csv_path.is_file():
-        raise ValueError(f"{csv_path}: labels file not found")
-    records = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ValueError(
-                f"{csv_path}: missing column(s) {', '.join(missing)} "
-                f"(expected cell,slide,file,type,polarity; found {','.join(columns) or 'none'})"
-            )
-        reader.fieldnames = columns
-        for row in reader:
-            line = reader.line_num
-            records.append(_parse_row(row, csv_path, line, data_dir))
-    if not records:
-        raise ValueError(f"{csv_path}: no label rows")
-    return records
-
-
-def _parse_row(row, csv_path, line, data_dir):
-    def bad(problem):
-        return ValueError(f"{csv_path}, line {line}: {problem}")
-
-    if None in row:
-        raise bad("more fields than columns")
-    values = {k: (v or "").strip() for k, v in row.items()}
-    cell, file = values["cell"], values["file"]
-    if not cell:
-        raise bad("empty cell")
-    if not file:
-        raise bad("empty file")
-    try:
-        type_number = int(values["type"])
-    except ValueError:
-        raise bad(f"type must be an integer 1-24, got {values['type']!r}") from None
-    if not 1 <= type_number <= 24:
-        raise bad(f"type must be 1-24 (23 = X, 24 = Y), got {type_number}")
-    if values["polarity"] not in ("0", "1", ""):
-        raise bad(f"polarity must be 0, 1 or empty (not labelled), got {values['polarity']!r}")
-    slide = values.get("slide") or cell
-    polarity = int(values["polarity"]) if values["polarity"] else UNLABELLED
-    return Record(cell, slide, data_dir / file, type_number - 1, polarity)
 
 
 def split_by_slide(records, val_fraction, seed):
@@ -116,7 +46,7 @@ def split_by_slide(records, val_fraction, seed):
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     sizes = OrderedDict()
     for r in records:
-        key = r.slide or r.cell
+        key = r.unit
         sizes[key] = sizes.get(key, 0) + 1
     slides = sorted(sizes)
     random.Random(int(seed)).shuffle(slides)
@@ -128,13 +58,13 @@ def split_by_slide(records, val_fraction, seed):
                 break
             val_slides.add(slide)
             count += sizes[slide]
-    train = [r for r in records if (r.slide or r.cell) not in val_slides]
-    val = [r for r in records if (r.slide or r.cell) in val_slides]
+    train = [r for r in records if r.unit not in val_slides]
+    val = [r for r in records if r.unit in val_slides]
     return train, val
 
 
 def slides_of(records):
-    return sorted({r.slide or r.cell for r in records})
+    return sorted({r.unit for r in records})
 
 
 def to_g_canvas(image, config):
@@ -268,11 +198,9 @@ def batches(dataset, batch_size, shuffle_seed=None):
 
 __all__ = [
     "ChromosomeDataset",
-    "Record",
     "augment",
     "batches",
     "load_canvases",
-    "load_labels",
     "localization_target",
     "slides_of",
     "split_by_slide",

@@ -10,8 +10,8 @@ directory that appears only when every check passed:
   error of the probabilities, tolerance ``PROBABILITY_TOLERANCE``, and the share of pixels on
   the same side of 0.5);
 * the TensorRT op audit: every op in ``trt_supported_ops.txt`` (TensorRT's ONNX parser);
-* the FP16 graph (``vfinfer.tools.precision.fp16.convert_graph``): the output sigmoid and the 1x1 conv
-  feeding it stay FP32, plus whatever the range audit flags on the calibration images; its
+* the FP16 graph (``vfinfer.tools.precision.fp16.convert_graph``): the output sigmoid and the 1x1
+  conv feeding it stay FP32, plus whatever the range audit flags on the calibration images; its
   maps against the FP32 graph's are recorded (max abs error, pixel agreement at 0.5).
 """
 

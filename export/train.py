@@ -44,11 +44,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from vfinfer.io.labels import read_labels
 from vfinfer.model.config import ModelConfig
 from vfinfer.model.config import preset as preset_config
 
 from .checkpoint import CheckpointError, load_state, save_checkpoint
-from .data import ChromosomeDataset, batches, load_labels, slides_of, split_by_slide
+from .data import ChromosomeDataset, batches, slides_of, split_by_slide
 from .models import VarifocalNet
 from .varifocal_ops import DEFAULT_K, varifocal_crop
 
@@ -367,7 +368,7 @@ def _resume(resume, last_path, options, epochs, log):
 def _datasets(data_dir, labels, options, config, threads, state, last_path, log):
     """Training and validation sets, split by slide, and the split itself."""
     seed = options["seed"]
-    records = load_labels(data_dir, labels)
+    records = read_labels(data_dir, labels)
     if options["limit"] is not None and options["limit"] < len(records):
         keep = sorted(random.Random(seed).sample(range(len(records)), options["limit"]))
         records = [records[i] for i in keep]

@@ -1,4 +1,4 @@
-"""``vfinfer.tools.evaluation.evaluate``: labels, hand-checkable metrics with a forced pipeline,
+"""``vfinfer eval``: hand-checkable metrics with a forced pipeline,
 flip_half, files.
 
 The forced pipeline recognises each image it is given (by its pixels, or the pixels of its
@@ -15,7 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
+from vfinfer.model.classes import TYPE_NAMES
 from vfinfer.tools.evaluation import evaluate as ev
+from vfinfer.tools.evaluation.inference import flip_selection
+from vfinfer.tools.evaluation.plots import confusion_png
+from vfinfer.tools.evaluation.records import save_eval
+from vfinfer.tools.evaluation.report import _describe_model, format_report
 from vfinfer.tools.synthesis.cells import write_cases
 from vfinfer.util.images import read_gray8
 
@@ -184,7 +189,7 @@ def test_hand_checkable_metrics(labelled, mistakes, monkeypatch):
     assert res["ms_per_image"] * N / 1000 == pytest.approx(res["inference_seconds"], abs=2e-3)
     assert logged[0].startswith(f"evaluating {N} images of 3 cells")
 
-    report = ev.format_report(res)
+    report = format_report(res)
     # the Table IV row: F1 T/P, Acc. T/P, Acc. per Case T/P, Acc. per Case-D T
     figures = [100 * (20 + 12 / 13 + 10 / 11 + 12 / 14 + 10 / 12) / 24,
                100 * (276 / 277) / 2, 100 * 136 / 139, 100 * 138 / 139,
@@ -204,7 +209,7 @@ def test_flip_half_flips_exactly_the_seeded_half(labelled, monkeypatch):
     monkeypatch.setattr(ev, "Pipeline", forced)
     res = ev.evaluate(root, "labels.csv", flip_half=True, seed=5, log=lambda *a: None)
 
-    chosen = ev.flip_selection(N, 5)
+    chosen = flip_selection(N, 5)
     assert len(chosen) == N // 2 == 69 and len(set(chosen.tolist())) == 69
     seen_flipped = [i for i, (_, flipped) in enumerate(forced.seen) if flipped]
     assert seen_flipped == chosen.tolist()  # images in CSV order; exactly those flipped
@@ -214,72 +219,13 @@ def test_flip_half_flips_exactly_the_seeded_half(labelled, monkeypatch):
     assert res["polarity"]["accuracy"] == 1.0 and res["polarity"]["macro_f1"] == 1.0
     assert [row["support"] for row in res["polarity"]["per_class"]] == [69, 70]
     assert res["type"]["accuracy"] == 1.0 and res["errors"] == []
-    assert "69 of 139 images flipped" in ev.format_report(res)
+    assert "69 of 139 images flipped" in format_report(res)
     # seeded: same seed same half, another seed another half
-    assert ev.flip_selection(N, 5).tolist() == chosen.tolist()
-    assert ev.flip_selection(N, 6).tolist() != chosen.tolist()
+    assert flip_selection(N, 5).tolist() == chosen.tolist()
+    assert flip_selection(N, 6).tolist() != chosen.tolist()
 
 
 # -- labels -------------------------------------------------------------------------------
-
-
-def _write_labels(root, lines):
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture()
-def small_set(tmp_path):
-    image = np.full((30, 12), 255, np.uint8)
-    image[5:25, 3:9] = 60
-    (tmp_path / "c1").mkdir()
-    for name in ("a.png", "b.png"):
-        cv2.imwrite(str(tmp_path / "c1" / name), image)
-    return tmp_path
-
-
-def test_load_labels(labelled, small_set):
-    root, (a, b, c), rows = labelled
-    cells = ev.load_labels(root, "labels.csv")
-    assert list(cells) == [a, b, c]
-    assert [len(v) for v in cells.values()] == [N_A, N_B, N_C]
-    first = cells[a][0]
-    assert first.path == root / rows[0]["file"] and first.type == int(rows[0]["type"]) - 1
-    assert first.polarity == 1
-    path, type_, polarity = first  # plain (path, type, polarity) tuples
-    # no slide column, X/Y letters, 0-based types, the default labels.csv under DATA_DIR
-    _write_labels(small_set, ["cell,file,type,polarity", "c1,c1/a.png,X,0",
-                              "c1,c1/b.png,24,1"])
-    cells = ev.load_labels(small_set)
-    assert [(r.type, r.polarity) for r in cells["c1"]] == [(22, 0), (23, 1)]
-
-
-@pytest.mark.parametrize("lines, message", [
-    (["cell,file,polarity", "c1,c1/a.png,1"], "line 1: missing column(s) type"),
-    (["cell,file,type,polarity", "c1,c1/a.png,1,1", "c1,c1/b.png,25,1"],
-     "line 3: type '25' is not 1-24"),
-    (["cell,file,type,polarity", "c1,c1/a.png,0,1"], "line 2: type '0'"),
-    (["cell,file,type,polarity", "c1,c1/a.png,3,2"], "line 2: polarity '2' is not 0"),
-    (["cell,file,type,polarity", "c1,c1/a.png,3"], "line 2: empty or missing 'polarity'"),
-    (["cell,file,type,polarity", ",c1/a.png,3,1"], "line 2: empty or missing 'cell'"),
-    (["cell,file,type,polarity", "c1,c1/a.png,3,1", "c1,c1/a.png,4,1"],
-     "line 3: file c1/a.png is listed again (first on line 2)"),
-    (["cell,file,type,polarity"], "no labelled images"),
-    (["cell,file,type,polarity", "c1,c1/a.png,3,1", "c1,c1/gone.png,3,1",
-      "c2,c2/x.png,4,1"], "2 of 3 listed image files are missing: line 3: "),
-])
-def test_bad_labels_name_the_csv_and_line(small_set, lines, message):
-    _write_labels(small_set, lines)
-    with pytest.raises(ValueError) as info:
-        ev.load_labels(small_set, "labels.csv")
-    assert str(small_set / "labels.csv") in str(info.value)
-    assert message in str(info.value)
-
-
-def test_labels_file_not_found(small_set):
-    with pytest.raises(ValueError, match="labels file not found: nope.csv"):
-        ev.load_labels(small_set, "nope.csv")
-    with pytest.raises(ValueError, match="data directory not found"):
-        ev.load_labels(small_set / "missing", "labels.csv")
 
 
 # -- heat map and files ---------------------------------------------------------------------
@@ -288,12 +234,12 @@ def test_labels_file_not_found(small_set):
 def test_confusion_png_is_a_readable_picture():
     matrix = np.diag(np.arange(24) + 5)
     matrix[20, 21] = 3
-    picture = cv2.imdecode(np.frombuffer(ev.confusion_png(matrix, ev.TYPE_NAMES),
+    picture = cv2.imdecode(np.frombuffer(confusion_png(matrix, TYPE_NAMES),
                                          np.uint8), cv2.IMREAD_COLOR)
     assert picture.shape[0] > 24 * 30 and picture.shape[1] > 24 * 30
     assert picture.min() < 100  # dark diagonal cells and text
     with pytest.raises(ValueError, match="24 x 24"):
-        ev.confusion_png(np.zeros((2, 2)), ev.TYPE_NAMES)
+        confusion_png(np.zeros((2, 2)), TYPE_NAMES)
 
 
 def test_end_to_end_with_the_runtime(model_dir, synth_root, tmp_path):
@@ -301,10 +247,10 @@ def test_end_to_end_with_the_runtime(model_dir, synth_root, tmp_path):
     res = ev.evaluate(synth_root, "labels.csv", model_dir=model_dir, backend="ort",
                       flip_half=True, seed=0, log=lambda *a: None)
     assert (res["n_cells"], res["n_images"], res["n_flipped"]) == (2, 93, 46)
-    report = ev.format_report(res)
+    report = format_report(res)
     for heading in ("F1 (%)", "Acc. (%)", "Acc. per Case (%)", "Acc. per Case-D (%)",
                     "Precision (%)", "Recall (%)", "abnormal cells", "false warnings",
-                    ev._describe_model(res["model"]), "onnxruntime"):
+                    _describe_model(res["model"]), "onnxruntime"):
         assert heading in report
     table_row = next(line for line in report.splitlines() if line.startswith("compact "))
     values = [float(v) for v in table_row.split()[1:]]
@@ -316,7 +262,7 @@ def test_end_to_end_with_the_runtime(model_dir, synth_root, tmp_path):
         assert verdict["not_karyotyped"] == 2 and verdict["reasons"] == {"near chance": 2}
         assert "no domain figures" in report
 
-    json_path, png_path = ev.save_eval(res, tmp_path / "out" / "eval.json")
+    json_path, png_path = save_eval(res, tmp_path / "out" / "eval.json")
     assert png_path == tmp_path / "out" / "eval_confusion.png"
     saved = json.loads(json_path.read_text())
     assert saved["type"]["accuracy"] == res["type"]["accuracy"]

@@ -1,5 +1,5 @@
-"""Tests for vfinfer.calls.patient: grouping cells by patient, ISCN clone rules and mosaic
-notation."""
+"""Patients: grouping cells (``vfinfer.calls.patient``), ISCN clone rules and mosaic notation,
+the sample sheet and patient.json (``vfinfer.io.patients``), the patient figures of eval."""
 
 import json
 
@@ -7,17 +7,14 @@ import numpy as np
 import pytest
 
 from vfinfer.calls.optimal import optimal_dispatch
-from vfinfer.calls.patient import (
+from vfinfer.calls.patient import changes_from, group_cells, patient_karyotype, patient_of
+from vfinfer.io.patients import (
     PATIENT_FILE,
-    changes_from,
-    group_cells,
-    patient_evaluation,
-    patient_karyotype,
-    patient_of,
     patients_from_results,
     read_sample_sheet,
     write_patient,
 )
+from vfinfer.tools.evaluation.patients import patient_evaluation
 
 X, Y = 22, 23
 MALE = [k for k in range(22) for _ in range(2)] + [X, Y]
@@ -146,7 +143,8 @@ def test_sample_sheet(tmp_path):
     sheet = tmp_path / "sheet.csv"
     sheet.write_text("Cell,Patient,note\na.1,P1,x\na.2,P1,\nb.1,P2,y\n\n", encoding="utf-8")
     assert read_sample_sheet(sheet) == {"a.1": "P1", "a.2": "P1", "b.1": "P2"}
-    groups, unmatched = group_cells(["a.1", "b.1", "a.2", "c.1"], sample_sheet=sheet)
+    groups, unmatched = group_cells(["a.1", "b.1", "a.2", "c.1"],
+                                    sample_sheet=read_sample_sheet(sheet))
     assert groups == {"P1": ["a.1", "a.2"], "P2": ["b.1"]} and unmatched == ["c.1"]
     bad = tmp_path / "bad.csv"
     bad.write_text("cell,patient\na.1,P1\na.1,P2\n", encoding="utf-8")
@@ -156,7 +154,9 @@ def test_sample_sheet(tmp_path):
     with pytest.raises(ValueError, match="cell and patient"):
         read_sample_sheet(bad)
     with pytest.raises(ValueError, match="not both"):
-        group_cells(["a"], sample_sheet=sheet, pattern="a")
+        group_cells(["a"], sample_sheet={"a": "P1"}, pattern="a")
+    with pytest.raises(TypeError, match="mapping"):
+        group_cells(["a"], sample_sheet=sheet)
     with pytest.raises(ValueError, match="bad --patient-from"):
         group_cells(["a"], pattern="(")
 

@@ -1,4 +1,5 @@
-"""vfinfer.tools.evaluation.simulate: abnormal cells made from normal labelled ones, and their figures."""
+"""vfinfer.tools.evaluation.simulate: abnormal cells made from normal labelled ones, and their
+figures."""
 
 import numpy as np
 import pytest

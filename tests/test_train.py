@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from vfinfer.io.labels import Label, read_labels  # noqa: E402
 from vfinfer.model.config import ModelConfig  # noqa: E402
 from vfinfer.pipeline.crop import crop_and_resize, decode_boxes  # noqa: E402
 from vfinfer.pipeline.preprocess import preprocess  # noqa: E402
@@ -15,9 +16,7 @@ from vfinfer.util.images import read_gray8  # noqa: E402
 from vfinfer_export.checkpoint import load_checkpoint  # noqa: E402
 from vfinfer_export.data import (  # noqa: E402
     ChromosomeDataset,
-    Record,
     batches,
-    load_labels,
     localization_target,
     split_by_slide,
 )
@@ -68,7 +67,7 @@ def synth_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_set(synth_dir):
-    records = load_labels(synth_dir)
+    records = read_labels(synth_dir)
     return ChromosomeDataset(records, TINY, augment=True, seed=0)
 
 
@@ -79,36 +78,17 @@ def _fixed_batch(dataset, n=24):
 # --------------------------------------------------------------------------- data
 
 
-def test_load_labels(synth_dir):
-    records = load_labels(synth_dir)
+def test_training_reads_labels_like_eval(synth_dir):
+    """The trainer takes its labels from ``vfinfer.io.labels`` (tests/test_labels.py): what
+    eval accepts, train accepts (X/Y letters included)."""
+    records = read_labels(synth_dir)
     assert len(records) == 46 + 46 + 47
-    assert all(0 <= r.type <= 23 and r.polarity in (0, 1) for r in records)
-    assert all(r.path.is_file() for r in records)
-    assert {r.slide for r in records} == {"synth-1", "synth-2", "synth-3"}
-
-
-def test_load_labels_errors_name_csv_and_line(tmp_path):
-    csv_path = tmp_path / "labels.csv"
-    csv_path.write_text("cell,slide,file,type,polarity\nc1,s1,a.png,3,1\nc1,s1,b.png,25,1\n")
-    with pytest.raises(ValueError, match=r"labels\.csv, line 3: type must be 1-24"):
-        load_labels(tmp_path)
-    csv_path.write_text("cell,file,type,polarity\nc1,a.png,3,1\nc1,b.png,x,1\n")
-    with pytest.raises(ValueError, match=r"labels\.csv, line 3: type must be an integer"):
-        load_labels(tmp_path)
-    csv_path.write_text("cell,file,type,polarity\nc1,a.png,3,2\n")
-    with pytest.raises(ValueError, match=r"line 2: polarity must be 0, 1 or empty"):
-        load_labels(tmp_path)
-    csv_path.write_text("cell,file,type\nc1,a.png,3\n")
-    with pytest.raises(ValueError, match=r"labels\.csv: missing column\(s\) polarity"):
-        load_labels(tmp_path)
-    csv_path.write_text("cell,file,type,polarity\nc7,a.png,24,1\n")
-    (record,) = load_labels(tmp_path)
-    assert record.slide == "c7" and record.type == 23 and record.path == tmp_path / "a.png"
+    assert {r.unit for r in records} == {"synth-1", "synth-2", "synth-3"}
 
 
 def test_split_by_slide_keeps_slides_apart():
     rng = np.random.default_rng(0)
-    records = [Record(f"cell{i}", f"slide{rng.integers(30)}", f"f{i}.png", 0, 1)
+    records = [Label(f"cell{i}", f"slide{rng.integers(30)}", f"f{i}.png", 0, 1)
                for i in range(600)]
     for seed in range(5):
         train_set, val_set = split_by_slide(records, 0.2, seed)
@@ -118,7 +98,7 @@ def test_split_by_slide_keeps_slides_apart():
         assert split_by_slide(records, 0.2, seed) == (train_set, val_set)
     assert split_by_slide(records, 0.2, 0) != split_by_slide(records, 0.2, 1)
     # without slides the cell id is the unit
-    cells = [Record(f"c{i // 4}", "", f"f{i}.png", 0, 1) for i in range(80)]
+    cells = [Label(f"c{i // 4}", "", f"f{i}.png", 0, 1) for i in range(80)]
     train_set, val_set = split_by_slide(cells, 0.25, 0)
     assert not {r.cell for r in train_set} & {r.cell for r in val_set} and val_set
 
@@ -327,11 +307,12 @@ def test_labels_without_polarity_through_train_export_and_eval(synth_dir, tmp_pa
     from dataclasses import replace
 
     from vfinfer.pipeline import Pipeline
-    from vfinfer.tools.evaluation.evaluate import evaluate, format_report
+    from vfinfer.tools.evaluation.evaluate import evaluate
+    from vfinfer.tools.evaluation.report import format_report
     from vfinfer_export.onnx_export import export_model
 
     data = _without_polarity(synth_dir, tmp_path / "data", invert=True, rotate=90)
-    assert all(r.polarity == -1 for r in load_labels(data))
+    assert all(r.polarity == -1 for r in read_labels(data))
     lines = []
     config = replace(TINY, rotate_crop="principal-axis")
     path = train(data, None, tmp_path / "run", preset=config,
@@ -347,7 +328,7 @@ def test_labels_without_polarity_through_train_export_and_eval(synth_dir, tmp_pa
                  batches=(2,))
     with Pipeline(tmp_path / "model") as pipe:
         assert not pipe.manifest.polarity_trained
-        images = [read_gray8(r.path) for r in load_labels(data)[:5]]
+        images = [read_gray8(r.path) for r in read_labels(data)[:5]]
         result = pipe.run_case(images)
     assert {c["polarity"] for c in result["chromosomes"]} == {"not called"}
     assert {c["background"] for c in result["chromosomes"]} == {"dark"}

@@ -149,7 +149,8 @@ def test_fit_domain_rules():
 
 
 def test_eval_counts_the_verdicts(fitted, tmp_path):
-    from vfinfer.tools.evaluation.evaluate import evaluate, format_report
+    from vfinfer.tools.evaluation.evaluate import evaluate
+    from vfinfer.tools.evaluation.report import format_report
 
     model, _, (normal, trisomy) = fitted
     data = normal.parent

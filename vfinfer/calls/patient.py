@@ -3,7 +3,8 @@
     groups, unmatched = group_cells(cells, pattern=r"^([^.]+)\\.")   # "97002023.12" -> "97002023"
     result = patient_karyotype({"97002023.12": "47,XY,+21", ...}, patient="97002023")
     print(result["karyotype"])                                      # 47,XY,+21[5]/46,XY[2]
-    write_patient(out_dir, result)                                  # OUT/<patient>/patient.json
+
+(``vfinfer.io.patients`` reads sample sheets and writes OUT/<patient>/patient.json.)
 
 Cells are grouped by a sample sheet (CSV with the columns ``cell,patient``) or by a regular
 expression on the cell name (its first group, else the whole match).
@@ -28,37 +29,27 @@ group); structural changes and chimerism (``//``) are not described. Every abnor
 comes with a warning that it needs review by a cytogeneticist.
 """
 
-import csv
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
 from vfinfer.calls.karyotype import REVIEW_NOTE, parse_karyotype
 from vfinfer.model.classes import N_TYPES, TYPE_NAMES, Y_INDEX
-from vfinfer.model.manifest import write_json_atomic
 
 __all__ = [
     "MIN_CELLS_GAIN",
     "MIN_CELLS_LOSS",
-    "PATIENT_FILE",
     "changes_from",
     "group_cells",
-    "patient_evaluation",
     "patient_karyotype",
     "patient_of",
-    "patients_from_results",
-    "read_sample_sheet",
-    "write_patient",
 ]
 
 MIN_CELLS_GAIN = 2
 MIN_CELLS_LOSS = 3
 NORMAL = ("46,XX", "46,XY")
-PATIENT_FILE = "patient.json"
 RULES = (f"ISCN clone rules: the same gain in at least {MIN_CELLS_GAIN} cells, the same loss "
          f"in at least {MIN_CELLS_LOSS} cells; cells with identical karyotypes are grouped; "
          "abnormal clones first, normal line last")
@@ -78,47 +69,11 @@ def patient_of(cell, pattern):
     return value or None
 
 
-def read_sample_sheet(path):
-    """``{cell: patient}`` from a CSV with a header holding ``cell`` and ``patient`` (other
-    columns ignored). Raises ValueError naming the file and line of a bad row, or a cell
-    listed for two patients."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: sample sheet not found")
-    out, seen = {}, {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [h.strip().lower() for h in next(reader, [])]
-            if "cell" not in header or "patient" not in header:
-                raise ValueError(f"{path}: line 1: the header must hold the columns cell and "
-                                 f"patient (found {','.join(header) or 'nothing'})")
-            ci, pi = header.index("cell"), header.index("patient")
-            for row in reader:
-                if not any(field.strip() for field in row):
-                    continue
-                line = reader.line_num
-                cell = row[ci].strip() if ci < len(row) else ""
-                patient = row[pi].strip() if pi < len(row) else ""
-                if not cell or not patient:
-                    raise ValueError(f"{path}: line {line}: empty cell or patient")
-                if cell in out and out[cell] != patient:
-                    raise ValueError(f"{path}: line {line}: cell {cell} is listed for patient "
-                                     f"{patient} and, on line {seen[cell]}, for {out[cell]}")
-                out[cell], seen[cell] = patient, line
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
-    except csv.Error as exc:
-        raise ValueError(f"{path}: bad CSV ({exc})") from None
-    if not out:
-        raise ValueError(f"{path}: no rows (only a header)")
-    return out
-
-
 def group_cells(cells, sample_sheet=None, pattern=None):
     """Group cell names by patient: ``(groups, unmatched)``.
 
-    ``sample_sheet``: a ``{cell: patient}`` mapping or a CSV path (``read_sample_sheet``);
+    ``sample_sheet``: a ``{cell: patient}`` mapping (``vfinfer.io.patients.read_sample_sheet``
+    reads one from a CSV);
     ``pattern``: a regex for ``patient_of``. Give exactly one. ``groups`` maps each patient
     to its cells (both in first-seen order); ``unmatched`` lists the cells without a patient.
     """
@@ -134,8 +89,9 @@ def group_cells(cells, sample_sheet=None, pattern=None):
         def find(cell):
             return patient_of(cell, regex)
     else:
-        sheet = (sample_sheet if isinstance(sample_sheet, Mapping)
-                 else read_sample_sheet(sample_sheet))
+        if not isinstance(sample_sheet, Mapping):
+            raise TypeError("sample_sheet must be a {cell: patient} mapping")
+        sheet = sample_sheet
 
         def find(cell):
             return sheet.get(str(cell))
@@ -279,170 +235,3 @@ def _clone_lines(cells, reference):
     clones.sort(key=lambda e: (-e["n_cells"], e["karyotype"]))
     non_clonal.sort(key=lambda e: (-e["n_cells"], e["karyotype"]))
     return clones, non_clonal, normal_line
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _safe_component(name):
-    text = str(name)
-    if (not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
-            or text != text.strip()):
-        raise ValueError(f"patient id {name!r} cannot be used as a directory name")
-    return text
-
-
-def write_patient(out_dir, result, overwrite=False):
-    """Write ``result`` (from ``patient_karyotype``, with a patient id) atomically to
-    OUT/<patient>/patient.json; returns the path. An existing file is kept (FileExistsError)
-    unless ``overwrite``."""
-    patient = result.get("patient")
-    if patient is None:
-        raise ValueError("the patient result has no patient id")
-    folder = Path(out_dir) / _safe_component(patient)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / PATIENT_FILE
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; left untouched (pass --overwrite)")
-    write_json_atomic(path, result)
-    return path
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def _flag_steps(members):
-    """For one patient's cells: its distinct margins (descending) and whether it is flagged
-    when the cells with margin >= each of them take their best abnormal call; the last
-    entry of ``flags`` is for a threshold above every margin (no cell abnormal)."""
-    own = sorted({float(c["margin"]) for c in members}, reverse=True)
-    flags = []
-    for t in own + [np.inf]:
-        calls = {c["cell"]: (c["best_abnormal"] if c["margin"] >= t else c["best_normal"])
-                 for c in members}
-        flags.append(patient_karyotype(calls)["abnormal"])
-    return np.array(own), np.array(flags, dtype=bool)
-
-
-def patient_evaluation(cells, groups, operating_threshold):
-    """Patient-level figures of optimal dispatch against the truth.
-
-    ``cells``: list of dicts with ``cell``, ``true_karyotype``, ``best_normal``,
-    ``best_abnormal``, ``margin`` and ``called`` (the karyotype called at the operating
-    threshold); ``groups``: patient -> cell names (``group_cells``). A patient is *abnormal*
-    when its true karyotypes hold an abnormal clone (``patient_karyotype``), *flagged* when
-    the called ones do. Returns a JSON-ready dict: counts, ``sensitivity``,
-    ``false_alarm_rate``, ``exact`` (same notation), ``roc`` (cells take their best abnormal
-    call when their margin >= t, for every t among the margins; ``auc`` only when the curve
-    reaches (1, 1), which clone rules often forbid: a patient with one cell is never
-    flagged), and ``patients`` (per patient: true and called notation, flagged).
-    """
-    by_name = {c["cell"]: c for c in cells}
-    patients, truth, flagged, exact, steps = [], [], [], [], []
-    for patient, names in groups.items():
-        members = [by_name[m] for m in names if m in by_name]
-        if not members:
-            continue
-        true = patient_karyotype({c["cell"]: c["true_karyotype"] for c in members}, patient)
-        called = patient_karyotype({c["cell"]: c["called"] for c in members}, patient)
-        truth.append(true["abnormal"])
-        flagged.append(called["abnormal"])
-        exact.append(true["karyotype"] == called["karyotype"])
-        steps.append(_flag_steps(members))
-        patients.append({"patient": patient, "n_cells": len(members),
-                         "true_karyotype": true["karyotype"], "karyotype": called["karyotype"],
-                         "true_abnormal": true["abnormal"], "flagged": called["abnormal"],
-                         "non_clonal": [e["karyotype"] for e in called["non_clonal"]]})
-    truth, flagged = np.array(truth, dtype=bool), np.array(flagged, dtype=bool)
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-
-    points = [{"threshold": None, "tpr": 0.0 if n_pos else None, "fpr": 0.0 if n_neg else None,
-               "tp": 0, "fp": 0}]
-    for t in sorted({float(c["margin"]) for c in cells if c["cell"] in by_name}, reverse=True):
-        hit = np.empty(len(steps), dtype=bool)
-        for k, (own, flags) in enumerate(steps):
-            n_at_or_above = int(np.sum(own >= t))
-            hit[k] = flags[n_at_or_above - 1] if n_at_or_above else flags[-1]
-        tp, fp = int((hit & truth).sum()), int((hit & ~truth).sum())
-        points.append({"threshold": t, "tpr": tp / n_pos if n_pos else None,
-                       "fpr": fp / n_neg if n_neg else None, "tp": tp, "fp": fp})
-    auc = None
-    last = points[-1]
-    if n_pos and n_neg and last["tpr"] == 1.0 and last["fpr"] == 1.0:
-        x = np.array([p["fpr"] for p in points])
-        y = np.array([p["tpr"] for p in points])
-        auc = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
-    tp, fp = int((flagged & truth).sum()), int((flagged & ~truth).sum())
-    return {
-        "n_patients": len(patients),
-        "n_abnormal": n_pos,
-        "n_normal": n_neg,
-        "caught": tp,
-        "missed": n_pos - tp,
-        "false_alarms": fp,
-        "sensitivity": tp / n_pos if n_pos else None,
-        "false_alarm_rate": fp / n_neg if n_neg else None,
-        "exact": int(np.sum(exact)),
-        "operating_threshold": float(operating_threshold),
-        "roc": {"points": points, "auc": auc, "n_positive": n_pos, "n_negative": n_neg},
-        "patients": patients,
-        "rules": RULES,
-    }
-
-
-# --------------------------------------------------------------------------- after vfinfer run
-
-
-def patients_from_results(out_dir, cases, sample_sheet=None, pattern=None, echo=print,
-                          failed=(), overwrite=False):
-    """Write OUT/<patient>/patient.json for the cases of ``vfinfer run``.
-
-    ``cases``: case names (their results are read back from OUT/<case>/result.json, so cases
-    skipped because they already had results count too); ``sample_sheet`` / ``pattern``: see
-    ``group_cells``. ``failed``: cases that failed in this run; an older result.json of
-    theirs is not used. Echoes one line per patient and returns the patient results.
-    """
-    failed = {str(case) for case in failed}
-    groups, unmatched = group_cells(cases, sample_sheet, pattern)
-    if unmatched:
-        shown = ", ".join(map(str, unmatched[:5])) + (" ..." if len(unmatched) > 5 else "")
-        echo(f"no patient for {len(unmatched)} case(s), left out of patient.json: {shown}")
-    out = []
-    for patient, members in groups.items():
-        calls, missing, modes = {}, [], set()
-        for case in members:
-            path = Path(out_dir) / str(case) / "result.json"
-            if str(case) in failed:
-                missing.append(str(case))
-                continue
-            try:
-                result = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                missing.append(str(case))
-                continue
-            calls[str(case)] = result
-            modes.add(result.get("dispatch"))
-        found = patient_karyotype(calls, patient)
-        found["dispatch"] = sorted(str(m) for m in modes)
-        found["missing_cells"] = missing
-        if missing:
-            found["notes"].append(f"{len(missing)} cell(s) without a result.json (failed): "
-                                  f"{', '.join(missing)}")
-        if modes - {"optimal"}:
-            found["notes"].append("some cells were not run with --dispatch optimal: their "
-                                  "karyotype is the count of their dispatched types, so every "
-                                  "misclassification looks like a gain or a loss")
-        try:
-            target = write_patient(out_dir, found, overwrite)
-        except FileExistsError as exc:
-            echo(f"patient {patient}: skipped, {exc}")
-            continue
-        except (OSError, ValueError) as exc:
-            echo(f"patient {patient}: failed: cannot write patient.json ({exc})")
-            continue
-        n, n_nc = found["n_cells"], len(found["non_clonal"])
-        extra = f"; {n_nc} non-clonal finding{'s' if n_nc != 1 else ''}" if n_nc else ""
-        echo(f"patient {patient}: {found['karyotype'] or 'no karyotype'} "
-             f"({n} cell{'s' if n != 1 else ''}{extra}) -> {target}")
-        out.append(found)
-    return out

@@ -63,14 +63,8 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
 
     names = [case_name(d) for d in case_dirs]
     grouping = patient_from is not None or sample_sheet is not None
-    if grouping:
-        from vfinfer.calls.patient import group_cells
-
-        group_cells(names, sample_sheet=sample_sheet, pattern=patient_from)  # check first
-        if dispatch_mode != "optimal":
-            click.echo(f"note: patient karyotypes from --dispatch {dispatch_mode} count every "
-                       "misclassification as a gain or loss; --dispatch optimal is meant for "
-                       "this", err=True)
+    sheet = _patient_grouping(names, sample_sheet, patient_from, dispatch_mode) if grouping \
+        else None
     options = dict(model_dir=model_dir, backend=backend, out_dir=out_dir,
                    dispatch_mode=dispatch_mode, karyogram=not no_karyogram, threads=threads,
                    batch_size=batch_size, overwrite=overwrite, precision=precision,
@@ -82,9 +76,24 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
     else:
         failed = run_cases(case_dirs, seg_model=seg_model, **options)
     if grouping:
-        _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite)
+        _write_patients(out_dir, names, sheet, patient_from, failed, overwrite)
     if failed:
         sys.exit(EXIT_FAILED)
+
+
+def _patient_grouping(names, sample_sheet, patient_from, dispatch_mode):
+    """The sample sheet as ``{cell: patient}`` (None with --patient-from), checked against
+    the cases before any of them runs."""
+    from vfinfer.calls.patient import group_cells
+    from vfinfer.io.patients import read_sample_sheet
+
+    sheet = None if sample_sheet is None else read_sample_sheet(sample_sheet)
+    group_cells(names, sample_sheet=sheet, pattern=patient_from)
+    if dispatch_mode != "optimal":
+        click.echo(f"note: patient karyotypes from --dispatch {dispatch_mode} count every "
+                   "misclassification as a gain or loss; --dispatch optimal is meant for "
+                   "this", err=True)
+    return sheet
 
 
 def _import_ray_run():
@@ -97,10 +106,10 @@ def _import_ray_run():
     return run_on_ray
 
 
-def _write_patients(out_dir, names, sample_sheet, patient_from, failed, overwrite):
-    from vfinfer.calls.patient import patients_from_results
+def _write_patients(out_dir, names, sheet, patient_from, failed, overwrite):
+    from vfinfer.io.patients import patients_from_results
 
-    patients = patients_from_results(out_dir, names, sample_sheet=sample_sheet,
+    patients = patients_from_results(out_dir, names, sample_sheet=sheet,
                                      pattern=patient_from, echo=click.echo, failed=failed,
                                      overwrite=overwrite)
     n_clone = sum(p["abnormal"] for p in patients)

@@ -1,4 +1,4 @@
-"""``vfinfer serve``: the HTTP server (the ``serve`` extra); registered on ``vfinfer.cli.group.main``."""
+"""``vfinfer serve``: the HTTP server (the ``serve`` extra)."""
 
 from pathlib import Path
 

@@ -162,7 +162,9 @@ def eval_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_si
           flip_half, seed, patient_from, sample_sheet, simulate_per_cell):
     """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper, and
     argmax / Algorithm 1 / optimal dispatch per cell and per patient."""
-    from vfinfer.tools.evaluation.evaluate import evaluate, format_report, roc_paths, save_eval
+    from vfinfer.tools.evaluation.evaluate import evaluate
+    from vfinfer.tools.evaluation.records import roc_paths, save_eval
+    from vfinfer.tools.evaluation.report import format_report
 
     results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
                        threads=threads, batch_size=batch_size, precision=precision,

@@ -1,7 +1,7 @@
 """What the precision audits recorded in a manifest allow at run time.
 
-``vfinfer quantize`` (``vfinfer.tools.precision.quantize``) writes an ``int8_audit``; the ONNX Runtime
-backend runs precision "int8" only when ``int8_refusal`` finds nothing against it.
+``vfinfer quantize`` (``vfinfer.tools.precision.quantize``) writes an ``int8_audit``; the ONNX
+Runtime backend runs precision "int8" only when ``int8_refusal`` finds nothing against it.
 """
 
 import math

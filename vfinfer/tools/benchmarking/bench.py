@@ -1,8 +1,8 @@
 """``vfinfer bench``: per-stage and end-to-end latency of whole cases, with a JSON report.
 
-Cases come from ``vfinfer.tools.synthesis.cells`` (no outside data). After a time-based warm-up every case
-is timed from reading its files to writing its results, one after the other (latency); the
-pipeline's own stage clock splits the network part. Then the same cases go through
+Cases come from ``vfinfer.tools.synthesis.cells`` (no outside data). After a time-based warm-up
+every case is timed from reading its files to writing its results, one after the other (latency);
+the pipeline's own stage clock splits the network part. Then the same cases go through
 ``vfinfer run``'s overlapped reader / engines / writer (``runner.run_with``) as one batch
 (throughput: wall time per case). Figures: median, p90, p99 per stage and end to end, ms per
 image, images per second, GMAC/s against this CPU's FP32 peak, and the share of each mode's

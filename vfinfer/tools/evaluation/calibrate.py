@@ -22,11 +22,11 @@ and then picks the margin threshold:
    best; among them the highest sensitivity, then the fewest false alarms, then the highest
    accuracy, then the widest threshold interval (the most robust separation).
 
-A cell is *abnormal* when its true counts are (``vfinfer.tools.evaluation.metrics.abnormal_cells``: an autosome
-not twice, or X + Y != 2), *flagged* when optimal dispatch calls it abnormal. Real abnormal
-cells are rare, so ``vfinfer calibrate`` adds abnormal cells simulated from the normal ones
-(``vfinfer.tools.evaluation.simulate``); they take part in the fit, while the figures and warnings of the
-report count the real cells apart (``simulated=``). Use training
+A cell is *abnormal* when its true counts are (``vfinfer.tools.evaluation.metrics.abnormal_cells``:
+an autosome not twice, or X + Y != 2), *flagged* when optimal dispatch calls it abnormal. Real
+abnormal cells are rare, so ``vfinfer calibrate`` adds abnormal cells simulated from the normal ones
+(``vfinfer.tools.evaluation.simulate``); they take part in the fit, while the figures and warnings
+of the report count the real cells apart (``simulated=``). Use training
 slides only: the figures on the cells the threshold was chosen on are optimistic, and the
 model is over-confident on the very images it was trained on, so a validation split that
 the network did not train on is better still. Without abnormal cells the threshold cannot be
@@ -194,8 +194,8 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
     abnormal cell) are kept; ``grid``: dict of value lists per key of ``DEFAULT_GRID`` (a key
     left out keeps ``base``'s value); ``threshold_position``: see ``choose_threshold`` (0:
     the smallest threshold, 0.5: the middle of the interval). ``simulated``: the
-    ``info`` dict of ``vfinfer.tools.evaluation.simulate.simulate_abnormal`` when its cells are among the
-    given ones: they take part in the fit, but the figures and warnings keep them apart.
+    ``info`` dict of ``vfinfer.tools.evaluation.simulate.simulate_abnormal`` when its cells are
+    among the given ones: they take part in the fit, but the figures and warnings keep them apart.
     See the module docstring.
 
     Returns ``(params, report)``; ``report`` is JSON-ready: cell counts (``n_abnormal``
@@ -424,9 +424,9 @@ def select_cells(data_dir, labels_csv, slides_from=None, exclude=(), patient_fro
     """The cells to calibrate on: those of ``slides_from`` (all when None) less ``exclude``
     (ids, or ``@FILE``); a cell's slide from the labels' slide column, else ``patient_from``."""
     from vfinfer.calls.patient import patient_of
-    from vfinfer.tools.evaluation.evaluate import load_cell_slides
+    from vfinfer.io.labels import cell_slides, read_labels
 
-    slides = load_cell_slides(data_dir, labels_csv)
+    slides = cell_slides(read_labels(data_dir, labels_csv))
 
     def slide_of(cell):
         if cell in slides:
@@ -452,7 +452,7 @@ def calibrate_on_data(data_dir, labels_csv, selection, pipeline_options, log=pri
                       simulate_per_cell=3, min_sensitivity=1.0, threshold_position=0.0):
     """Run the model on the selected labelled cells, add simulated abnormal cells
     (``vfinfer.tools.evaluation.simulate``) and ``calibrate``; returns ``(params, report)``."""
-    from vfinfer.tools.evaluation.evaluate import cell_probabilities
+    from vfinfer.tools.evaluation.inference import cell_probabilities
     from vfinfer.tools.evaluation.simulate import simulate_abnormal
 
     data = cell_probabilities(data_dir, labels_csv, keep=selection.keep, log=log,

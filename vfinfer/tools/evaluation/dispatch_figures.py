@@ -102,7 +102,8 @@ def dispatch_comparison(probs_by_cell, true_types_by_cell, params=None, paper_th
 
     - ``acc_per_case`` and ``accuracy`` (over all images): ``{"none", "paper", "optimal"}``;
     - ``flags``: for ``"paper"`` (any count warning of Algorithm 1 line 17) and ``"optimal"``
-      (called abnormal), ``vfinfer.tools.evaluation.metrics.warning_stats`` (caught / false warnings ...);
+      (called abnormal), ``vfinfer.tools.evaluation.metrics.warning_stats`` (caught / false
+      warnings ...);
     - ``optimal``: ``exact_calls`` (called karyotype == true karyotype) overall and on
       abnormal cells, the ``roc`` of the margin, ``params``;
     - ``cells`` (unless ``cells=False``): per cell its true karyotype, abnormal, paper
@@ -163,7 +164,8 @@ def dispatch_comparison(probs_by_cell, true_types_by_cell, params=None, paper_th
 
 
 def simulated_figures(probs_by_cell, true_by_cell, info, params):
-    """Optimal dispatch on simulated abnormal cells (``vfinfer.tools.evaluation.simulate``), per kind.
+    """Optimal dispatch on simulated abnormal cells (``vfinfer.tools.evaluation.simulate``),
+    per kind.
 
     Returns ``{"n", "flagged", "exact", "by_kind": {kind: {...}}, "missed": [...]}``:
     ``flagged`` cells called abnormal, ``exact`` cells whose called karyotype is the simulated

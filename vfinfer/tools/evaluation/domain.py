@@ -95,9 +95,9 @@ def domain_figures(model_dir, case_dirs, backend="auto", threads=0, log=print):
 
 def exact_karyotypes(named, labels_csv):
     """Per dispatch mode, the share of the labelled cells whose karyotype is exactly right."""
-    from vfinfer.tools.evaluation.evaluate import load_labels
+    from vfinfer.io.labels import by_cell, read_labels
 
-    cells = load_labels(Path(labels_csv).parent, labels_csv)
+    cells = by_cell(read_labels(Path(labels_csv).parent, labels_csv))
     truth = {cell: karyotype_summary(np.array([r.type for r in rows]))[0]
              for cell, rows in cells.items()}
     known = [(truth[name], calls) for name, _, calls in named if name in truth]

@@ -390,7 +390,8 @@ def synthetic_calibration_images(n=SYNTHETIC_CALIBRATION_IMAGES, seed=2019):
 def calibration_images(calib_case_dir=None):
     """Gray uint8 images of a case directory, or synthetic ones when none is given."""
     if calib_case_dir is None:
-        return synthetic_calibration_images(), "synthetic (vfinfer.tools.synthesis.cells.render_chromosome)"
+        return (synthetic_calibration_images(),
+                "synthetic (vfinfer.tools.synthesis.cells.render_chromosome)")
     from vfinfer.util.images import read_case
 
     images, _paths, _ignored = read_case(calib_case_dir)
@@ -473,8 +474,8 @@ def convert_model_dir_to_fp16(model_dir, calib_images=None, log=print):
 
 def fp16_agreement(model_dir, images):
     """The network pass in FP32 and FP16 (ONNX Runtime CPU) on the same gray uint8 images:
-    ``vfinfer.tools.precision.agreement.agreement_figures`` (type / polarity argmax agreement, largest
-    probability, box and localization differences)."""
+    ``vfinfer.tools.precision.agreement.agreement_figures`` (type / polarity argmax agreement,
+    largest probability, box and localization differences)."""
     manifest = load_manifest(model_dir)
     outputs = [agreement.network_outputs({role: manifest.graph_path(role, kind)
                                           for role in GRAPH_ROLES}, images, manifest.config)
@@ -488,9 +489,10 @@ def add_fp16_graphs(model_dir, calib_case_dir=None, log=print):
     Writes ``gnet_fp16.onnx`` etc., lists them in ``manifest.json`` as ``graphs["gnet_fp16"]``
     (the FP32 records' fields plus ``kept_fp32``) and adds an ``fp16_audit`` section (range
     summaries and the FP16-vs-FP32 pipeline agreement). Calibration images come from
-    ``calib_case_dir`` (one case directory) or, when none is given, from vfinfer.tools.synthesis.cells.
-    FP16 graphs from an earlier conversion are replaced. If anything fails, the manifest is
-    left without FP16 graphs (as it was, when it had none) and no FP16 file remains.
+    ``calib_case_dir`` (one case directory) or, when none is given, from
+    ``vfinfer.tools.synthesis.cells``. FP16 graphs from an earlier conversion are replaced.
+    If anything fails, the manifest is left without FP16 graphs (as it was, when it had none)
+    and no FP16 file remains.
     """
     model_dir = Path(model_dir)
     images, source = calibration_images(calib_case_dir)
