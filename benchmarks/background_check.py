@@ -22,6 +22,7 @@ from vfinfer.pipeline.preprocess import preprocess
 from vfinfer.tools.benchmarking.bench import print_and_save
 from vfinfer.util.geometry import normalize_cutout
 from vfinfer.util.images import read_gray8
+from vfinfer.util.stats import percentiles
 
 
 def check(data_dir, config):
@@ -38,8 +39,7 @@ def check(data_dir, config):
             changed_light += diff > 0
             max_diff_light = max(max_diff_light, diff)
     return {"images": len(rows), "background": kinds,
-            "abs_tilt_deg": {"median": round(float(np.median(tilts)), 2),
-                             "p90": round(float(np.percentile(tilts, 90)), 2)},
+            "abs_tilt_deg": percentiles(tilts, digits=2),
             "light_images_changed_by_normalize": changed_light,
             "light_images_max_abs_diff": max_diff_light}
 

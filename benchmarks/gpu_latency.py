@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vfinfer.util.stats import percentiles
+
 KARYOTYPE_46XY = [t for t in range(22) for _ in range(2)] + [22, 23]
 
 
@@ -28,10 +30,6 @@ def synthetic_case(seed):
 
     rng = np.random.default_rng(seed)
     return [render_chromosome(t, rng) for t in KARYOTYPE_46XY]
-
-
-def percentile(values, q):
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
 def trt_pipeline(model_dir, batch_size):
@@ -69,7 +67,8 @@ def run(model_dir, cases, batch_size, warmup, seed):
         engines = pipe.manifest.data.get("engines", {})
         batch = pipe.batch_size
     n_images = len(KARYOTYPE_46XY)
-    median = percentile(per_case, 50)
+    spread = percentiles(per_case, (50, 90, 99))
+    median = spread["median"]
     return {
         "benchmark": "gpu_latency",
         "model": str(model_dir),
@@ -79,12 +78,12 @@ def run(model_dir, cases, batch_size, warmup, seed):
         "cases": cases,
         "images_per_case": n_images,
         "warmup_cases": warmup,
-        "ms_per_case": {"median": median, "p90": percentile(per_case, 90),
-                        "p99": percentile(per_case, 99), "mean": float(np.mean(per_case)),
+        "ms_per_case": {**spread, "mean": float(np.mean(per_case)),
                         "min": float(np.min(per_case)), "max": float(np.max(per_case))},
         "ms_per_image_median": median / n_images,
         "images_per_second": n_images * 1000 / median,
-        "stage_ms_median": {stage: percentile(v, 50) for stage, v in stages.items()},
+        "stage_ms_median": {stage: percentiles(v, (50,))["median"]
+                            for stage, v in stages.items()},
         "python": platform.python_version(),
         "platform": platform.platform(),
     }

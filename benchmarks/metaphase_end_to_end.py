@@ -35,6 +35,7 @@ from split_metaphases import case_of  # noqa: E402
 from vfinfer.io.labelme import read_labelme, read_names  # noqa: E402
 from vfinfer.pipeline.metaphase import MetaphasePipeline, NoChromosomesError  # noqa: E402
 from vfinfer.tools.evaluation.segmentation import iou_matrix  # noqa: E402
+from vfinfer.util.stats import percentiles  # noqa: E402
 
 
 def labelled_cells(data):
@@ -142,10 +143,7 @@ def summary(rows):
         "located": located, "labelled": sum(r.get("labelled", 0) for r in done),
         "type_accuracy_located": round(100 * sum(r["right"] for r in done) / max(located, 1),
                                        2),
-        "timing_ms": {s: {"median": round(float(np.median([r["timing_ms"][s] for r in done])),
-                                          1),
-                          "p90": round(float(np.percentile([r["timing_ms"][s] for r in done],
-                                                           90)), 1)}
+        "timing_ms": {s: percentiles([r["timing_ms"][s] for r in done], digits=1)
                       for s in stages} if done else {},
     }
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from vfinfer.io.labelme import read_labelme, read_names
 from vfinfer.pipeline.metaphase import MetaphasePipeline
+from vfinfer.util.stats import percentiles
 
 STAGES = ("segmentation", "instances", "cutouts", "classification", "total")
 
@@ -66,9 +67,7 @@ def main():
         "command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
         "images": len(rows), "image_size": list(images[1].shape), "threads": args.threads,
         "chromosomes_median": float(np.median([r["chromosomes"] for r in rows])),
-        "ms": {s: {"median": round(float(np.median([r[s] for r in rows])), 1),
-                   "p90": round(float(np.percentile([r[s] for r in rows], 90)), 1)}
-               for s in STAGES},
+        "ms": {s: percentiles([r[s] for r in rows], digits=1) for s in STAGES},
     }
     print(json.dumps(report, indent=1))
     if args.json:

@@ -26,6 +26,7 @@ from vfinfer.pipeline.network import run_network
 from vfinfer.pipeline.preprocess import preprocess_batch
 from vfinfer.tools.synthesis.cells import write_cases
 from vfinfer.util.images import read_case
+from vfinfer.util.stats import percentiles
 
 ROLES = ("gnet", "lnet", "heads")
 # built one after the other, ONNX Runtime first, so no runtime's idle worker threads are alive
@@ -47,8 +48,7 @@ def time_variant(backend, g_input, config, repeats):
         for role in ROLES:
             per_graph[role].append(timing[role])
         totals.append(sum(timing[role] for role in ROLES))
-    return out, {"ms_per_cell": {"median": float(np.median(totals)),
-                                 "p90": float(np.percentile(totals, 90))},
+    return out, {"ms_per_cell": percentiles(totals),
                  "ms_per_graph_median": {r: float(np.median(v)) for r, v in per_graph.items()}}
 
 

@@ -12,7 +12,6 @@ Errors are modulo 180 degrees (an axis has no direction).
 
 import argparse
 import os
-import platform
 import time
 
 import cv2
@@ -27,6 +26,7 @@ from vfinfer.util.geometry import (
     hough_angle,
     principal_axis_angle,
 )
+from vfinfer.util.machine import cpu_info  # noqa: E402
 
 
 def rod(angle, length, width, rng):
@@ -84,13 +84,6 @@ def cell_time(method, images, repeats=20):
             "p90_ms": round(float(np.percentile(times, 90)), 3)}
 
 
-def cpu_model():
-    for line in open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None)
@@ -114,7 +107,7 @@ def main():
         "rods": measure(rods), "synthetic_chromosomes": measure(chromosomes),
         "normalize_ms_per_46_chromosome_cell": {m: cell_time(m, cell) for m in
                                                 ("none", "principal-axis", "hough")},
-        "cpu": cpu_model(), "load_average": os.getloadavg(),
+        "cpu": cpu_info()["model"], "load_average": os.getloadavg(),
         "note": "timings on a machine shared with other work (see load_average)",
     }
     print_and_save(report, args.json)

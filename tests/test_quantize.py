@@ -15,7 +15,7 @@ from vfinfer.backends import BackendError
 from vfinfer.model import audits
 from vfinfer.model.manifest import load_manifest, sha256_file
 from vfinfer.pipeline import Pipeline
-from vfinfer.tools.precision import agreement, quantize
+from vfinfer.tools.precision import agreement, int8_data, int8_rules, quantize
 from vfinfer.tools.synthesis.cells import write_cases
 from vfinfer.util.images import read_case
 
@@ -80,7 +80,7 @@ def test_int8_graphs_written_and_recorded(int8_dir, cases):
         onnx.checker.check_model(str(path))
     for role in ROLES:  # the FP32 graphs are untouched
         assert sha256_file(out / f"{role}.onnx") == manifest.graph(role)["sha256"]
-    assert manifest.graph("gnet", "int8")["not_quantized_ops"] == quantize.NOT_QUANTIZED_OPS
+    assert manifest.graph("gnet", "int8")["not_quantized_ops"] == int8_rules.NOT_QUANTIZED_OPS
 
 
 def test_io_stays_float32_and_convs_are_int8(int8_dir):
@@ -174,11 +174,11 @@ def test_sensitive_nodes_rule_on_a_small_graph():
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3]) for n in ("loc", "probs")],
         initializer=weights)
     model = helper.make_model(graph)
-    kept = quantize.sensitive_nodes(model)
+    kept = int8_rules.sensitive_nodes(model)
     assert [e["node"] for e in kept] == ["flat", "fc1", "relu", "fc2", "sig", "mrelu", "m2",
                                          "soft"]
     assert all(e["reason"] for e in kept)
-    extended = {e["node"] for e in quantize.extended_nodes(model)}
+    extended = {e["node"] for e in int8_rules.extended_nodes(model)}
     assert extended == {e["node"] for e in kept} | {"m1"}
 
 
@@ -214,16 +214,16 @@ def test_holdout_is_disjoint_from_calibration(int8_dir, cases, tmp_path):
     assert audit["holdout"]["disjoint"] is True
     assert not set(audit["holdout"]["case_dirs"]) & set(audit["calibration"]["case_dirs"])
     assert "automatic" in audit["holdout"]["split"]
-    assert quantize.split_case_dirs(cases) == (cases[:2], cases[2:])
+    assert int8_data.split_case_dirs(cases) == (cases[:2], cases[2:])
     with pytest.raises(ValueError, match="at least two"):
-        quantize.split_case_dirs(cases[:1])
-    calib = quantize.read_case_dirs(cases[:1])
+        int8_data.split_case_dirs(cases[:1])
+    calib = int8_data.read_case_dirs(cases[:1])
     with pytest.raises(ValueError, match="also calibration directories"):
-        quantize.check_disjoint(cases[:1], cases[:1], calib, calib)
+        int8_data.check_disjoint(cases[:1], cases[:1], calib, calib)
     copied = tmp_path / "copy"
     shutil.copytree(cases[0], copied)
     with pytest.raises(ValueError, match="same pixels"):
-        quantize.check_disjoint(cases[:1], [copied], calib, quantize.read_case_dirs([copied]))
+        int8_data.check_disjoint(cases[:1], [copied], calib, int8_data.read_case_dirs([copied]))
 
 
 def test_usable_rule():

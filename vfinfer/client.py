@@ -93,10 +93,7 @@ def _parts(images):
         elif isinstance(image, tuple):
             parts.append((str(image[0]), bytes(image[1]), "application/octet-stream"))
         else:
-            import cv2
+            from vfinfer.util.images import encode_png  # numpy arrays need OpenCV
 
-            ok, encoded = cv2.imencode(".png", image)
-            if not ok:
-                raise ValueError(f"image {i} could not be encoded as PNG")
-            parts.append((f"image_{i}.png", encoded.tobytes(), "image/png"))
+            parts.append((f"image_{i}.png", encode_png(image, what=f"image {i}"), "image/png"))
     return parts

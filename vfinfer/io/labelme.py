@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from vfinfer.util.atomic import write_atomic
-from vfinfer.util.images import ImageReadError, _PathError, decode_gray8, read_gray8
+from vfinfer.util.images import ImageReadError, _PathError, decode_gray8, encode_png, read_gray8
 
 
 class LabelmeError(_PathError):
@@ -144,15 +144,13 @@ def write_labelme(path, image, polygons, label="chr"):
     """Write ``image`` (uint8 gray) with ``polygons`` as a labelme 4.5 JSON file, the image
     embedded as PNG. Atomic."""
     path = Path(path)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError(f"{path}: could not encode the image")
+    png = encode_png(image, what=str(path))
     doc = {
         "version": "4.5.6", "flags": {},
         "shapes": [{"label": label, "points": np.asarray(p, dtype=float).round(2).tolist(),
                     "group_id": None, "shape_type": "polygon", "flags": {}} for p in polygons],
         "imagePath": path.with_suffix(".png").name,
-        "imageData": base64.b64encode(buf.tobytes()).decode("ascii"),
+        "imageData": base64.b64encode(png).decode("ascii"),
         "imageHeight": int(image.shape[0]), "imageWidth": int(image.shape[1]),
     }
     write_atomic(path, json.dumps(doc).encode("utf-8"))

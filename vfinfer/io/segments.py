@@ -19,25 +19,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import cv2
-
 from vfinfer.segment.overlay import overlay_png
-from vfinfer.util.images import SEGMENTATION_DIR
-
-
-def _png(image):
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise RuntimeError("could not encode a PNG")
-    return buf.tobytes()
+from vfinfer.util.images import SEGMENTATION_DIR, encode_png
 
 
 def _files(segmented, segmenter, source):
     """{relative path: bytes} of one segmented metaphase."""
     files = {}
     for cut in segmented.cutouts:
-        files[cut.name] = _png(cut.image)
-        files[f"{SEGMENTATION_DIR}/masks/{cut.name}"] = _png(cut.mask.astype("uint8") * 255)
+        files[cut.name] = encode_png(cut.image)
+        files[f"{SEGMENTATION_DIR}/masks/{cut.name}"] = encode_png(cut.mask.astype("uint8") * 255)
     files[f"{SEGMENTATION_DIR}/overlay.png"] = overlay_png(segmented.gray, segmented.cutouts)
     doc = {"image": str(source), **segmented.section(segmenter), "notes": segmented.notes,
            "cutouts": [cut.record() for cut in segmented.cutouts]}

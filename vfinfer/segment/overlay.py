@@ -5,6 +5,8 @@ beside it. Overlap pixels show both colours blended."""
 import cv2
 import numpy as np
 
+from vfinfer.util.images import encode_png
+
 ALPHA = 0.35
 
 
@@ -45,7 +47,4 @@ def draw_overlay(gray, cutouts, labels=None):
 
 def overlay_png(gray, cutouts, labels=None):
     """``draw_overlay`` encoded as PNG bytes."""
-    ok, buf = cv2.imencode(".png", draw_overlay(gray, cutouts, labels))
-    if not ok:
-        raise RuntimeError("could not encode the overlay")
-    return buf.tobytes()
+    return encode_png(draw_overlay(gray, cutouts, labels), what="the overlay")

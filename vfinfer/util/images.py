@@ -19,6 +19,8 @@ Public API
     The same from the file's bytes in memory (``path`` only names it in messages).
 ``read_case(case_dir) -> (images, paths, ignored)``
     ``list_case`` + ``read_gray8`` on every file; raises on the first bad file.
+``encode_png(image, params=()) -> bytes``
+    The one PNG encoder (``FAST_PNG``: the settings for large pictures such as karyograms).
 
 Pixel conversion rules (``read_gray8``)
 ---------------------------------------
@@ -66,10 +68,12 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "FAST_PNG",
     "IMAGE_SUFFIXES",
     "CaseError",
     "ImageReadError",
     "decode_gray8",
+    "encode_png",
     "list_case",
     "read_case",
     "read_gray8",
@@ -403,3 +407,20 @@ def read_case(case_dir):
     paths, ignored = list_case(case_dir)
     images = [read_gray8(p) for p in paths]
     return images, paths, ignored
+
+
+# zlib's fastest level with run-length matching and the "up" filter: on karyograms (large
+# white areas, repeated rows) as fast as OpenCV's default and about 8 % smaller; PNG is
+# lossless whatever the settings. A one-channel picture encodes about 3x faster.
+FAST_PNG = (cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
+            cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP)
+
+
+def encode_png(image, params=(), what="the picture"):
+    """``image`` (gray, BGR or BGRA, uint8 or uint16) as PNG bytes; ``params`` as for
+    ``cv2.imencode`` (e.g. ``FAST_PNG``). Raises ValueError naming ``what`` when OpenCV cannot
+    encode it."""
+    ok, encoded = cv2.imencode(".png", image, list(params))
+    if not ok:
+        raise ValueError(f"could not encode {what} as PNG")
+    return encoded.tobytes()

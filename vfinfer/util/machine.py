@@ -1,10 +1,46 @@
-"""Facts about this machine for ``vfinfer env`` and benchmark reports."""
+"""Facts about this machine for ``vfinfer env`` and benchmark reports: the one reader of
+``/proc/cpuinfo`` (``cpu_info``) and the real CUDA device probe (``cuda_devices``)."""
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 from importlib import metadata
+from pathlib import Path
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")  # the INT8 dot products ORT's kernels use
+
+
+def usable_cores():
+    """The cores this process may run on (its affinity), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cpu_info(path="/proc/cpuinfo"):
+    """``{"model", "vendor", "mhz", "flags", "cores"}`` of the first CPU listed in
+    ``/proc/cpuinfo`` (model from ``platform`` and empty flags where there is none, as on
+    Windows and macOS); ``mhz`` is the clock the kernel reports, None when absent."""
+    info = Path(path).read_text() if Path(path).exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", info)
+    flags = re.search(r"flags\s*:\s*(.*)", info)
+    vendor = "AMD" if "AMD" in info else ("Intel" if "Intel" in info else "unknown")
+    return {"model": model.group(1).strip() if model else (platform.processor()
+                                                            or platform.machine()),
+            "vendor": vendor, "mhz": float(mhz.group(1)) if mhz else None,
+            "flags": frozenset(flags.group(1).split()) if flags else frozenset(),
+            "cores": usable_cores()}
+
+
+def int8_facts(info=None):
+    """CPU model and the INT8 dot-product instructions ORT's kernels can use (VNNI)."""
+    info = info or cpu_info()
+    return {"model": info["model"], "int8_flags": [f for f in INT8_FLAGS if f in info["flags"]],
+            "vnni": any(f in info["flags"] for f in VNNI_FLAGS)}
 
 
 def package_version(name):
@@ -53,8 +89,9 @@ def describe_environment():
         "vfinfer": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info()["model"],
         "cpu cores": os.cpu_count(),
+        "cpu int8": ", ".join(int8_facts()["int8_flags"]) or "no AVX2 / AVX-512 / VNNI",
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         "onnxruntime": ort.__version__,

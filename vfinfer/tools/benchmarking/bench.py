@@ -13,9 +13,7 @@ because absolute times on shared machines drift.
 """
 
 import json
-import os
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -27,8 +25,10 @@ from vfinfer.io.results import write_case
 from vfinfer.io.runner import run_with
 from vfinfer.model.config import count_macs
 from vfinfer.pipeline import Pipeline
+from vfinfer.util import stats
 from vfinfer.util.atomic import write_atomic
 from vfinfer.util.images import read_case
+from vfinfer.util.machine import cpu_info
 
 STAGES = ("read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch", "write")
 BATCH_RUNS = 3  # repetitions of the batch (throughput) run; the median is reported
@@ -36,13 +36,9 @@ BATCH_RUNS = 3  # repetitions of the batch (throughput) run; the median is repor
 
 def cpu_facts():
     """Cores, frequency, vector width and the FP32 peak derived from them (documented)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"model name\s*:\s*(.*)", info)
-    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", info)
-    flags = set((re.search(r"flags\s*:\s*(.*)", info) or [None, ""])[1].split())
-    vendor = "AMD" if "AMD" in info else ("Intel" if "Intel" in info else "unknown")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ghz = float(mhz.group(1)) / 1000 if mhz else None
+    info = cpu_info()
+    flags, vendor, cores = info["flags"], info["vendor"], info["cores"]
+    ghz = info["mhz"] / 1000 if info["mhz"] else None
     if "avx512f" in flags and vendor == "Intel":
         lanes, note = 32, "2 x 512-bit FMA pipes (Intel AVX-512 server core)"
     elif "avx512f" in flags or "avx2" in flags or "fma" in flags:
@@ -50,7 +46,7 @@ def cpu_facts():
     else:
         lanes, note = 8, "assumed 2 x 128-bit FMA pipes (no AVX2/FMA flags)"
     peak = cores * ghz * lanes if ghz else None  # GMAC/s: one FMA = one multiply-accumulate
-    return {"model": model.group(1).strip() if model else platform.processor(),
+    return {"model": info["model"],
             "vendor": vendor, "cores": cores, "ghz": ghz,
             "fp32_macs_per_cycle_per_core": lanes, "fp32_peak_gmacs": peak,
             "peak_rule": f"cores x GHz x FP32 MACs per cycle ({note}); GHz as /proc/cpuinfo "
@@ -58,9 +54,8 @@ def cpu_facts():
 
 
 def percentiles(values):
-    values = np.asarray(values, dtype=np.float64)
-    return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
-            "p99": float(np.percentile(values, 99)), "n": int(values.size)}
+    """Median, p90, p99 and the count of a run's timings."""
+    return {**stats.percentiles(values, (50, 90, 99)), "n": len(values)}
 
 
 def make_cases(root, n_cases, n_chromosomes, seed):

@@ -12,8 +12,6 @@ from vfinfer.pipeline import Pipeline
 from vfinfer.util.images import read_gray8
 
 MAX_GROUP = 1024  # images read and sent to the pipeline at a time
-
-
 PROGRESS_EVERY_S = 5.0
 
 

@@ -3,6 +3,8 @@
 import cv2
 import numpy as np
 
+from vfinfer.util.images import encode_png
+
 # --------------------------------------------------------------------------- heat map
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -56,10 +58,7 @@ def confusion_png(matrix, names, title=None):
         _text(img, title, (lay["left"], 16 + _size(title, 0.65, 2)[1]), 0.65, _INK, 2)
     _confusion_cells(img, m, share, lay)
     _confusion_labels(img, names, totals, lay)
-    ok, encoded = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("could not encode the confusion matrix as PNG")
-    return encoded.tobytes()
+    return encode_png(img, what="the confusion matrix")
 
 
 def _confusion_layout(m, names, totals, title):
@@ -199,7 +198,4 @@ def roc_png(curves, threshold=None, title=None, size=560):
     if threshold is not None:
         _text(img, f"circles: threshold {threshold:g}", (xy(0.38, 0)[0] + 30, legend_y), 0.45,
               (120, 120, 120))
-    ok, encoded = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("could not encode the ROC curve as PNG")
-    return encoded.tobytes()
+    return encode_png(img, what="the ROC curve")

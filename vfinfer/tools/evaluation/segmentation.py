@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vfinfer.io.labelme import list_labelme, polygon_masks, read_labelme
+from vfinfer.util.stats import percentiles
 
 IOU_MATCH = 0.5
 
@@ -88,11 +89,6 @@ def matched(truth, found):
     return int(np.sum(iou[rows, cols] >= IOU_MATCH))
 
 
-def _percentiles(values):
-    return {"median": round(float(np.median(values)), 2),
-            "p90": round(float(np.percentile(values, 90)), 2)}
-
-
 def evaluate_segmentation(data_dir, segmenter, files=None, log=print):
     """The figures of the module doc for ``segmenter`` on the labelme files of ``data_dir``
     (all, or the names in ``files``)."""
@@ -124,7 +120,7 @@ def evaluate_segmentation(data_dir, segmenter, files=None, log=print):
         "recall50": round(100 * n_matched / max(n_truth, 1), 2),
         "annotated": n_truth, "found": n_found, "matched": n_matched,
         "all_found_images": sum(p["matched"] == p["annotated"] for p in per_image),
-        "timing_ms": {stage: _percentiles(v) for stage, v in timings.items()},
+        "timing_ms": {stage: percentiles(v, digits=2) for stage, v in timings.items()},
         "per_image": per_image,
     }
 

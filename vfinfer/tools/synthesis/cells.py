@@ -26,6 +26,7 @@ import numpy as np
 
 from vfinfer.model.classes import N_TYPES
 from vfinfer.util.atomic import write_atomic
+from vfinfer.util.images import encode_png
 
 # Relative length (% of the haploid autosomal length) and centromere index (p-arm / total) of
 # each type, in type-index order (0-21 = chromosomes 1-22, 22 = X, 23 = Y). Standard published
@@ -258,10 +259,7 @@ def _tight_crop(rng, img):
 
 
 def _write_png(path, img):
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError(f"could not encode {path}")
-    write_atomic(path, buf.tobytes())
+    write_atomic(path, encode_png(img, what=str(path)))
 
 
 def _karyotype_tag(karyotype):
