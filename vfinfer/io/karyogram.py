@@ -88,49 +88,55 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
         for row in LAYOUT
     ]
     width = max(MIN_WIDTH, max(row_required) + 2 * MARGIN)
-
-    label_h = cv2.getTextSize("0", FONT, LABEL_SCALE, LABEL_THICK)[0][1]
-    row_tops, row_heights = [], []
-    title_h = _title_height(title)
-    y = title_h
-    for row in LAYOUT:
-        chrom_h = max([MIN_CHROM_AREA] + [chroms[i].shape[0] for g in row for t in g
-                                          for i in slots[t]])
-        h = MARKER_ROOM + chrom_h + BASE_GAP + 10 + label_h + 18
-        row_tops.append(y)
-        row_heights.append((chrom_h, h))
-        y += h
+    row_tops, row_heights, rows_end = _row_geometry(chroms, slots, _title_height(title))
 
     footer = _footer_lines(any(flags), notes, width)
     footer_h = _footer_height(footer)
-    height = y + footer_h + 16
+    height = rows_end + footer_h + 16
 
     canvas = np.full((height, width, 3), 255, np.uint8)
     _draw_title(canvas, title)
-
     placed = [None] * len(images)  # (x, y, w, h) of each chromosome, for the markers
-    for row, top, (chrom_h, _), req in zip(LAYOUT, row_tops, row_heights, row_required):
-        base_y = top + MARKER_ROOM + chrom_h + BASE_GAP
-        n_slots = sum(len(g) for g in row)
-        n_gaps = len(row) - 1
-        # Spread the spare width: one share per slot, two per group gap.
-        share = (width - 2 * MARGIN - req) / float(n_slots + 2 * n_gaps)
-        x = float(MARGIN)
-        for gi, group in enumerate(row):
-            if gi:
-                x += GROUP_GAP + 2 * share
-            for t in group:
-                slot_w = max(content_w[t], MIN_SLOT_CONTENT) + 2 * SLOT_PAD + share
-                centre = x + slot_w / 2.0
-                _draw_slot(canvas, slots[t], chroms, t, centre, base_y, placed)
-                x += slot_w
-
+    for row, top, chrom_h, req in zip(LAYOUT, row_tops, row_heights, row_required):
+        _draw_row(canvas, row, top + MARKER_ROOM + chrom_h + BASE_GAP,
+                  (width - 2 * MARGIN - req), (slots, chroms, content_w), placed)
     for i, flag in enumerate(flags):
         if flag:
             _draw_marker(canvas, *placed[i])
 
     _draw_footer(canvas, footer, height - footer_h - 16)
     return canvas
+
+
+def _row_geometry(chroms, slots, top):
+    """Top and chromosome-area height of each row of ``LAYOUT`` from ``top`` down, and where
+    the last row ends."""
+    label_h = cv2.getTextSize("0", FONT, LABEL_SCALE, LABEL_THICK)[0][1]
+    row_tops, row_heights = [], []
+    y = top
+    for row in LAYOUT:
+        chrom_h = max([MIN_CHROM_AREA] + [chroms[i].shape[0] for g in row for t in g
+                                          for i in slots[t]])
+        row_tops.append(y)
+        row_heights.append(chrom_h)
+        y += MARKER_ROOM + chrom_h + BASE_GAP + 10 + label_h + 18
+    return row_tops, row_heights, y
+
+
+def _draw_row(canvas, row, base_y, spare, placement, placed):
+    """One row of groups; the ``spare`` width is spread one share per slot, two per group
+    gap."""
+    slots, chroms, content_w = placement
+    n_slots = sum(len(g) for g in row)
+    share = spare / float(n_slots + 2 * (len(row) - 1))
+    x = float(MARGIN)
+    for gi, group in enumerate(row):
+        if gi:
+            x += GROUP_GAP + 2 * share
+        for t in group:
+            slot_w = max(content_w[t], MIN_SLOT_CONTENT) + 2 * SLOT_PAD + share
+            _draw_slot(canvas, slots[t], chroms, t, x + slot_w / 2.0, base_y, placed)
+            x += slot_w
 
 
 # ----------------------------------------------------------------------------- validation
