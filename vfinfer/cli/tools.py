@@ -214,13 +214,12 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
                slides_from, exclude, patient_from, min_sensitivity, threshold_position,
                dry_run, simulate_per_cell, allow_few_abnormal, json_path):
     """Fit optimal-dispatch parameters on labelled training cells; store them in the model."""
-    from vfinfer.model.manifest import write_json_atomic
     from vfinfer.tools.evaluation.calibrate import (
         calibrate_on_data,
         format_calibration,
         select_cells,
-        store_params,
     )
+    from vfinfer.util.atomic import write_json_atomic
 
     selection = select_cells(data_dir, labels_csv, slides_from, exclude, patient_from)
     params, report = calibrate_on_data(
@@ -236,14 +235,22 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
         click.echo(f"wrote {json_path}")
     if dry_run:
         click.echo("dry run: manifest.json left unchanged")
-    elif report["n_abnormal"] < MIN_ABNORMAL_CELLS and not allow_few_abnormal:
+    else:
+        _store_calibration(model_dir, params, report, allow_few_abnormal)
+
+
+def _store_calibration(model_dir, params, report, allow_few_abnormal):
+    """Write the fitted parameters into the manifest, unless too few abnormal cells back
+    them."""
+    from vfinfer.tools.evaluation.calibrate import store_params
+
+    if report["n_abnormal"] < MIN_ABNORMAL_CELLS and not allow_few_abnormal:
         fail(f"only {report['n_abnormal']} abnormal cells among the calibration cells (at least "
              f"{MIN_ABNORMAL_CELLS} wanted, real and simulated): parameters fitted to so few "
              "examples over-fit, so manifest.json was left unchanged (the defaults stay); "
              "pass --simulate N or --allow-few-abnormal to store them anyway")
-    else:
-        click.echo(f"wrote dispatch.optimal and dispatch.calibration to "
-                   f"{store_params(model_dir, params, report)}")
+    click.echo(f"wrote dispatch.optimal and dispatch.calibration to "
+               f"{store_params(model_dir, params, report)}")
 
 
 # -- domain -------------------------------------------------------------------------------------
@@ -443,8 +450,8 @@ def build(model_dir, max_batch, opt_batch, workspace_mb, timing_cache):
     try:
         from vfinfer.tools.precision.engines import build_engines
     except ImportError as exc:
-        fail(f"this command needs the export extra ({exc.name} is missing): "
-             "pip install -e '.[export,gpu]'")
+        fail(f"this command needs the tools and gpu extras ({exc.name} is missing): "
+             "pip install -e '.[tools,gpu]'")
     started = time.perf_counter()
     records = build_engines(model_dir, max_batch=max_batch, opt_batch=opt_batch,
                             workspace_mb=workspace_mb, timing_cache=timing_cache,

@@ -112,6 +112,24 @@ def time_reference(reference, manifest, cases, threads, warmup_s, batch_size):
     return report
 
 
+def _time_cases(pipe, cases, out_dir, karyogram, warmup_s):
+    """After ``warmup_s`` seconds of warm-up (at least one case), each case once, one after
+    the other: ``(ms per stage per case, end-to-end ms per case, warm-up cases)``."""
+    deadline = time.perf_counter() + warmup_s
+    warm = 0
+    while time.perf_counter() < deadline or warm == 0:
+        time_case(pipe, cases[warm % len(cases)], out_dir, karyogram)
+        warm += 1
+    per_stage = {s: [] for s in STAGES}
+    end_to_end = []
+    for case in cases:
+        stages, total, _n = time_case(pipe, case, out_dir, karyogram)
+        for s in STAGES:
+            per_stage[s].append(stages.get(s, 0.0))
+        end_to_end.append(total)
+    return per_stage, end_to_end, warm
+
+
 def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batch_size=None,
               threads=0, warmup_s=3.0, seed=0, reference=None, precision=None, log=print,
               karyogram=True, no_reference="not requested"):
@@ -123,24 +141,14 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
         with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
                       precision=precision) as pipe:
             manifest = pipe.manifest
-            deadline = time.perf_counter() + warmup_s
-            warm = 0
-            while time.perf_counter() < deadline or warm == 0:
-                time_case(pipe, cases[warm % len(cases)], out_dir, karyogram)
-                warm += 1
-            per_stage = {s: [] for s in STAGES}
-            end_to_end = []
-            for case in cases:
-                stages, total, n = time_case(pipe, case, out_dir, karyogram)
-                for s in STAGES:
-                    per_stage[s].append(stages.get(s, 0.0))
-                end_to_end.append(total)
+            timed = _time_cases(pipe, cases, out_dir, karyogram, warmup_s)
             batch_run = time_batch_run(pipe, cases, Path(tmp) / "batch-out",
                                        karyogram=karyogram)
             backend_info = pipe.backend.describe()
             used_batch = pipe.batch_size
         ref = (time_reference(reference, manifest, cases, threads, warmup_s, used_batch)
                if reference else {"skipped": no_reference})
+    per_stage, end_to_end, warm = timed
 
     gmac = count_macs(manifest.config) / 1e9
     e2e = percentiles(end_to_end)

@@ -217,21 +217,13 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
     chosen = min((r for r in rows if r["acc_per_case"] >= best_acc - acc_tolerance),
                  key=_rank)
     params = base.replace(**{k: chosen[k] for k in (*GRID_KEYS, "threshold")})
-    real = [k for k, name in enumerate(names) if name not in simulated]
-    figures = dispatch_comparison({names[k]: probs[k] for k in real},
-                                  {names[k]: true[k] for k in real}, params,
-                                  paper_threshold=paper_threshold, cells=True)
-    per_cell = figures.pop("cells")
-    missed = [c["cell"] for c in per_cell if c["abnormal"] and not c["optimal_abnormal"]]
-    sim = [k for k, name in enumerate(names) if name in simulated]
-    sim_figures = (simulated_figures({names[k]: probs[k] for k in sim},
-                                     {names[k]: true[k] for k in sim},
-                                     simulated, params) if sim else None)
+    figures, missed, sim_figures, n_sim = _fitted_figures(names, probs, true, simulated, params,
+                                                          paper_threshold)
     n_abn = int(abnormal.sum())
     report = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "n_cells": len(names), "n_abnormal": n_abn, "n_abnormal_real": n_abn - len(sim),
-        "n_simulated": len(sim), "n_normal": len(names) - n_abn,
+        "n_cells": len(names), "n_abnormal": n_abn, "n_abnormal_real": n_abn - n_sim,
+        "n_simulated": n_sim, "n_normal": len(names) - n_abn,
         "n_images": int(sum(t.size for t in true)),
         "rules": {"min_sensitivity": float(min_sensitivity),
                   "acc_tolerance": float(acc_tolerance),
@@ -245,9 +237,26 @@ def calibrate(probs_by_cell, true_types_by_cell, base=None, grid=None, min_sensi
         "grid_top": [{k: v for k, v in r.items() if not k.startswith("_")}
                      for r in sorted(rows, key=_rank)[:GRID_ROWS_KEPT]],
         "grid_size": len(rows),
-        "warnings": _calibration_warnings(n_abn, len(sim), missed, base, min_sensitivity),
+        "warnings": _calibration_warnings(n_abn, n_sim, missed, base, min_sensitivity),
     }
     return params, jsonable(report)
+
+
+def _fitted_figures(names, probs, true, simulated, params, paper_threshold):
+    """The figures of the fitted ``params``: ``dispatch_comparison`` on the real cells, the
+    real abnormal cells it misses, ``simulated_figures`` on the simulated ones (or None) and
+    their count."""
+    real = [k for k, name in enumerate(names) if name not in simulated]
+    figures = dispatch_comparison({names[k]: probs[k] for k in real},
+                                  {names[k]: true[k] for k in real}, params,
+                                  paper_threshold=paper_threshold, cells=True)
+    per_cell = figures.pop("cells")
+    missed = [c["cell"] for c in per_cell if c["abnormal"] and not c["optimal_abnormal"]]
+    sim = [k for k, name in enumerate(names) if name in simulated]
+    sim_figures = (simulated_figures({names[k]: probs[k] for k in sim},
+                                     {names[k]: true[k] for k in sim},
+                                     simulated, params) if sim else None)
+    return figures, missed, sim_figures, len(sim)
 
 
 def _rank(row):

@@ -93,6 +93,25 @@ def roc_curve(scores, positive):
     return {"points": points, "auc": auc, "n_positive": n_pos, "n_negative": n_neg}
 
 
+def _optimal_entry(result):
+    """What a cell's entry says of its optimal-dispatch decision."""
+    return {"optimal_karyotype": result["karyotype"], "optimal_abnormal": result["abnormal"],
+            "margin": round(result["margin"], 4), "best_normal": result["best_normal"],
+            "best_abnormal": result["best_abnormal"]}
+
+
+def _three_calls(probs, params, paper_threshold):
+    """One cell's types by plain argmax, Algorithm 1 and optimal dispatch: ``(types by mode,
+    Algorithm 1's warnings, optimal dispatch's decision)``."""
+    preds = {"none": np.argmax(probs, axis=1) if len(probs) else np.empty(0, dtype=np.int64)}
+    preds["paper"], warnings = dispatch(probs, paper_threshold)
+    costs, types = hypothesis_costs(probs, params.extra_penalty, params.missing_penalty,
+                                    params.prob_floor, params.extra_slots)
+    result = decide(costs, types, params, top=0, probs=probs)
+    preds["optimal"] = np.asarray(result["types"], dtype=np.int64)
+    return preds, warnings, result
+
+
 def dispatch_comparison(probs_by_cell, true_types_by_cell, params=None, paper_threshold=0.9,
                         cells=True):
     """Plain argmax, Algorithm 1 and optimal dispatch side by side on labelled cells.
@@ -117,12 +136,7 @@ def dispatch_comparison(probs_by_cell, true_types_by_cell, params=None, paper_th
     paper_warned, flagged, margins, per_cell, exact = [], [], [], [], []
     for k, (name, p, t) in enumerate(zip(names, probs, true)):
         n = t.size
-        preds = {"none": np.argmax(p, axis=1) if n else np.empty(0, dtype=np.int64)}
-        preds["paper"], warnings = dispatch(p, paper_threshold)
-        costs, types = hypothesis_costs(p, params.extra_penalty, params.missing_penalty,
-                                        params.prob_floor, params.extra_slots)
-        result = decide(costs, types, params, top=0, probs=p)
-        preds["optimal"] = np.asarray(result["types"], dtype=np.int64)
+        preds, warnings, result = _three_calls(p, params, paper_threshold)
         for mode, pred in preds.items():
             correct = int((pred == t).sum())
             right[mode] += correct
@@ -133,14 +147,9 @@ def dispatch_comparison(probs_by_cell, true_types_by_cell, params=None, paper_th
         margins.append(result["margin"])
         exact.append(result["karyotype"] == true_kt)
         if cells:
-            per_cell.append({
-                "cell": name, "n_images": n, "true_karyotype": true_kt,
-                "abnormal": bool(abnormal[k]), "paper_warned": bool(warnings),
-                "optimal_karyotype": result["karyotype"], "optimal_abnormal": result["abnormal"],
-                "margin": round(result["margin"], 4), "best_normal": result["best_normal"],
-                "best_abnormal": result["best_abnormal"],
-                "type_accuracy_optimal": acc["optimal"][-1],
-            })
+            per_cell.append({"cell": name, "n_images": n, "true_karyotype": true_kt,
+                             "abnormal": bool(abnormal[k]), "paper_warned": bool(warnings),
+                             **_optimal_entry(result), "type_accuracy_optimal": acc["optimal"][-1]})
     n_images = sum(t.size for t in true)
     exact = np.array(exact, dtype=bool)
     out = {

@@ -80,10 +80,7 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
                   dispatch_mode="none", precision=precision) as pipe:
         model, engine = pipe.manifest.summary(), pipe.backend.describe()
         threshold = pipe.manifest.threshold
-        if optimal_params is None:
-            optimal = load_params(getattr(pipe.manifest, "data", {}))
-        else:
-            optimal = (optimal_params, True, "optimal-dispatch parameters given by the caller")
+        optimal = _optimal_params(pipe.manifest, optimal_params)
         log(f"evaluating {n} images of {len(cells)} cells on {engine.get('name')}")
         type_probs, pol_probs, infer_s, facts = infer_rows(pipe, rows, flipped, log)
         domain = getattr(pipe.manifest, "domain", None)
@@ -91,10 +88,10 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     results = _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, threshold)
     results["verdict"] = _verdicts(results["cells"], case_ids, type_probs, facts, threshold,
                                    domain)
-    groups, how = _patient_groups(cell_slides(labels), list(cells), patient_from, sample_sheet)
+    slides = cell_slides(labels)
+    groups, how = _patient_groups(slides, list(cells), patient_from, sample_sheet)
     results["optimal"] = _optimal_metrics(results["cells"], case_ids, true_type, type_probs,
-                                          threshold, optimal, groups, how, simulate,
-                                          cell_slides(labels))
+                                          threshold, optimal, groups, how, simulate, slides)
     results.update({
         "data_dir": str(data_dir),
         "labels": str(labels_path(data_dir, labels_csv)),
@@ -123,6 +120,13 @@ def _class_table(true, pred, names):
              "recall": float(prf["recall"][k]), "f1": float(prf["f1"][k]),
              "support": int(prf["support"][k]), "predicted": int(prf["predicted"][k]),
              "present": bool(prf["present"][k])} for k, name in enumerate(names)]
+
+
+def _optimal_params(manifest, given):
+    """``(params, calibrated, note)``: the caller's parameters, else the model's own."""
+    if given is None:
+        return load_params(getattr(manifest, "data", {}))
+    return given, True, "optimal-dispatch parameters given by the caller"
 
 
 def _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, threshold):

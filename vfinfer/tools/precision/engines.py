@@ -365,37 +365,45 @@ def build_engines(model_dir, max_batch=64, opt_batch=46, workspace_mb=2048, timi
     logger = _make_logger(trt, log)
     log(f"TensorRT {trt.__version__} on {machine['gpu']} (sm {machine['compute_capability']}):"
         f" {recipe['path']}")
-    records = {}
-    for role in GRAPH_ROLES:
-        fp32_path = manifest.graph_path(role)
-        source_key = role if recipe["graph_precision"] == "fp32" else f"{role}_fp16"
-        graph_path = manifest.graph_path(role, recipe["graph_precision"])
-        graph_record = manifest.data["graphs"][source_key]
-        profile = profile_shapes(graph_record["inputs"], max_batch, opt_batch)
-        kept = _kept_nodes(manifest, role, fp32_path)
-        log(f"building {role}.engine from {graph_path.name} (batch 1/{opt_batch}/{max_batch})")
-        plan, verdict, constraints = build_one(trt, logger, graph_path, profile, recipe, kept,
-                                               workspace_mb, cache_path, log)
-        if not verdict["ok"]:
-            raise BuildError(f"{role}.engine: {verdict['problem']} ({recipe['path']}); "
-                             "refusing to record it as an FP16 engine")
-        if verdict.get("kept_fp32_in_half"):
-            log(f"warning: {role}: layers of kept-FP32 nodes write FP16: "
-                + ", ".join(verdict["kept_fp32_in_half"]))
-        engine_path = model_dir / f"{role}.engine"
-        write_atomic(engine_path, plan)
-        record = make_engine_record(
-            engine_path.name, machine, profile, source_graph=graph_path.name,
-            source_sha256=graph_record["sha256"], plan_sha256=sha256_file(engine_path),
-            precision=ENGINE_PRECISION, build_path=recipe["path"], max_batch=int(max_batch),
-            opt_batch=int(opt_batch), workspace_mb=int(workspace_mb), kept_fp32=kept,
-            fp32_constraints=constraints,
-            precision_check={k: verdict[k] for k in ("layers", "half_layers",
-                                                     "half_compute_layers", "examples")})
-        data = load_manifest(model_dir).data
-        data.setdefault("engines", {})[role] = record
-        write_json_atomic(model_dir / MANIFEST_NAME, data)
-        records[role] = record
-        log(f"  {engine_path.name}: {len(plan) / 2**20:.1f} MiB, {verdict['half_compute_layers']}"
-            f" of {verdict['layers']} layers in FP16")
-    return records
+    settings = {"max_batch": int(max_batch), "opt_batch": int(opt_batch),
+                "workspace_mb": int(workspace_mb), "cache_path": cache_path}
+    return {role: _build_role(trt, logger, model_dir, manifest, role, recipe, machine,
+                              settings, log)
+            for role in GRAPH_ROLES}
+
+
+def _build_role(trt, logger, model_dir, manifest, role, recipe, machine, settings, log):
+    """Build, verify, write and record one graph's engine; its manifest record."""
+    max_batch, opt_batch = settings["max_batch"], settings["opt_batch"]
+    fp32_path = manifest.graph_path(role)
+    source_key = role if recipe["graph_precision"] == "fp32" else f"{role}_fp16"
+    graph_path = manifest.graph_path(role, recipe["graph_precision"])
+    graph_record = manifest.data["graphs"][source_key]
+    profile = profile_shapes(graph_record["inputs"], max_batch, opt_batch)
+    kept = _kept_nodes(manifest, role, fp32_path)
+    log(f"building {role}.engine from {graph_path.name} (batch 1/{opt_batch}/{max_batch})")
+    plan, verdict, constraints = build_one(trt, logger, graph_path, profile, recipe, kept,
+                                           settings["workspace_mb"], settings["cache_path"],
+                                           log)
+    if not verdict["ok"]:
+        raise BuildError(f"{role}.engine: {verdict['problem']} ({recipe['path']}); "
+                         "refusing to record it as an FP16 engine")
+    if verdict.get("kept_fp32_in_half"):
+        log(f"warning: {role}: layers of kept-FP32 nodes write FP16: "
+            + ", ".join(verdict["kept_fp32_in_half"]))
+    engine_path = model_dir / f"{role}.engine"
+    write_atomic(engine_path, plan)
+    record = make_engine_record(
+        engine_path.name, machine, profile, source_graph=graph_path.name,
+        source_sha256=graph_record["sha256"], plan_sha256=sha256_file(engine_path),
+        precision=ENGINE_PRECISION, build_path=recipe["path"], max_batch=max_batch,
+        opt_batch=opt_batch, workspace_mb=settings["workspace_mb"], kept_fp32=kept,
+        fp32_constraints=constraints,
+        precision_check={k: verdict[k] for k in ("layers", "half_layers",
+                                                 "half_compute_layers", "examples")})
+    data = load_manifest(model_dir).data
+    data.setdefault("engines", {})[role] = record
+    write_json_atomic(model_dir / MANIFEST_NAME, data)
+    log(f"  {engine_path.name}: {len(plan) / 2**20:.1f} MiB, {verdict['half_compute_layers']}"
+        f" of {verdict['layers']} layers in FP16")
+    return record
