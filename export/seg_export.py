@@ -10,9 +10,10 @@ directory that appears only when every check passed:
   error of the probabilities, tolerance ``PROBABILITY_TOLERANCE``, and the share of pixels on
   the same side of 0.5);
 * the TensorRT op audit: every op in ``trt_supported_ops.txt`` (TensorRT's ONNX parser);
-* the FP16 graph (``vfinfer.tools.precision.fp16.convert_graph``): the output sigmoid and the 1x1
-  conv feeding it stay FP32, plus whatever the range audit flags on the calibration images; its
-  maps against the FP32 graph's are recorded (max abs error, pixel agreement at 0.5).
+* the FP16 graph (``vfinfer.tools.precision.fp16_graph.convert_graph``): the output sigmoid
+  and the 1x1 conv feeding it stay FP32, plus whatever the range audit flags on the calibration
+  images; its maps against the FP32 graph's are recorded (max abs error, pixel agreement at
+  0.5).
 """
 
 import contextlib
@@ -31,7 +32,7 @@ from vfinfer.model.manifest import sha256_file, write_json_atomic
 from vfinfer.segment.channels import CHANNELS
 from vfinfer.segment.instances import InstanceParams
 from vfinfer.segment.model import SEG_SCHEMA_VERSION, SegInput, prepare_input
-from vfinfer.tools.precision import fp16, onnx_graph
+from vfinfer.tools.precision import fp16_graph, fp16_ranges, onnx_graph
 from vfinfer.tools.precision.onnx_graph import io_records
 
 from .onnx_export import (
@@ -95,10 +96,10 @@ def _fp16_graph(fp32_path, out_path, feeds):
             if source is not None:
                 kept[source.name] = "the 1x1 conv producing the logits of the output maps"
     onnx.save(model, str(fp32_path))
-    for entry in fp16.flagged_nodes(fp16.activation_ranges(fp32_path, feeds)):
+    for entry in fp16_ranges.flagged_nodes(fp16_ranges.activation_ranges(fp32_path, feeds)):
         kept.setdefault(entry["node"], entry["reason"])
-    converted = fp16.convert_graph(model, sorted(kept))
-    fp16.check_fp16_graph(model, converted, sorted(kept))
+    converted = fp16_graph.convert_graph(model, sorted(kept))
+    fp16_graph.check_fp16_graph(model, converted, sorted(kept))
     onnx.save(converted, str(out_path))
     ref = make_session(fp32_path).run(["probs"], feeds)[0]
     got = make_session(out_path).run(["probs"], feeds)[0]

@@ -11,13 +11,8 @@ from vfinfer.calls.optimal import OptimalParams
 from vfinfer.calls.optimal_params import load_params
 from vfinfer.model.config import preset
 from vfinfer.model.manifest import MANIFEST_NAME, build_manifest, load_manifest, write_json_atomic
-from vfinfer.tools.evaluation.calibrate import (
-    NO_ABNORMAL_WARNING,
-    calibrate,
-    choose_threshold,
-    format_calibration,
-    store_params,
-)
+from vfinfer.tools.evaluation.calibrate import NO_ABNORMAL_WARNING, calibrate, choose_threshold
+from vfinfer.tools.evaluation.calibration_report import format_calibration, store_params
 from vfinfer.tools.evaluation.dispatch_figures import dispatch_comparison, roc_curve
 
 SMALL_GRID = {"extra_penalty": (8.0, 12.0), "missing_penalty": (8.0, 12.0),

@@ -14,6 +14,7 @@ from vfinfer.tools.precision import agreement
 
 fp16 = pytest.importorskip("vfinfer.tools.precision.fp16",
                            reason="the export extra is not installed")
+from vfinfer.tools.precision import fp16_graph, fp16_ranges  # noqa: E402
 
 ROLES = ("gnet", "lnet", "heads")
 
@@ -105,7 +106,7 @@ def test_softmax_sigmoid_and_their_fc_stay_fp32(fp16_dir):
 
 def test_activation_ranges_reports_every_tensor(model_dir):
     feeds = agreement.calibration_feeds(model_dir, fp16.synthetic_calibration_images(8))
-    ranges = fp16.activation_ranges(model_dir / "gnet.onnx", feeds["gnet"])
+    ranges = fp16_ranges.activation_ranges(model_dir / "gnet.onnx", feeds["gnet"])
     model = onnx.load(str(model_dir / "gnet.onnx"))
     produced = [o for n in model.graph.node for o in n.output]
     assert set(ranges) == set(produced)  # every node output is a float tensor here
@@ -129,10 +130,10 @@ def test_range_audit_flags_overflow_and_underflow():
         "fine": {"producer": "relu", "op": "Relu", "max_abs": 3.0, "underflow_fraction": 0.0,
                  "flush_fraction": 0.0, "overflow_risk": False, "underflow_risk": False},
     }
-    flagged = fp16.flagged_nodes(ranges)
+    flagged = fp16_ranges.flagged_nodes(ranges)
     assert [f["node"] for f in flagged] == ["conv_1", "mul_2"]
     assert "30000" in flagged[0]["reason"] and "40.0%" in flagged[1]["reason"]
-    summary = fp16.summarize_ranges(ranges)
+    summary = fp16_ranges.summarize_ranges(ranges)
     assert summary["flagged"] == ["big", "tiny"] and summary["max_abs"] == 30000.0
 
 
@@ -140,8 +141,8 @@ def test_flagged_node_is_kept_fp32(model_dir):
     """A node named by the audit goes into the block list and computes in FP32."""
     model = onnx.load(str(model_dir / "lnet.onnx"))
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    converted = fp16.convert_graph(model, [conv.name])
-    fp16.check_fp16_graph(model, converted, [conv.name])
+    converted = fp16_graph.convert_graph(model, [conv.name])
+    fp16_graph.check_fp16_graph(model, converted, [conv.name])
     types = _types(converted)
     node = next(n for n in converted.graph.node if n.name == conv.name)
     assert all(types[t] == TensorProto.FLOAT for t in list(node.input) + list(node.output))

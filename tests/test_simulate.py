@@ -6,7 +6,7 @@ import pytest
 
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.optimal import OptimalParams
-from vfinfer.tools.evaluation.calibrate import simulated_figures
+from vfinfer.tools.evaluation.dispatch_figures import simulated_figures
 from vfinfer.tools.evaluation.simulate import simulate_abnormal
 
 X, Y = 22, 23

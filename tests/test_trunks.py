@@ -249,7 +249,8 @@ def test_vfinfer_run_on_the_trunk(variant_dirs, case46, name, tmp_path):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_fp16_graphs_with_range_audit(variant_dirs, case46, name, tmp_path):
-    from vfinfer.tools.precision.fp16 import BOUNDED_OPS, add_fp16_graphs
+    from vfinfer.tools.precision.fp16 import add_fp16_graphs
+    from vfinfer.tools.precision.fp16_graph import BOUNDED_OPS
 
     out = tmp_path / name
     shutil.copytree(variant_dirs(name).dir, out)

@@ -214,11 +214,8 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
                slides_from, exclude, patient_from, min_sensitivity, threshold_position,
                dry_run, simulate_per_cell, allow_few_abnormal, json_path):
     """Fit optimal-dispatch parameters on labelled training cells; store them in the model."""
-    from vfinfer.tools.evaluation.calibrate import (
-        calibrate_on_data,
-        format_calibration,
-        select_cells,
-    )
+    from vfinfer.tools.evaluation.calibration_data import calibrate_on_data, select_cells
+    from vfinfer.tools.evaluation.calibration_report import format_calibration
     from vfinfer.util.atomic import write_json_atomic
 
     selection = select_cells(data_dir, labels_csv, slides_from, exclude, patient_from)
@@ -242,7 +239,7 @@ def calibrate_(data_dir, labels_csv, model_dir, backend, precision, threads, bat
 def _store_calibration(model_dir, params, report, allow_few_abnormal):
     """Write the fitted parameters into the manifest, unless too few abnormal cells back
     them."""
-    from vfinfer.tools.evaluation.calibrate import store_params
+    from vfinfer.tools.evaluation.calibration_report import store_params
 
     if report["n_abnormal"] < MIN_ABNORMAL_CELLS and not allow_few_abnormal:
         fail(f"only {report['n_abnormal']} abnormal cells among the calibration cells (at least "

@@ -1,7 +1,7 @@
 """Calibrating optimal dispatch (``vfinfer.calls.optimal``) on labelled training cells.
 
     params, report = calibrate(probs_by_cell, true_types_by_cell)
-    store_params("engines/compact", params, report)     # manifest.json "dispatch"
+    store_params("engines/compact", params, report)     # calibration_report: manifest.json
     params, calibrated, note = load_params(manifest)     # defaults when absent
 
 ``calibrate`` fits the class priors and the extra / missing penalties by a small grid search
@@ -38,10 +38,7 @@ the margin.
 """
 
 import datetime
-import json
 import math
-from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -53,13 +50,11 @@ from vfinfer.calls.optimal import (
     log_priors,
     neg_log_probs,
 )
-from vfinfer.model.manifest import load_manifest, write_json_atomic
 from vfinfer.tools.evaluation.dispatch_figures import (
     dispatch_comparison,
     jsonable,
     labelled_cells,
     simulated_figures,
-    simulated_line,
 )
 from vfinfer.tools.evaluation.metrics import abnormal_cells
 
@@ -67,8 +62,6 @@ __all__ = [
     "DEFAULT_GRID",
     "calibrate",
     "choose_threshold",
-    "format_calibration",
-    "store_params",
 ]
 
 DEFAULT_GRID = {
@@ -87,21 +80,6 @@ NO_ABNORMAL_WARNING = (
     "Calibrate on slides that include abnormal cells (trisomies, losses, sex-chromosome "
     "variants) before trusting its warnings."
 )
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-
-
-
-
-# --------------------------------------------------------------------------- ROC
-
-
-
-
-# --------------------------------------------------------------------------- thresholds
 
 
 def _flag(margins, threshold):
@@ -159,10 +137,6 @@ def choose_threshold(margins, abnormal, min_sensitivity=1.0, position=0.0):
 
 
 # --------------------------------------------------------------------------- comparison
-
-
-
-
 
 
 # --------------------------------------------------------------------------- calibration
@@ -341,152 +315,9 @@ def _calibration_warnings(n_abn, n_sim, missed, base, min_sensitivity):
     return warnings
 
 
-def format_calibration(report):
-    """A few lines of text for the command line."""
-    tr, chosen = report["training"], report["chosen"]
-    fl = tr["flags"]
-
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.1f} %"
-
-    simulated = report.get("n_simulated")
-    lines = [
-        f"calibrated on {report['n_cells']} cells ({report['n_abnormal']} abnormal"
-        + (f", {simulated} of them simulated" if simulated else "")
-        + f", {report['n_normal']} normal, {report['n_images']} images)",
-        f"chosen: priors gain {chosen['prior_gain']:g} loss {chosen['prior_loss']:g} sex "
-        f"{chosen['prior_sex']:g} (normal {chosen['prior_normal']:g}), extra penalty "
-        f"{chosen['extra_penalty']:g}, missing penalty {chosen['missing_penalty']:g}, "
-        f"threshold {chosen['threshold']:g}",
-        f"on the real calibration cells: acc. per case argmax "
-        f"{pct(tr['acc_per_case']['none'])}, "
-        f"Algorithm 1 {pct(tr['acc_per_case']['paper'])}, optimal "
-        f"{pct(tr['acc_per_case']['optimal'])}",
-        f"abnormal cells flagged: Algorithm 1 {pct(fl['paper']['caught_rate'])}, optimal "
-        f"{pct(fl['optimal']['caught_rate'])}; normal cells falsely flagged: Algorithm 1 "
-        f"{pct(fl['paper']['false_warning_rate'])}, optimal "
-        f"{pct(fl['optimal']['false_warning_rate'])}",
-    ]
-    if report.get("simulated"):
-        lines.append(simulated_line(report["simulated"]) + " (cells the fit used)")
-    return "\n".join(lines + report["warnings"])
-
-
-
-
 # --------------------------------------------------------------------------- manifest
 
 
-
-
-def store_params(model_dir, params, report=None):
-    """Write ``params`` (and the calibration ``report``) into MODEL_DIR/manifest.json under
-    ``"dispatch": {"optimal": {...}, "calibration": {...}}``, atomically: the manifest is
-    re-read just before, only these two keys change, and it is replaced in one rename.
-    Returns the manifest path."""
-    if not isinstance(params, OptimalParams):
-        raise TypeError(f"params must be OptimalParams, got {type(params).__name__}")
-    manifest = load_manifest(model_dir)
-    data = manifest.data
-    section = data.setdefault("dispatch", {})
-    if not isinstance(section, dict):
-        raise ValueError(f"{manifest.path}: 'dispatch' is not a JSON object")
-    section["optimal"] = params.to_dict()
-    if report is not None:
-        section["calibration"] = jsonable(report)
-    else:
-        section.pop("calibration", None)
-    write_json_atomic(manifest.path, data)
-    return manifest.path
-
-
-
-
-
 # --------------------------------------------------------------------------- from labelled data
-class CellSelection(NamedTuple):
-    """Which labelled cells a calibration uses: ``keep(cell)``, ``slide_of(cell)`` and the
-    sources of the choice for the report."""
-
-    keep: object
-    slide_of: object
-    allowed: object  # set of slide ids, or None for all
-    excluded: set
-    slides_from: object
 
 
-def read_ids(path):
-    """Slide or cell ids from a text file (one per line, # comments) or a JSON list, or a
-    JSON object with a "train" list (also under "split")."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith(("[", "{")):
-        data = json.loads(text)
-        if isinstance(data, dict):
-            data = (data.get("split") or data).get("train")
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of ids or {{\"train\": [...]}}")
-        return {str(v) for v in data}
-    return {line.split("#")[0].strip() for line in text.splitlines()} - {""}
-
-
-def select_cells(data_dir, labels_csv, slides_from=None, exclude=(), patient_from=None):
-    """The cells to calibrate on: those of ``slides_from`` (all when None) less ``exclude``
-    (ids, or ``@FILE``); a cell's slide from the labels' slide column, else ``patient_from``."""
-    from vfinfer.calls.patient import patient_of
-    from vfinfer.io.labels import cell_slides, read_labels
-
-    slides = cell_slides(read_labels(data_dir, labels_csv))
-
-    def slide_of(cell):
-        if cell in slides:
-            return slides[cell]
-        found = patient_of(cell, patient_from) if patient_from else None
-        return found or cell
-
-    allowed = read_ids(slides_from) if slides_from is not None else None
-    excluded = set()
-    for item in exclude:
-        excluded |= read_ids(item[1:]) if item.startswith("@") else {item}
-
-    def keep(cell):
-        slide = slide_of(cell)
-        if cell in excluded or slide in excluded:
-            return False
-        return allowed is None or slide in allowed
-
-    return CellSelection(keep, slide_of, allowed, excluded, slides_from)
-
-
-def calibrate_on_data(data_dir, labels_csv, selection, pipeline_options, log=print, echo=print,
-                      simulate_per_cell=3, min_sensitivity=1.0, threshold_position=0.0):
-    """Run the model on the selected labelled cells, add simulated abnormal cells
-    (``vfinfer.tools.evaluation.simulate``) and ``calibrate``; returns ``(params, report)``."""
-    from vfinfer.tools.evaluation.inference import cell_probabilities
-    from vfinfer.tools.evaluation.simulate import simulate_abnormal
-
-    data = cell_probabilities(data_dir, labels_csv, keep=selection.keep, log=log,
-                              **pipeline_options)
-    slide_of = selection.slide_of
-    used = sorted({slide_of(c) for c in data["probs"]})
-    if selection.allowed is not None and not selection.allowed & set(used):
-        raise ValueError(f"{selection.slides_from}: none of its slide ids matches a labelled "
-                         "cell")
-    echo(f"calibrating on {len(data['probs'])} cells of {len(used)} slides from "
-         f"{data['labels']}: these must be training slides, not the ones you report results on")
-    sim_probs, sim_true, sim_info = simulate_abnormal(
-        data["probs"], data["true"], {c: slide_of(c) for c in data["probs"]},
-        per_cell=simulate_per_cell)
-    if sim_probs:
-        echo(f"with {len(sim_probs)} abnormal cells simulated from the normal ones "
-             f"(--simulate {simulate_per_cell})")
-    params, report = calibrate({**data["probs"], **sim_probs}, {**data["true"], **sim_true},
-                               min_sensitivity=min_sensitivity,
-                               threshold_position=threshold_position,
-                               paper_threshold=data["threshold"], log=log, simulated=sim_info)
-    report["data"] = {"data_dir": str(data_dir), "labels": data["labels"],
-                      "n_slides": len(used), "slides": used,
-                      "excluded": sorted(selection.excluded),
-                      "slides_from": None if selection.slides_from is None
-                      else str(selection.slides_from),
-                      "model": data["model"], "backend": data["backend"]}
-    return params, report
