@@ -72,7 +72,7 @@ def test_zero_byte_png(tmp_path):
 
 def test_text_file_named_png(tmp_path):
     p = write(tmp_path / "notes.png", b"this is not an image, just some text\n" * 3)
-    assert_read_error(p, "not a readable image (corrupt or not an image file)")
+    assert_read_error(p, "not a readable image (corrupt or not an image file; accepted: PNG")
 
 
 def test_truncated_png(tmp_path):

@@ -67,11 +67,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vfinfer.util.image_header import HeaderError, image_size
+
 __all__ = [
     "FAST_PNG",
     "IMAGE_SUFFIXES",
     "CaseError",
     "ImageReadError",
+    "ImageTooLargeError",
+    "MAX_PIXELS",
     "decode_gray8",
     "encode_png",
     "list_case",
@@ -81,11 +85,12 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 SEGMENTATION_DIR = "segmentation"  # vfinfer segment's masks, overlay and segments.json
+# pixels per image file (its header says how many before anything is decoded): 6000 x 6000,
+# above any microscope camera's metaphase image; 288 MB decoded as 16-bit RGBA
+MAX_PIXELS = 36_000_000
+STRIP_PIXELS = 1 << 20  # non-8-bit images are converted this many pixels at a time
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SIGNATURE = b"\xff\xd8\xff"
-_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_BMP_SIGNATURE = b"BM"
 
 
 def _one_line(text):
@@ -108,6 +113,14 @@ class _PathError(ValueError):
 
 class ImageReadError(_PathError):
     """A single image file could not be read."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than the limit (``pixels``)."""
+
+    def __init__(self, path, problem, pixels):
+        super().__init__(path, problem)
+        self.pixels = pixels
 
 
 class CaseError(_PathError):
@@ -253,48 +266,91 @@ def _jpeg_truncated(data):
     return eoi < 0 or eoi < sos
 
 
-def _format_name(data):
-    if data.startswith(_PNG_SIGNATURE):
-        return "PNG"
-    if data.startswith(_JPEG_SIGNATURE):
-        return "JPEG"
-    if data[:4] in _TIFF_SIGNATURES:
-        return "TIFF"
-    if data.startswith(_BMP_SIGNATURE):
-        return "BMP"
-    return None
+def _measured(raw, path):
+    """(format, width, height) from the header, or the file is refused."""
+    try:
+        return image_size(raw)
+    except HeaderError as exc:
+        raise ImageReadError(path, str(exc)) from None
 
 
-def _scale_to_255(gray, weight=None):
-    """Map a uint16 or float (H, W) array to float32 0..255 by the rules in the module doc.
+def _gray_and_weight(img, dtype):
+    """One strip as (gray values, alpha weight 0..1 or None), not yet scaled."""
+    alpha = None
+    if img.ndim == 3:
+        channels = img.shape[2]
+        if channels in (2, 4):
+            alpha = img[:, :, -1]
+            img = img[:, :, :-1]
+        gray = img[:, :, 0] if channels == 2 else cv2.cvtColor(np.ascontiguousarray(img),
+                                                                cv2.COLOR_BGR2GRAY)
+    else:
+        gray = img
+    if alpha is None:
+        return gray, None
+    if dtype.kind == "f":
+        return gray, np.clip(np.nan_to_num(alpha.astype(np.float32)), 0.0, 1.0)
+    return gray, alpha.astype(np.float32) / float(np.iinfo(dtype).max)
 
-    ``weight`` (alpha, 0..1) limits the maximum to pixels that are not fully transparent.
-    """
-    is_float = gray.dtype.kind == "f"
-    values = gray.astype(np.float32, copy=False)
-    if is_float:
+
+def _strips(img):
+    """Row ranges of at most ``STRIP_PIXELS`` pixels each."""
+    rows = max(1, STRIP_PIXELS // max(img.shape[1], 1))
+    return [(r, min(r + rows, img.shape[0])) for r in range(0, img.shape[0], rows)]
+
+
+def _levels(img, dtype):
+    """(largest finite value, largest visible value) of a uint16 or float image, where a
+    non-finite value counts as the module doc says (NaN and -inf as 0, +inf as the largest
+    finite value) and visible means not fully transparent."""
+    finite_top, visible_top, visible_inf = 0.0, 0.0, False
+    for r0, r1 in _strips(img):
+        gray, weight = _gray_and_weight(img[r0:r1], dtype)
+        values = gray.astype(np.float32, copy=False)
         finite = np.isfinite(values)
-        if not finite.all():
-            top = float(values[finite].max()) if finite.any() else 0.0
-            values = np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0)
-    visible = values if weight is None else values[weight > 0]
-    top = float(visible.max()) if visible.size else 0.0
-    if is_float and top <= 1.0:
-        values = values * 255.0
-    elif top > 255.0:
-        values = values * (255.0 / top)
-    return np.clip(values, 0.0, 255.0)
+        if finite.any():
+            finite_top = max(finite_top, float(values[finite].max()))
+        shown = weight is None or weight > 0
+        visible = finite & shown
+        if visible.any():
+            visible_top = max(visible_top, float(values[visible].max()))
+        visible_inf |= bool(np.any(np.isposinf(values) & shown))
+    return finite_top, max(visible_top, finite_top if visible_inf else 0.0)
+
+
+def _strip_to_gray8(img, dtype, levels):
+    """One strip to uint8 by the rules of the module doc, given the whole image's levels."""
+    gray, weight = _gray_and_weight(img, dtype)
+    if gray.dtype == np.uint8:
+        values = gray.astype(np.float32) if weight is not None else gray
+    else:
+        finite_top, top = levels
+        values = gray.astype(np.float32)
+        if dtype.kind == "f":
+            np.nan_to_num(values, copy=False, nan=0.0, posinf=finite_top, neginf=0.0)
+        if dtype.kind == "f" and top <= 1.0:
+            values *= 255.0
+        elif top > 255.0:
+            values *= 255.0 / top
+        np.clip(values, 0.0, 255.0, out=values)
+    if weight is not None:
+        values = values * weight + 255.0 * (1.0 - weight)
+    if values.dtype == np.uint8:
+        return values
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
 def to_gray8(img, path):
-    """Convert a decoded OpenCV array to (H, W) uint8 with a white background."""
+    """Convert a decoded OpenCV array to (H, W) uint8 with a white background.
+
+    Anything but 8-bit gray is converted a strip of rows at a time, so a large 16-bit or
+    alpha image needs its own size plus the result, not several float copies of itself."""
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (2, 3, 4)):
         raise ImageReadError(path, f"unsupported image layout {img.shape}")
     if img.size == 0:
         raise ImageReadError(path, "image has no pixels")
-
     dtype = img.dtype
     if dtype == np.uint8 and img.ndim == 2:
         return np.ascontiguousarray(img)
@@ -302,37 +358,11 @@ def to_gray8(img, path):
         raise ImageReadError(path, f"unsupported pixel type {dtype.name}")
     if dtype.kind == "f" and dtype != np.float32:
         img = img.astype(np.float32)  # cvtColor does not take float16/float64
-
-    alpha = None
-    if img.ndim == 3:
-        channels = img.shape[2]
-        if channels in (2, 4):
-            alpha = img[:, :, -1]
-            img = img[:, :, :-1]
-        if channels == 2:
-            gray = img[:, :, 0]
-        else:
-            gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2GRAY)
-    else:
-        gray = img
-
-    weight = None
-    if alpha is not None:
-        if dtype.kind == "f":
-            weight = np.clip(np.nan_to_num(alpha.astype(np.float32)), 0.0, 1.0)
-        else:
-            weight = alpha.astype(np.float32) / float(np.iinfo(dtype).max)
-
-    if gray.dtype == np.uint8:
-        values = gray.astype(np.float32) if weight is not None else gray
-    else:
-        values = _scale_to_255(gray, weight)
-
-    if weight is not None:
-        values = values * weight + 255.0 * (1.0 - weight)
-    if values.dtype == np.uint8:
-        return np.ascontiguousarray(values)
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    levels = None if dtype == np.uint8 else _levels(img, dtype)
+    out = np.empty(img.shape[:2], np.uint8)
+    for r0, r1 in _strips(img):
+        out[r0:r1] = _strip_to_gray8(img[r0:r1], dtype, levels)
+    return out
 
 
 def read_gray8(path):
@@ -359,16 +389,23 @@ def read_gray8(path):
     return decode_gray8(data, path)
 
 
-def decode_gray8(data, path):
+def decode_gray8(data, path, max_pixels=MAX_PIXELS):
     """``read_gray8`` on the bytes of an image file already in memory (``data``: bytes or a
-    uint8 array); ``path`` names the file in the messages (e.g. an uploaded part's name)."""
+    uint8 array); ``path`` names the file in the messages (e.g. an uploaded part's name).
+
+    The size is read from the header first (``vfinfer.util.image_header``): a format whose
+    size cannot be read is refused, and so is an image over ``max_pixels`` (None: no limit),
+    with ``ImageTooLargeError``, before anything is decoded."""
     if not isinstance(data, np.ndarray):
         data = np.frombuffer(data, dtype=np.uint8)
     if data.size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
 
     raw = data.tobytes()
-    fmt = _format_name(raw)
+    fmt, width, height = _measured(raw, path)
+    if max_pixels and width * height > max_pixels:
+        raise ImageTooLargeError(path, f"{width} x {height} pixels, over the limit of "
+                                       f"{max_pixels}", width * height)
     if fmt == "PNG" and _png_truncated(raw):
         raise ImageReadError(path, "truncated PNG file (the end of the file is missing)")
     if fmt == "JPEG" and _jpeg_truncated(raw):
@@ -383,8 +420,6 @@ def decode_gray8(data, path):
         raise ImageReadError(path, "image too large to decode into memory") from exc
 
     if img is None:
-        if fmt is None:
-            raise ImageReadError(path, "not a readable image (corrupt or not an image file)")
         raise ImageReadError(path, f"corrupt or truncated {fmt} file (OpenCV could not decode it)")
 
     try:
