@@ -30,6 +30,8 @@ Points the paper leaves open, and how they are settled here:
 
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -131,12 +133,12 @@ def _second_choice(row: np.ndarray, k: int) -> int:
     return int(np.argmax(masked))
 
 
-def count_warnings(counts: ArrayLike) -> list[str]:
+def count_warnings(counts: Union[np.ndarray, Sequence[int]]) -> list[str]:
     """Algorithm 1 line 17: warnings for autosomes with a count != 2 and for X + Y != 2.
 
     Parameters
     ----------
-    counts : array_like
+    counts : np.ndarray or sequence of int
         (24,) chromosomes per type (``dispatch_counts``).
 
     Returns

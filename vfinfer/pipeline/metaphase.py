@@ -24,7 +24,7 @@ import numpy as np
 from vfinfer.pipeline.pipeline import Pipeline
 from vfinfer.segment.cutouts import make_cutouts
 from vfinfer.segment.overlay import overlay_png
-from vfinfer.segment.segmenter import Segmenter
+from vfinfer.segment.segmenter import Segmentation, Segmenter
 from vfinfer.util.images import SEGMENTATION_DIR, to_gray8
 
 # below this many chromosomes a metaphase is reported, but the count says the cell is partial
@@ -41,7 +41,7 @@ class SegmentedImage:
 
     name: str
     gray: np.ndarray
-    segmentation: object
+    segmentation: Segmentation
     cutouts: list
     cutout_ms: float
     notes: list = field(default_factory=list)

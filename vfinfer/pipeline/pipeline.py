@@ -277,7 +277,7 @@ class Pipeline:
         started = time.perf_counter()
         g_input = (prepared[0].g_input if len(prepared) == 1
                    else np.concatenate([case.g_input for case in prepared]))
-        timing = {}
+        timing: dict[str, float] = {}
         outputs = self.infer_prepared(g_input, timing)
         elapsed = (time.perf_counter() - started) * 1000
         results, offset = [], 0

@@ -245,9 +245,9 @@ def _add_cell_routes(api, state):
         cells = read_batch_request(body, state.limits)
         if state.batcher.depth + len(cells) > state.limits.queue_size:
             raise queue_full(f"{state.batcher.depth} cells are waiting")
-        karyogram = _flag(karyogram) or body.karyogram
+        wanted = _flag(karyogram) or body.karyogram
         answers = await asyncio.gather(*(
-            classify(state, name, parts, karyogram, started, raise_errors=False)
+            classify(state, name, parts, wanted, started, raise_errors=False)
             for name, parts in cells))
         return {"results": answers}
 

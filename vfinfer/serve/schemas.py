@@ -12,7 +12,7 @@ its message is ``describe(errors)``. In a batch, a cell that does not validate i
 alone: it is kept as a ``CellProblem`` and answered as that cell's ``{"case", "error"}``.
 """
 
-from typing import Annotated, Any, List, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from pydantic import BaseModel, Field, ValidationError, WrapValidator
 
@@ -94,7 +94,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description} for status, description in (
         (401, "missing or wrong token (when the server has one)"),
         (413, "body or image over the server's limits"),
@@ -104,7 +104,8 @@ ERROR_RESPONSES = {
         (504, "no answer within the server's time limit"))}
 
 
-def describe(errors: Sequence[dict], skip: int = 0, whole: Optional[str] = None) -> str:
+def describe(errors: Sequence[Mapping[str, Any]], skip: int = 0,
+             whole: Optional[str] = None) -> str:
     """One line from pydantic (or FastAPI) validation errors: ``field.path: message; ...``.
 
     ``skip`` drops that many leading parts of each location (FastAPI's ``"body"``);
