@@ -27,8 +27,9 @@ setup(
         "openvino": ["openvino>=2024.0"],
         "dev": ["pytest>=8", "ruff>=0.5"],
         # vfinfer serve (vfinfer.serve) and its client (vfinfer.client)
-        "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9",
-                  "prometheus-client>=0.19", "httpx>=0.27"],
+        # (pydantic 2.7: the request models' per-field number-to-string coercion)
+        "serve": ["fastapi>=0.110", "pydantic>=2.7", "uvicorn>=0.27",
+                  "python-multipart>=0.0.9", "prometheus-client>=0.19", "httpx>=0.27"],
         # vfinfer run --ray (vfinfer.cluster)
         "ray": ["ray[data]>=2.9"],
     },

@@ -187,9 +187,11 @@ def test_too_large_bodies_and_images_are_413(server):
         for _ in range(5):
             yield os.urandom(1 << 20)
 
-    response = httpx.post(f"{server.url}/v1/cells", content=chunks(),
-                          headers={"content-type": "application/json"})
-    assert response.status_code == 413
+    for path in ("/v1/cells", "/v1/cells:batch"):  # the batch's body is read by FastAPI
+        response = httpx.post(f"{server.url}{path}", content=chunks(),
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "body_too_large"
     wide = cv2.imencode(".png", np.full((2100, 2100), 255, np.uint8))[1].tobytes()
     response = httpx.post(f"{server.url}/v1/cells", files=[("images", ("wide.png", wide))])
     assert response.status_code == 413 and response.json()["error"]["file"] == "wide.png"
@@ -205,6 +207,63 @@ def test_bad_requests_get_json_errors(server):
     response = httpx.post(url, json={"images": [{"file": "a.png", "data": "@@"}]})
     assert response.status_code == 422 and response.json()["error"]["file"] == "a.png"
     assert httpx.get(f"{server.url}/v1/nothing").json()["error"]["status"] == 404
+
+
+def test_the_openapi_schema_lists_the_request_models(server):
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    models = spec["components"]["schemas"]
+    fields = {name: (set(models[name]["properties"]), set(models[name].get("required", ())))
+              for name in ("ImagePart", "Cell", "CellRequest", "BatchRequest", "ErrorBody")}
+    assert fields == {"ImagePart": ({"file", "data"}, {"data"}),
+                      "Cell": ({"name", "images"}, {"images"}),
+                      "CellRequest": ({"name", "images", "karyogram"}, {"images"}),
+                      "BatchRequest": ({"cells", "karyogram"}, {"cells"}),
+                      "ErrorBody": ({"error"}, {"error"})}
+    assert models["BatchRequest"]["properties"]["cells"]["items"] == {
+        "$ref": "#/components/schemas/Cell"}
+    assert models["ImagePart"]["properties"]["data"]["type"] == "string"
+    assert models["CellRequest"]["properties"]["karyogram"]["type"] == "boolean"
+    paths = spec["paths"]
+    body = paths["/v1/cells:batch"]["post"]["requestBody"]["content"]
+    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/BatchRequest"}
+    for path in ("/v1/cells", "/v1/metaphase"):  # JSON or multipart
+        body = paths[path]["post"]["requestBody"]["content"]
+        assert body["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/CellRequest"}
+        assert "images" in body["multipart/form-data"]["schema"]["properties"]
+    answer = paths["/v1/cells:batch"]["post"]["responses"]["422"]["content"]
+    assert answer["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "HTTPValidationError" not in models and "securitySchemes" not in spec["components"]
+
+
+def test_a_wrong_type_is_422_in_the_project_error_shape(server):
+    def refusal(path, body):
+        response = httpx.post(f"{server.url}{path}", json=body)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert set(response.json()) == {"error"} and set(error) == {"status", "code", "message"}
+        assert error["status"] == 422 and error["code"] == "bad_input"
+        return error["message"]
+
+    before = server.metric('vfinfer_errors_total{code="bad_input"}') or 0
+    assert refusal("/v1/cells:batch", {"cells": "cell_07"}).startswith("cells: ")
+    assert refusal("/v1/cells:batch", {"cells": []}).startswith("cells: ")
+    assert refusal("/v1/cells:batch", {"cells": [{"images": []}], "karyogram": "maybe"}
+                   ).startswith("karyogram: ")
+    assert refusal("/v1/cells:batch", [1]).startswith("the JSON body: ")
+    assert refusal("/v1/cells", {"name": "x", "images": [{"file": "a.png", "data": 5}]}
+                   ).startswith("images.0.data: ")
+    assert refusal("/v1/metaphase", {"images": "x"}).startswith("images: ")
+    assert server.metric('vfinfer_errors_total{code="bad_input"}') == before + 6
+    # in a batch, a cell that does not validate (or fails the route's own checks) is refused
+    # alone; a number as a name is taken as text, as before the models
+    results = httpx.post(f"{server.url}/v1/cells:batch", json={"cells": [
+        {"name": "odd", "images": "x"}, 7,
+        {"name": 12, "images": [{"file": "q.png", "data": "@@"}]}]}).json()["results"]
+    assert [(r["case"], r["error"]["code"]) for r in results] == [
+        ("odd", "bad_input"), ("cell_1", "bad_input"), ("12", "bad_image")]
+    assert results[0]["error"]["message"] == "odd: images: Input should be a valid list"
+    assert results[2]["error"]["file"] == "q.png"
 
 
 def test_health_models_and_metrics_answer(server):
@@ -235,6 +294,15 @@ def test_token_required_when_set(model_dir, tmp_path, expected):
             assert response.headers["www-authenticate"] == "Bearer"
         response = httpx.post(f"{srv.url}/v1/cells", files=[("images", ("a.png", b"x"))])
         assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+        for body in (b"{", b'{"cells": 3}'):  # the token comes before any word on the body
+            response = httpx.post(f"{srv.url}/v1/cells:batch", content=body,
+                                  headers={"content-type": "application/json"})
+            assert response.status_code == 401 and response.headers["www-authenticate"] == \
+                "Bearer"
+        spec = httpx.get(f"{srv.url}/openapi.json").json()
+        assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+        assert spec["paths"]["/v1/cells"]["post"]["security"] == [{"HTTPBearer": []}]
+        assert "security" not in spec["paths"]["/v1/health/ready"]["get"]
         with Client(srv.url, token=token) as client:
             same_calls(client.classify_dir(case), want)
             assert client.models()[0]["preset"] == "compact"

@@ -28,7 +28,12 @@ Points the paper leaves open, and how they are settled here:
   and the single warning ``"no chromosomes"``.
 """
 
+from __future__ import annotations
+
+from typing import Sequence, Union
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vfinfer.model.classes import N_TYPES, TYPE_NAMES, X_INDEX, Y_INDEX
 
@@ -36,8 +41,24 @@ NORMAL_AUTOSOME_COUNT = 2
 NORMAL_SEX_COUNT = 2
 
 
-def check_probs(probs):
-    """Return ``probs`` as a float N x 24 array, or raise ValueError."""
+def check_probs(probs: ArrayLike) -> np.ndarray:
+    """Return ``probs`` as a float64 (N, 24) array, or raise ValueError.
+
+    Parameters
+    ----------
+    probs : array_like
+        (N, 24) scores, one row per chromosome; N may be 0.
+
+    Returns
+    -------
+    np.ndarray
+        (N, 24) float64.
+
+    Raises
+    ------
+    ValueError
+        Not numeric, not (N, 24), or with NaN or infinite values (the rows are named).
+    """
     try:
         arr = np.asarray(probs, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -53,17 +74,46 @@ def check_probs(probs):
     return arr
 
 
-def argmax_types(probs):
-    """Most probable type of each chromosome (Alg. 1 lines 2-4 only; no dispatch).
+def argmax_types(probs: ArrayLike) -> np.ndarray:
+    """Most probable type of each chromosome: Algorithm 1 lines 2-4 only, no dispatch.
 
-    ``probs`` is N x 24; returns a length-N int array of 0-based type indices. Ties go to the
-    lowest index.
+    Parameters
+    ----------
+    probs : array_like
+        (N, 24) type probabilities of one cell, one row per chromosome.
+
+    Returns
+    -------
+    np.ndarray
+        (N,) int64 0-based type indices (``vfinfer.model.classes.TYPE_NAMES``); ties go to
+        the lowest index.
+
+    Raises
+    ------
+    ValueError
+        ``probs`` is not a finite (N, 24) array (``check_probs``).
     """
     return np.argmax(check_probs(probs), axis=1).astype(np.int64)
 
 
-def dispatch_counts(types):
-    """Number of chromosomes of each of the 24 types, from 0-based type indices."""
+def dispatch_counts(types: ArrayLike) -> np.ndarray:
+    """Number of chromosomes of each of the 24 types.
+
+    Parameters
+    ----------
+    types : array_like
+        (N,) integer 0-based type indices in 0..23 (as ``dispatch`` returns); N may be 0.
+
+    Returns
+    -------
+    np.ndarray
+        (24,) int64 counts, index k for type k.
+
+    Raises
+    ------
+    ValueError
+        ``types`` is not 1-D, not integer, or out of 0..23.
+    """
     arr = np.asarray(types)
     if arr.ndim != 1:
         raise ValueError(f"types must be a 1-D array of type indices, got shape {arr.shape}")
@@ -76,15 +126,27 @@ def dispatch_counts(types):
     return np.bincount(arr, minlength=N_TYPES).astype(np.int64)
 
 
-def _second_choice(row, k):
+def _second_choice(row: np.ndarray, k: int) -> int:
     """Alg. 1 line 11: argmax over j != k (lowest index on ties)."""
     masked = row.copy()
     masked[k] = -np.inf
     return int(np.argmax(masked))
 
 
-def count_warnings(counts):
-    """Alg. 1 line 17: warnings for autosomes with a count != 2 and for X + Y != 2."""
+def count_warnings(counts: Union[np.ndarray, Sequence[int]]) -> list[str]:
+    """Algorithm 1 line 17: warnings for autosomes with a count != 2 and for X + Y != 2.
+
+    Parameters
+    ----------
+    counts : np.ndarray or sequence of int
+        (24,) chromosomes per type (``dispatch_counts``).
+
+    Returns
+    -------
+    list of str
+        One plain-English warning per autosome whose count is not 2, then one when X + Y is
+        not 2; empty for a normal cell.
+    """
     warnings = []
     for k in range(X_INDEX):
         if counts[k] != NORMAL_AUTOSOME_COUNT:
@@ -99,15 +161,32 @@ def count_warnings(counts):
     return warnings
 
 
-def dispatch(probs, threshold=0.9):
-    """Assign each chromosome of one cell to a type with Algorithm 1 of the paper.
+def dispatch(probs: ArrayLike, threshold: float = 0.9) -> tuple[np.ndarray, list[str]]:
+    """Assign each chromosome of one cell to a type with Algorithm 1 of the paper (Qin et
+    al. 2019, Sec. II-D): argmax first, then each over-full type keeps its most probable
+    chromosomes and sends the others to their second choice.
 
-    ``probs``: N x 24 predicted probabilities (one row per chromosome of the cell).
-    ``threshold``: the paper's confidence threshold th (0.9 in Sec. III-C).
+    See the module docstring for how the points the paper leaves open are settled.
 
-    Returns ``(types, warnings)``: a length-N int array of 0-based type indices (chromosome i is
-    in O_{types[i]}) and a list of plain-English warnings (line 17). See the module docstring
-    for how ambiguities are resolved.
+    Parameters
+    ----------
+    probs : array_like
+        (N, 24) predicted type probabilities, one row per chromosome of the cell.
+    threshold : float
+        The paper's confidence threshold th (0.9 in Sec. III-C): a type keeps one chromosome
+        over its normal count when all of its top S + 1 have a probability above it.
+
+    Returns
+    -------
+    types : np.ndarray
+        (N,) int64 0-based type indices: chromosome i is in O_{types[i]}.
+    warnings : list of str
+        Plain-English count warnings (line 17); ``["no chromosomes"]`` when N = 0.
+
+    Raises
+    ------
+    ValueError
+        ``probs`` is not a finite (N, 24) array, or ``threshold`` is not a number.
     """
     p = check_probs(probs)
     try:

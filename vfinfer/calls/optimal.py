@@ -41,13 +41,16 @@ Speed: all 94 hypotheses are solved exactly, no pruning (see ``benchmark``): abo
 about 45 ms for a 92-object cell). Algorithm 1 takes about 0.2 ms.
 """
 
+from __future__ import annotations
+
 import functools
 import math
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import linear_sum_assignment
 
 from vfinfer.calls.dispatch import check_probs, dispatch_counts
@@ -351,46 +354,106 @@ def _empty_result(params):
 
 
 class OptimalDispatch:
-    """Optimal dispatch with fixed parameters; call it on one cell's N x 24 probabilities."""
+    """Optimal dispatch with fixed parameters; call it on one cell's (N, 24) probabilities.
 
-    def __init__(self, params=None):
+    Stateless once built, so one instance may serve several threads (``Pipeline`` keeps one).
+
+    Parameters
+    ----------
+    params : OptimalParams, optional
+        Priors, penalties and threshold; None: the defaults (``OptimalParams()``).
+
+    Raises
+    ------
+    TypeError
+        ``params`` is not an ``OptimalParams``.
+    """
+
+    def __init__(self, params: Optional[OptimalParams] = None) -> None:
         self.params = OptimalParams() if params is None else params
         if not isinstance(self.params, OptimalParams):
             raise TypeError(f"params must be OptimalParams, got {type(self.params).__name__}")
 
-    def costs(self, probs):
+    def costs(self, probs: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """The exact assignment cost of every hypothesis (``hypothesis_costs``).
+
+        Parameters
+        ----------
+        probs : array_like
+            (N, 24) type probabilities of one cell.
+
+        Returns
+        -------
+        costs : np.ndarray
+            (H,) float64, one per hypothesis in ``HYPOTHESES`` order (H = 94).
+        types : np.ndarray
+            (H, N) int64: each chromosome's slot type under each hypothesis.
+        """
         p = self.params
         return hypothesis_costs(probs, p.extra_penalty, p.missing_penalty, p.prob_floor,
                                 p.extra_slots)
 
-    def __call__(self, probs, top=3):
+    def __call__(self, probs: ArrayLike, top: int = 3) -> dict[str, Any]:
+        """The call for one cell.
+
+        Parameters
+        ----------
+        probs : array_like
+            (N, 24) type probabilities of one cell, one row per chromosome; N may be 0.
+        top : int
+            How many hypotheses to list under ``hypotheses``.
+
+        Returns
+        -------
+        dict
+            JSON-ready: ``karyotype``, ``abnormal``, ``call``, ``margin``, ``confidence``,
+            ``warnings``, ``types`` (N 0-based types under the called karyotype) ...; every
+            key is described in ``optimal_dispatch``.
+
+        Raises
+        ------
+        ValueError
+            ``probs`` is not a finite (N, 24) array.
+        """
         costs, types = self.costs(probs)
         return decide(costs, types, self.params, top=top, probs=probs)
 
 
-def optimal_dispatch(probs, params=None, top=3):
+def optimal_dispatch(probs: ArrayLike, params: Optional[OptimalParams] = None,
+                     top: int = 3) -> dict[str, Any]:
     """The most likely karyotype of one cell and its chromosomes' types.
 
-    ``probs``: N x 24 type probabilities of one cell; ``params``: ``OptimalParams`` (defaults
-    when None); ``top``: how many hypotheses to list. Returns a JSON-ready dict:
+    Parameters
+    ----------
+    probs : array_like
+        (N, 24) type probabilities of one cell.
+    params : OptimalParams, optional
+        None: the defaults.
+    top : int
+        How many hypotheses to list.
 
-    - ``karyotype``: the called karyotype (best abnormal if ``abnormal``, else best normal);
-      ``most_likely``: the top hypothesis, even below the threshold;
-    - ``abnormal``: the best abnormal hypothesis wins and ``margin >= threshold``;
-    - ``margin``: LL(best abnormal) - LL(best normal), ``best_normal``, ``best_abnormal``,
-      ``threshold``;
-    - ``call``: "normal", "trisomy 21", "loss of 7", "monosomy X", ...;
-    - ``confidence``: strong / moderate (abnormal), borderline / likely normal / clearly
-      normal; ``explanation``: one sentence;
-    - ``warnings``: one plain-English warning for an abnormal call, none for a normal one;
-      ``notes``: empty slots, extra objects, a sub-threshold abnormal hypothesis;
-    - ``types``: 0-based type of each chromosome under the called karyotype;
-      ``counts_karyotype``: the karyotype its type counts spell (``karyotype_summary``);
-    - ``missing`` (type names of empty slots), ``extra`` (rows counted as extra objects);
-    - ``hypotheses``: the ``top`` best, with log-likelihood, llr_vs_normal and cost.
+    Returns
+    -------
+    dict
+        JSON-ready:
 
-    A cell without chromosomes gets ``karyotype`` and ``margin`` None and the warning
-    ``"no chromosomes"``.
+        - ``karyotype``: the called karyotype (best abnormal if ``abnormal``, else best normal);
+          ``most_likely``: the top hypothesis, even below the threshold;
+        - ``abnormal``: the best abnormal hypothesis wins and ``margin >= threshold``;
+        - ``margin``: LL(best abnormal) - LL(best normal), ``best_normal``, ``best_abnormal``,
+          ``threshold``;
+        - ``call``: "normal", "trisomy 21", "loss of 7", "monosomy X", ...;
+        - ``confidence``: strong / moderate (abnormal), borderline / likely normal / clearly
+          normal; ``explanation``: one sentence;
+        - ``warnings``: one plain-English warning for an abnormal call, none for a normal one;
+          ``notes``: empty slots, extra objects, a sub-threshold abnormal hypothesis;
+        - ``types``: 0-based type of each chromosome under the called karyotype;
+          ``counts_karyotype``: the karyotype its type counts spell (``karyotype_summary``);
+        - ``missing`` (type names of empty slots), ``extra`` (rows counted as extra objects);
+        - ``hypotheses``: the ``top`` best, with log-likelihood, llr_vs_normal and cost.
+
+        A cell without chromosomes gets ``karyotype`` and ``margin`` None and the warning
+        ``"no chromosomes"``.
     """
     return OptimalDispatch(params)(probs, top=top)
 

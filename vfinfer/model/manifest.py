@@ -6,9 +6,13 @@ names, each graph's tensor names and shapes and sha256, and the producer version
 runtime reads constants from here only.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
+import os
 from pathlib import Path
+from typing import Any, Optional, Union
 
 from vfinfer.model.classes import POLARITY_NAMES, TYPE_NAMES
 from vfinfer.model.config import ModelConfig
@@ -79,9 +83,35 @@ def remove_precision_graphs(model_dir, precision):
 
 
 class Manifest:
-    """A loaded, validated manifest of one model directory."""
+    """A loaded, validated manifest of one model directory (``load_manifest`` makes it).
 
-    def __init__(self, model_dir, data):
+    Parameters
+    ----------
+    model_dir : str or os.PathLike
+        The model directory.
+    data : dict
+        The parsed ``manifest.json``.
+
+    Raises
+    ------
+    ModelDirError
+        A bad ``config`` or ``classes`` section.
+
+    Attributes
+    ----------
+    model_dir : pathlib.Path
+        The model directory.
+    data : dict
+        The whole manifest, as read.
+    config : ModelConfig
+        Every size and constant of the model.
+    threshold : float
+        The dispatch threshold of Algorithm 1 (``dispatch.threshold``, 0.9 when absent).
+    type_names, polarity_names : list of str
+        The 24 type names (1..22, X, Y) and the 2 polarity names, in output order.
+    """
+
+    def __init__(self, model_dir: Union[str, os.PathLike], data: dict[str, Any]) -> None:
         self.model_dir = Path(model_dir)
         self.data = data
         try:
@@ -97,23 +127,38 @@ class Manifest:
         self.polarity_names = list(classes["polarity"])
 
     @property
-    def polarity_trained(self):
+    def polarity_trained(self) -> bool:
         """False when the model was trained without polarity labels (its polarity head is
         untrained, so the runtime does not call polarity); True for older manifests."""
         training = self.data.get("training") or {}
         return training.get("polarity_labelled_images", 1) != 0
 
     @property
-    def domain(self):
+    def domain(self) -> Optional[dict[str, Any]]:
         """The in-domain figures of ``vfinfer domain`` (``vfinfer.calls.verdict``), or None."""
         return self.data.get("domain")
 
     @property
-    def path(self):
+    def path(self) -> Path:
+        """The ``manifest.json`` file."""
         return self.model_dir / MANIFEST_NAME
 
-    def graph(self, role, precision="fp32"):
-        """The record of one graph: file, sha256, inputs, outputs."""
+    def graph(self, role: str, precision: str = "fp32") -> dict[str, Any]:
+        """The record of one graph: file, sha256, inputs, outputs.
+
+        Parameters
+        ----------
+        role : str
+            ``"gnet"``, ``"lnet"`` or ``"heads"``.
+        precision : str
+            ``"fp32"`` (the exported graphs) or a reduced precision whose graphs the manifest
+            lists as ``<role>_<precision>`` (``"fp16"``, ``"int8"``).
+
+        Raises
+        ------
+        ModelDirError
+            The manifest lists no such graph (the message names those it lists).
+        """
         key = role if precision == "fp32" else f"{role}_{precision}"
         try:
             return self.data["graphs"][key]
@@ -123,7 +168,9 @@ class Manifest:
                 f"{self.path}: no {precision} graph for {role} (graphs listed: {have})"
             ) from None
 
-    def graph_path(self, role, precision="fp32", verify=True):
+    def graph_path(self, role: str, precision: str = "fp32", verify: bool = True) -> Path:
+        """The file of one graph (``graph``'s record); ModelDirError when it is missing or,
+        with ``verify``, when its sha256 differs from the manifest's."""
         record = self.graph(role, precision)
         path = self.model_dir / record["file"]
         if not path.is_file():
@@ -135,7 +182,7 @@ class Manifest:
             )
         return path
 
-    def summary(self):
+    def summary(self) -> dict[str, Any]:
         """The short model description that goes into each result."""
         return {
             "dir": str(self.model_dir),
@@ -145,7 +192,28 @@ class Manifest:
         }
 
 
-def load_manifest(model_dir):
+def load_manifest(model_dir: Union[str, os.PathLike]) -> Manifest:
+    """Read and check a model directory's ``manifest.json``.
+
+    Parameters
+    ----------
+    model_dir : str or os.PathLike
+        A model directory made by ``vfinfer export`` (``demo_model_dir()`` for the bundled
+        demo).
+
+    Returns
+    -------
+    Manifest
+        The validated manifest; the graph files are checked when they are opened
+        (``Manifest.graph_path``).
+
+    Raises
+    ------
+    ModelDirError
+        A missing directory or manifest, invalid JSON, another ``schema_version``, or a
+        missing or bad ``config``, ``classes`` or ``graphs`` section; the message names the
+        file and the problem.
+    """
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST_NAME
     if not model_dir.is_dir():
@@ -170,6 +238,6 @@ def load_manifest(model_dir):
     return Manifest(model_dir, data)
 
 
-def demo_model_dir():
+def demo_model_dir() -> Path:
     """The compact demo model shipped inside the package (trained on synthetic cells only)."""
     return Path(__file__).parent.parent / "demo_model"

@@ -11,16 +11,20 @@ The result is the classifier's result dict (README, "Outputs") with, per chromos
 ms per stage). Thread-safe like ``Pipeline``: each call keeps its state local.
 """
 
+from __future__ import annotations
+
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
 
 from vfinfer.pipeline.pipeline import Pipeline
 from vfinfer.segment.cutouts import make_cutouts
 from vfinfer.segment.overlay import overlay_png
-from vfinfer.segment.segmenter import Segmenter
+from vfinfer.segment.segmenter import Segmentation, Segmenter
 from vfinfer.util.images import SEGMENTATION_DIR, to_gray8
 
 # below this many chromosomes a metaphase is reported, but the count says the cell is partial
@@ -37,7 +41,7 @@ class SegmentedImage:
 
     name: str
     gray: np.ndarray
-    segmentation: object
+    segmentation: Segmentation
     cutouts: list
     cutout_ms: float
     notes: list = field(default_factory=list)
@@ -107,12 +111,35 @@ def result_overlay(result, segmented):
 
 
 class MetaphasePipeline:
-    """A ``Pipeline`` (classifier) behind a ``Segmenter``; see the module doc. Keyword
-    arguments other than ``seg_model``, ``seg_backend`` and ``seg_precision`` go to
-    ``Pipeline``."""
+    """A ``Pipeline`` (classifier) behind a ``Segmenter``; see the module doc.
 
-    def __init__(self, model_dir=None, seg_model=None, seg_backend="ort", seg_precision="fp32",
-                 **pipeline_options):
+    Parameters
+    ----------
+    model_dir : str or os.PathLike, optional
+        The classifier's model directory; None: the bundled demo model.
+    seg_model : str or os.PathLike, optional
+        A segmentation model directory, ``"classical"`` (threshold and watershed, no
+        network) or None: the bundled demo segmentation model.
+    seg_backend : str
+        The segmentation network's backend (``vfinfer.segment.segmenter.SEG_BACKENDS``).
+    seg_precision : str
+        The segmentation graph to run: ``"fp32"``, ``"fp16"`` (ONNX Runtime) or ``"bf16"``
+        (OpenVINO).
+    **pipeline_options
+        Passed to ``Pipeline`` (``backend``, ``threads``, ``dispatch_mode``, ...);
+        ``threads`` is used by the segmenter too.
+
+    Attributes
+    ----------
+    pipeline : Pipeline
+        The classifier.
+    segmenter : vfinfer.segment.segmenter.Segmenter
+        The segmentation step.
+    """
+
+    def __init__(self, model_dir: Union[str, os.PathLike, None] = None,
+                 seg_model: Union[str, os.PathLike, None] = None, seg_backend: str = "ort",
+                 seg_precision: str = "fp32", **pipeline_options: Any) -> None:
         self.pipeline = Pipeline(model_dir, **pipeline_options)
         try:
             self.segmenter = Segmenter(seg_model, backend=seg_backend,
@@ -122,23 +149,49 @@ class MetaphasePipeline:
             self.pipeline.close()
             raise
 
-    def segment(self, image, name="metaphase"):
+    def segment(self, image: np.ndarray, name: str = "metaphase") -> SegmentedImage:
+        """Segment one metaphase image and cut its chromosomes out, without classifying
+        them (``image`` as in ``run_image``)."""
         return segment_image(self.segmenter, image, name, self.pipeline.config.rotate_crop,
                              self.pipeline.background)
 
-    def run_image(self, image, name="metaphase"):
-        """The result dict of one metaphase image; raises ``NoChromosomesError`` when the
-        segmentation finds nothing."""
+    def run_image(self, image: np.ndarray, name: str = "metaphase") -> dict[str, Any]:
+        """Segment one metaphase image, cut its chromosomes out and classify them.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            The metaphase image: (H, W) gray uint8 (16-bit, float, (H, W, 3) colour and
+            (H, W, 4) alpha images are converted).
+        name : str
+            The case name reported as ``case``.
+
+        Returns
+        -------
+        dict
+            The result of ``Pipeline.run_case`` for the cut-outs, with each chromosome's
+            ``segment`` (box, polygon, area, score and angle, in the metaphase image)
+            and a ``segmentation`` section (the model, the background found, ``found``, ms
+            per stage); the segmentation's stages are added to ``timing_ms``.
+
+        Raises
+        ------
+        NoChromosomesError
+            The segmentation found no chromosome (a ValueError).
+        vfinfer.segment.model.ImageTooLargeError
+            The image is larger than the segmentation model's ``max_side``.
+        """
         segmented, prepared = prepare_metaphase(self.pipeline, self.segmenter, image, name)
         result = self.pipeline.run_cases([prepared])[0]
         return attach_segmentation(result, segmented, self.segmenter)
 
-    def close(self):
+    def close(self) -> None:
+        """Close the classifier and the segmenter."""
         self.pipeline.close()
         self.segmenter.close()
 
-    def __enter__(self):
+    def __enter__(self) -> MetaphasePipeline:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -14,8 +14,12 @@ Dispatch modes: "paper" (Algorithm 1, ``vfinfer.calls.dispatch``), "none" (plain
 parameters calibrated into manifest.json by ``vfinfer calibrate``, or the defaults).
 """
 
+from __future__ import annotations
+
+import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -29,6 +33,15 @@ from vfinfer.pipeline.preprocess import batch_of, normalize_batch
 from vfinfer.pipeline.result import abnormality_section, assemble_result
 from vfinfer.util.geometry import to_convention
 from vfinfer.util.images import to_gray8
+
+if TYPE_CHECKING:
+    from vfinfer.backends.base import Backend
+    from vfinfer.calls.optimal import OptimalDispatch, OptimalParams
+    from vfinfer.model.config import ModelConfig
+    from vfinfer.model.manifest import Manifest
+
+# one cell as ``run_cases`` takes it: (name, images, file names or None), or prepared
+CaseInput = Union["PreparedCase", Tuple[str, Sequence[np.ndarray], Optional[Sequence[str]]]]
 
 DISPATCH_MODES = ("paper", "none", "optimal")
 BACKGROUND_CHOICES = ("auto", "light", "dark")
@@ -45,20 +58,75 @@ class PreparedCase:
     """
 
     name: str
-    images: list  # 2-D uint8 as given (converted to gray)
-    files: list
+    images: list[np.ndarray]  # 2-D uint8 as given (converted to gray)
+    files: list[str]
     g_input: np.ndarray  # (N, 1, g_input, g_input) float32, section III-B
     preprocess_ms: float
-    facts: list = field(default_factory=list)  # per image: background, tilt, rotated
-    display: list = field(default_factory=list)  # the normalized cut-outs, light background
+    facts: list[dict[str, Any]] = field(default_factory=list)  # per image: background, tilt
+    display: list[np.ndarray] = field(default_factory=list)  # normalized, light background
 
 
 class Pipeline:
-    """Batched Varifocal-Net inference for whole cases on one backend."""
+    """Batched Varifocal-Net inference for whole cases on one backend.
 
-    def __init__(self, model_dir=None, backend="auto", threads=0, batch_size=None,
-                 dispatch_mode="paper", precision=None, optimal_params=None,
-                 background="auto", force_karyotype=False):
+    Open once, share between threads, close when done (or use it as a context manager).
+
+    Parameters
+    ----------
+    model_dir : str or os.PathLike, optional
+        A model directory made by ``vfinfer export`` (``manifest.json`` and the graphs);
+        None: the demo model bundled with the package.
+    backend : str
+        ``"auto"`` (TensorRT engines that pass their checks, else ONNX Runtime CUDA, else
+        CPU), ``"ort"``, ``"ort-cuda"``, ``"trt"`` or ``"openvino"``
+        (``vfinfer.backends.BACKEND_NAMES``).
+    threads : int
+        Intra-op threads of the CPU backends; 0 lets the backend choose.
+    batch_size : int, optional
+        Chromosomes per engine call; None: the engine's limit, or 64 when it sets none. A
+        value over the engine's limit is lowered to it.
+    dispatch_mode : str
+        ``"paper"`` (Algorithm 1, ``vfinfer.calls.dispatch``), ``"none"`` (plain argmax) or
+        ``"optimal"`` (``vfinfer.calls.optimal``).
+    precision : str, optional
+        The graphs to run: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"bf16"``; None: the
+        backend's own (fp32 for ONNX Runtime and OpenVINO, fp16 for TensorRT).
+    optimal_params : OptimalParams, optional
+        Parameters of optimal dispatch; None: those calibrated into the manifest, or the
+        defaults. Only used with ``dispatch_mode="optimal"``.
+    background : str
+        ``"auto"`` (detected per image), ``"light"`` or ``"dark"``: the cut-outs' background.
+    force_karyotype : bool
+        Report the karyotype even when the verdict would withhold it.
+
+    Raises
+    ------
+    ValueError
+        A bad option; ``vfinfer.model.manifest.ModelDirError`` (a ValueError) for a model
+        directory that cannot be used.
+    vfinfer.backends.BackendError
+        An unknown or unavailable backend.
+
+    Attributes
+    ----------
+    manifest : Manifest
+        The model directory's manifest; ``config`` (``ModelConfig``) is its configuration.
+    backend : Backend or None
+        The runners of the three graphs; None once closed.
+    batch_size : int
+        Chromosomes per engine call.
+    """
+
+    manifest: Manifest
+    config: ModelConfig
+    backend: Optional[Backend]
+    optimal: Optional[OptimalDispatch]
+
+    def __init__(self, model_dir: Union[str, os.PathLike, None] = None, backend: str = "auto",
+                 threads: int = 0, batch_size: Optional[int] = None,
+                 dispatch_mode: str = "paper", precision: Optional[str] = None,
+                 optimal_params: Optional[OptimalParams] = None, background: str = "auto",
+                 force_karyotype: bool = False) -> None:
         if background not in BACKGROUND_CHOICES:
             raise ValueError(f"background must be one of {', '.join(BACKGROUND_CHOICES)}, "
                              f"not {background!r}")
@@ -88,25 +156,40 @@ class Pipeline:
         self.batch_size = min(batch_size or limit or DEFAULT_BATCH, limit or 1 << 30)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
+        """Release the backend's sessions (or engines); a second call does nothing. Using the
+        pipeline afterwards raises RuntimeError."""
         backend, self.backend = self.backend, None
         if backend is not None:
             backend.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Pipeline:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- inference ---------------------------------------------------------------------------
-    def infer(self, images, timing=None):
+    def infer(self, images: Sequence[np.ndarray],
+              timing: Optional[dict[str, float]] = None) -> dict[str, Any]:
         """Network outputs for a list of gray uint8 cut-outs, in chunks of ``batch_size``.
 
-        Returns a dict of arrays: type_probs (N, 24), polarity_probs (N, 2), loc (N, 3) and
-        boxes (N, 4, eq. 5, G-input pixels), and ``facts`` (per image: the background found,
-        the tilt of the chromosome's axis, the turn applied; ``vfinfer.util.geometry``).
-        ``timing`` (a dict) collects ms per stage.
+        No dispatch and no result dict: the raw outputs of the network pass.
+
+        Parameters
+        ----------
+        images : sequence of np.ndarray
+            N cut-outs, each a 2-D (H, W) uint8 gray image (any size).
+        timing : dict, optional
+            Filled with milliseconds per stage (preprocess, gnet, crop, lnet, heads).
+
+        Returns
+        -------
+        dict
+            Float arrays ``type_probs`` (N, 24), ``polarity_probs`` (N, 2), ``loc`` (N, 3,
+            the localizer's u) and ``boxes`` (N, 4: x0, y0, x1, y1 of eq. 5 in G-input
+            pixels), and ``facts``: a list of N dicts (the background found, the tilt of the
+            chromosome's axis, the turn applied; ``vfinfer.util.geometry``).
         """
         timing = {} if timing is None else timing
         clock = Clock(timing)
@@ -115,18 +198,22 @@ class Pipeline:
         clock.lap("preprocess")
         return {**self.infer_prepared(g_input, timing), "facts": facts}
 
-    def infer_prepared(self, g_input, timing=None):
-        """``infer`` from an already preprocessed (N, 1, g_input, g_input) float32 batch."""
+    def infer_prepared(self, g_input: np.ndarray,
+                       timing: Optional[dict[str, float]] = None) -> dict[str, np.ndarray]:
+        """``infer`` from an already preprocessed (N, 1, g_input, g_input) float32 batch
+        (without ``facts``)."""
         if self.backend is None:
             raise RuntimeError("this Pipeline was closed")
         return run_network_batched(self.backend, g_input, self.config, self.batch_size,
                                    timing)
 
-    def prepare(self, name, images, files=None):
+    def prepare(self, name: str, images: Sequence[np.ndarray],
+                files: Optional[Sequence[str]] = None) -> PreparedCase:
         """Check and convert one cell's images and preprocess them (a ``PreparedCase``).
 
         Thread-safe and independent of the backend: it may run while the engines work on
-        other cells.
+        other cells. ``images`` and ``files`` as in ``run_case``; ValueError when there are
+        no images or the counts differ.
         """
         started = time.perf_counter()
         if len(images) == 0:
@@ -141,15 +228,41 @@ class Pipeline:
         return PreparedCase(name, gray, files, g_input, (time.perf_counter() - started) * 1000,
                             facts, display)
 
-    def run_case(self, images, name="case", files=None):
-        """Classify the chromosomes of one cell; returns the result dict (README, "Outputs").
+    def run_case(self, images: Sequence[np.ndarray], name: str = "case",
+                 files: Optional[Sequence[str]] = None) -> dict[str, Any]:
+        """Classify the chromosomes of one cell.
 
-        ``images``: list of 2-D arrays (gray uint8; 16-bit, float, colour and alpha are
-        converted as when reading files). ``files``: names reported per chromosome.
+        Parameters
+        ----------
+        images : sequence of np.ndarray
+            One cut-out per chromosome: (H, W) gray uint8 (16-bit, float, (H, W, 3) colour and
+            (H, W, 4) alpha images are converted as when reading files).
+        name : str
+            The case name reported as ``case``.
+        files : sequence of str, optional
+            One name per image reported per chromosome; None: ``image_0``, ``image_1``, ...
+
+        Returns
+        -------
+        dict
+            The result (README, "Outputs"; what ``vfinfer run`` writes as result.json):
+            ``case``, ``model``, ``backend``, ``dispatch``, ``n_chromosomes``,
+            ``karyotype``, ``verdict``, ``warnings``, ``timing_ms`` and ``chromosomes`` (one
+            row per image, in the order given: ``file``, ``type``, ``type_prob``,
+            ``top3``, ``polarity``, ``box`` ...), plus ``abnormality`` under optimal dispatch
+            when the karyotype is reported.
+
+        Raises
+        ------
+        ValueError
+            No images, a number of file names other than the number of images, or an image
+            that cannot be converted to gray (``vfinfer.util.images.ImageReadError``).
+        RuntimeError
+            The pipeline was closed.
         """
         return self.run_cases([(name, images, files)])[0]
 
-    def run_cases(self, cases):
+    def run_cases(self, cases: Sequence[CaseInput]) -> list[dict[str, Any]]:
         """Several cells at once: ``cases`` is a list of (name, images, files or None)
         tuples or of ``PreparedCase`` objects.
 
@@ -164,7 +277,7 @@ class Pipeline:
         started = time.perf_counter()
         g_input = (prepared[0].g_input if len(prepared) == 1
                    else np.concatenate([case.g_input for case in prepared]))
-        timing = {}
+        timing: dict[str, float] = {}
         outputs = self.infer_prepared(g_input, timing)
         elapsed = (time.perf_counter() - started) * 1000
         results, offset = [], 0

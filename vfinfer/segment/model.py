@@ -14,9 +14,13 @@ least ``MIN_SPREAD`` apart), clipped to [-2, 6], and padded with the background 
 multiple.
 """
 
+from __future__ import annotations
+
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -84,18 +88,25 @@ def prepare_input(gray, spec, background="auto"):
 
 @dataclass
 class SegModel:
+    """A checked segmentation model directory (``load_seg_model`` makes it): the directory
+    and its parsed ``manifest.json``."""
+
     model_dir: Path
-    data: dict
+    data: dict[str, Any]
 
     @property
-    def input(self):
+    def input(self) -> SegInput:
+        """The input convention: background, padding multiple, largest side."""
         return SegInput.from_dict(self.data["input"])
 
     @property
-    def params(self):
+    def params(self) -> InstanceParams:
+        """The thresholds of the instance step."""
         return InstanceParams.from_dict(self.data.get("instances", {}))
 
-    def graph_path(self, precision="fp32"):
+    def graph_path(self, precision: str = "fp32") -> Path:
+        """The file of the graph the manifest lists as ``seg`` (``"fp32"``) or
+        ``seg_<precision>``; SegModelError when it lists none for ``precision``."""
         role = "seg" if precision == "fp32" else f"seg_{precision}"
         entry = self.data["graphs"].get(role)
         if entry is None:
@@ -103,13 +114,33 @@ class SegModel:
                                 f"(available: {', '.join(sorted(self.data['graphs']))})")
         return self.model_dir / entry["file"]
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return {"dir": str(self.model_dir), "kind": "network",
                 "trained_on": self.data.get("training", {}).get("data")}
 
 
-def load_seg_model(model_dir):
-    """Read and check a segmentation model directory; raises ``SegModelError``."""
+def load_seg_model(model_dir: Union[str, os.PathLike]) -> SegModel:
+    """Read and check a segmentation model directory.
+
+    Parameters
+    ----------
+    model_dir : str or os.PathLike
+        A directory made by ``vfinfer train-seg`` or ``vfinfer export-seg`` (``manifest.json``
+        with ``"kind": "segmentation"`` and ``seg.onnx``); ``demo_seg_model_dir()`` for the
+        bundled demo.
+
+    Returns
+    -------
+    SegModel
+        The directory and its manifest.
+
+    Raises
+    ------
+    SegModelError
+        A missing directory, manifest or ``seg.onnx``, invalid JSON, a classifier directory
+        given instead, another ``schema_version``, or a missing ``input``, ``graphs`` or
+        ``instances`` section (a ValueError; the message names the file).
+    """
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST_NAME
     if not model_dir.is_dir():
@@ -136,6 +167,6 @@ def load_seg_model(model_dir):
     return SegModel(model_dir, data)
 
 
-def demo_seg_model_dir():
+def demo_seg_model_dir() -> Path:
     """The demo segmentation model shipped in the package (trained on synthetic metaphases)."""
     return Path(__file__).parent.parent / "demo_seg_model"

@@ -3,6 +3,11 @@ one metaphase image per ``POST /v1/metaphase`` (segmented first, when the server
 segmenter), health, model summary and Prometheus metrics. ``create_app(pipeline, ...)`` builds
 it around an open ``Pipeline``; ``vfinfer.serve.server`` runs it under uvicorn.
 
+The JSON bodies are the pydantic models of ``vfinfer.serve.schemas`` (published on ``/docs``
+and ``/openapi.json``); a body that does not validate is a 422 in the project's error shape.
+When the server has a token, every route but health depends on ``require_token`` (HTTP
+bearer; a 401 otherwise, and before any complaint about the body).
+
 Each request decodes and preprocesses its own images on a worker thread (nothing is written
 to disk but the multipart parser's own spooled temporary files), then waits for the dynamic
 batcher. Whatever goes wrong with one request is answered to that request alone, as one JSON
@@ -16,9 +21,13 @@ import contextlib
 import hmac
 import json
 import time
+from typing import Annotated, Optional
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,10 +36,23 @@ from vfinfer.io.results import karyogram_png
 from vfinfer.serve.batcher import Batcher, QueueFull
 from vfinfer.serve.limits import ApiError, BodyTooLarge, Limits, bad_input, check_name, check_pixels
 from vfinfer.serve.metrics import CountRequests, Metrics
+from vfinfer.serve.schemas import (
+    ERROR_RESPONSES,
+    REQUEST_MODELS,
+    BatchRequest,
+    Cell,
+    CellProblem,
+    CellRequest,
+    describe,
+)
 from vfinfer.util.images import ImageReadError, decode_gray8
 
 OPEN_PATHS = ("/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready")
 RETRY_AFTER_S = "1"
+ARRIVED = "vfinfer.arrived"  # ASGI scope key: perf_counter() when the request came in
+bearer = HTTPBearer(auto_error=False, description="the server's token (vfinfer serve "
+                    "--token-file); health routes need none")
+Flag = Annotated[str, Query(description="1, true, yes or on to ask for it")]
 
 
 class BodyLimit:
@@ -43,6 +65,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope[ARRIVED] = time.perf_counter()  # the request's time limit counts from here
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await _json_response(BodyTooLarge(self.max_bytes))(scope, receive, send)
@@ -82,6 +105,7 @@ def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
     app.state.vfinfer = state
     _add_error_handlers(app, state)
     _add_routes(app, state)
+    _publish_request_models(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(CountRequests, metrics=state.metrics)
     return app
@@ -98,16 +122,26 @@ class ServerState:
         self.batching = {"max_wait_ms": max_wait_ms, "max_batch_cells": max_batch,
                          "engine_batch_chromosomes": pipeline.batch_size}
 
-    def check_token(self, request):
-        if self.token is None or request.url.path in OPEN_PATHS:
+    def check_token(self, credentials):
+        """ApiError 401 unless the bearer ``credentials`` carry the server's token (none
+        needed when the server has no token)."""
+        if self.token is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self.token):
+        given = credentials.credentials.strip().encode() if credentials else b""
+        if not hmac.compare_digest(given, self.token):
             raise ApiError(401, "unauthorized", "missing or wrong token (send "
                            "'Authorization: Bearer <token>')",
                            headers={"WWW-Authenticate": "Bearer"})
+
+    async def token_first(self, request, error):
+        """``error``, or the 401 that comes before it when the route needs a token the
+        request lacks (FastAPI reads and parses a declared body before the dependencies)."""
+        if request.url.path not in OPEN_PATHS:
+            try:
+                self.check_token(await bearer(request))
+            except ApiError as refusal:
+                return refusal
+        return error
 
     def model_summary(self):
         manifest, backend = self.pipeline.manifest, self.pipeline.backend
@@ -117,16 +151,43 @@ class ServerState:
                 "limits": self.limits.describe(), "version": __version__}
 
 
+async def require_token(
+        request: Request,
+        credentials: Annotated[Optional[HTTPAuthorizationCredentials], Depends(bearer)]):
+    """The dependency of every route but health: ``Authorization: Bearer <token>``."""
+    request.app.state.vfinfer.check_token(credentials)
+
+
+def require_json(request: Request):
+    """A dependency: 415 unless the body is declared as JSON."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("application/json"):
+        raise ApiError(415, "unsupported_media_type", f"content type {content_type!r}: send "
+                       "multipart/form-data (field 'images') or application/json")
+
+
 def _add_error_handlers(app, state):
     @app.exception_handler(ApiError)
     async def api_error(_request, exc):
         state.metrics.errors.labels(exc.code).inc()
         return _json_response(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc):
+        """FastAPI's own 422 (a body that is not JSON or not the model) in our shape."""
+        refusal = bad_input(describe(exc.errors(), skip=1, whole="the JSON body"))
+        return await api_error(request, await state.token_first(request, refusal))
+
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request, exc):
+    async def http_error(request, exc):
+        cause = exc.__cause__  # FastAPI's 400 wraps what failed while it read the body
+        if isinstance(cause, ApiError):  # BodyTooLarge
+            return await api_error(request, await state.token_first(request, cause))
+        if isinstance(cause, UnicodeDecodeError):
+            refusal = bad_input(f"the body is not valid JSON ({cause})")
+            return await api_error(request, await state.token_first(request, refusal))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return await api_error(_request, ApiError(exc.status_code, code, exc.detail))
+        return await api_error(request, ApiError(exc.status_code, code, exc.detail))
 
     @app.exception_handler(Exception)
     async def internal_error(_request, exc):
@@ -148,57 +209,62 @@ def _add_routes(app, state):
                 "backend": state.pipeline.backend.name if ok else None}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        state.check_token(request)
+    api = APIRouter(dependencies=[Depends(require_token)] if state.token else [],
+                    responses=ERROR_RESPONSES)
+
+    @api.get("/v1/models")
+    async def models():
         return {"models": [state.model_summary()]}
 
-    @app.get("/metrics")
-    async def metrics(request: Request):
-        state.check_token(request)
+    @api.get("/metrics")
+    async def metrics():
         data, content_type = state.metrics.exposition()
         return Response(data, media_type=content_type)
 
-    @app.post("/v1/cells")
-    async def cells(request: Request):
+    _add_cell_routes(api, state)
+    _add_metaphase_route(api, state)
+    app.include_router(api)
+
+
+def _add_cell_routes(api, state):
+    @api.post("/v1/cells", openapi_extra=_cell_body("CellRequest"))
+    async def cells(request: Request, karyogram: Flag = "false"):
         """One cell: multipart/form-data (``images`` parts, optional ``name``) or JSON
         ``{"name", "images": [{"file", "data": base64}]}``; ``?karyogram=true`` adds the
         karyogram PNG (base64) as ``karyogram_png``."""
-        started = time.perf_counter()
-        state.check_token(request)
-        name, parts, karyogram = await read_cell_request(request, state.limits)
+        started = arrival(request)
+        name, parts, karyogram = await read_cell_request(request, state.limits,
+                                                         _flag(karyogram))
         return await classify(state, name, parts, karyogram, started)
 
-    @app.post("/v1/cells:batch")
-    async def cells_batch(request: Request):
+    @api.post("/v1/cells:batch", dependencies=[Depends(require_json)])
+    async def cells_batch(request: Request, body: BatchRequest, karyogram: Flag = "false"):
         """Several cells as JSON ``{"cells": [{"name", "images": [...]}, ...]}``; each entry
         of ``results`` is a result or ``{"case", "error"}`` for that cell alone."""
-        started = time.perf_counter()
-        state.check_token(request)
-        cells, karyogram = await read_batch_request(request, state.limits)
+        started = arrival(request)
+        cells = read_batch_request(body, state.limits)
         if state.batcher.depth + len(cells) > state.limits.queue_size:
             raise queue_full(f"{state.batcher.depth} cells are waiting")
+        wanted = _flag(karyogram) or body.karyogram
         answers = await asyncio.gather(*(
-            classify(state, name, parts, karyogram, started, raise_errors=False)
+            classify(state, name, parts, wanted, started, raise_errors=False)
             for name, parts in cells))
         return {"results": answers}
 
-    _add_metaphase_route(app, state)
 
-
-def _add_metaphase_route(app, state):
-    @app.post("/v1/metaphase")
-    async def metaphase(request: Request):
+def _add_metaphase_route(api, state):
+    @api.post("/v1/metaphase", openapi_extra=_cell_body("CellRequest"))
+    async def metaphase(request: Request, karyogram: Flag = "false", overlay: Flag = "false"):
         """One metaphase image, sent as one cell of ``/v1/cells`` with a single image: it is
         segmented, its chromosomes cut out and classified; the result carries each
         chromosome's ``segment`` and a ``segmentation`` section; ``?overlay=true`` adds the
         overlay PNG (base64) as ``overlay_png``."""
-        started = time.perf_counter()
-        state.check_token(request)
+        started = arrival(request)
         if state.segmenter is None:
             raise ApiError(404, "no_segmenter", "this server has no segmentation model "
                            "(start it with --seg-model)")
-        name, parts, karyogram = await read_cell_request(request, state.limits)
+        name, parts, karyogram = await read_cell_request(request, state.limits,
+                                                         _flag(karyogram))
         if len(parts) != 1:
             raise bad_input(f"{name}: send exactly one metaphase image (got {len(parts)})")
         held = {}
@@ -207,10 +273,44 @@ def _add_metaphase_route(app, state):
         from vfinfer.pipeline.metaphase import attach_segmentation, result_overlay
 
         attach_segmentation(result, held["segmented"], state.segmenter)
-        if _flag(request.query_params.get("overlay", "false")):
+        if _flag(overlay):
             png = await run_in_threadpool(result_overlay, result, held["segmented"])
             result["overlay_png"] = base64.b64encode(png).decode("ascii")
         return result
+
+
+def arrival(request):
+    """perf_counter() when ``BodyLimit`` saw the request come in (now, without it)."""
+    return request.scope.get(ARRIVED) or time.perf_counter()
+
+
+def _cell_body(model):
+    """The OpenAPI request body of a route that reads JSON (``model``) or multipart itself."""
+    form = {"type": "object", "required": ["images"], "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                   "description": "one part per image; its file name is reported"},
+        "name": {"type": "string", "description": "the case name (cell when missing)"},
+        "karyogram": {"type": "boolean", "description": "add the karyogram PNG"}}}
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}},
+        "multipart/form-data": {"schema": form}}}}
+
+
+def _publish_request_models(app):
+    """Put every model of ``vfinfer.serve.schemas`` in the OpenAPI components, those only
+    named by ``_cell_body`` included."""
+    build = app.openapi
+
+    def openapi():
+        if app.openapi_schema is None:
+            known = build().setdefault("components", {}).setdefault("schemas", {})
+            for model in REQUEST_MODELS:
+                found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, schema in {**found.pop("$defs", {}), model.__name__: found}.items():
+                    known.setdefault(name, schema)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def queue_full(detail):
@@ -303,9 +403,9 @@ def _flag(value):
     return str(value).lower() in ("1", "true", "yes", "on")
 
 
-async def read_cell_request(request, limits):
-    """(name, [(file, bytes)], karyogram) from a multipart or JSON request."""
-    karyogram = _flag(request.query_params.get("karyogram", "false"))
+async def read_cell_request(request, limits, karyogram=False):
+    """(name, [(file, bytes)], karyogram) from a multipart or JSON (``CellRequest``) request;
+    ``karyogram``: the query's flag, which the body may set too."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
@@ -329,58 +429,53 @@ async def read_cell_request(request, limits):
             await form.close()  # the spooled temporary files go
         return name, parts, karyogram
     body = await json_body(request)
-    if not isinstance(body, dict):
-        raise bad_input("the JSON body must be an object {\"name\", \"images\"}")
-    name, parts = json_cell(body, limits, "cell")
-    return name, parts, karyogram or bool(body.get("karyogram", False))
+    try:
+        cell = CellRequest.model_validate(body)
+    except ValidationError as exc:
+        raise bad_input(describe(exc.errors(include_url=False), whole="the JSON body")) from None
+    name, parts = json_cell(cell, limits, "cell")
+    return name, parts, karyogram or cell.karyogram
 
 
-async def read_batch_request(request, limits):
-    body = await json_body(request)
-    cells = body.get("cells") if isinstance(body, dict) else None
-    if not isinstance(cells, list) or not cells:
-        raise bad_input("the JSON body must be {\"cells\": [{\"name\", \"images\"}, ...]}")
-    if len(cells) > limits.max_cells:
-        raise bad_input(f"{len(cells)} cells, over the limit of {limits.max_cells} per batch")
+def read_batch_request(body, limits):
+    """[(name, [(file, bytes)] or the ApiError of that cell)] of a validated ``BatchRequest``;
+    a cell that is malformed or over a limit is that cell's error only."""
+    if len(body.cells) > limits.max_cells:
+        raise bad_input(f"{len(body.cells)} cells, over the limit of {limits.max_cells} per "
+                        "batch")
     parsed = []
-    for i, cell in enumerate(cells):  # a malformed cell is that cell's error only
+    for i, cell in enumerate(body.cells):
+        name = cell.name or f"cell_{i}"
+        if isinstance(cell, CellProblem):
+            parsed.append((name, bad_input(f"{name}: {describe(cell.errors)}")))
+            continue
         try:
             parsed.append(json_cell(cell, limits, f"cell_{i}"))
         except ApiError as exc:
-            name = cell.get("name") if isinstance(cell, dict) else None
-            parsed.append((str(name or f"cell_{i}"), exc))
-    karyogram = _flag(request.query_params.get("karyogram", "false")) or \
-        bool(body.get("karyogram", False))
-    return parsed, karyogram
+            parsed.append((name, exc))
+    return parsed
 
 
 async def json_body(request):
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("application/json"):
-        raise ApiError(415, "unsupported_media_type", f"content type {content_type!r}: send "
-                       "multipart/form-data (field 'images') or application/json")
+    require_json(request)
     try:
         return json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_input(f"the body is not valid JSON ({exc})") from None
 
 
-def json_cell(cell, limits, default_name):
-    """(name, [(file, bytes)]) of one JSON cell ``{"name", "images": [{"file", "data"}]}``."""
-    if not isinstance(cell, dict) or not isinstance(cell.get("images"), list):
-        raise bad_input(f"{default_name}: expected {{\"name\", \"images\": [{{\"file\", "
-                        "\"data\": base64}}]}}")
-    name = check_name(str(cell.get("name") or default_name), "name", limits)
-    if len(cell["images"]) > limits.max_images:
-        raise bad_input(f"{name}: {len(cell['images'])} images, over the limit of "
+def json_cell(cell: Cell, limits, default_name):
+    """(name, [(file, bytes)]) of one validated cell: the server's limits on names and image
+    counts, and the base64 payloads (a bad one is ``bad_image`` naming its file)."""
+    name = check_name(cell.name or default_name, "name", limits)
+    if len(cell.images) > limits.max_images:
+        raise bad_input(f"{name}: {len(cell.images)} images, over the limit of "
                         f"{limits.max_images}")
     parts = []
-    for i, image in enumerate(cell["images"]):
-        if not isinstance(image, dict) or not isinstance(image.get("data"), str):
-            raise bad_input(f"{name}: image {i} must be {{\"file\", \"data\": base64}}")
-        file = check_name(str(image.get("file") or f"image_{i}"), "file name", limits)
+    for i, image in enumerate(cell.images):
+        file = check_name(image.file or f"image_{i}", "file name", limits)
         try:
-            parts.append((file, base64.b64decode(image["data"], validate=True)))
+            parts.append((file, base64.b64decode(image.data, validate=True)))
         except (binascii.Error, ValueError):
             raise ApiError(422, "bad_image", f"{file}: data is not valid base64",
                            file) from None
