@@ -1,5 +1,11 @@
 """``vfinfer serve`` for real: the server runs in a subprocess on a free loopback port (port 0,
-printed at start) and every test talks HTTP to it; each server is stopped with SIGTERM."""
+printed at start) and every test talks HTTP to it; each server is stopped with SIGTERM.
+
+Tests that need a cell to stay in the batcher's window give the server's batcher a clock of
+their own (``Server(..., clock=...)``) instead of a long real window: ``STILL`` never moves, so
+the window closes only when the batcher stops; ``held_until(path)`` stands still too, until
+the file exists (the test creates it when it wants the waiting cell to run): then it jumps
+past the open window."""
 
 import base64
 import json
@@ -29,15 +35,32 @@ from vfinfer.util.images import read_case  # noqa: E402
 
 START_TIMEOUT_S = 60
 LINE = re.compile(r"on http://127\.0\.0\.1:(\d+)")
+STILL = "lambda: 0.0"
+
+
+def held_until(path):
+    """A batcher clock (source text) that stands still until ``path`` exists, then jumps
+    far ahead (and stands still again)."""
+    return f"lambda: 1e9 if os.path.exists({str(path)!r}) else 0.0"
+
+
+def server_code(clock=None):
+    """``vfinfer serve``'s entry point, with the batcher on ``clock`` (source text) if given."""
+    if clock is None:
+        return "from vfinfer.cli import main; main()"
+    return ("import functools, os\n"
+            "import vfinfer.serve.app as app\n"
+            f"app.Batcher = functools.partial(app.Batcher, clock={clock})\n"
+            "from vfinfer.cli import main\n"
+            "main()\n")
 
 
 class Server:
     """``vfinfer serve`` in a subprocess; ``url`` once it listens."""
 
-    def __init__(self, model_dir, *options):
-        code = "from vfinfer.cli import main; main()"
+    def __init__(self, model_dir, *options, clock=None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", "--model", str(model_dir), "--host",
+            [sys.executable, "-c", server_code(clock), "serve", "--model", str(model_dir), "--host",
              "127.0.0.1", "--port", "0", "--threads", "2", *map(str, options)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output = []
@@ -68,6 +91,19 @@ class Server:
         """SIGTERM once (a second one would only be ignored by the shutting-down server)."""
         self.signalled = True
         self.proc.send_signal(signal.SIGTERM)
+
+    def wait_until_closed(self):
+        """Until the server refuses connections: it got the signal and is shutting down."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.url}/v1/health/live", timeout=5)
+            except httpx.ConnectError:
+                return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError("the server still accepts connections after SIGTERM")
 
     def stop(self, timeout=30):
         """SIGTERM, then the exit code (killed, and the test failed, if it hangs)."""
@@ -247,25 +283,32 @@ def test_other_addresses_need_a_token():
     assert result.exit_code == 2 and "--token-file" in result.output
 
 
-def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir, expected):
-    """One cell waits in the batcher's window (1.5 s); a second finds the queue full; SIGTERM
-    then lets the first finish before the server exits with 0."""
-    srv = Server(model_dir, "--queue", 1, "--max-wait-ms", 1500)
+def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir, expected,
+                                                                       tmp_path):
+    """One cell waits in the batcher's window (held open until the test lets it go); a second
+    finds the queue full; SIGTERM stops the listening; only then is the first let go, and it
+    is answered before the server exits with 0."""
+    release = tmp_path / "release"
+    srv = Server(model_dir, "--queue", 1, "--max-wait-ms", 100, clock=held_until(release))
     case, want = next(iter(expected.values()))
     answers = []
     try:
         first = threading.Thread(target=lambda: answers.append(
             Client(srv.url).classify_dir(case)))
         first.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + START_TIMEOUT_S
         while srv.metric("vfinfer_queue_depth") != 1 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert srv.metric("vfinfer_queue_depth") == 1, "the first cell never reached the queue"
         response = httpx.post(f"{srv.url}/v1/cells",
                               files=[("images", (p.name, p.read_bytes()))
                                      for p in sorted(case.glob("*.png"))])
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json()["error"]["code"] == "queue_full"
         srv.terminate()
+        srv.wait_until_closed()
+        assert not answers  # still in the window: the shutdown waits for it
+        release.touch()
         first.join(30)
     finally:
         code = srv.stop()
@@ -276,7 +319,8 @@ def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir
 
 
 def test_a_request_past_its_timeout_is_504_and_the_server_goes_on(model_dir, expected):
-    srv = Server(model_dir, "--max-wait-ms", 800, "--timeout", 0.3)
+    """The batcher's clock stands still: the cell is never run before the request's 0.3 s."""
+    srv = Server(model_dir, "--max-wait-ms", 800, "--timeout", 0.3, clock=STILL)
     try:
         case, _ = next(iter(expected.values()))
         with Client(srv.url) as client:
@@ -300,7 +344,6 @@ def test_the_result_is_json_as_vfinfer_run_writes_it(server, expected, tmp_path,
         got = client.classify_dir(case)
     assert sorted(got) == sorted(written)
     same_calls(got, written)
-
 
 
 def test_a_metaphase_image_is_segmented_and_classified(server, model_dir):
