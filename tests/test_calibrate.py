@@ -1,5 +1,5 @@
-"""Tests for vfinfer.tools.evaluation.calibrate: threshold choice, ROC, grid calibration on synthetic score
-matrices, and the parameters' round trip through manifest.json."""
+"""Tests for vfinfer.tools.evaluation.calibrate: threshold choice, ROC, grid calibration on
+synthetic score matrices, and the parameters' round trip through manifest.json."""
 
 import json
 

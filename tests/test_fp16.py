@@ -12,7 +12,8 @@ from vfinfer.model.manifest import load_manifest, sha256_file
 from vfinfer.pipeline import Pipeline
 from vfinfer.tools.precision import agreement
 
-fp16 = pytest.importorskip("vfinfer.tools.precision.fp16", reason="the export extra is not installed")
+fp16 = pytest.importorskip("vfinfer.tools.precision.fp16",
+                          reason="the export extra is not installed")
 
 ROLES = ("gnet", "lnet", "heads")
 

@@ -146,7 +146,8 @@ def test_the_runtime_imports_no_tool_click_torch_or_onnx():
 def test_the_import_walk_sees_a_forbidden_import(tmp_path):
     """The check above can fail: a file importing a tool inside a function is caught."""
     fake = PACKAGE / "calls" / "_probe_for_test.py"
-    fake.write_text("def f():\n    from vfinfer.tools.evaluation.metrics import accuracy\n    import onnx\n")
+    fake.write_text("def f():\n    from vfinfer.tools.evaluation.metrics import accuracy\n"
+                    "    import onnx\n")
     try:
         names = imported_modules(fake)
         assert "vfinfer.tools.evaluation.metrics" in names and "onnx" in names

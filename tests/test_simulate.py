@@ -1,4 +1,5 @@
-"""vfinfer.tools.evaluation.simulate: abnormal cells made from normal labelled ones, and their figures."""
+"""vfinfer.tools.evaluation.simulate: abnormal cells made from normal labelled ones, and their
+figures."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,8 @@ from vfinfer.calls.optimal import OptimalParams
 from vfinfer.tools.evaluation.calibrate import simulated_figures
 from vfinfer.tools.evaluation.simulate import simulate_abnormal
 
-X, Y = 22, 23
-MALE = [k for k in range(22) for _ in range(2)] + [X, Y]
-FEMALE = [k for k in range(22) for _ in range(2)] + [X, X]
+from helpers import FEMALE, MALE
+
 TRISOMY_21 = MALE + [20]
 
 
