@@ -55,6 +55,7 @@ def test_image_without_chromosomes_says_so():
         mp.run_image(blank, name="blank")
 
 
+@pytest.mark.slow
 def test_metaphase_pipeline_is_thread_safe():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -27,6 +27,7 @@ def demo_segmenter():
     seg.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("background", ["light", "dark"])
 def test_demo_model_on_a_synthetic_metaphase(demo_segmenter, background):
     """A metaphase the demo model never saw (seed outside its training set): most

@@ -151,6 +151,7 @@ def same_calls(got, want):
         assert np.allclose(g["box"], w["box"], atol=0.05)
 
 
+@pytest.mark.slow
 def test_a_cell_gives_the_result_of_run_case(server, expected):
     with Client(server.url) as client:
         for case, want in expected.values():
@@ -162,6 +163,7 @@ def test_a_cell_gives_the_result_of_run_case(server, expected):
             same_calls(httpx.post(f"{server.url}/v1/cells", json=body).json(), want)
 
 
+@pytest.mark.slow
 def test_eight_concurrent_clients_all_right(server, expected):
     cells = list(expected.values()) * 4
 
@@ -174,6 +176,7 @@ def test_eight_concurrent_clients_all_right(server, expected):
             same_calls(got, want)
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_is_422_naming_the_file_and_others_go_on(server, expected):
     case, want = next(iter(expected.values()))
     good = sorted(case.glob("*.png"))
@@ -191,6 +194,7 @@ def test_a_corrupt_image_is_422_naming_the_file_and_others_go_on(server, expecte
         assert caught.value.status == 422 and caught.value.file == "x.png"
 
 
+@pytest.mark.slow
 def test_batch_endpoint_fails_only_the_bad_cell(server, expected):
     (case_a, want_a), (case_b, want_b) = list(expected.values())[:2]
     with Client(server.url) as client:
@@ -205,6 +209,7 @@ def test_batch_endpoint_fails_only_the_bad_cell(server, expected):
     same_calls(results[2], want_b)
 
 
+@pytest.mark.slow
 def test_karyogram_on_request(server, expected):
     case, _ = next(iter(expected.values()))
     with Client(server.url) as client:
@@ -214,6 +219,7 @@ def test_karyogram_on_request(server, expected):
     assert picture is not None and picture.shape[1] > 800
 
 
+@pytest.mark.slow
 def test_too_large_bodies_and_images_are_413(server):
     big = os.urandom(5 << 20)  # over --max-body-mb 4
     response = httpx.post(f"{server.url}/v1/cells", files=[("images", ("a.png", big))])
@@ -231,6 +237,7 @@ def test_too_large_bodies_and_images_are_413(server):
     assert response.status_code == 413 and response.json()["error"]["file"] == "wide.png"
 
 
+@pytest.mark.slow
 def test_bad_requests_get_json_errors(server):
     url = f"{server.url}/v1/cells"
     assert httpx.post(url, content=b"{", headers={"content-type": "application/json"}
@@ -243,6 +250,7 @@ def test_bad_requests_get_json_errors(server):
     assert httpx.get(f"{server.url}/v1/nothing").json()["error"]["status"] == 404
 
 
+@pytest.mark.slow
 def test_health_models_and_metrics_answer(server):
     assert httpx.get(f"{server.url}/v1/health/live").json() == {"live": True}
     ready = httpx.get(f"{server.url}/v1/health/ready").json()
@@ -258,6 +266,7 @@ def test_health_models_and_metrics_answer(server):
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
+@pytest.mark.slow
 def test_token_required_when_set(model_dir, tmp_path, expected):
     token = "s3cret-token-for-the-test-0123456789"
     (tmp_path / "token").write_text(token + "\n")
@@ -283,6 +292,7 @@ def test_other_addresses_need_a_token():
     assert result.exit_code == 2 and "--token-file" in result.output
 
 
+@pytest.mark.slow
 def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir, expected,
                                                                        tmp_path):
     """One cell waits in the batcher's window (held open until the test lets it go); a second
@@ -318,6 +328,7 @@ def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir
     assert "server stopped" in "".join(srv.output)
 
 
+@pytest.mark.slow
 def test_a_request_past_its_timeout_is_504_and_the_server_goes_on(model_dir, expected):
     """The batcher's clock stands still: the cell is never run before the request's 0.3 s."""
     srv = Server(model_dir, "--max-wait-ms", 800, "--timeout", 0.3, clock=STILL)
@@ -334,6 +345,7 @@ def test_a_request_past_its_timeout_is_504_and_the_server_goes_on(model_dir, exp
         assert srv.stop() == 0
 
 
+@pytest.mark.slow
 def test_the_result_is_json_as_vfinfer_run_writes_it(server, expected, tmp_path, model_dir):
     case, _ = next(iter(expected.values()))
     out = tmp_path / "out"
@@ -346,6 +358,7 @@ def test_the_result_is_json_as_vfinfer_run_writes_it(server, expected, tmp_path,
     same_calls(got, written)
 
 
+@pytest.mark.slow
 def test_a_metaphase_image_is_segmented_and_classified(server, model_dir):
     from vfinfer.pipeline.metaphase import MetaphasePipeline
     from vfinfer.tools.synthesis.metaphases import render_metaphase
