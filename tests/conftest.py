@@ -1,16 +1,21 @@
 """Shared fixtures: the compact model the runtime tests run (exported once per session, or the
-bundled demo model without the export extra), synthetic cases."""
+bundled demo model without the export extra), synthetic cases, a rod scene for the
+segmentation tests. Plain helper functions are in helpers.py."""
 
 import importlib.util
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 
 from vfinfer.model.config import preset
 from vfinfer.model.manifest import demo_model_dir
 from vfinfer.tools.synthesis.cells import write_cases
+
+from helpers import SHAPE, rod
 
 PKI3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "pki3"
 
@@ -112,3 +117,21 @@ def fresh_copy(tmp_path):
         shutil.copytree(src, dst)
         return dst
     return copy
+
+
+@pytest.fixture
+def scene():
+    """Rods standing alone, touching side by side and crossing, and a round nucleus (not
+    annotated, as in real annotations): (light-background image, rod masks, nucleus mask)."""
+    rods = [rod((20, 20), (20, 80)), rod((29, 20), (29, 80)),  # touching, side by side
+            rod((80, 30), (150, 110)), rod((80, 110), (150, 30)),  # an X crossing
+            rod((200, 20), (215, 70)), rod((250, 20), (250, 50)), rod((280, 25), (270, 55)),
+            rod((30, 130), (45, 160)), rod((70, 150), (100, 160)),
+            rod((250, 170), (280, 185))]  # alone
+    nucleus = np.zeros(SHAPE, np.uint8)
+    cv2.circle(nucleus, (190, 150), 28, 1, -1)
+    image = np.full(SHAPE, 235, np.float32)
+    for mask in rods:
+        image[mask] *= 0.45  # stains multiply where rods cross
+    image[nucleus.astype(bool)] = 120
+    return image.astype(np.uint8), rods, nucleus.astype(bool)

@@ -3,12 +3,14 @@
 import importlib.util
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from vfinfer.cli import main
 from vfinfer.tools.benchmarking.bench import cpu_facts, run_bench
 
 
+@pytest.mark.slow
 def test_report_structure(model_dir):
     from vfinfer.cli.tools import _eager_reference
 
@@ -42,6 +44,7 @@ def test_cpu_facts_state_their_rule():
     assert facts["cores"] >= 1 and "cores x GHz" in facts["peak_rule"]
 
 
+@pytest.mark.slow
 def test_cli_writes_json(model_dir, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "--model", str(model_dir), "--cases", "1",

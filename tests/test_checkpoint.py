@@ -75,6 +75,7 @@ def test_mismatch_lists_keys_by_name(model, tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_other_preset_is_a_shape_mismatch(model, tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(model, path)

@@ -50,6 +50,7 @@ def bad_input_cases(root, chromosome):
     }
 
 
+@pytest.mark.slow
 def test_bad_inputs_never_stop_the_run(tmp_path, model_dir, chromosome):
     cases = bad_input_cases(tmp_path, chromosome)
     dirs = [make_case(tmp_path, name, files) for name, (files, _, _) in cases.items()]
@@ -76,6 +77,7 @@ def test_bad_inputs_never_stop_the_run(tmp_path, model_dir, chromosome):
     assert one_image["ignored_files"] == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_second_run_leaves_results_untouched(tmp_path, model_dir, case_dirs):
     out = tmp_path / "out"
     args = ["run", *map(str, case_dirs), "--model", str(model_dir), "--out", str(out)]
@@ -101,6 +103,7 @@ def test_missing_model_is_one_line(tmp_path, case_dirs):
         f"error: {tmp_path / 'nope'}: model directory not found"]
 
 
+@pytest.mark.slow
 def test_tensorrt_backend_is_refused_clearly(model_dir, case_dirs):
     result = CliRunner().invoke(main, ["run", str(case_dirs[0]), "--model", str(model_dir),
                                        "--backend", "trt"])
@@ -108,6 +111,7 @@ def test_tensorrt_backend_is_refused_clearly(model_dir, case_dirs):
     assert "TensorRT" in result.output
 
 
+@pytest.mark.slow
 def test_an_engine_error_fails_only_its_case(tmp_path, model_dir, chromosome, monkeypatch):
     from vfinfer.backends import BackendError
     from vfinfer.pipeline import Pipeline
@@ -131,6 +135,7 @@ def test_an_engine_error_fails_only_its_case(tmp_path, model_dir, chromosome, mo
     assert (out / "good" / "result.json").exists() and not (out / "bad").exists()
 
 
+@pytest.mark.slow
 def test_patient_json_is_not_replaced_without_overwrite(tmp_path, model_dir, case_dirs):
     out = tmp_path / "out"
     args = ["run", *map(str, case_dirs), "--model", str(model_dir), "--out", str(out),
@@ -144,12 +149,14 @@ def test_patient_json_is_not_replaced_without_overwrite(tmp_path, model_dir, cas
     assert patient.read_text() != "{}"
 
 
+@pytest.mark.slow
 def test_batch_size_must_be_positive(model_dir, case_dirs):
     result = CliRunner().invoke(main, ["run", str(case_dirs[0]), "--model", str(model_dir),
                                        "--batch-size", "0"])
     assert result.exit_code == 2 and "batch-size" in result.output
 
 
+@pytest.mark.slow
 def test_cli_keeps_defaults_with_too_few_abnormal_cells(synth_root, model_dir, fresh_copy):
     model = fresh_copy(model_dir, "calibrated_model")
     before = (model / "manifest.json").read_text()
@@ -165,6 +172,7 @@ def test_cli_keeps_defaults_with_too_few_abnormal_cells(synth_root, model_dir, f
     assert "optimal" in json.loads((model / "manifest.json").read_text())["dispatch"]
 
 
+@pytest.mark.slow
 def test_cli_calibrates_with_simulated_abnormal_cells(synth_root, model_dir, fresh_copy):
     model = fresh_copy(model_dir, "simulated_model")
     args = ["calibrate", str(synth_root), "--labels", "labels.csv", "--model", str(model),
@@ -179,6 +187,7 @@ def test_cli_calibrates_with_simulated_abnormal_cells(synth_root, model_dir, fre
     assert calibration["simulated"]["n"] == 9
 
 
+@pytest.mark.slow
 def test_lines_follow_the_case_order(tmp_path, model_dir, chromosome):
     """Reading, engines and writing overlap, but the report keeps the order of the cases."""
     good = {"a.png": png(chromosome), "b.png": png(chromosome)}
@@ -200,6 +209,7 @@ def test_lines_follow_the_case_order(tmp_path, model_dir, chromosome):
         assert saved["case"] == name and saved["n_chromosomes"] == 2
 
 
+@pytest.mark.slow
 def test_a_failed_write_fails_only_its_case(tmp_path, model_dir, chromosome, monkeypatch):
     import vfinfer.io.results
 

@@ -25,6 +25,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_segment_then_run_the_case_directory(tmp_path, metaphase_png):
     done = invoke("segment", metaphase_png, "--out", tmp_path / "seg")
     assert done.exit_code == 0, done.output
@@ -82,6 +83,7 @@ def test_bad_metaphase_images_give_one_line_each(tmp_path):
     assert "1 done, 0 skipped, 3 failed" in done.output
 
 
+@pytest.mark.slow
 def test_eval_seg_reports_coco_figures(tmp_path):
     pytest.importorskip("pycocotools", reason="eval-seg needs the tools extra (pycocotools)")
     write_metaphases(tmp_path / "data", seed=77, count=2, size=(384, 512))

@@ -8,24 +8,7 @@ import pytest
 
 from vfinfer.calls.dispatch import argmax_types, dispatch, dispatch_counts
 
-X, Y = 22, 23
-MALE = [k for k in range(22) for _ in range(2)] + [X, Y]  # 46,XY in type order
-
-
-def row(top, p=0.99, second=None, q=0.0):
-    """One probability row: ``p`` on type ``top``, ``q`` on ``second``, the rest spread evenly."""
-    r = np.zeros(24)
-    r[top] = p
-    if second is not None:
-        r[second] = q
-    rest = [j for j in range(24) if j not in (top, second)]
-    r[rest] = (1.0 - p - q) / len(rest)
-    return r
-
-
-def cell(types, p=0.99):
-    """Near-one-hot probabilities for a list of types."""
-    return np.array([row(t, p) for t in types])
+from helpers import MALE, X, Y, cell, row
 
 
 def test_clean_46_xy_gives_no_warnings():

@@ -242,6 +242,7 @@ def test_confusion_png_is_a_readable_picture():
         confusion_png(np.zeros((2, 2)), TYPE_NAMES)
 
 
+@pytest.mark.slow
 def test_end_to_end_with_the_runtime(model_dir, synth_root, tmp_path):
     """The real runtime (random weights): every figure is reported, JSON and PNG written."""
     res = ev.evaluate(synth_root, "labels.csv", model_dir=model_dir, backend="ort",

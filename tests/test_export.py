@@ -12,6 +12,7 @@ from vfinfer_export import onnx_export
 from vfinfer_export.checkpoint import save_checkpoint
 
 
+@pytest.mark.slow
 def test_manifest_contents(model_dir, compact_model):
     data = json.loads((model_dir / "manifest.json").read_text())
     assert data["schema_version"] == 1 and data["preset"] == "compact"
@@ -36,11 +37,13 @@ def test_manifest_contents(model_dir, compact_model):
     assert load_manifest(model_dir).config == compact_model.config
 
 
+@pytest.mark.slow
 def test_graphs_pass_the_full_checker(model_dir):
     for name in ("gnet.onnx", "lnet.onnx", "heads.onnx"):
         onnx.checker.check_model(str(model_dir / name), full_check=True)
 
 
+@pytest.mark.slow
 def test_parity_recorded_for_every_output_and_batch(model_dir):
     parity = load_manifest(model_dir).data["parity"]
     assert parity["batches"] == [1, 7, 46]
@@ -56,6 +59,7 @@ def test_parity_recorded_for_every_output_and_batch(model_dir):
                 assert entry.get("argmax_agreement", 1.0) == 1.0
 
 
+@pytest.mark.slow
 def test_parity_failure_writes_nothing(compact_model, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "PROBABILITY_TOLERANCE", -1.0)  # nothing can pass
     out = tmp_path / "model"
@@ -74,6 +78,7 @@ def test_refuses_a_non_empty_destination(compact_model, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_cli_exports_a_checkpoint(compact_model, tmp_path):
     ckpt = tmp_path / "model.pt"
     save_checkpoint(compact_model, ckpt)

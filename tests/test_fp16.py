@@ -38,6 +38,7 @@ def _types(model):
     return types
 
 
+@pytest.mark.slow
 def test_fp16_graphs_written_and_recorded(fp16_dir):
     out, _audit, _lines = fp16_dir
     manifest = load_manifest(out)
@@ -60,6 +61,7 @@ def test_fp16_graphs_written_and_recorded(fp16_dir):
         assert sha256_file(out / f"{role}.onnx") == manifest.graph(role)["sha256"]
 
 
+@pytest.mark.slow
 def test_io_stays_float32_and_weights_are_fp16(fp16_dir):
     out, _audit, _lines = fp16_dir
     for role in ROLES:
@@ -73,6 +75,7 @@ def test_io_stays_float32_and_weights_are_fp16(fp16_dir):
             assert convs and all(i.data_type == TensorProto.FLOAT16 for i in convs)
 
 
+@pytest.mark.slow
 def test_softmax_sigmoid_and_their_fc_stay_fp32(fp16_dir):
     out, _audit, _lines = fp16_dir
     manifest = load_manifest(out)
@@ -104,6 +107,7 @@ def test_softmax_sigmoid_and_their_fc_stay_fp32(fp16_dir):
                 assert np.array_equal(inits[nodes[name].input[1]], source_inits[weight])
 
 
+@pytest.mark.slow
 def test_activation_ranges_reports_every_tensor(model_dir):
     feeds = agreement.calibration_feeds(model_dir, fp16.synthetic_calibration_images(8))
     ranges = fp16_ranges.activation_ranges(model_dir / "gnet.onnx", feeds["gnet"])
@@ -137,6 +141,7 @@ def test_range_audit_flags_overflow_and_underflow():
     assert summary["flagged"] == ["big", "tiny"] and summary["max_abs"] == 30000.0
 
 
+@pytest.mark.slow
 def test_flagged_node_is_kept_fp32(model_dir):
     """A node named by the audit goes into the block list and computes in FP32."""
     model = onnx.load(str(model_dir / "lnet.onnx"))
@@ -148,6 +153,7 @@ def test_flagged_node_is_kept_fp32(model_dir):
     assert all(types[t] == TensorProto.FLOAT for t in list(node.input) + list(node.output))
 
 
+@pytest.mark.slow
 def test_agreement_recorded_in_manifest(fp16_dir):
     out, audit, lines = fp16_dir
     data = json.loads((out / "manifest.json").read_text())
@@ -164,6 +170,7 @@ def test_agreement_recorded_in_manifest(fp16_dir):
     assert any(line.startswith("FP16 vs FP32 on 48 images") for line in lines)
 
 
+@pytest.mark.slow
 def test_fp16_pipeline_runs(fp16_dir, case_dirs):
     out, _audit, _lines = fp16_dir
     from vfinfer.util.images import read_case
@@ -178,6 +185,7 @@ def test_fp16_pipeline_runs(fp16_dir, case_dirs):
     assert figures["type_argmax_agreement"] >= 0.9 and figures["box_max_abs_diff_px"] < 0.5
 
 
+@pytest.mark.slow
 def test_calibration_from_a_case_dir_and_failure_leaves_manifest(model_dir, case_dirs,
                                                                    tmp_path, monkeypatch):
     out = tmp_path / "m"
@@ -194,6 +202,7 @@ def test_calibration_from_a_case_dir_and_failure_leaves_manifest(model_dir, case
     assert not list(out.glob("*_fp16.onnx"))
 
 
+@pytest.mark.slow
 def test_reconversion_replaces_the_fp16_graphs(fp16_dir, tmp_path):
     out, _audit, _lines = fp16_dir
     again = tmp_path / "again"

@@ -19,6 +19,8 @@ from vfinfer.backends.base import BackendError
 from vfinfer.model.manifest import load_manifest, write_json_atomic
 from vfinfer.util.machine import cuda_devices
 
+pytestmark = pytest.mark.slow  # every test builds TensorRT engines from the exported compact model
+
 GPU_COUNT, GPU_DESCRIPTION = cuda_devices()
 needs_gpu = pytest.mark.skipif(GPU_COUNT == 0, reason=f"no CUDA device: {GPU_DESCRIPTION}")
 ROOT = Path(__file__).resolve().parents[1]

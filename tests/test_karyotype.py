@@ -5,7 +5,7 @@ import pytest
 
 from vfinfer.calls.karyotype import karyotype_summary, parse_karyotype
 
-X, Y = 22, 23
+from helpers import X, Y
 
 
 def types_from(counts):

@@ -17,6 +17,7 @@ def audited_dir(request, model_dir):
     return request.getfixturevalue("variant_dirs")(request.param).dir
 
 
+@pytest.mark.slow
 def test_all_ops_are_supported_by_tensorrt(audited_dir):
     assert {"Conv", "Gemm", "MaxPool", "Softmax"} <= supported_ops()
     for name in ("gnet.onnx", "lnet.onnx", "heads.onnx"):
@@ -25,6 +26,7 @@ def test_all_ops_are_supported_by_tensorrt(audited_dir):
         assert audit["restrictions"] == [], f"{name}: {audit['restrictions']}"
 
 
+@pytest.mark.slow
 def test_export_records_a_clean_audit(audited_dir):
     manifest = load_manifest(audited_dir).data
     if "op_audit" not in manifest:

@@ -11,6 +11,8 @@ from vfinfer.util.images import read_case
 
 pytest.importorskip("openvino", reason="the optional openvino extra is not installed")
 
+pytestmark = pytest.mark.slow  # every test runs the exported compact model (model_dir)
+
 
 @pytest.fixture(scope="module")
 def images(synth_root):

@@ -16,8 +16,7 @@ from vfinfer.io.patients import (
 )
 from vfinfer.tools.evaluation.patients import patient_evaluation
 
-X, Y = 22, 23
-MALE = [k for k in range(22) for _ in range(2)] + [X, Y]
+from helpers import MALE, cell, row
 
 
 def calls(*groups):
@@ -112,13 +111,8 @@ def test_both_sexes_and_unusable_calls():
 
 
 def test_calls_from_optimal_dispatch_results():
-    def row(top, p=0.98):
-        r = np.full(24, (1 - p) / 23)
-        r[top] = p
-        return r
-
-    normal = np.array([row(t) for t in MALE])
-    trisomy = np.vstack([normal, row(20)])
+    normal = cell(MALE, 0.98)
+    trisomy = np.vstack([normal, row(20, 0.98)])
     results = {f"s1.{k}": optimal_dispatch(trisomy) for k in range(3)}
     results.update({f"s1.{k}": optimal_dispatch(normal) for k in range(3, 5)})
     patient = patient_karyotype(results, patient="s1")

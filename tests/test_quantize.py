@@ -56,6 +56,7 @@ def _wiring(model):
     return producers, consumers
 
 
+@pytest.mark.slow
 def test_int8_graphs_written_and_recorded(int8_dir, cases):
     out, audit, _lines = int8_dir
     manifest = load_manifest(out)
@@ -83,6 +84,7 @@ def test_int8_graphs_written_and_recorded(int8_dir, cases):
     assert manifest.graph("gnet", "int8")["not_quantized_ops"] == int8_rules.NOT_QUANTIZED_OPS
 
 
+@pytest.mark.slow
 def test_io_stays_float32_and_convs_are_int8(int8_dir):
     out, _audit, _lines = int8_dir
     manifest = load_manifest(out)
@@ -114,6 +116,7 @@ def test_io_stays_float32_and_convs_are_int8(int8_dir):
                                for c in consumers.get(node.output[0], []))
 
 
+@pytest.mark.slow
 def test_localizer_and_softmax_stay_fp32(int8_dir, model_dir):
     out, _audit, _lines = int8_dir
     manifest = load_manifest(out)
@@ -182,6 +185,7 @@ def test_sensitive_nodes_rule_on_a_small_graph():
     assert extended == {e["node"] for e in kept} | {"m1"}
 
 
+@pytest.mark.slow
 def test_agreement_report_has_all_figures(int8_dir, cases):
     out, audit, lines = int8_dir
     assert json.loads((out / "manifest.json").read_text())["int8_audit"] == audit
@@ -208,6 +212,7 @@ def test_agreement_report_has_all_figures(int8_dir, cases):
     assert any("too coarse" in w for w in audit["warnings"])  # 46 < 200 holdout images
 
 
+@pytest.mark.slow
 def test_holdout_is_disjoint_from_calibration(int8_dir, cases, tmp_path):
     _out, audit, _lines = int8_dir
     assert audit["holdout"]["case_dirs"] == [str(cases[2])]
@@ -266,6 +271,7 @@ def test_box_iou():
     assert np.allclose(agreement.box_iou(a, b), [1.0, 50 / 150, 0.0])
 
 
+@pytest.mark.slow
 def test_usable_flag_follows_the_rule(int8_dir, model_dir, cases, tmp_path):
     _out, audit, _lines = int8_dir
     agreement = audit["agreement"]["type_argmax_agreement"]
@@ -288,6 +294,7 @@ def test_usable_flag_follows_the_rule(int8_dir, model_dir, cases, tmp_path):
         assert (out / f"{role}_int8.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_int8_pipeline_runs_when_usable(int8_dir, cases):
     out, audit, _lines = int8_dir
     assert audit["usable"], audit["reason"]
@@ -304,6 +311,7 @@ def test_int8_pipeline_runs_when_usable(int8_dir, cases):
         np.testing.assert_allclose(got[key], checked[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif("int8_refusal" not in inspect.getsource(
     __import__("vfinfer.backends.ort", fromlist=["create"])),
     reason="backends/ort.py does not check the INT8 audit yet (wire in audits.int8_refusal)")
@@ -322,6 +330,7 @@ def test_backend_refuses_unusable_int8(int8_dir, fresh_copy):
     Pipeline(copy, backend="ort", precision="fp32").close()  # FP32 is unaffected
 
 
+@pytest.mark.slow
 def test_failure_leaves_the_manifest(model_dir, cases, tmp_path, monkeypatch):
     out = tmp_path / "m"
     shutil.copytree(model_dir, out)
@@ -344,6 +353,7 @@ def test_runtime_side_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.slow
 def test_cli_latency_options(model_dir, cases, fresh_copy, monkeypatch):
     from click.testing import CliRunner
 

@@ -28,6 +28,7 @@ def calls(out, name):
                                  for c in result["chromosomes"]]
 
 
+@pytest.mark.slow
 def test_ray_run_matches_vfinfer_run(local_ray, tmp_path, case_dirs, model_dir):
     from vfinfer.cluster.ray_run import run_on_ray
 

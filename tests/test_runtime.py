@@ -10,6 +10,8 @@ import pytest
 from vfinfer.pipeline import Pipeline
 from vfinfer.util.images import read_case
 
+pytestmark = pytest.mark.slow  # every test runs the compact model exported from PyTorch (model_dir)
+
 
 @pytest.fixture(scope="module")
 def case46(synth_root):

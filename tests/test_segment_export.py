@@ -26,6 +26,7 @@ def exported(tmp_path_factory):
     return net, out, manifest
 
 
+@pytest.mark.slow
 def test_parity_op_audit_and_fp16(exported):
     net, out, manifest = exported
     for shape, entry in manifest["parity"]["shapes"].items():
@@ -39,6 +40,7 @@ def test_parity_op_audit_and_fp16(exported):
     assert not list(out.glob("*.data"))  # one self-contained file per graph
 
 
+@pytest.mark.slow
 def test_runtime_runs_the_exported_graph_like_torch(exported):
     net, out, _ = exported
     seg = Segmenter(out)
@@ -55,6 +57,7 @@ def test_runtime_runs_the_exported_graph_like_torch(exported):
     assert float(np.mean((fp16 > 0.5) == (probs > 0.5))) > 0.99
 
 
+@pytest.mark.slow
 def test_trainer_learns_and_resumes(tmp_path):
     write_metaphases(tmp_path / "data", seed=3, count=2, size=(192, 256))
     log = []
@@ -69,6 +72,7 @@ def test_trainer_learns_and_resumes(tmp_path):
     assert net.widths == WIDTHS and extra["training"]["images"] == 2
 
 
+@pytest.mark.slow
 def test_trainer_reads_coco_json(tmp_path):
     import cv2
 

@@ -1,5 +1,11 @@
 """``vfinfer serve`` for real: the server runs in a subprocess on a free loopback port (port 0,
-printed at start) and every test talks HTTP to it; each server is stopped with SIGTERM."""
+printed at start) and every test talks HTTP to it; each server is stopped with SIGTERM.
+
+Tests that need a cell to stay in the batcher's window give the server's batcher a clock of
+their own (``Server(..., clock=...)``) instead of a long real window: ``STILL`` never moves, so
+the window closes only when the batcher stops; ``held_until(path)`` stands still too, until
+the file exists (the test creates it when it wants the waiting cell to run): then it jumps
+past the open window."""
 
 import base64
 import json
@@ -29,15 +35,32 @@ from vfinfer.util.images import read_case  # noqa: E402
 
 START_TIMEOUT_S = 60
 LINE = re.compile(r"on http://127\.0\.0\.1:(\d+)")
+STILL = "lambda: 0.0"
+
+
+def held_until(path):
+    """A batcher clock (source text) that stands still until ``path`` exists, then jumps
+    far ahead (and stands still again)."""
+    return f"lambda: 1e9 if os.path.exists({str(path)!r}) else 0.0"
+
+
+def server_code(clock=None):
+    """``vfinfer serve``'s entry point, with the batcher on ``clock`` (source text) if given."""
+    if clock is None:
+        return "from vfinfer.cli import main; main()"
+    return ("import functools, os\n"
+            "import vfinfer.serve.app as app\n"
+            f"app.Batcher = functools.partial(app.Batcher, clock={clock})\n"
+            "from vfinfer.cli import main\n"
+            "main()\n")
 
 
 class Server:
     """``vfinfer serve`` in a subprocess; ``url`` once it listens."""
 
-    def __init__(self, model_dir, *options):
-        code = "from vfinfer.cli import main; main()"
+    def __init__(self, model_dir, *options, clock=None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", "--model", str(model_dir), "--host",
+            [sys.executable, "-c", server_code(clock), "serve", "--model", str(model_dir), "--host",
              "127.0.0.1", "--port", "0", "--threads", "2", *map(str, options)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output = []
@@ -68,6 +91,19 @@ class Server:
         """SIGTERM once (a second one would only be ignored by the shutting-down server)."""
         self.signalled = True
         self.proc.send_signal(signal.SIGTERM)
+
+    def wait_until_closed(self):
+        """Until the server refuses connections: it got the signal and is shutting down."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.url}/v1/health/live", timeout=5)
+            except httpx.ConnectError:
+                return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError("the server still accepts connections after SIGTERM")
 
     def stop(self, timeout=30):
         """SIGTERM, then the exit code (killed, and the test failed, if it hangs)."""
@@ -115,6 +151,7 @@ def same_calls(got, want):
         assert np.allclose(g["box"], w["box"], atol=0.05)
 
 
+@pytest.mark.slow
 def test_a_cell_gives_the_result_of_run_case(server, expected):
     with Client(server.url) as client:
         for case, want in expected.values():
@@ -126,6 +163,7 @@ def test_a_cell_gives_the_result_of_run_case(server, expected):
             same_calls(httpx.post(f"{server.url}/v1/cells", json=body).json(), want)
 
 
+@pytest.mark.slow
 def test_eight_concurrent_clients_all_right(server, expected):
     cells = list(expected.values()) * 4
 
@@ -138,6 +176,7 @@ def test_eight_concurrent_clients_all_right(server, expected):
             same_calls(got, want)
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_is_422_naming_the_file_and_others_go_on(server, expected):
     case, want = next(iter(expected.values()))
     good = sorted(case.glob("*.png"))
@@ -155,6 +194,7 @@ def test_a_corrupt_image_is_422_naming_the_file_and_others_go_on(server, expecte
         assert caught.value.status == 422 and caught.value.file == "x.png"
 
 
+@pytest.mark.slow
 def test_batch_endpoint_fails_only_the_bad_cell(server, expected):
     (case_a, want_a), (case_b, want_b) = list(expected.values())[:2]
     with Client(server.url) as client:
@@ -169,6 +209,7 @@ def test_batch_endpoint_fails_only_the_bad_cell(server, expected):
     same_calls(results[2], want_b)
 
 
+@pytest.mark.slow
 def test_karyogram_on_request(server, expected):
     case, _ = next(iter(expected.values()))
     with Client(server.url) as client:
@@ -178,6 +219,7 @@ def test_karyogram_on_request(server, expected):
     assert picture is not None and picture.shape[1] > 800
 
 
+@pytest.mark.slow
 def test_too_large_bodies_and_images_are_413(server):
     big = os.urandom(5 << 20)  # over --max-body-mb 4
     response = httpx.post(f"{server.url}/v1/cells", files=[("images", ("a.png", big))])
@@ -197,6 +239,7 @@ def test_too_large_bodies_and_images_are_413(server):
     assert response.status_code == 413 and response.json()["error"]["file"] == "wide.png"
 
 
+@pytest.mark.slow
 def test_bad_requests_get_json_errors(server):
     url = f"{server.url}/v1/cells"
     assert httpx.post(url, content=b"{", headers={"content-type": "application/json"}
@@ -209,6 +252,7 @@ def test_bad_requests_get_json_errors(server):
     assert httpx.get(f"{server.url}/v1/nothing").json()["error"]["status"] == 404
 
 
+@pytest.mark.slow
 def test_the_openapi_schema_lists_the_request_models(server):
     spec = httpx.get(f"{server.url}/openapi.json").json()
     models = spec["components"]["schemas"]
@@ -236,6 +280,7 @@ def test_the_openapi_schema_lists_the_request_models(server):
     assert "HTTPValidationError" not in models and "securitySchemes" not in spec["components"]
 
 
+@pytest.mark.slow
 def test_a_wrong_type_is_422_in_the_project_error_shape(server):
     def refusal(path, body):
         response = httpx.post(f"{server.url}{path}", json=body)
@@ -266,6 +311,7 @@ def test_a_wrong_type_is_422_in_the_project_error_shape(server):
     assert results[2]["error"]["file"] == "q.png"
 
 
+@pytest.mark.slow
 def test_health_models_and_metrics_answer(server):
     assert httpx.get(f"{server.url}/v1/health/live").json() == {"live": True}
     ready = httpx.get(f"{server.url}/v1/health/ready").json()
@@ -281,6 +327,7 @@ def test_health_models_and_metrics_answer(server):
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
 
+@pytest.mark.slow
 def test_token_required_when_set(model_dir, tmp_path, expected):
     token = "s3cret-token-for-the-test-0123456789"
     (tmp_path / "token").write_text(token + "\n")
@@ -315,25 +362,33 @@ def test_other_addresses_need_a_token():
     assert result.exit_code == 2 and "--token-file" in result.output
 
 
-def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir, expected):
-    """One cell waits in the batcher's window (1.5 s); a second finds the queue full; SIGTERM
-    then lets the first finish before the server exits with 0."""
-    srv = Server(model_dir, "--queue", 1, "--max-wait-ms", 1500)
+@pytest.mark.slow
+def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir, expected,
+                                                                       tmp_path):
+    """One cell waits in the batcher's window (held open until the test lets it go); a second
+    finds the queue full; SIGTERM stops the listening; only then is the first let go, and it
+    is answered before the server exits with 0."""
+    release = tmp_path / "release"
+    srv = Server(model_dir, "--queue", 1, "--max-wait-ms", 100, clock=held_until(release))
     case, want = next(iter(expected.values()))
     answers = []
     try:
         first = threading.Thread(target=lambda: answers.append(
             Client(srv.url).classify_dir(case)))
         first.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + START_TIMEOUT_S
         while srv.metric("vfinfer_queue_depth") != 1 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert srv.metric("vfinfer_queue_depth") == 1, "the first cell never reached the queue"
         response = httpx.post(f"{srv.url}/v1/cells",
                               files=[("images", (p.name, p.read_bytes()))
                                      for p in sorted(case.glob("*.png"))])
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert response.json()["error"]["code"] == "queue_full"
         srv.terminate()
+        srv.wait_until_closed()
+        assert not answers  # still in the window: the shutdown waits for it
+        release.touch()
         first.join(30)
     finally:
         code = srv.stop()
@@ -343,8 +398,10 @@ def test_full_queue_is_503_and_sigterm_finishes_the_requests_in_flight(model_dir
     assert "server stopped" in "".join(srv.output)
 
 
+@pytest.mark.slow
 def test_a_request_past_its_timeout_is_504_and_the_server_goes_on(model_dir, expected):
-    srv = Server(model_dir, "--max-wait-ms", 800, "--timeout", 0.3)
+    """The batcher's clock stands still: the cell is never run before the request's 0.3 s."""
+    srv = Server(model_dir, "--max-wait-ms", 800, "--timeout", 0.3, clock=STILL)
     try:
         case, _ = next(iter(expected.values()))
         with Client(srv.url) as client:
@@ -358,6 +415,7 @@ def test_a_request_past_its_timeout_is_504_and_the_server_goes_on(model_dir, exp
         assert srv.stop() == 0
 
 
+@pytest.mark.slow
 def test_the_result_is_json_as_vfinfer_run_writes_it(server, expected, tmp_path, model_dir):
     case, _ = next(iter(expected.values()))
     out = tmp_path / "out"
@@ -370,7 +428,7 @@ def test_the_result_is_json_as_vfinfer_run_writes_it(server, expected, tmp_path,
     same_calls(got, written)
 
 
-
+@pytest.mark.slow
 def test_a_metaphase_image_is_segmented_and_classified(server, model_dir):
     from vfinfer.pipeline.metaphase import MetaphasePipeline
     from vfinfer.tools.synthesis.metaphases import render_metaphase

@@ -9,9 +9,8 @@ from vfinfer.calls.optimal import OptimalParams
 from vfinfer.tools.evaluation.dispatch_figures import simulated_figures
 from vfinfer.tools.evaluation.simulate import simulate_abnormal
 
-X, Y = 22, 23
-MALE = [k for k in range(22) for _ in range(2)] + [X, Y]
-FEMALE = [k for k in range(22) for _ in range(2)] + [X, X]
+from helpers import FEMALE, MALE
+
 TRISOMY_21 = MALE + [20]
 
 

@@ -189,6 +189,7 @@ def test_boxcar_crop_tends_to_plain_crop_and_passes_gradient():
 # --------------------------------------------------------------------------- training steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trunk", sorted(TINY_TRUNKS))
 def test_loss_falls_on_a_fixed_batch(tiny_set, trunk):
     torch.manual_seed(0)
@@ -246,6 +247,7 @@ def _train(synth_dir, out, log, resume=False):
                  lr=2e-3, val_fraction=0.3, seed=0, resume=resume, threads=1, log=log)
 
 
+@pytest.mark.slow
 def test_train_and_resume(synth_dir, tmp_path):
     lines = []
     full = _train(synth_dir, tmp_path / "full", lines.append)
@@ -303,6 +305,7 @@ def _without_polarity(synth_dir, root, invert=False, rotate=0):
     return root
 
 
+@pytest.mark.slow
 def test_labels_without_polarity_through_train_export_and_eval(synth_dir, tmp_path):
     from dataclasses import replace
 

@@ -16,6 +16,8 @@ from vfinfer.backends import trt as trt_backend
 from vfinfer.model.manifest import load_manifest
 from vfinfer.util.machine import cuda_devices
 
+pytestmark = pytest.mark.slow  # every test builds from the exported compact model (model_dir)
+
 GPU_COUNT, GPU_DESCRIPTION = cuda_devices()
 needs_gpu = pytest.mark.skipif(GPU_COUNT == 0, reason=f"no CUDA device: {GPU_DESCRIPTION}")
 ROOT = Path(__file__).resolve().parents[1]

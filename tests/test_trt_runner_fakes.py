@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # =========================================================================== CPU: refusals
+@pytest.mark.slow
 def test_build_without_gpu_raises_one_line(model_dir, monkeypatch):
     from vfinfer.tools.precision import engines as trt_build
 
@@ -33,6 +34,7 @@ def test_build_without_gpu_raises_one_line(model_dir, monkeypatch):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(GPU_COUNT > 0, reason="this machine has a CUDA device")
 def test_build_on_this_cpu_machine_refuses(model_dir):
     from vfinfer.tools.precision.engines import NO_DEVICE, build_engines
@@ -42,6 +44,7 @@ def test_build_on_this_cpu_machine_refuses(model_dir):
     assert "engines" not in load_manifest(model_dir).data
 
 
+@pytest.mark.slow
 def test_trt_backend_without_gpu_refuses(model_dir, monkeypatch):
     monkeypatch.setattr(trt_backend, "cuda_devices", lambda: (0, "none (no driver)"))
     with pytest.raises(BackendError, match="no CUDA device found .*use --backend ort"):
@@ -58,6 +61,7 @@ def _benchmark_module():
     return module
 
 
+@pytest.mark.slow
 def test_benchmark_without_gpu_exits_with_one_line(model_dir, monkeypatch, capsys):
     import vfinfer.util.machine
 

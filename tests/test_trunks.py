@@ -173,6 +173,7 @@ def test_mac_count_matches_a_hook_count(name):
 
 
 # --------------------------------------------------------------------------- checkpoints
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_checkpoint_round_trip_and_mismatch_report(name, tmp_path):
     model = VarifocalNet(preset(name)).eval()
@@ -194,6 +195,7 @@ def test_checkpoint_round_trip_and_mismatch_report(name, tmp_path):
 
 
 # --------------------------------------------------------------------------- export, runtime
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_export_records_the_trunk_and_passes_parity(variant_dirs, name):
     variant = variant_dirs(name)
@@ -224,6 +226,7 @@ def case46(synth_root):
     return case, read_case(case)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_runtime_runs_the_trunk_like_pytorch(variant_dirs, case46, name):
     variant = variant_dirs(name)
@@ -237,6 +240,7 @@ def test_runtime_runs_the_trunk_like_pytorch(variant_dirs, case46, name):
     assert np.abs(got["boxes"] - expected["boxes"]).max() < 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_vfinfer_run_on_the_trunk(variant_dirs, case46, name, tmp_path):
     case, _ = case46
@@ -247,6 +251,7 @@ def test_vfinfer_run_on_the_trunk(variant_dirs, case46, name, tmp_path):
     assert data["n_chromosomes"] == 46 and data["model"]["preset"] == name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_fp16_graphs_with_range_audit(variant_dirs, case46, name, tmp_path):
     from vfinfer.tools.precision.fp16 import add_fp16_graphs

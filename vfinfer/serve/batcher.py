@@ -42,10 +42,19 @@ _STOP = object()
 class Batcher:
     """One engine thread over a shared ``Pipeline``; ``submit`` is safe from any thread."""
 
-    def __init__(self, pipeline, max_wait_ms=5.0, max_batch=8, queue_size=64, on_batch=None):
+    def __init__(self, pipeline, max_wait_ms=5.0, max_batch=8, queue_size=64, on_batch=None,
+                 clock=time.perf_counter):
+        """``clock`` (seconds, as ``time.perf_counter``) is what the gathering window is
+        measured on: the window closes once ``clock()`` has passed its first cell's reading
+        plus ``max_wait_ms``. The engine thread waits for the queue at most until then and
+        reads the clock again after each wait, so a clock that stands still keeps the window
+        open (until the batch is full or ``stop``), and moving it past the deadline closes the
+        window at the end of the wait in progress; tests drive batching that way, without
+        real time windows. ``on_batch`` seconds are real engine time in any case."""
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_size must be at least 1, max_wait_ms >= 0")
         self.pipeline = pipeline
+        self._clock = clock
         self.max_wait = max_wait_ms / 1000.0
         self.max_batch, self.queue_size = max_batch, queue_size
         self.on_batch = on_batch  # called with (n_cells, n_chromosomes, seconds) per run
@@ -88,14 +97,18 @@ class Batcher:
 
     # -- the engine thread -------------------------------------------------------------------
     def _take(self, block_until=None):
-        """The next job (None when nothing came before ``block_until``, _STOP at the end)."""
-        try:
-            if block_until is None:
-                item = self._queue.get()
-            else:
-                item = self._queue.get(timeout=max(0.0, block_until - time.perf_counter()))
-        except queue.Empty:
-            return None
+        """The next job (None when nothing came before ``block_until`` on the clock, _STOP at
+        the end)."""
+        while True:
+            try:
+                if block_until is None:
+                    item = self._queue.get()
+                else:
+                    item = self._queue.get(timeout=max(0.0, block_until - self._clock()))
+                break
+            except queue.Empty:
+                if self._clock() >= block_until:
+                    return None
         if item is not _STOP:
             self._taken += 1
         return item
@@ -106,7 +119,7 @@ class Batcher:
         first = self._take()
         if first is _STOP:
             return jobs, True
-        deadline = time.perf_counter() + self.max_wait
+        deadline = self._clock() + self.max_wait
         item = first
         while True:
             if item is _STOP:
@@ -135,7 +148,7 @@ class Batcher:
     def _drain(self):
         jobs = []
         while True:
-            item = self._take(time.perf_counter())
+            item = self._take(self._clock())
             if item is None:
                 return jobs
             if item is not _STOP:

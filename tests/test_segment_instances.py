@@ -1,0 +1,23 @@
+"""The instance step (``vfinfer.segment.instances``) on the maps a perfect network gives
+(``vfinfer.segment.channels.target_maps`` of a rod scene)."""
+
+import numpy as np
+
+from vfinfer.segment.channels import target_maps
+from vfinfer.segment.instances import instances_from_maps
+
+from helpers import SHAPE, best_matches
+
+
+def test_instance_step_finds_every_rod_once_and_gives_the_crossing_to_both(scene):
+    _, rods, nucleus = scene
+    probs = target_maps(rods, SHAPE).astype(np.float32)  # the maps a perfect network gives
+    instances = instances_from_maps(probs)
+    iou = best_matches(rods, instances, SHAPE)
+    assert iou.shape == (len(rods), len(instances)) == (10, 10)
+    assert (iou.max(axis=1) > 0.8).all(), iou.round(2)  # every rod found
+    assert ((iou > 0.5).sum(axis=0) == 1).all()  # and each instance is one rod
+    crossing = rods[2] & rods[3]
+    owners = [inst for inst in instances if inst.full_mask(SHAPE)[crossing].mean() > 0.9]
+    assert len(owners) == 2  # the overlap pixels belong to both crossing rods
+    assert not any(inst.full_mask(SHAPE)[nucleus].any() for inst in instances)
