@@ -49,13 +49,28 @@ def _import_server():
 @click.option("--max-images", default=200, show_default=True, type=click.IntRange(min=1),
               help="Most images per cell.")
 @click.option("--max-pixels", default=16_000_000, show_default=True,
-              type=click.IntRange(min=1), help="Most pixels per image.")
+              type=click.IntRange(min=1), help="Most pixels per image (read from its header).")
+@click.option("--max-request-pixels", default=32_000_000, show_default=True,
+              type=click.IntRange(min=1), help="Most pixels per request, all images together.")
+@click.option("--max-inflight-mb", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Decoded image memory of all requests together (503 above).")
+@click.option("--body-timeout", default=30.0, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="Seconds for a request's body to arrive (408 after).")
+@click.option("--header-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0.1),
+              help="Seconds for a request's line and headers to arrive (connection closed).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="A Host name the server answers to besides --host and the loopback names "
+                   "(repeatable; needed behind a reverse proxy or on 0.0.0.0).")
 @verdict_options
 @seg_model_option
 @one_line_errors
 def serve(model_dir, backend, precision, threads, batch_size, dispatch_mode, host, port,
           token_file, max_wait_ms, max_batch, queue_size, timeout_s, max_body_mb, max_images,
-          max_pixels, background, force_karyotype, seg_model):
+          max_pixels, max_request_pixels, max_inflight_mb, body_timeout, header_timeout,
+          allow_hosts,
+          background, force_karyotype, seg_model):
     """Serve the model over HTTP: POST /v1/cells, /v1/cells:batch, /v1/metaphase, health,
     /metrics."""
     server, limits_class = _import_server()
@@ -64,9 +79,12 @@ def serve(model_dir, backend, precision, threads, batch_size, dispatch_mode, hos
               "clients with the token are served")
     token = server.read_token(token_file) if token_file is not None else None
     limits = limits_class(max_body_bytes=int(max_body_mb * (1 << 20)), max_images=max_images,
-                          max_pixels=max_pixels, queue_size=queue_size, timeout_s=timeout_s)
+                          max_pixels=max_pixels, max_request_pixels=max_request_pixels,
+                          max_inflight_mb=max_inflight_mb, body_timeout_s=body_timeout,
+                          header_timeout_s=header_timeout,
+                          queue_size=queue_size, timeout_s=timeout_s)
     server.serve(host=host, port=port, token=token, limits=limits, max_wait_ms=max_wait_ms,
-                 max_batch=max_batch, echo=click.echo,
+                 max_batch=max_batch, echo=click.echo, allow_hosts=allow_hosts,
                  model_dir=model_dir, backend=backend, threads=threads,
                  batch_size=batch_size, dispatch_mode=dispatch_mode, precision=precision,
                  background=background, force_karyotype=force_karyotype,

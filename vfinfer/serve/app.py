@@ -20,7 +20,10 @@ import binascii
 import contextlib
 import hmac
 import json
+import logging
 import time
+import uuid
+from pathlib import Path
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -30,11 +33,29 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from vfinfer import __version__
 from vfinfer.io.results import karyogram_png
 from vfinfer.serve.batcher import Batcher, QueueFull
-from vfinfer.serve.limits import ApiError, BodyTooLarge, Limits, bad_input, check_name, check_pixels
+from vfinfer.serve.guards import (
+    ARRIVED,
+    BodyGuard,
+    BodyTimeout,
+    HostGuard,
+    ImageBudget,
+    InFlight,
+    allowed_hosts,
+    reservation,
+)
+from vfinfer.serve.limits import (
+    ApiError,
+    BodyTooLarge,
+    Limits,
+    bad_input,
+    check_name,
+    measure_parts,
+)
 from vfinfer.serve.metrics import CountRequests, Metrics
 from vfinfer.serve.schemas import (
     ERROR_RESPONSES,
@@ -49,37 +70,11 @@ from vfinfer.util.images import ImageReadError, decode_gray8
 
 OPEN_PATHS = ("/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready")
 RETRY_AFTER_S = "1"
-ARRIVED = "vfinfer.arrived"  # ASGI scope key: perf_counter() when the request came in
+CLIENT_GONE = 499  # the status recorded for a request whose client hung up (nginx's)
+log = logging.getLogger("vfinfer.serve")
 bearer = HTTPBearer(auto_error=False, description="the server's token (vfinfer serve "
                     "--token-file); health routes need none")
 Flag = Annotated[str, Query(description="1, true, yes or on to ask for it")]
-
-
-class BodyLimit:
-    """Pure ASGI middleware: 413 for a declared Content-Length over the limit, and a body
-    that grows past it (chunked uploads) fails the read with ``BodyTooLarge``."""
-
-    def __init__(self, app, max_bytes):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        scope[ARRIVED] = time.perf_counter()  # the request's time limit counts from here
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _json_response(BodyTooLarge(self.max_bytes))(scope, receive, send)
-        seen = [0]
-
-        async def counted():
-            message = await receive()
-            if message["type"] == "http.request":
-                seen[0] += len(message.get("body", b""))
-                if seen[0] > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-            return message
-
-        await self.app(scope, counted, send)
 
 
 def _json_response(error):
@@ -87,10 +82,11 @@ def _json_response(error):
 
 
 def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
-               segmenter=None):
+               segmenter=None, hosts=None):
     """The FastAPI app around an open pipeline (and ``segmenter``, a
     ``vfinfer.segment.segmenter.Segmenter`` for ``/v1/metaphase``); the batcher stops when
-    the app shuts down (the caller closes the pipeline and the segmenter)."""
+    the app shuts down (the caller closes the pipeline and the segmenter). ``hosts``: the
+    Host names it answers to (default: the loopback names)."""
     limits = limits or Limits()
     state = ServerState(pipeline, limits, token, max_wait_ms, max_batch)
     state.segmenter = segmenter
@@ -100,15 +96,51 @@ def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
         yield
         await run_in_threadpool(state.batcher.stop)  # queued cells finish first
 
+    docs = {} if token is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="vfinfer", version=__version__, lifespan=lifespan,
-                  description="Varifocal-Net chromosome classification, one cell per request")
+                  description="Varifocal-Net chromosome classification, one cell per request",
+                  **docs)
     app.state.vfinfer = state
     _add_error_handlers(app, state)
     _add_routes(app, state)
     _publish_request_models(app)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    count = state.count_error
+    app.add_middleware(Unexpected, count=count)  # inside: sees what the handlers do not
+    app.add_middleware(BodyGuard, limits=limits, count=count)
+    app.add_middleware(InFlight, limit=limits.max_requests, open_paths=OPEN_PATHS, count=count)
+    app.add_middleware(HostGuard, allowed_hosts=hosts or allowed_hosts("127.0.0.1"),
+                       count=count)
     app.add_middleware(CountRequests, metrics=state.metrics)
     return app
+
+
+class Unexpected:
+    """Pure ASGI middleware: an error no handler knows is logged with a request id and
+    answered 500 with that id only (nothing of the server's internals)."""
+
+    def __init__(self, app, count):
+        self.app, self.count = app, count
+
+    async def __call__(self, scope, receive, send):
+        started = [False]
+
+        async def tracked(message):
+            started[0] |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            request_id = uuid.uuid4().hex[:12]
+            log.exception("request %s (%s %s) failed", request_id, scope.get("method"),
+                          scope.get("path"))
+            if started[0]:
+                return
+            error = ApiError(500, "internal", f"unexpected server error (request id "
+                             f"{request_id}: the server's log has the details)")
+            self.count(error.code)
+            body = {"error": {**error.body()["error"], "request_id": request_id}}
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 class ServerState:
@@ -121,6 +153,10 @@ class ServerState:
         self.batcher.on_batch = self.metrics.on_batch
         self.batching = {"max_wait_ms": max_wait_ms, "max_batch_cells": max_batch,
                          "engine_batch_chromosomes": pipeline.batch_size}
+        self.budget = ImageBudget(limits.max_inflight_mb << 20)
+
+    def count_error(self, code):
+        self.metrics.errors.labels(code).inc()
 
     def check_token(self, credentials):
         """ApiError 401 unless the bearer ``credentials`` carry the server's token (none
@@ -145,7 +181,7 @@ class ServerState:
 
     def model_summary(self):
         manifest, backend = self.pipeline.manifest, self.pipeline.backend
-        return {"name": manifest.model_dir.name, "model": manifest.summary(),
+        return {"name": manifest.model_dir.name, "model": public_model(manifest.summary()),
                 "preset": self.pipeline.config.preset, "backend": backend.describe(),
                 "dispatch": self.pipeline.dispatch_mode, "batching": self.batching,
                 "limits": self.limits.describe(), "version": __version__}
@@ -158,10 +194,23 @@ async def require_token(
     request.app.state.vfinfer.check_token(credentials)
 
 
+def public_model(summary):
+    """A model summary without the server's file system: directory and checkpoint by name."""
+    source = dict(summary.get("source") or {})
+    if source.get("path"):
+        source["path"] = Path(source["path"]).name
+    return {**summary, "dir": Path(summary["dir"]).name, "source": source}
+
+
+def media_type(request):
+    """The request's media type, lower case, without parameters."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
 def require_json(request: Request):
     """A dependency: 415 unless the body is declared as JSON."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("application/json"):
+    content_type = media_type(request)
+    if content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", f"content type {content_type!r}: send "
                        "multipart/form-data (field 'images') or application/json")
 
@@ -181,18 +230,31 @@ def _add_error_handlers(app, state):
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
         cause = exc.__cause__  # FastAPI's 400 wraps what failed while it read the body
-        if isinstance(cause, ApiError):  # BodyTooLarge
-            return await api_error(request, await state.token_first(request, cause))
-        if isinstance(cause, UnicodeDecodeError):
-            refusal = bad_input(f"the body is not valid JSON ({cause})")
+        if isinstance(cause, ClientDisconnect):
+            return await client_gone(request, cause)
+        refusal = body_refusal(cause)
+        if refusal is not None:
             return await api_error(request, await state.token_first(request, refusal))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return await api_error(request, ApiError(exc.status_code, code, exc.detail))
 
-    @app.exception_handler(Exception)
-    async def internal_error(_request, exc):
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        return await api_error(_request, ApiError(500, "internal", message))
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request, _exc):
+        """The client hung up before its body was read: nobody to answer, nothing wrong here."""
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        state.metrics.disconnects.inc()
+        return Response(status_code=CLIENT_GONE)
+
+
+def body_refusal(cause):
+    """The ApiError for what went wrong while a JSON body was read, or None."""
+    if isinstance(cause, ApiError):  # BodyTooLarge, BodyTimeout
+        return cause
+    if isinstance(cause, UnicodeDecodeError):
+        return bad_input(f"the body is not valid JSON ({cause})")
+    if isinstance(cause, RecursionError):
+        return bad_input("the JSON body is nested too deeply")
+    return None
 
 
 def _add_routes(app, state):
@@ -221,6 +283,11 @@ def _add_routes(app, state):
         data, content_type = state.metrics.exposition()
         return Response(data, media_type=content_type)
 
+    if state.token:  # the schema behind the token too (and no /docs page)
+        @api.get("/openapi.json", include_in_schema=False)
+        async def schema():
+            return app.openapi()
+
     _add_cell_routes(api, state)
     _add_metaphase_route(api, state)
     app.include_router(api)
@@ -243,6 +310,9 @@ def _add_cell_routes(api, state):
         of ``results`` is a result or ``{"case", "error"}`` for that cell alone."""
         started = arrival(request)
         cells = read_batch_request(body, state.limits)
+        if len(cells) > state.limits.queue_size:
+            raise bad_input(f"{len(cells)} cells can never wait together in this server's "
+                            f"queue of {state.limits.queue_size}: send smaller batches")
         if state.batcher.depth + len(cells) > state.limits.queue_size:
             raise queue_full(f"{state.batcher.depth} cells are waiting")
         wanted = _flag(karyogram) or body.karyogram
@@ -320,35 +390,52 @@ def queue_full(detail):
 
 async def classify(state, name, parts, karyogram, started, raise_errors=True,
                    decode=None):
-    """One cell through decode (``decode_cell``, or ``decode``), the batcher and
-    (optionally) the karyogram."""
+    """One cell through admission (its images' sizes from their headers against the limits
+    and the server's budget of decoded bytes), decode (``decode_cell``, or ``decode``), the
+    batcher and (optionally) the karyogram."""
     try:
         if isinstance(parts, ApiError):
             raise parts
         if state.batcher.depth >= state.limits.queue_size:  # before decoding anything
             raise queue_full(f"{state.batcher.depth} cells are waiting")
-        prepared = await run_in_threadpool(decode or decode_cell, state, name, parts)
+        held = reservation(measure_parts(parts, state.limits))
+        if not state.budget.try_acquire(held):
+            raise queue_full("the images of the requests in flight fill the server's memory "
+                             f"budget ({state.limits.max_inflight_mb} MB)")
         try:
-            future = state.batcher.submit(prepared)
-        except QueueFull as exc:
-            raise queue_full(str(exc)) from None
-        remaining = state.limits.timeout_s - (time.perf_counter() - started)
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), max(remaining, 0))
-        except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"no answer within {state.limits.timeout_s} s "
-                           "(the server is busy or the cell is large)") from None
-        except Exception as exc:
-            raise ApiError(500, "inference_failed", f"{name}: {exc}") from None
-        if karyogram:
-            png = await run_in_threadpool(karyogram_png, result, prepared.images)
-            result["karyogram_png"] = base64.b64encode(png).decode("ascii")
-        return result
+            return await _classify_admitted(state, name, parts, karyogram, started, decode)
+        finally:
+            state.budget.release(held)
     except ApiError as exc:
         if raise_errors:
             raise
-        state.metrics.errors.labels(exc.code).inc()
+        state.count_error(exc.code)
         return {"case": name, **exc.body()}
+
+
+async def _classify_admitted(state, name, parts, karyogram, started, decode):
+    prepared = await run_in_threadpool(decode or decode_cell, state, name, parts)
+    parts = None  # the encoded bytes are no longer needed
+    try:
+        future = state.batcher.submit(prepared)
+    except QueueFull as exc:
+        raise queue_full(str(exc)) from None
+    remaining = state.limits.timeout_s - (time.perf_counter() - started)
+    try:
+        result = await asyncio.wait_for(asyncio.wrap_future(future), max(remaining, 0))
+    except asyncio.TimeoutError:
+        raise ApiError(504, "timeout", f"no answer within {state.limits.timeout_s} s "
+                       "(the server is busy or the cell is large)") from None
+    except Exception:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("request %s: inference of %s failed", request_id, name)
+        raise ApiError(500, "inference_failed", f"{name}: inference failed (request id "
+                       f"{request_id}: the server's log has the details)") from None
+    result["model"] = public_model(result["model"])
+    if karyogram:
+        png = await run_in_threadpool(karyogram_png, result, prepared.images)
+        result["karyogram_png"] = base64.b64encode(png).decode("ascii")
+    return result
 
 
 def decode_cell(state, name, parts):
@@ -358,23 +445,20 @@ def decode_cell(state, name, parts):
         raise bad_input(f"{name}: no images (send one part per cut-out in the field 'images')")
     if len(parts) > limits.max_images:
         raise bad_input(f"{name}: {len(parts)} images, over the limit of {limits.max_images}")
-    images, files = [], []
-    for file, data in parts:
-        check_pixels(data, file, limits)
-        try:
-            image = decode_gray8(data, file)
-        except ImageReadError as exc:
-            raise ApiError(422, "bad_image", str(exc), file) from None
-        if image.size > limits.max_pixels:
-            raise ApiError(413, "image_too_large", f"{file}: {image.shape[1]} x "
-                           f"{image.shape[0]} pixels, over the limit of {limits.max_pixels}",
-                           file)
-        images.append(image)
-        files.append(file)
+    images = [decode_part(data, file, limits) for file, data in parts]
+    files = [file for file, _ in parts]
     try:
         return state.pipeline.prepare(name, images, files)
     except ValueError as exc:
         raise bad_input(str(exc)) from None
+
+
+def decode_part(data, file, limits):
+    """One image's bytes -> 8-bit gray; ApiError 422 naming the file."""
+    try:
+        return decode_gray8(data, file, max_pixels=limits.max_pixels)
+    except ImageReadError as exc:
+        raise ApiError(422, "bad_image", str(exc), file) from None
 
 
 def decode_metaphase(state, name, parts, held):
@@ -384,11 +468,7 @@ def decode_metaphase(state, name, parts, held):
     from vfinfer.segment.model import ImageTooLargeError
 
     file, data = parts[0]
-    check_pixels(data, file, state.limits)
-    try:
-        image = decode_gray8(data, file)
-    except ImageReadError as exc:
-        raise ApiError(422, "bad_image", str(exc), file) from None
+    image = decode_part(data, file, state.limits)
     try:
         held["segmented"], prepared = prepare_metaphase(state.pipeline, state.segmenter, image,
                                                         name)
@@ -406,11 +486,10 @@ def _flag(value):
 async def read_cell_request(request, limits, karyogram=False):
     """(name, [(file, bytes)], karyogram) from a multipart or JSON (``CellRequest``) request;
     ``karyogram``: the query's flag, which the body may set too."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    if media_type(request) == "multipart/form-data":
         try:
             form = await request.form(max_files=limits.max_images + 1, max_fields=16)
-        except BodyTooLarge:
+        except (BodyTooLarge, BodyTimeout):
             raise
         except StarletteHTTPException as exc:  # the parser's own refusals (too many parts)
             raise bad_input(f"multipart body: {exc.detail}") from None
@@ -458,10 +537,13 @@ def read_batch_request(body, limits):
 
 async def json_body(request):
     require_json(request)
+    body = await request.body()
     try:
-        return json.loads(await request.body())
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_input(f"the body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise bad_input("the JSON body is nested too deeply") from None
 
 
 def json_cell(cell: Cell, limits, default_name):

@@ -4,6 +4,7 @@ Host and Origin headers, and the server's budget of decoded image bytes.
 * ``BodyGuard`` (ASGI): 413 for a body over ``max_body_bytes`` (declared or counted), 408 for
   a body that is not complete within ``body_timeout_s`` of the request's arrival or that
   arrives slower than ``min_body_rate`` bytes/s after ``rate_grace_s``; every refusal counted.
+* ``InFlight`` (ASGI): 503 past ``max_requests`` requests in flight; health is never refused.
 * ``HostGuard`` (ASGI): 400 unless the Host header names an allowed host (DNS rebinding), 403
   for a browser request from another origin (a page the user visits posting to the server).
 * ``ImageBudget``: decoded bytes in flight across all requests; a request is admitted before
@@ -117,6 +118,32 @@ def _hostname(authority):
 def allowed_hosts(bound_host, extra=()):
     """The hosts a server answers to: the one it is bound to, the loopback names, ``extra``."""
     return tuple(dict.fromkeys([bound_host, *LOCAL_HOSTS, *extra]))
+
+
+class InFlight:
+    """Pure ASGI middleware: at most ``limit`` requests in flight, health probes apart (they
+    are never refused, so a flood of requests cannot make the server look dead)."""
+
+    def __init__(self, app, limit, open_paths, count):
+        self.app, self.limit, self.open_paths, self.count = app, limit, open_paths, count
+        self.now = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") in self.open_paths:
+            return await self.app(scope, receive, send)
+        if self.now >= self.limit:
+            from fastapi.responses import JSONResponse
+
+            error = ApiError(503, "busy", f"{self.now} requests in flight, the server's limit",
+                             headers={"Retry-After": "1"})
+            self.count(error.code)
+            return await JSONResponse(error.body(), status_code=503,
+                                      headers=error.headers)(scope, receive, send)
+        self.now += 1  # one event loop: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.now -= 1
 
 
 class ImageBudget:

@@ -1,23 +1,36 @@
 """What one request may hold, and the errors the server answers with (one JSON shape).
 
 Every refusal is ``{"error": {"status", "code", "message", "file"?}}`` with the matching HTTP
-status: 401 (token), 413 (body too large), 422 (a bad image or field, naming the file), 503
-(queue full, with Retry-After), 504 (the request's time ran out).
+status: 400 (a Host the server does not answer to), 401 (token), 403 (a cross-origin browser
+request), 408 (a body too slow), 413 (body, image or request too large), 415 (media type),
+422 (a bad image or field, naming the file), 500 (an unexpected error, with a
+``request_id`` the server's log holds too), 503 (busy, with Retry-After), 504 (the request's
+time ran out). ``docs/serving.md`` lists every limit and its default.
 """
 
-import struct
 from dataclasses import asdict, dataclass
+
+from vfinfer.util.image_header import HeaderError, image_size
 
 
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 64 << 20  # one request body (413 above)
     max_images: int = 200  # cut-outs per cell
-    max_pixels: int = 16_000_000  # pixels per image, checked in the header before decoding
+    max_pixels: int = 16_000_000  # pixels per image, read from its header before decoding
+    # pixels per request, all images together: 200 cut-outs of 400 x 400 pass
+    max_request_pixels: int = 32_000_000
+    max_inflight_mb: int = 512  # decoded image bytes of all requests together (503 above)
     max_cells: int = 32  # cells per POST /v1/cells:batch
     queue_size: int = 64  # cells accepted and waiting for the engines (503 above)
     timeout_s: float = 30.0  # per request, from its arrival to its answer (504 after)
     max_name_chars: int = 200  # case and file names
+    header_timeout_s: float = 10.0  # request line and headers complete (connection closed)
+    body_timeout_s: float = 30.0  # whole body received after the request came in (408)
+    min_body_rate: int = 16_384  # bytes per second the body must keep up ... (408 below)
+    rate_grace_s: float = 5.0  # ... after this many seconds
+    max_requests: int = 256  # API requests in flight (503 above; health is never counted)
+    max_connections: int = 1024  # open connections (closed at once above)
 
     def describe(self):
         return asdict(self)
@@ -48,48 +61,26 @@ def bad_input(message, file=None):
     return ApiError(422, "bad_input", message, file)
 
 
-def image_size(data):
-    """(width, height) from a PNG, JPEG or BMP header, without decoding; None when the
-    format is another (TIFF) or the header is unreadable (the decoder then says why)."""
-    try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            return struct.unpack(">II", data[16:24])
-        if data[:2] == b"BM" and len(data) >= 26:
-            width, height = struct.unpack("<ii", data[18:26])
-            return abs(width), abs(height)
-        if data[:3] == b"\xff\xd8\xff":
-            return _jpeg_size(data)
-    except struct.error:
-        return None
-    return None
-
-
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def _jpeg_size(data):
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            pos += 1 if marker == 0xFF else 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        if marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return width, height
-        pos += 2 + length
-    return None
-
-
-def check_pixels(data, file, limits):
-    size = image_size(data)
-    if size is not None and size[0] * size[1] > limits.max_pixels:
-        raise ApiError(413, "image_too_large",
-                       f"{size[0]} x {size[1]} pixels, over the limit of {limits.max_pixels}",
-                       file)
+def measure_parts(parts, limits):
+    """(width, height) of each ``(file, bytes)`` part from its header, before any decoding:
+    422 ``bad_image`` for a file whose size cannot be read (naming it), 413
+    ``image_too_large`` over ``max_pixels``, 413 ``request_too_large`` when the images
+    together are over ``max_request_pixels``."""
+    sizes = []
+    for file, data in parts:
+        try:
+            _fmt, width, height = image_size(data)
+        except HeaderError as exc:
+            raise ApiError(422, "bad_image", f"{file}: {exc}", file) from None
+        if width * height > limits.max_pixels:
+            raise ApiError(413, "image_too_large", f"{file}: {width} x {height} pixels, over "
+                           f"the limit of {limits.max_pixels}", file)
+        sizes.append((width, height))
+    total = sum(w * h for w, h in sizes)
+    if total > limits.max_request_pixels:
+        raise ApiError(413, "request_too_large", f"{len(sizes)} images of {total} pixels in "
+                       f"all, over the limit of {limits.max_request_pixels} per request")
+    return sizes
 
 
 def check_name(name, what, limits):

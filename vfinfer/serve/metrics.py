@@ -13,8 +13,9 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
-KNOWN_PATHS = ("/v1/cells", "/v1/cells:batch", "/v1/health/live", "/v1/health/ready",
-               "/v1/models", "/metrics", "/v2/health/live", "/v2/health/ready")
+KNOWN_PATHS = ("/v1/cells", "/v1/cells:batch", "/v1/metaphase", "/v1/health/live",
+               "/v1/health/ready", "/v1/models", "/metrics", "/openapi.json", "/docs",
+               "/v2/health/live", "/v2/health/ready")
 
 
 class Metrics:
@@ -27,6 +28,9 @@ class Metrics:
         self.errors = Counter("vfinfer_errors", "Refused or failed requests by error code",
                               ["code"], registry=registry)
         self.cells = Counter("vfinfer_cells", "Cells classified", registry=registry)
+        self.disconnects = Counter("vfinfer_client_disconnects",
+                                   "Requests whose client hung up before the answer",
+                                   registry=registry)
         self.batch_cells = Histogram("vfinfer_batch_cells", "Cells per engine run",
                                      buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=registry)
         self.batch_seconds = Histogram("vfinfer_batch_seconds", "Seconds per engine run",

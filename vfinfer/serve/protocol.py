@@ -5,19 +5,27 @@ its own for them: a client that sends its headers a byte at a time holds a conne
 place under the connection limit) for as long as it likes. Here the headers of every request
 on a connection, the first and each one after a keep-alive pause, must be complete within
 ``header_timeout_s`` of their first byte (of the connection, for the first), else the
-connection is closed.
+connection is closed. Past ``max_connections`` open connections a new one is closed at once;
+the app's own limit on requests in flight (``vfinfer.serve.guards.InFlight``) leaves health
+probes out, so that load alone never makes the server look dead.
 """
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-def guarded_protocol(header_timeout_s):
-    """An ``H11Protocol`` class for ``uvicorn.Config(http=...)`` with that header deadline."""
+def guarded_protocol(header_timeout_s, max_connections):
+    """An ``H11Protocol`` class for ``uvicorn.Config(http=...)`` with that header deadline,
+    closing any connection past ``max_connections`` open ones at once."""
 
     class HeaderDeadline(H11Protocol):
         def connection_made(self, transport):
             super().connection_made(transport)
             self._header_timer = None
+            if len(self.connections) > max_connections:
+                self.logger.warning("%d connections open: closing a new one",
+                                    len(self.connections) - 1)
+                transport.close()
+                return
             self._arm()
 
         def data_received(self, data):

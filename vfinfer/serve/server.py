@@ -55,12 +55,15 @@ def bind(host, port):
 
 
 def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
-          max_batch=8, echo=print, seg_model=None, **pipeline_options):
+          max_batch=8, echo=print, seg_model=None, allow_hosts=(), **pipeline_options):
     """Run the server until SIGTERM / Ctrl-C. ``pipeline_options`` go to ``Pipeline``;
-    ``seg_model`` (a directory, "classical" or None: the demo) serves ``/v1/metaphase``."""
+    ``seg_model`` (a directory, "classical" or None: the demo) serves ``/v1/metaphase``;
+    ``allow_hosts``: Host names it answers to besides ``host`` and the loopback names."""
     import uvicorn
 
     from vfinfer.serve.app import create_app
+    from vfinfer.serve.guards import allowed_hosts
+    from vfinfer.serve.protocol import guarded_protocol
 
     if not is_loopback(host) and not token:
         raise ValueError(f"binding to {host} (not loopback) needs a token: --token-file FILE")
@@ -71,10 +74,12 @@ def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
     segmenter = Segmenter(seg_model, threads=pipeline_options.get("threads", 0))
     with sock, Pipeline(**pipeline_options) as pipeline, contextlib.closing(segmenter):
         app = create_app(pipeline, limits, token=token, max_wait_ms=max_wait_ms,
-                         max_batch=max_batch, segmenter=segmenter)
+                         max_batch=max_batch, segmenter=segmenter,
+                         hosts=allowed_hosts(host, allow_hosts))
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=int(limits.timeout_s) + 5,
-                                limit_concurrency=max(256, 4 * limits.queue_size))
+                                http=guarded_protocol(limits.header_timeout_s,
+                                                      limits.max_connections))
         server = uvicorn.Server(config)
         shown = f"[{host}]" if ":" in host else host
         echo(f"serving {pipeline.manifest.model_dir} ({pipeline.config.preset}), backend "
