@@ -25,7 +25,7 @@ class ImagePart(BaseModel):
     file: Optional[str] = Field(
         None, coerce_numbers_to_str=True, examples=["chr_01.png"],
         description="file name reported per chromosome and in errors (image_<i> when missing)")
-    data: str = Field(description="the image file (PNG, JPEG, BMP, TIFF, WebP, ...), base64-encoded",
+    data: str = Field(description="the image file (PNG, JPEG, TIFF, BMP, ...), base64-encoded",
                       json_schema_extra={"contentEncoding": "base64"})
 
 
