@@ -45,6 +45,7 @@ from vfinfer.serve.guards import (
     HostGuard,
     ImageBudget,
     InFlight,
+    Unexpected,
     allowed_hosts,
     reservation,
 )
@@ -112,35 +113,6 @@ def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
                        count=count)
     app.add_middleware(CountRequests, metrics=state.metrics)
     return app
-
-
-class Unexpected:
-    """Pure ASGI middleware: an error no handler knows is logged with a request id and
-    answered 500 with that id only (nothing of the server's internals)."""
-
-    def __init__(self, app, count):
-        self.app, self.count = app, count
-
-    async def __call__(self, scope, receive, send):
-        started = [False]
-
-        async def tracked(message):
-            started[0] |= message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception:
-            request_id = uuid.uuid4().hex[:12]
-            log.exception("request %s (%s %s) failed", request_id, scope.get("method"),
-                          scope.get("path"))
-            if started[0]:
-                return
-            error = ApiError(500, "internal", f"unexpected server error (request id "
-                             f"{request_id}: the server's log has the details)")
-            self.count(error.code)
-            body = {"error": {**error.body()["error"], "request_id": request_id}}
-            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 class ServerState:
@@ -415,7 +387,6 @@ async def classify(state, name, parts, karyogram, started, raise_errors=True,
 
 async def _classify_admitted(state, name, parts, karyogram, started, decode):
     prepared = await run_in_threadpool(decode or decode_cell, state, name, parts)
-    parts = None  # the encoded bytes are no longer needed
     try:
         future = state.batcher.submit(prepared)
     except QueueFull as exc:

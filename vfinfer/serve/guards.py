@@ -4,6 +4,8 @@ Host and Origin headers, and the server's budget of decoded image bytes.
 * ``BodyGuard`` (ASGI): 413 for a body over ``max_body_bytes`` (declared or counted), 408 for
   a body that is not complete within ``body_timeout_s`` of the request's arrival or that
   arrives slower than ``min_body_rate`` bytes/s after ``rate_grace_s``; every refusal counted.
+* ``Unexpected`` (ASGI): an error no handler knows is logged with a request id and answered
+  500 with that id alone.
 * ``InFlight`` (ASGI): 503 past ``max_requests`` requests in flight; health is never refused.
 * ``HostGuard`` (ASGI): 400 unless the Host header names an allowed host (DNS rebinding), 403
   for a browser request from another origin (a page the user visits posting to the server).
@@ -11,14 +13,48 @@ Host and Origin headers, and the server's budget of decoded image bytes.
   anything is decoded, from the sizes its files' headers declare, or answered 503.
 """
 
+import logging
 import threading
 import time
+import uuid
 
 from vfinfer.serve.limits import ApiError, BodyTooLarge
 
 ARRIVED = "vfinfer.arrived"  # ASGI scope key: perf_counter() when the request came in
 DECODE_BYTES_PER_PIXEL = 8  # the most a decoder allocates per pixel (16-bit RGBA)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+log = logging.getLogger("vfinfer.serve")
+
+
+class Unexpected:
+    """Pure ASGI middleware: an error no handler knows is logged with a request id and
+    answered 500 with that id only (nothing of the server's internals)."""
+
+    def __init__(self, app, count):
+        self.app, self.count = app, count
+
+    async def __call__(self, scope, receive, send):
+        started = [False]
+
+        async def tracked(message):
+            started[0] |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            request_id = uuid.uuid4().hex[:12]
+            log.exception("request %s (%s %s) failed", request_id, scope.get("method"),
+                          scope.get("path"))
+            if started[0]:
+                return
+            error = ApiError(500, "internal", f"unexpected server error (request id "
+                             f"{request_id}: the server's log has the details)")
+            self.count(error.code)
+            body = {"error": {**error.body()["error"], "request_id": request_id}}
+            from fastapi.responses import JSONResponse
+
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 class BodyTimeout(ApiError):
