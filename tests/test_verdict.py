@@ -216,3 +216,39 @@ def test_segmented_cells_need_a_domain_fitted_on_segmented_cells(fitted, tmp_pat
     refit = store_domain(model, [segmented], log=lambda *a: None, dry_run=True)
     assert refit["fitted_on"]["segmented"] is True
     assert "not validated" not in judge(probs, 0.9, facts, refit)["text"]
+
+
+def test_segmented_cells_are_withheld_without_domain_figures():
+    """A model without domain figures (a plain export) was never checked on chromosomes cut
+    out of a metaphase: such a cell gets no karyotype, however confident the calls; the same
+    calls on ready-made cut-outs keep the no-domain behaviour (karyotyped with a note)."""
+    probs = np.full((46, 24), 0.001)
+    probs[:, 0] = 0.977
+    facts = [{"background": "light", "tilt": 0.0, "segmented": True}] * 46
+    verdict = judge(probs, 0.9, facts, None)
+    assert not verdict["karyotyped"]
+    assert verdict["text"].startswith("not karyotyped: chromosomes segmented from a metaphase, "
+                                      "but this model has no domain figures")
+    assert "'vfinfer domain' on segmented cells of your lab validates them" in verdict["text"]
+    assert judge(probs, 0.9, facts, None, force=True)["forced"]
+    cut_outs = judge(probs, 0.9, [dict(f, segmented=False) for f in facts], None)
+    assert cut_outs["karyotyped"] and "no domain figures" in cut_outs["text"]
+
+
+def test_metaphase_run_without_domain_figures_is_not_karyotyped(tmp_path):
+    """``vfinfer run IMAGE`` with a model whose manifest has no domain section: the cell is
+    refused for its segmentation, with the reason on its line and in result.json."""
+    model = tmp_path / "plain"
+    shutil.copytree(demo_model_dir(), model)
+    data = json.loads((model / "manifest.json").read_text())
+    del data["domain"]
+    (model / "manifest.json").write_text(json.dumps(data))
+    image = demo_model_dir().parents[1] / "examples" / "metaphase-46XY.png"
+    out = tmp_path / "out"
+    done = CliRunner().invoke(main, ["run", str(image), "--model", str(model), "--out",
+                                     str(out)])
+    assert done.exit_code == 0, done.output
+    assert "chromosomes, not karyotyped: chromosomes segmented from a " \
+           "metaphase, but this model has no domain figures" in done.output
+    result = json.loads((out / "metaphase-46XY" / "result.json").read_text())
+    assert result["karyotype"] is None and result["verdict"]["withheld_karyotype"]
