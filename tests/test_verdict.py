@@ -177,13 +177,17 @@ def test_a_model_that_gets_its_own_cells_wrong_withholds_that_dispatch(fitted, t
     data["domain"]["karyotype_exact"] = {"none": 0.1, "paper": 0.2, "optimal": 0.8, "cells": 10}
     (weak / "manifest.json").write_text(json.dumps(data))
     images = read_case(normal)[0]
-    with Pipeline(weak) as paper, Pipeline(weak, dispatch_mode="optimal") as optimal:
+    with Pipeline(weak, dispatch_mode="paper") as paper, \
+            Pipeline(weak, dispatch_mode="optimal") as optimal, Pipeline(weak) as auto:
         refused, kept = paper.run_case(images), optimal.run_case(images)
+        chosen = auto.run_case(images)
     assert refused["karyotype"] is None
     text = refused["verdict"]["text"]
     assert "with --dispatch paper are not reliable: only 20% of its 10" in text
     assert "--dispatch optimal got 80% right" in text
     assert kept["karyotype"] is not None and kept["verdict"]["karyotyped"]
+    assert chosen["dispatch"] == "optimal" and chosen["karyotype"] == kept["karyotype"]
+    assert "optimal 0.80 on its 10 validation cells" in chosen["dispatch_auto_reason"]
 
 
 def test_domain_with_labels_records_exact_karyotypes(fitted, tmp_path):

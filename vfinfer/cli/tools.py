@@ -13,6 +13,7 @@ from vfinfer.cli.group import main
 from vfinfer.cli.options import (
     BACKEND_CHOICE,
     PRESET_CHOICE,
+    dispatch_option,
     fail,
     import_export_side,
     labels_option,
@@ -157,9 +158,10 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
               type=click.IntRange(min=0),
               help="Abnormal cells simulated per normal cell for separate sensitivity "
                    "figures (gain, loss, sex variant in turn); 0: none.")
+@dispatch_option(" The figures cover all three modes; this one's verdict is counted.")
 @one_line_errors
 def eval_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_size, json_path,
-          flip_half, seed, patient_from, sample_sheet, simulate_per_cell):
+          flip_half, seed, patient_from, sample_sheet, simulate_per_cell, dispatch_mode):
     """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper, and
     argmax / Algorithm 1 / optimal dispatch per cell and per patient."""
     from vfinfer.tools.evaluation.evaluate import evaluate
@@ -169,7 +171,8 @@ def eval_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_si
     results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
                        threads=threads, batch_size=batch_size, precision=precision,
                        flip_half=flip_half, seed=seed, log=_log, patient_from=patient_from,
-                       sample_sheet=sample_sheet, simulate=simulate_per_cell)
+                       sample_sheet=sample_sheet, simulate=simulate_per_cell,
+                       dispatch_mode=dispatch_mode)
     click.echo(format_report(results))
     if json_path is not None:
         written, picture = save_eval(results, json_path)
