@@ -16,7 +16,8 @@ python benchmarks/split_by_slide.py "$data" --test-fraction 0.2 --seed 0 --out "
 vfinfer train "$data" --labels "$work/split/train.csv" --out "$work/run" --preset "$preset" \
   --seed 0 --threads 2 --epochs-gnet 16 --epochs-local 4 --epochs-heads 4 \
   $([ -f "$work/run/last.pt" ] && echo --resume)
-vfinfer export "$work/run/model.pt" --out "$work/model" --overwrite
+# --no-fit: first the uncalibrated defaults, then the calibration below, as measured
+vfinfer export "$work/run/model.pt" --out "$work/model" --overwrite --no-fit
 
 # held-out slides, optimal dispatch with its uncalibrated defaults
 vfinfer eval "$data" --labels "$work/split/test.csv" --model "$work/model" --threads 2 \

@@ -138,8 +138,19 @@ def load_checkpoint(path, config=None, trust_pickle=False):
         raise CheckpointError(f"{path}: state_dict values must all be tensors")
     model = load_state(VarifocalNet(config), state_dict, path).eval()
     extra = payload.get("extra") if isinstance(payload.get("extra"), dict) else {}
-    model.training_record = extra.get("training_record")  # into the manifest's "training"
+    model.training_record = _training_record(extra)  # into the manifest's "training"
     return model
+
+
+def _training_record(extra):
+    """The trainer's record of a checkpoint, or None; a checkpoint written before the record
+    named its validation slides gets them from the split it kept beside it."""
+    record = extra.get("training_record")
+    split = extra.get("split")
+    if record and "validation_slides" not in record and isinstance(split, dict) \
+            and isinstance(split.get("val"), list):
+        record = {**record, "validation_slides": list(split["val"])}
+    return record
 
 
 def _load_pickled_module(path, trust_pickle):

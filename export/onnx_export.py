@@ -32,7 +32,12 @@ from torch import nn
 
 import vfinfer
 from vfinfer.backends.ort import make_session
-from vfinfer.model.manifest import build_manifest, sha256_file, write_json_atomic
+from vfinfer.model.manifest import (
+    build_manifest,
+    load_manifest,
+    sha256_file,
+    write_json_atomic,
+)
 from vfinfer.tools.precision.onnx_graph import io_records
 
 from .op_audit import format_audit, op_audit
@@ -209,11 +214,16 @@ def producer_versions():
 
 
 def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES,
-                 log=print, threads=0, fp16=False, calib_case_dir=None):
+                 log=print, threads=0, fp16=False, calib_case_dir=None, fit=True,
+                 data_dir=None):
     """Export ``model`` into ``out_dir`` and return the manifest written there.
 
     ``fp16``: also write the audited mixed-precision FP16 graphs (vfinfer.tools.precision.fp16),
-    calibrated on ``calib_case_dir`` (a case directory) or on synthetic images.
+    calibrated on ``calib_case_dir`` (a case directory) or on synthetic images. ``fit``: for
+    a model from ``vfinfer train`` (its ``training_record``), fit the domain figures and the
+    optimal-dispatch calibration on the trainer's validation slides
+    (``vfinfer.tools.evaluation.validation_fit``), read from ``data_dir`` or the recorded
+    data directory; when that cannot be read, the log says so and how to fit them later.
     """
     model = model.eval()
     tmp_dir = _prepare_destination(out_dir, overwrite)
@@ -243,12 +253,17 @@ def export_model(model, out_dir, source, overwrite=False, batches=PARITY_BATCHES
         if getattr(model, "training_record", None):
             manifest["training"] = model.training_record
         write_json_atomic(tmp_dir / "manifest.json", manifest)
-        if fp16:  # before publishing: the directory appears only when every check passed
-            from vfinfer.model.manifest import load_manifest
+        # before publishing: the directory appears only when every step passed
+        if fit and manifest.get("training"):
+            from vfinfer.tools.evaluation.validation_fit import complete_model
+
+            complete_model(tmp_dir, manifest["training"], data_dir, threads, log, out_dir,
+                           source.get("path"))
+        if fp16:
             from vfinfer.tools.precision.fp16 import add_fp16_graphs
 
             add_fp16_graphs(tmp_dir, calib_case_dir=calib_case_dir, log=log)
-            manifest = load_manifest(tmp_dir).data
+        manifest = load_manifest(tmp_dir).data
         _publish(tmp_dir, out_dir)
         return manifest
     finally:

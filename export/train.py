@@ -27,7 +27,9 @@ local-b) use lr * ``LOC_LR_SCALE`` (0.1; see there).
 
 Every epoch of every step writes ``OUT/last.pt`` (atomic, ``save_checkpoint`` with extra =
 step, epoch, optimizer state, history, split slides, seed, options) and
-``OUT/history.json``; the end writes ``OUT/model.pt``. ``resume=True`` continues after the
+``OUT/history.json``; the end writes ``OUT/model.pt``, whose ``training_record`` (the exported
+manifest's "training" section) names the validation slides. ``OUT/split.json`` names the
+training and validation slides from the start of the run. ``resume=True`` continues after the
 last completed epoch recorded in ``OUT/last.pt``. Data order and augmentation are seeded
 from (seed, epoch number), so a resumed run repeats what the interrupted one would have done.
 """
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vfinfer.io.labels import read_labels
+from vfinfer.io.labels import labels_path, read_labels
 from vfinfer.model.config import ModelConfig
 from vfinfer.model.config import preset as preset_config
 
@@ -73,6 +75,7 @@ COSINE_FLOOR = 0.05  # the cosine schedule ends at this fraction of lr
 # saturating the sigmoid (u collapses to 0 or 1 and stops learning). Its two steps (loc,
 # local-b) therefore run at lr * LOC_LR_SCALE.
 LOC_LR_SCALE = 0.1
+SPLIT_FILE = "split.json"  # OUT/split.json: the training and validation slides by name
 
 
 def _stderr(message):
@@ -301,6 +304,7 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     _seed_everything(options["seed"])
     train_set, val_set, split = _datasets(data_dir, labels, options, config, threads, state,
                                           last_path, log)
+    _write_json(out_dir / SPLIT_FILE, split_record(split, options))
     model = VarifocalNet(config)  # step 1: He initialization (seeded above)
     run = {"history": [], "done": 0, "optimizer_states": {}, "split": split,
            "options": options, "last_path": last_path, "out_dir": out_dir}
@@ -322,17 +326,31 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
                                         "training_record": training_record(
                                             split, options, train_set.polarity_labelled)})
     _write_json(out_dir / "history.json", run["history"])
-    log(f"saved {model_path}")
+    log(f"saved {model_path}; validation slides in {out_dir / SPLIT_FILE}")
     return model_path
 
 
 def training_record(split, options, labelled):
-    """What the exported manifest keeps about the training (its "training" section)."""
-    return {"data_dir": options["data_dir"], "labels": options["labels"],
+    """What the exported manifest keeps about the training (its "training" section): where
+    the data was (absolute paths, so that ``vfinfer export`` finds the validation cells from
+    any directory), the slide counts and the validation slides by name."""
+    return {"data_dir": str(Path(options["data_dir"]).resolve()),
+            "labels": str(labels_path(options["data_dir"], options["labels"]).resolve()),
             "train_slides": len(split["train"]), "val_slides": len(split["val"]),
+            "validation_slides": list(split["val"]),
             "polarity_labelled_images": labelled,
             "polarity": ("trained" if labelled else
                          "not trained: no polarity labels (the polarity head is untrained)")}
+
+
+def split_record(split, options):
+    """``OUT/split.json``: the slides (cells where the labels name no slide) the trainer
+    trained on and those it held out for validation, by name, with the data they come from
+    (``vfinfer export`` fits the domain figures and the dispatch calibration on the latter)."""
+    return {"data_dir": str(Path(options["data_dir"]).resolve()),
+            "labels": str(labels_path(options["data_dir"], options["labels"]).resolve()),
+            "val_fraction": options["val_fraction"], "seed": options["seed"],
+            "validation": list(split["val"]), "train": list(split["train"])}
 
 
 def _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule, val_fraction,
@@ -359,7 +377,8 @@ def _resume(resume, last_path, options, epochs, log):
         changed = sorted(k for k in options if k not in free and options[k] != stored.get(k))
         if changed:
             log(f"resume: using the checkpoint's {', '.join(changed)} (differ from the call)")
-        return state, {**stored, "epochs": options["epochs"] if epochs else stored["epochs"]}
+        return state, {**stored, "epochs": options["epochs"] if epochs else stored["epochs"],
+                       "data_dir": options["data_dir"], "labels": options["labels"]}
     if resume:
         log(f"resume: {last_path} not found, starting a new run")
     return None, options

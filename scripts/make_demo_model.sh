@@ -12,7 +12,13 @@ if [ ! -f "$work/data/labels.csv" ]; then
 fi
 vfinfer train "$work/data" --out "$work/run" --preset compact --seed 0 --threads 2 \
   $([ -f "$work/run/last.pt" ] && echo --resume)
-vfinfer export "$work/run/model.pt" --out vfinfer/demo_model --overwrite
+# the bundled model's domain figures come from 40 more synthetic cells (not the trainer's
+# validation slides, which a plain export would use): they are what --dispatch auto reads
+vfinfer export "$work/run/model.pt" --out vfinfer/demo_model --overwrite --no-fit
+if [ ! -f "$work/domain/labels.csv" ]; then
+  python -c "from vfinfer.tools.synthesis.cells import make_training_set as m; m('$work/domain', seed=7001, n_cases=40)"
+fi
+vfinfer domain "$work"/domain/*/ --model vfinfer/demo_model --labels "$work/domain/labels.csv"
 
 rm -rf examples && mkdir examples
 vfinfer synth --karyotype "46,XX" --seed 9001 --out examples

@@ -199,7 +199,9 @@ def test_lines_follow_the_case_order(tmp_path, model_dir, chromosome):
     result = CliRunner().invoke(main, ["run", *map(str, dirs), "--model", str(model_dir),
                                        "--out", str(out), "--batch-size", "64"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    lines = result.output.strip().splitlines()[1:-1]  # between the model and summary lines
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("model ") and lines[1].startswith("dispatch ")
+    lines = lines[2:-1]  # between the model and dispatch lines and the summary line
     assert [line.split(":")[0] for line in lines] == names
     assert "skipped" in lines[1] and "failed" in lines[2]
     assert result.output.strip().splitlines()[-1] == "3 done, 1 skipped, 1 failed"

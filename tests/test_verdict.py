@@ -177,13 +177,17 @@ def test_a_model_that_gets_its_own_cells_wrong_withholds_that_dispatch(fitted, t
     data["domain"]["karyotype_exact"] = {"none": 0.1, "paper": 0.2, "optimal": 0.8, "cells": 10}
     (weak / "manifest.json").write_text(json.dumps(data))
     images = read_case(normal)[0]
-    with Pipeline(weak) as paper, Pipeline(weak, dispatch_mode="optimal") as optimal:
+    with Pipeline(weak, dispatch_mode="paper") as paper, \
+            Pipeline(weak, dispatch_mode="optimal") as optimal, Pipeline(weak) as auto:
         refused, kept = paper.run_case(images), optimal.run_case(images)
+        chosen = auto.run_case(images)
     assert refused["karyotype"] is None
     text = refused["verdict"]["text"]
     assert "with --dispatch paper are not reliable: only 20% of its 10" in text
     assert "--dispatch optimal got 80% right" in text
     assert kept["karyotype"] is not None and kept["verdict"]["karyotyped"]
+    assert chosen["dispatch"] == "optimal" and chosen["karyotype"] == kept["karyotype"]
+    assert "optimal 0.80 on its 10 validation cells" in chosen["dispatch_auto_reason"]
 
 
 def test_domain_with_labels_records_exact_karyotypes(fitted, tmp_path):
@@ -216,3 +220,39 @@ def test_segmented_cells_need_a_domain_fitted_on_segmented_cells(fitted, tmp_pat
     refit = store_domain(model, [segmented], log=lambda *a: None, dry_run=True)
     assert refit["fitted_on"]["segmented"] is True
     assert "not validated" not in judge(probs, 0.9, facts, refit)["text"]
+
+
+def test_segmented_cells_are_withheld_without_domain_figures():
+    """A model without domain figures (a plain export) was never checked on chromosomes cut
+    out of a metaphase: such a cell gets no karyotype, however confident the calls; the same
+    calls on ready-made cut-outs keep the no-domain behaviour (karyotyped with a note)."""
+    probs = np.full((46, 24), 0.001)
+    probs[:, 0] = 0.977
+    facts = [{"background": "light", "tilt": 0.0, "segmented": True}] * 46
+    verdict = judge(probs, 0.9, facts, None)
+    assert not verdict["karyotyped"]
+    assert verdict["text"].startswith("not karyotyped: chromosomes segmented from a metaphase, "
+                                      "but this model has no domain figures")
+    assert "'vfinfer domain' on segmented cells of your lab validates them" in verdict["text"]
+    assert judge(probs, 0.9, facts, None, force=True)["forced"]
+    cut_outs = judge(probs, 0.9, [dict(f, segmented=False) for f in facts], None)
+    assert cut_outs["karyotyped"] and "no domain figures" in cut_outs["text"]
+
+
+def test_metaphase_run_without_domain_figures_is_not_karyotyped(tmp_path):
+    """``vfinfer run IMAGE`` with a model whose manifest has no domain section: the cell is
+    refused for its segmentation, with the reason on its line and in result.json."""
+    model = tmp_path / "plain"
+    shutil.copytree(demo_model_dir(), model)
+    data = json.loads((model / "manifest.json").read_text())
+    del data["domain"]
+    (model / "manifest.json").write_text(json.dumps(data))
+    image = demo_model_dir().parents[1] / "examples" / "metaphase-46XY.png"
+    out = tmp_path / "out"
+    done = CliRunner().invoke(main, ["run", str(image), "--model", str(model), "--out",
+                                     str(out)])
+    assert done.exit_code == 0, done.output
+    assert "chromosomes, not karyotyped: chromosomes segmented from a " \
+           "metaphase, but this model has no domain figures" in done.output
+    result = json.loads((out / "metaphase-46XY" / "result.json").read_text())
+    assert result["karyotype"] is None and result["verdict"]["withheld_karyotype"]

@@ -26,7 +26,9 @@ turned, touched by neighbours, and at the metaphase's scale. A model whose in-do
 were fitted on ready-made cut-outs has never been checked on them (on BioImLab such a model
 got 2 of 33 metaphase karyotypes right while its figures looked in-domain: README), so a cell
 of mostly segmented cut-outs is refused unless ``vfinfer domain`` was run on segmented cells
-(``domain["fitted_on"]["segmented"]``).
+(``domain["fitted_on"]["segmented"]``). A model without domain figures has not been checked
+on them either (on held-out metaphases a plain export reported 16 karyotypes, 15 of them wrong),
+so it refuses such cells too (``SEGMENTED_NO_DOMAIN``).
 
 A model without domain figures (a fresh export, before ``vfinfer domain``) cannot be compared
 with its own cells, so one model-independent floor stands in: a cell is refused when more than
@@ -56,6 +58,9 @@ SEGMENTED_NOT_FITTED = ("chromosomes segmented from a metaphase, but this model'
                         "figures come from ready-made cut-outs: its calls on segmented "
                         "chromosomes are not validated ('vfinfer domain' on segmented cells of "
                         "your lab validates them)")
+SEGMENTED_NO_DOMAIN = ("chromosomes segmented from a metaphase, but this model has no domain "
+                       "figures: its calls on segmented chromosomes are not validated ('vfinfer "
+                       "domain' on segmented cells of your lab validates them)")
 NO_DOMAIN = ("this model's manifest has no domain figures ('vfinfer domain'): cells unlike "
              "its training data are not detected, so check that the images are like them")
 
@@ -87,13 +92,15 @@ def reasons_against(figures, domain, threshold, dispatch_mode=None):
 
 def kinded_reasons(figures, domain, threshold, dispatch_mode=None):
     """``reasons_against`` as (kind, text) pairs; kinds: model, segmentation, low
-    confidence, background, tilt; without a domain only the floor (near chance)."""
+    confidence, background, tilt; without a domain only segmentation and the floor (near
+    chance)."""
+    segmented = figures.get("segmented_fraction", 0.0) > 0.5
     if not domain:
-        return _near_chance_reasons(figures)
+        return ([("segmentation", SEGMENTED_NO_DOMAIN)] if segmented else []) \
+            + _near_chance_reasons(figures)
     limits = domain["limits"]
     reasons = [("model", text) for text in _model_reasons(domain, dispatch_mode)]
-    if figures.get("segmented_fraction", 0.0) > 0.5 and \
-            not domain.get("fitted_on", {}).get("segmented"):
+    if segmented and not domain.get("fitted_on", {}).get("segmented"):
         reasons.append(("segmentation", SEGMENTED_NOT_FITTED))
     low = figures["low_confidence_fraction"]
     if low > limits["low_confidence_fraction"]:

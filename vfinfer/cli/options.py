@@ -78,13 +78,15 @@ seg_model_option = click.option(
          "synthetic metaphases only.")
 
 
-def dispatch_option():
+def dispatch_option(more_help=""):
     return click.option(
-        "--dispatch", "dispatch_mode", default="paper", show_default=True,
-        type=click.Choice(["paper", "none", "optimal"]),
-        help="paper: Algorithm 1 of the paper; none: plain argmax; optimal: the most likely "
-             "karyotype by global assignment (parameters from 'vfinfer calibrate', else "
-             "uncalibrated defaults).")
+        "--dispatch", "dispatch_mode", default="auto", show_default=True,
+        type=click.Choice(["auto", "paper", "none", "optimal"]),
+        help="auto: the mode the model's own validation figures found best (the highest "
+             "share of exactly right karyotypes, else optimal with calibrated parameters, "
+             "else paper); paper: Algorithm 1 of the paper; none: plain argmax; optimal: the "
+             "most likely karyotype by global assignment (parameters from 'vfinfer "
+             "calibrate', else uncalibrated defaults)." + more_help)
 
 
 def labels_option(help_text):

@@ -30,7 +30,7 @@ from vfinfer.cli.options import (
 @click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
               help="Group cases by patient: the first group of REGEX in the case name (else "
                    "the whole match), e.g. '^([^.]+)\\.' for 97002023.12 -> 97002023; writes "
-                   "OUT/<patient>/patient.json (ISCN clones). Best with --dispatch optimal.")
+                   "OUT/<patient>/patient.json (ISCN clones). Best with optimal dispatch.")
 @click.option("--sample-sheet", type=click.Path(path_type=Path), default=None,
               help="CSV with the columns cell,patient: group cases by patient (instead of "
                    "--patient-from).")
@@ -63,8 +63,8 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
 
     names = [case_name(d) for d in case_dirs]
     grouping = patient_from is not None or sample_sheet is not None
-    sheet = _patient_grouping(names, sample_sheet, patient_from, dispatch_mode) if grouping \
-        else None
+    sheet = _patient_grouping(names, sample_sheet, patient_from, dispatch_mode, model_dir) \
+        if grouping else None
     options = dict(model_dir=model_dir, backend=backend, out_dir=out_dir,
                    dispatch_mode=dispatch_mode, karyogram=not no_karyogram, threads=threads,
                    batch_size=batch_size, overwrite=overwrite, precision=precision,
@@ -81,14 +81,18 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
         sys.exit(EXIT_FAILED)
 
 
-def _patient_grouping(names, sample_sheet, patient_from, dispatch_mode):
+def _patient_grouping(names, sample_sheet, patient_from, dispatch_mode, model_dir):
     """The sample sheet as ``{cell: patient}`` (None with --patient-from), checked against
     the cases before any of them runs."""
+    from vfinfer.calls.auto import choose_dispatch
     from vfinfer.calls.patient import group_cells
     from vfinfer.io.patients import read_sample_sheet
+    from vfinfer.model.manifest import demo_model_dir, load_manifest
 
     sheet = None if sample_sheet is None else read_sample_sheet(sample_sheet)
     group_cells(names, sample_sheet=sheet, pattern=patient_from)
+    dispatch_mode = choose_dispatch(dispatch_mode,
+                                    load_manifest(model_dir or demo_model_dir()).data).mode
     if dispatch_mode != "optimal":
         click.echo(f"note: patient karyotypes from --dispatch {dispatch_mode} count every "
                    "misclassification as a gain or loss; --dispatch optimal is meant for "

@@ -13,6 +13,7 @@ from vfinfer.cli.group import main
 from vfinfer.cli.options import (
     BACKEND_CHOICE,
     PRESET_CHOICE,
+    dispatch_option,
     fail,
     import_export_side,
     labels_option,
@@ -20,10 +21,7 @@ from vfinfer.cli.options import (
     one_line_errors,
     usage,
 )
-
-# optimal-dispatch calibration: fewer abnormal cells than this fit the threshold to noise
-# (on pki3, 3 abnormal validation cells gave parameters that missed all test trisomies)
-MIN_ABNORMAL_CELLS = 10
+from vfinfer.tools.evaluation import MIN_ABNORMAL_CELLS
 
 
 def _log(line):
@@ -51,35 +49,62 @@ def _log(line):
 @click.option("--calib", "calib_case_dir", type=click.Path(path_type=Path),
               help="Case directory of chromosome images for the FP16 range audit "
                    "(default: synthetic images).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the training data is now, if not where the checkpoint says (the "
+                   "validation cells the domain figures and the calibration are fitted on).")
+@click.option("--no-fit", is_flag=True,
+              help="Skip fitting the domain figures and the optimal-dispatch calibration on "
+                   "the trainer's validation slides.")
 @one_line_errors
 def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pickle,
-           overwrite, threads, fp16, calib_case_dir):
-    """Export a trained model to ONNX (gnet, lnet, heads) with parity checks."""
-    from vfinfer.model.config import preset as preset_config
-    from vfinfer.model.manifest import sha256_file
+           overwrite, threads, fp16, calib_case_dir, data_dir, no_fit):
+    """Export a trained model to ONNX (gnet, lnet, heads) with parity checks; a checkpoint of
+    'vfinfer train' also gets its domain figures and optimal-dispatch calibration, fitted on
+    the validation slides the trainer held out (when the training data is reachable)."""
+    _check_export_args(checkpoint, random_init, fp16, calib_case_dir, data_dir, no_fit)
+    model, source = _model_to_export(checkpoint, preset, config_path, random_init, seed,
+                                     trust_pickle)
+    started = time.perf_counter()
+    if not random_init and not no_fit and not getattr(model, "training_record", None):
+        click.echo("no domain figures or dispatch calibration will be fitted: the checkpoint "
+                   "records no training data (not written by 'vfinfer train'); fit them with "
+                   f"'vfinfer domain CELL_DIR... --model {out_dir} --labels LABELS' and 'vfinfer "
+                   f"calibrate DATA_DIR --labels LABELS --model {out_dir}' on labelled "
+                   "validation cells")
+    export_model = import_export_side()[2]
+    export_model(model, out_dir, source, overwrite=overwrite, log=click.echo, threads=threads,
+                 fp16=fp16, calib_case_dir=calib_case_dir, fit=not no_fit, data_dir=data_dir)
+    click.echo(f"wrote {out_dir} ({model.config.preset} preset) in "
+               f"{time.perf_counter() - started:.1f} s")
 
+
+def _check_export_args(checkpoint, random_init, fp16, calib_case_dir, data_dir, no_fit):
     if checkpoint is None and not random_init:
         usage("give a CHECKPOINT to export, or --random-init for an untrained model")
     if checkpoint is not None and random_init:
         usage("give either a CHECKPOINT or --random-init, not both")
     if calib_case_dir is not None and not fp16:
         usage("--calib only applies with --fp16")
+    if data_dir is not None and (random_init or no_fit):
+        usage("--data-dir only applies to fitting a trained checkpoint (not with "
+              "--random-init or --no-fit)")
     if checkpoint is not None and not checkpoint.is_file():
         fail(f"{checkpoint}: checkpoint file not found")
+
+
+def _model_to_export(checkpoint, preset, config_path, random_init, seed, trust_pickle):
+    """(the PyTorch model, the manifest's ``source``) from the checkpoint or a random init."""
+    from vfinfer.model.config import preset as preset_config
+    from vfinfer.model.manifest import sha256_file
+
     config = preset_config(preset) if preset else None
-    load_checkpoint, random_model, export_model = import_export_side()
+    load_checkpoint, random_model, _ = import_export_side()
     if random_init:
-        model = random_model(config or preset_config("compact"), seed)
-        source = {"kind": "random-init", "seed": seed}
-    else:
-        model = load_checkpoint(checkpoint, config_path or config, trust_pickle=trust_pickle)
-        source = {"kind": "checkpoint", "path": str(checkpoint),
-                  "sha256": sha256_file(checkpoint)}
-    started = time.perf_counter()
-    export_model(model, out_dir, source, overwrite=overwrite, log=click.echo, threads=threads,
-                 fp16=fp16, calib_case_dir=calib_case_dir)
-    click.echo(f"wrote {out_dir} ({model.config.preset} preset) in "
-               f"{time.perf_counter() - started:.1f} s")
+        return (random_model(config or preset_config("compact"), seed),
+                {"kind": "random-init", "seed": seed})
+    model = load_checkpoint(checkpoint, config_path or config, trust_pickle=trust_pickle)
+    return model, {"kind": "checkpoint", "path": str(checkpoint),
+                   "sha256": sha256_file(checkpoint)}
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -157,9 +182,10 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
               type=click.IntRange(min=0),
               help="Abnormal cells simulated per normal cell for separate sensitivity "
                    "figures (gain, loss, sex variant in turn); 0: none.")
+@dispatch_option(" The figures cover all three modes; this one's verdict is counted.")
 @one_line_errors
 def eval_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_size, json_path,
-          flip_half, seed, patient_from, sample_sheet, simulate_per_cell):
+          flip_half, seed, patient_from, sample_sheet, simulate_per_cell, dispatch_mode):
     """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper, and
     argmax / Algorithm 1 / optimal dispatch per cell and per patient."""
     from vfinfer.tools.evaluation.evaluate import evaluate
@@ -169,7 +195,8 @@ def eval_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_si
     results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
                        threads=threads, batch_size=batch_size, precision=precision,
                        flip_half=flip_half, seed=seed, log=_log, patient_from=patient_from,
-                       sample_sheet=sample_sheet, simulate=simulate_per_cell)
+                       sample_sheet=sample_sheet, simulate=simulate_per_cell,
+                       dispatch_mode=dispatch_mode)
     click.echo(format_report(results))
     if json_path is not None:
         written, picture = save_eval(results, json_path)
@@ -267,22 +294,12 @@ def _store_calibration(model_dir, params, report, allow_few_abnormal):
 def domain(case_dirs, model_dir, backend, threads, labels_csv, dry_run):
     """Store the figures of in-domain cells (CASE_DIRs: validation cells of the training data)
     that the verdict compares each cell with."""
-    from vfinfer.tools.evaluation.domain import store_domain
+    from vfinfer.tools.evaluation.domain import domain_lines, store_domain
 
     section = store_domain(model_dir, list(case_dirs), backend=backend, threads=threads,
                            log=_log, dry_run=dry_run, labels_csv=labels_csv)
-    seen, limits = section["seen"], section["limits"]
-    click.echo(f"{section['fitted_on']['cells']} cells, {section['fitted_on']['images']} "
-               f"images: low-confidence share up to {seen['low_confidence_max']:.0%} (limit "
-               f"{limits['low_confidence_fraction']:.0%}), dark backgrounds "
-               f"{seen['dark_background_fraction']:.0%} (checked: {limits['background']}), "
-               f"tilt limit {limits['median_abs_tilt']}")
-    exact = section.get("karyotype_exact")
-    if exact:
-        click.echo(f"karyotype exactly right on {exact['cells']} labelled cells: "
-                   + ", ".join(f"{m} {exact[m]:.0%}" for m in ("none", "paper", "optimal")))
-    for name, reasons in section["refused_fit_cells"].items():
-        click.echo(f"  would refuse {name}: {'; '.join(reasons)}")
+    for line in domain_lines(section):
+        click.echo(line)
     click.echo("dry run: manifest.json left unchanged" if dry_run
                else f"wrote the domain section to {model_dir / 'manifest.json'}")
 

@@ -18,6 +18,7 @@ import logging
 import os
 from pathlib import Path
 
+from vfinfer.calls.auto import choose_dispatch
 from vfinfer.io.results import existing_result
 from vfinfer.io.runner import (
     case_name,
@@ -27,6 +28,7 @@ from vfinfer.io.runner import (
     no_progress,
     save_result,
 )
+from vfinfer.model.manifest import demo_model_dir, load_manifest
 
 LOCAL = "local"  # --ray with no address: a Ray instance on this machine
 
@@ -88,13 +90,15 @@ def actor_plan(actors, threads):
 
 
 def run_on_ray(case_dirs, address=LOCAL, actors=0, model_dir=None, backend="auto",
-               out_dir="vfinfer-results", dispatch_mode="paper", karyogram=True, threads=0,
+               out_dir="vfinfer-results", dispatch_mode="auto", karyogram=True, threads=0,
                batch_size=None, overwrite=False, precision=None, echo=print, progress=None,
                num_cpus=None, background="auto", force_karyotype=False):
     """``vfinfer.io.runner.run_cases`` on Ray; returns the names of the failed cells."""
     import ray
 
     check_case_names(case_dirs)
+    manifest = load_manifest(model_dir or demo_model_dir())
+    echo("dispatch {} ({})".format(*choose_dispatch(dispatch_mode, manifest.data)))
     counts, failed, todo = {"ok": 0, "skipped": 0, "failed": 0}, [], []
     for case_dir in case_dirs:
         name = case_name(case_dir)

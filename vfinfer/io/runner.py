@@ -125,7 +125,7 @@ def case_line(result):
 
 
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
-              dispatch_mode="paper", karyogram=True, threads=0, batch_size=None,
+              dispatch_mode="auto", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=print, progress=None, background="auto",
               force_karyotype=False, seg_model=None):
     """Run every case; returns the names of the cases that failed (``run_with`` says what
@@ -138,6 +138,7 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
                   force_karyotype=force_karyotype) as pipeline:
         echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
              f"backend {pipeline.backend.name}")
+        echo(f"dispatch {pipeline.dispatch_mode} ({pipeline.dispatch_reason})")
         if any(is_metaphase(d) for d in case_dirs):
             from vfinfer.segment.segmenter import Segmenter
 

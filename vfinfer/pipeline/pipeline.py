@@ -9,9 +9,11 @@ pure functions and ONNX Runtime sessions accept concurrent ``run`` calls.
         result = pipe.run_case(images, name="cell_07")
         print(result["karyotype"], result["warnings"])
 
-Dispatch modes: "paper" (Algorithm 1, ``vfinfer.calls.dispatch``), "none" (plain argmax) and
+Dispatch modes: "paper" (Algorithm 1, ``vfinfer.calls.dispatch``), "none" (plain argmax),
 "optimal" (the most likely karyotype by global assignment, ``vfinfer.calls.optimal``, with the
-parameters calibrated into manifest.json by ``vfinfer calibrate``, or the defaults).
+parameters calibrated into manifest.json by ``vfinfer calibrate``, or the defaults) and, the
+default, "auto": the one of them that the model's own validation figures found best
+(``vfinfer.calls.auto``), chosen once when the pipeline is built.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from vfinfer import backends
+from vfinfer.calls.auto import AUTO, choose_dispatch
 from vfinfer.calls.dispatch import argmax_types, dispatch
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.verdict import judge
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
 # one cell as ``run_cases`` takes it: (name, images, file names or None), or prepared
 CaseInput = Union["PreparedCase", Tuple[str, Sequence[np.ndarray], Optional[Sequence[str]]]]
 
-DISPATCH_MODES = ("paper", "none", "optimal")
+DISPATCH_MODES = ("auto", "paper", "none", "optimal")
 BACKGROUND_CHOICES = ("auto", "light", "dark")
 TOP_HYPOTHESES = 3  # hypotheses listed in result["abnormality"]
 DEFAULT_BATCH = 64  # chromosomes per engine call when the engine sets no limit
@@ -86,14 +89,15 @@ class Pipeline:
         Chromosomes per engine call; None: the engine's limit, or 64 when it sets none. A
         value over the engine's limit is lowered to it.
     dispatch_mode : str
-        ``"paper"`` (Algorithm 1, ``vfinfer.calls.dispatch``), ``"none"`` (plain argmax) or
-        ``"optimal"`` (``vfinfer.calls.optimal``).
+        ``"auto"`` (the mode the model's validation figures found best,
+        ``vfinfer.calls.auto``), ``"paper"`` (Algorithm 1, ``vfinfer.calls.dispatch``),
+        ``"none"`` (plain argmax) or ``"optimal"`` (``vfinfer.calls.optimal``).
     precision : str, optional
         The graphs to run: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"bf16"``; None: the
         backend's own (fp32 for ONNX Runtime and OpenVINO, fp16 for TensorRT).
     optimal_params : OptimalParams, optional
         Parameters of optimal dispatch; None: those calibrated into the manifest, or the
-        defaults. Only used with ``dispatch_mode="optimal"``.
+        defaults. Only used when the dispatch is optimal.
     background : str
         ``"auto"`` (detected per image), ``"light"`` or ``"dark"``: the cut-outs' background.
     force_karyotype : bool
@@ -115,6 +119,11 @@ class Pipeline:
         The runners of the three graphs; None once closed.
     batch_size : int
         Chromosomes per engine call.
+    dispatch_mode : str
+        The mode used: ``"auto"`` resolved to ``"paper"``, ``"none"`` or ``"optimal"``.
+    dispatch_reason : str
+        Why: the rule's line for ``"auto"`` (also in each result's ``dispatch_auto_reason``),
+        else that the mode was given.
     """
 
     manifest: Manifest
@@ -124,7 +133,7 @@ class Pipeline:
 
     def __init__(self, model_dir: Union[str, os.PathLike, None] = None, backend: str = "auto",
                  threads: int = 0, batch_size: Optional[int] = None,
-                 dispatch_mode: str = "paper", precision: Optional[str] = None,
+                 dispatch_mode: str = AUTO, precision: Optional[str] = None,
                  optimal_params: Optional[OptimalParams] = None, background: str = "auto",
                  force_karyotype: bool = False) -> None:
         if background not in BACKGROUND_CHOICES:
@@ -139,7 +148,10 @@ class Pipeline:
                              f"{', '.join(DISPATCH_MODES)}")
         self.manifest = load_manifest(model_dir or demo_model_dir())
         self.config = self.manifest.config
+        requested = dispatch_mode
+        dispatch_mode, self.dispatch_reason = choose_dispatch(requested, self.manifest.data)
         self.dispatch_mode = dispatch_mode
+        self.auto_reason = self.dispatch_reason if requested == AUTO else None
         self.optimal = self.optimal_note = None
         if dispatch_mode == "optimal":
             from vfinfer.calls.optimal import OptimalDispatch
@@ -301,7 +313,7 @@ class Pipeline:
         verdict = judge(probs, self.manifest.threshold, case.facts, self.manifest.domain,
                         self.force_karyotype, self.dispatch_mode)
         return assemble_result(self.manifest, self.backend.describe(), self.dispatch_mode,
-                               case, outputs, calls, verdict, timing)
+                               case, outputs, calls, verdict, timing, self.auto_reason)
 
     def _dispatch(self, probs):
         """(types after dispatch, karyotype, warnings, abnormality section or None)."""

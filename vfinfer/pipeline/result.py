@@ -8,9 +8,11 @@ from vfinfer.calls.dispatch import argmax_types
 POLARITY_NOT_CALLED = "not called"
 
 
-def assemble_result(manifest, backend, dispatch_mode, case, outputs, calls, verdict, timing):
+def assemble_result(manifest, backend, dispatch_mode, case, outputs, calls, verdict, timing,
+                    auto_reason=None):
     """``calls``: (types, karyotype, warnings, abnormality or None) of the dispatch;
-    ``verdict``: ``vfinfer.calls.verdict.judge``'s section."""
+    ``verdict``: ``vfinfer.calls.verdict.judge``'s section; ``auto_reason``: why
+    ``--dispatch auto`` chose ``dispatch_mode`` (the result's ``dispatch_auto_reason``)."""
     types, karyotype, warnings, abnormality = calls
     warnings = list(warnings)
     if not verdict["karyotyped"]:
@@ -24,6 +26,7 @@ def assemble_result(manifest, backend, dispatch_mode, case, outputs, calls, verd
         "model": manifest.summary(),
         "backend": backend,
         "dispatch": dispatch_mode,
+        **({"dispatch_auto_reason": auto_reason} if auto_reason else {}),
         "n_chromosomes": len(case.files),
         "karyotype": karyotype,
         "verdict": verdict,

@@ -85,6 +85,7 @@ def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
         echo(f"serving {pipeline.manifest.model_dir} ({pipeline.config.preset}), backend "
              f"{pipeline.backend.name}, on http://{shown}:{sock.getsockname()[1]} "
              f"(API page /docs{', token required' if token else ''})")
+        echo(f"dispatch {pipeline.dispatch_mode} ({pipeline.dispatch_reason})")
         # uvicorn re-raises the signal it caught once it has shut down; with this handler in
         # place that ends here, so the pipeline is closed and the exit code is 0
         # (and a second stop signal during the shutdown is ignored too); the handlers come back

@@ -21,14 +21,21 @@ class CellSelection(NamedTuple):
 
 def read_ids(path):
     """Slide or cell ids from a text file (one per line, # comments) or a JSON list, or a
-    JSON object with a "train" list (also under "split")."""
+    JSON object with a "train" list (also under "split"); the validation slides a trainer
+    held out from the trainer's ``split.json`` (its "validation" list) or from the manifest.json
+    of a model exported from its checkpoint (``training.validation_slides``)."""
     text = Path(path).read_text(encoding="utf-8")
     if text.lstrip().startswith(("[", "{")):
         data = json.loads(text)
-        if isinstance(data, dict):
+        if isinstance(data, dict) and isinstance(data.get("training"), dict):
+            data = data["training"].get("validation_slides")
+        elif isinstance(data, dict) and "validation" in data:
+            data = data["validation"]
+        elif isinstance(data, dict):
             data = (data.get("split") or data).get("train")
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of ids or {{\"train\": [...]}}")
+            raise ValueError(f"{path}: expected a JSON list of ids, {{\"train\": [...]}} or a "
+                             "model manifest naming its validation slides")
         return {str(v) for v in data}
     return {line.split("#")[0].strip() for line in text.splitlines()} - {""}
 
@@ -66,7 +73,6 @@ def calibrate_on_data(data_dir, labels_csv, selection, pipeline_options, log=pri
     """Run the model on the selected labelled cells, add simulated abnormal cells
     (``vfinfer.tools.evaluation.simulate``) and ``calibrate``; returns ``(params, report)``."""
     from vfinfer.tools.evaluation.inference import cell_probabilities
-    from vfinfer.tools.evaluation.simulate import simulate_abnormal
 
     data = cell_probabilities(data_dir, labels_csv, keep=selection.keep, log=log,
                               **pipeline_options)
@@ -77,16 +83,9 @@ def calibrate_on_data(data_dir, labels_csv, selection, pipeline_options, log=pri
                          "cell")
     echo(f"calibrating on {len(data['probs'])} cells of {len(used)} slides from "
          f"{data['labels']}: these must be training slides, not the ones you report results on")
-    sim_probs, sim_true, sim_info = simulate_abnormal(
-        data["probs"], data["true"], {c: slide_of(c) for c in data["probs"]},
-        per_cell=simulate_per_cell)
-    if sim_probs:
-        echo(f"with {len(sim_probs)} abnormal cells simulated from the normal ones "
-             f"(--simulate {simulate_per_cell})")
-    params, report = calibrate({**data["probs"], **sim_probs}, {**data["true"], **sim_true},
-                               min_sensitivity=min_sensitivity,
-                               threshold_position=threshold_position,
-                               paper_threshold=data["threshold"], log=log, simulated=sim_info)
+    params, report = fit_calibration(data["probs"], data["true"], slide_of, data["threshold"],
+                                     log, echo, simulate_per_cell, min_sensitivity,
+                                     threshold_position)
     report["data"] = {"data_dir": str(data_dir), "labels": data["labels"],
                       "n_slides": len(used), "slides": used,
                       "excluded": sorted(selection.excluded),
@@ -94,3 +93,20 @@ def calibrate_on_data(data_dir, labels_csv, selection, pipeline_options, log=pri
                       else str(selection.slides_from),
                       "model": data["model"], "backend": data["backend"]}
     return params, report
+
+
+def fit_calibration(probs, true, slide_of, paper_threshold, log=print, echo=print,
+                    simulate_per_cell=3, min_sensitivity=1.0, threshold_position=0.0):
+    """``calibrate`` on labelled cells ({cell: N x 24}, {cell: N types}) plus the abnormal
+    cells simulated from their normal ones (donors from the same slide, ``slide_of(cell)``);
+    returns ``(params, report)``."""
+    from vfinfer.tools.evaluation.simulate import simulate_abnormal
+
+    sim_probs, sim_true, sim_info = simulate_abnormal(
+        probs, true, {c: slide_of(c) for c in probs}, per_cell=simulate_per_cell)
+    if sim_probs:
+        echo(f"with {len(sim_probs)} abnormal cells simulated from the normal ones "
+             f"(--simulate {simulate_per_cell})")
+    return calibrate({**probs, **sim_probs}, {**true, **sim_true},
+                     min_sensitivity=min_sensitivity, threshold_position=threshold_position,
+                     paper_threshold=paper_threshold, log=log, simulated=sim_info)

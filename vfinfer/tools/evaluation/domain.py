@@ -70,6 +70,23 @@ def fit_domain(figures, config, source):
     }
 
 
+def mode_karyotypes(probs, threshold, optimal):
+    """{dispatch mode: karyotype} of one cell's type probabilities: plain argmax, Algorithm 1
+    of the paper at ``threshold`` and ``optimal`` (an ``OptimalDispatch``)."""
+    return {"none": karyotype_summary(argmax_types(probs))[0],
+            "paper": karyotype_summary(dispatch(probs, threshold)[0])[0],
+            "optimal": optimal(probs, top=0)["karyotype"]}
+
+
+def cell_pass(pipe, name, images, files, case_dir):
+    """One cell through a dispatch-off ``pipe``: (type probabilities, ``cell_figures``); its
+    cut-outs count as segmented when ``case_dir`` holds ``vfinfer segment``'s folder."""
+    prepared = pipe.prepare(name, images, files)
+    mark_segmented(prepared, case_dir)
+    probs = pipe.infer_prepared(prepared.g_input)["type_probs"]
+    return probs, cell_figures(probs, pipe.manifest.threshold, prepared.facts)
+
+
 def domain_figures(model_dir, case_dirs, backend="auto", threads=0, log=print):
     """(name, ``cell_figures``, {dispatch mode: karyotype}) of every case directory."""
     from vfinfer.calls.optimal import OptimalDispatch
@@ -78,34 +95,74 @@ def domain_figures(model_dir, case_dirs, backend="auto", threads=0, log=print):
     out = []
     with Pipeline(model_dir, backend=backend, threads=threads, dispatch_mode="none") as pipe:
         optimal = OptimalDispatch(load_params(pipe.manifest).params)
-        threshold = pipe.manifest.threshold
         for i, case_dir in enumerate(case_dirs):
             images, paths, _ = read_case(case_dir)
-            prepared = pipe.prepare(case_name(case_dir), images, [p.name for p in paths])
-            mark_segmented(prepared, case_dir)
-            probs = pipe.infer_prepared(prepared.g_input)["type_probs"]
-            calls = {"none": karyotype_summary(argmax_types(probs))[0],
-                     "paper": karyotype_summary(dispatch(probs, threshold)[0])[0],
-                     "optimal": optimal(probs, top=0)["karyotype"]}
-            out.append((prepared.name, cell_figures(probs, threshold, prepared.facts), calls))
+            name = case_name(case_dir)
+            probs, figures = cell_pass(pipe, name, images, [p.name for p in paths], case_dir)
+            out.append((name, figures, mode_karyotypes(probs, pipe.manifest.threshold,
+                                                       optimal)))
             if (i + 1) % 20 == 0:
                 log(f"  {i + 1}/{len(case_dirs)} cells")
     return out
 
 
-def exact_karyotypes(named, labels_csv):
-    """Per dispatch mode, the share of the labelled cells whose karyotype is exactly right."""
+def true_karyotypes(labels_csv):
+    """{cell: true karyotype} of a labels CSV (``file`` relative to its folder)."""
     from vfinfer.io.labels import by_cell, read_labels
 
     cells = by_cell(read_labels(Path(labels_csv).parent, labels_csv))
-    truth = {cell: karyotype_summary(np.array([r.type for r in rows]))[0]
-             for cell, rows in cells.items()}
+    return {cell: karyotype_summary(np.array([r.type for r in rows]))[0]
+            for cell, rows in cells.items()}
+
+
+def exact_karyotypes(named, truth, where="the labels"):
+    """Per dispatch mode, the share of the labelled cells whose karyotype is exactly right:
+    ``named`` as ``domain_figures`` gives, ``truth`` {cell: karyotype} (or a labels CSV)."""
+    if not isinstance(truth, dict):
+        truth, where = true_karyotypes(truth), truth
     known = [(truth[name], calls) for name, _, calls in named if name in truth]
     if not known:
-        raise ValueError(f"{labels_csv}: labels none of the given cells")
+        raise ValueError(f"{where}: labels none of the given cells")
     shares = {mode: round(sum(calls[mode] == true for true, calls in known) / len(known), 4)
               for mode in ("none", "paper", "optimal")}
     return {**shares, "cells": len(known)}
+
+
+def domain_section(named, manifest, source, truth=None):
+    """The ``domain`` section from ``domain_figures``-style ``named`` cells: the limits, the
+    exact-karyotype shares per mode when ``truth`` (labels) is given, and the fit cells the
+    verdict itself would refuse."""
+    domain = fit_domain([f for _, f, _ in named], manifest.config, source)
+    if truth is not None:
+        domain["karyotype_exact"] = exact_karyotypes(named, truth)
+    refused = {name: reasons_against(f, domain, manifest.threshold) for name, f, _ in named}
+    domain["refused_fit_cells"] = {name: r for name, r in refused.items() if r}
+    return domain
+
+
+def domain_lines(section):
+    """What ``vfinfer domain`` (and ``vfinfer export``'s fit) print about a ``domain``
+    section: the figures and limits, the exact-karyotype shares, the fit cells refused."""
+    seen, limits = section["seen"], section["limits"]
+    lines = [f"{section['fitted_on']['cells']} cells, {section['fitted_on']['images']} images: "
+             f"low-confidence share up to {seen['low_confidence_max']:.0%} (limit "
+             f"{limits['low_confidence_fraction']:.0%}), dark backgrounds "
+             f"{seen['dark_background_fraction']:.0%} (checked: {limits['background']}), "
+             f"tilt limit {limits['median_abs_tilt']}"]
+    exact = section.get("karyotype_exact")
+    if exact:
+        lines.append(f"karyotype exactly right on {exact['cells']} labelled cells: "
+                     + ", ".join(f"{m} {exact[m]:.0%}" for m in ("none", "paper", "optimal")))
+    lines += [f"  would refuse {name}: {'; '.join(reasons)}"
+              for name, reasons in section["refused_fit_cells"].items()]
+    return lines
+
+
+def write_domain(manifest, domain):
+    """Put ``domain`` into the model's manifest.json (re-read first; atomic)."""
+    data = load_manifest(manifest.model_dir).data
+    data["domain"] = domain
+    write_json_atomic(manifest.path, data)
 
 
 def store_domain(model_dir, case_dirs, backend="auto", threads=0, log=print, dry_run=False,
@@ -117,13 +174,7 @@ def store_domain(model_dir, case_dirs, backend="auto", threads=0, log=print, dry
     manifest = load_manifest(model_dir)
     named = domain_figures(model_dir, case_dirs, backend, threads, log)
     source = f"{len(case_dirs)} case directories, e.g. {case_dirs[0]}"
-    domain = fit_domain([f for _, f, _ in named], manifest.config, source)
-    if labels_csv is not None:
-        domain["karyotype_exact"] = exact_karyotypes(named, labels_csv)
-    refused = {name: reasons_against(f, domain, manifest.threshold) for name, f, _ in named}
-    domain["refused_fit_cells"] = {name: r for name, r in refused.items() if r}
+    domain = domain_section(named, manifest, source, labels_csv)
     if not dry_run:
-        data = manifest.data
-        data["domain"] = domain
-        write_json_atomic(manifest.path, data)
+        write_domain(manifest, domain)
     return domain

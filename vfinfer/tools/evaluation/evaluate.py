@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vfinfer.calls.auto import choose_dispatch
 from vfinfer.calls.dispatch import argmax_types, dispatch_counts
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.optimal_params import load_params
@@ -56,7 +57,8 @@ from vfinfer.tools.evaluation.simulate import simulate_abnormal
 
 def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
              batch_size=None, flip_half=False, seed=0, log=print, patient_from=None,
-             sample_sheet=None, optimal_params=None, simulate=3, precision=None):
+             sample_sheet=None, optimal_params=None, simulate=3, precision=None,
+             dispatch_mode="auto"):
     """Run the model over every labelled image and compute the paper's metrics.
 
     One ``Pipeline`` (dispatch off) gives the type and polarity probabilities; dispatch
@@ -68,6 +70,8 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     abnormal cells simulated per normal cell (``vfinfer.tools.evaluation.simulate``) for the
     separate ``results["optimal"]["simulated"]`` figures; 0 for none. ``precision``: the graphs to
     run (fp32, fp16, int8, bf16 as ``Pipeline``), so reduced precisions are measured too.
+    ``dispatch_mode``: the dispatch whose verdict is counted (``auto``: the one ``vfinfer
+    run`` would choose, ``vfinfer.calls.auto``); the metrics cover all three modes anyway.
     """
     if patient_from is not None and sample_sheet is not None:
         raise ValueError("give either patient_from or sample_sheet, not both")
@@ -83,26 +87,23 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
         optimal = _optimal_params(pipe.manifest, optimal_params)
         log(f"evaluating {n} images of {len(cells)} cells on {engine.get('name')}")
         type_probs, pol_probs, infer_s, facts = infer_rows(pipe, rows, flipped, log)
-        domain = getattr(pipe.manifest, "domain", None)
+        judged = (getattr(pipe.manifest, "domain", None),
+                  choose_dispatch(dispatch_mode, getattr(pipe.manifest, "data", {})))
 
     results = _metrics(cells, case_ids, true_type, true_pol, type_probs, pol_probs, threshold)
     results["verdict"] = _verdicts(results["cells"], case_ids, type_probs, facts, threshold,
-                                   domain)
+                                   judged[0], judged[1].mode)
+    results["dispatch"] = judged[1]._asdict()
     slides = cell_slides(labels)
     groups, how = _patient_groups(slides, list(cells), patient_from, sample_sheet)
     results["optimal"] = _optimal_metrics(results["cells"], case_ids, true_type, type_probs,
                                           threshold, optimal, groups, how, simulate, slides)
     results.update({
-        "data_dir": str(data_dir),
-        "labels": str(labels_path(data_dir, labels_csv)),
-        "n_cells": len(cells),
-        "n_images": n,
-        "flip_half": bool(flip_half),
-        "seed": int(seed) if flip_half else None,
+        "data_dir": str(data_dir), "labels": str(labels_path(data_dir, labels_csv)),
+        "n_cells": len(cells), "n_images": n,
+        "flip_half": bool(flip_half), "seed": int(seed) if flip_half else None,
         "n_flipped": int(flipped.sum()),
-        "model": model,
-        "backend": engine,
-        "threshold": threshold,
+        "model": model, "backend": engine, "threshold": threshold,
         "errors": _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs,
                           results.pop("_dispatched"), Path(data_dir)),
     })
@@ -209,23 +210,25 @@ def _polarity_metrics(true_pol, pred_pol, case_ids):
             "confusion": confusion_matrix(t, p, 2).tolist()}
 
 
-def _verdicts(per_cell, case_ids, type_probs, facts, threshold, domain):
-    """How often the verdict withholds the karyotype (``vfinfer.calls.verdict``), overall and
-    on the cells whose true counts are abnormal (it must never hide those). Without domain
-    figures only the near-chance floor applies (``note`` says so)."""
+def _verdicts(per_cell, case_ids, type_probs, facts, threshold, domain, dispatch_mode=None):
+    """How often the verdict withholds the karyotype (``vfinfer.calls.verdict``) under
+    ``dispatch_mode``, overall and on the cells whose true counts are abnormal (it must never
+    hide those). Without domain figures only the near-chance floor applies (``note`` says so)."""
     ids = np.array(case_ids)
     refused, reasons = [], {}
     for cell in per_cell:
         rows = np.flatnonzero(ids == cell["cell"])
         found = kinded_reasons(cell_figures(type_probs[rows], threshold,
-                                            [facts[i] for i in rows]), domain, threshold)
+                                            [facts[i] for i in rows]), domain, threshold,
+                                 dispatch_mode)
         cell["not_karyotyped"] = bool(found)
         if found:
             refused.append(cell["cell"])
             for kind, _ in found:
                 reasons[kind] = reasons.get(kind, 0) + 1
     abnormal = [c["cell"] for c in per_cell if c["abnormal"]]
-    summary = {"domain": bool(domain), "n_cells": len(per_cell), "not_karyotyped": len(refused),
+    summary = {"domain": bool(domain), "dispatch": dispatch_mode, "n_cells": len(per_cell),
+               "not_karyotyped": len(refused),
                "rate": len(refused) / max(len(per_cell), 1), "reasons": reasons,
                "abnormal_cells": len(abnormal),
                "abnormal_not_karyotyped": sorted(set(abnormal) & set(refused)),
@@ -313,8 +316,9 @@ def _errors(rows, flipped, true_type, true_pol, type_probs, pol_probs, dispatche
 
 
 _ORDER = ("data_dir", "labels", "n_cells", "n_images", "flip_half", "seed", "n_flipped",
-          "model", "backend", "threshold", "seconds", "inference_seconds", "ms_per_image",
-          "type", "polarity", "abnormality", "verdict", "optimal", "cells", "errors")
+          "model", "backend", "threshold", "dispatch", "seconds", "inference_seconds",
+          "ms_per_image", "type", "polarity", "abnormality", "verdict", "optimal", "cells",
+          "errors")
 
 
 def _key_order(results):

@@ -64,6 +64,12 @@ def _top_confusions(matrix, names, k=10):
     return [f"{names[t]} -> {names[p]}: {m[t, p]}" for t, p in pairs if m[t, p] > 0]
 
 
+def _dispatch_lines(results):
+    chosen = results.get("dispatch")
+    return [f"dispatch  {chosen['mode']} ({chosen['reason']}); the verdict uses it"] \
+        if chosen else []
+
+
 def format_report(results):
     """The evaluation as text: Table IV's four metrics (T and P), then per class, then cells."""
     t, p, ab = results["type"], results["polarity"], results["abnormality"]
@@ -101,7 +107,7 @@ def format_report(results):
         lines.append("Polarity: not labelled (the labels' polarity column is empty)")
     else:
         lines += _class_lines(p["per_class"], "Polarity")
-    lines += ["", _verdict_line(results.get("verdict") or {})]
+    lines += ["", *_dispatch_lines(results), _verdict_line(results.get("verdict") or {})]
     confusions = _top_confusions(t["confusion"], TYPE_NAMES)
     lines += ["", "most frequent type confusions (true -> predicted, no dispatch):"
               + ("" if confusions else " none")]
