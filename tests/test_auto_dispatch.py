@@ -82,7 +82,8 @@ def test_without_figures_or_calibration_algorithm_1(dispatch):
 
 def test_an_explicit_mode_is_kept():
     data = manifest({"none": 0.1, "paper": 0.2, "optimal": 0.9, "cells": 3})
-    assert choose_dispatch("paper", data) == ("paper", "given: --dispatch paper")
+    assert choose_dispatch("paper", data) == ("paper", "--dispatch paper; auto would choose "
+                                                        "optimal")
     assert choose_dispatch("auto", data).mode == "optimal"
 
 
@@ -120,7 +121,7 @@ def test_demo_model_calls_the_trisomy_with_auto(tmp_path):
     assert result["dispatch_auto_reason"] == lines[1][len("dispatch optimal ("):-1]
     paper = runner.invoke(main, ["run", str(case), "--out", str(tmp_path / "paper"),
                                  "--dispatch", "paper"])
-    assert "dispatch paper (given: --dispatch paper)" in paper.output
+    assert "dispatch paper (--dispatch paper; auto would choose optimal)" in paper.output
     assert "47,XY,+22" in paper.output
 
 
@@ -135,5 +136,6 @@ def test_eval_counts_the_verdict_of_the_chosen_dispatch(tmp_path, synth_root):
     assert "dispatch  optimal (auto: uncalibrated default parameters" in format_report(auto)
     paper = evaluate(synth_root, model_dir=model, log=lambda *a: None, simulate=0,
                      dispatch_mode="paper")
-    assert paper["dispatch"] == {"mode": "paper", "reason": "given: --dispatch paper"}
+    assert paper["dispatch"] == {"mode": "paper",
+                                 "reason": "--dispatch paper; auto would choose optimal"}
     assert paper["verdict"]["not_karyotyped"] == 2 and paper["verdict"]["reasons"] == {"model": 2}

@@ -84,7 +84,9 @@ def resolve_dispatch(data: Mapping[str, Any]) -> AutoDispatch:
 
 
 def choose_dispatch(requested: str, data: Mapping[str, Any]) -> AutoDispatch:
-    """``requested`` as given (the reason says so), or, for ``"auto"``, ``resolve_dispatch``."""
+    """``requested`` as given (the reason says so, and what ``auto`` would choose), or, for
+    ``"auto"``, ``resolve_dispatch``."""
+    resolved = resolve_dispatch(data)
     if requested == AUTO:
-        return resolve_dispatch(data)
-    return AutoDispatch(requested, f"given: --dispatch {requested}")
+        return resolved
+    return AutoDispatch(requested, f"--dispatch {requested}; auto would choose {resolved.mode}")
