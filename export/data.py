@@ -10,7 +10,10 @@
   uint8 canvas. ``__getitem__`` augments the uint8 canvas (paper III-B: horizontal flip,
   rotation by +-[0, 45] degrees with the pad value as border, vertical flip that flips the
   polarity label), z-scores it (eq. 11) and computes the localization target of section
-  II-A.4 on the augmented canvas.
+  II-A.4 on the augmented canvas. With size normalization (``ModelConfig.size_norm``) every
+  cut-out is scaled by its cell's factor before the canvas, exactly as the runtime does per
+  case (``vfinfer.pipeline.preprocess.size_normalize``; the median over the cell's images in
+  this data set: all of them, unless ``limit`` took a subset).
 """
 
 import os
@@ -22,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from vfinfer.pipeline.preprocess import to_canvas, zscore
+from vfinfer.pipeline.preprocess import size_normalize, to_canvas, zscore
 from vfinfer.util.geometry import normalize_cutout
 from vfinfer.util.images import read_gray8
 
@@ -70,7 +73,8 @@ def slides_of(records):
 def to_g_canvas(image, config):
     """uint8 image as read -> uint8 (g_input, g_input): the runtime's preprocessing up to the
     z-score (``vfinfer.util.geometry`` with automatic background detection, then the
-    same padding and resize call)."""
+    same padding and resize call), without size normalization (it needs the whole cell:
+    ``load_canvases``)."""
     return to_canvas(normalize_cutout(image, config)[0], config)
 
 
@@ -116,16 +120,24 @@ def augment(canvas, polarity, rng, pad_value, max_rotation=MAX_ROTATION):
     return canvas, polarity
 
 
-def load_canvases(paths, config, threads=None):
-    """Read and pad/resize every image -> uint8 array (N, g_input, g_input)."""
+def load_canvases(paths, config, threads=None, cells=None):
+    """Read, normalize (size normalization per cell: ``cells``, the cell of each path; None:
+    one cell) and pad/resize every image -> uint8 array (N, g_input, g_input)."""
     out = np.empty((len(paths), config.g_input, config.g_input), dtype=np.uint8)
+    normalized, facts = [None] * len(paths), [None] * len(paths)
 
-    def work(i):
-        out[i] = to_g_canvas(read_gray8(paths[i]), config)
+    def read(i):
+        normalized[i], facts[i] = normalize_cutout(read_gray8(paths[i]), config)
+
+    def place(i):
+        out[i] = to_canvas(normalized[i], config)
 
     workers = threads or min(8, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(work, range(len(paths)), chunksize=64):
+        for _ in pool.map(read, range(len(paths)), chunksize=64):
+            pass
+        normalized = size_normalize(normalized, facts, config, cells)
+        for _ in pool.map(place, range(len(paths)), chunksize=64):
             pass
     return out
 
@@ -152,7 +164,8 @@ class ChromosomeDataset(torch.utils.data.Dataset):
         self.types = np.array([r.type for r in self.records], dtype=np.int64)
         self.polarities = np.array([r.polarity for r in self.records], dtype=np.int64)
         if canvases is None:
-            canvases = load_canvases([r.path for r in self.records], config, threads)
+            canvases = load_canvases([r.path for r in self.records], config, threads,
+                                     cells=[r.cell for r in self.records])
         self.canvases = canvases
 
     def set_epoch(self, epoch):

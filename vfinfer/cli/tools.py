@@ -1,4 +1,5 @@
-"""The offline commands: export, train, eval, calibrate, bench, synth, fp16, quantize, build.
+"""The offline commands: export, tta, train, eval, calibrate, bench, synth, fp16, quantize,
+build.
 
 Each imports its tool (and torch or onnx, where it needs them) only when it runs.
 """
@@ -20,6 +21,7 @@ from vfinfer.cli.options import (
     one_line_errors,
     usage,
 )
+from vfinfer.model.config import TTA_MODES
 
 # optimal-dispatch calibration: fewer abnormal cells than this fit the threshold to noise
 # (on pki3, 3 abnormal validation cells gave parameters that missed all test trisomies)
@@ -51,10 +53,16 @@ def _log(line):
 @click.option("--calib", "calib_case_dir", type=click.Path(path_type=Path),
               help="Case directory of chromosome images for the FP16 range audit "
                    "(default: synthetic images).")
+@click.option("--tta", type=click.Choice(TTA_MODES), default=None,
+              help="Test-time augmentation recorded in the model: none, or mirror (each "
+                   "image and its left-right mirror, probabilities averaged; 2x the network "
+                   "time). Default: the checkpoint's (none).")
 @one_line_errors
 def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pickle,
-           overwrite, threads, fp16, calib_case_dir):
+           overwrite, threads, fp16, calib_case_dir, tta):
     """Export a trained model to ONNX (gnet, lnet, heads) with parity checks."""
+    from dataclasses import replace
+
     from vfinfer.model.config import preset as preset_config
     from vfinfer.model.manifest import sha256_file
 
@@ -75,11 +83,43 @@ def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pi
         model = load_checkpoint(checkpoint, config_path or config, trust_pickle=trust_pickle)
         source = {"kind": "checkpoint", "path": str(checkpoint),
                   "sha256": sha256_file(checkpoint)}
+    if tta is not None:
+        model.config = replace(model.config, tta=tta)
     started = time.perf_counter()
     export_model(model, out_dir, source, overwrite=overwrite, log=click.echo, threads=threads,
                  fp16=fp16, calib_case_dir=calib_case_dir)
     click.echo(f"wrote {out_dir} ({model.config.preset} preset) in "
                f"{time.perf_counter() - started:.1f} s")
+
+
+@main.command("tta")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("mode", type=click.Choice(TTA_MODES))
+@one_line_errors
+def tta_(model_dir, mode):
+    """Set a model directory's test-time augmentation: none or mirror (each image and its
+    left-right mirror, probabilities averaged; 2x the network time)."""
+    from vfinfer.model.manifest import set_tta
+
+    previous, notes = set_tta(model_dir, mode)
+    click.echo(f"{model_dir}: tta {previous} -> {mode}")
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
+def recipe_options(command):
+    """The recipe levers of ``vfinfer train`` (docs/training.md, "Recipe"), each off by
+    default: ``--size-norm``."""
+    options = [
+        click.option("--size-norm", "size_norm", default=None, metavar="REF_LENGTH",
+                     type=click.FloatRange(min=0, min_open=True),
+                     help="Scale every cut-out by REF_LENGTH / its cell's median chromosome "
+                          "length (pixels, principal-axis extent) before the canvas, in "
+                          "training and (recorded in the model) at run time. Default: off."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -112,10 +152,11 @@ def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pi
               type=click.Choice(["none", "principal-axis", "hough"]),
               help="Turn every cut-out upright and crop it before the canvas, in training and "
                    "(recorded in the model) at run time: for cut-outs at any angle.")
+@recipe_options
 @one_line_errors
 def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
           epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit,
-          rotate_crop):
+          rotate_crop, size_norm):
     """Train a model with the paper's four-step strategy (section II-C)."""
     import_export_side()
     from dataclasses import replace
@@ -126,7 +167,8 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
     epochs = {k: v for k, v in (("gnet", epochs_gnet), ("loc", epochs_loc),
                                 ("local", epochs_local), ("heads", epochs_heads)) if v}
     started = time.perf_counter()
-    config = replace(preset_config(preset), rotate_crop=rotate_crop)
+    config = replace(preset_config(preset), rotate_crop=rotate_crop,
+                     size_norm=size_norm or 0.0)
     model_path = run_training(data_dir, labels, out_dir, preset=config, epochs=epochs or None,
                               batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                               val_fraction=val_fraction, seed=seed, resume=resume,
