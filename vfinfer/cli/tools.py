@@ -109,13 +109,26 @@ def tta_(model_dir, mode):
 
 def recipe_options(command):
     """The recipe levers of ``vfinfer train`` (docs/training.md, "Recipe"), each off by
-    default: ``--size-norm``."""
+    default: ``--size-norm --augment --balance --keep-best --init``."""
     options = [
         click.option("--size-norm", "size_norm", default=None, metavar="REF_LENGTH",
                      type=click.FloatRange(min=0, min_open=True),
                      help="Scale every cut-out by REF_LENGTH / its cell's median chromosome "
                           "length (pixels, principal-axis extent) before the canvas, in "
                           "training and (recorded in the model) at run time. Default: off."),
+        click.option("--augment", default="paper", show_default=True,
+                     type=click.Choice(["paper", "real"]),
+                     help="paper: flips and rotation (section III-B); real: also scale "
+                          "jitter, gamma, blur and noise (docs/training.md, Recipe)."),
+        click.option("--balance", is_flag=True,
+                     help="Class-balanced sampling: every type drawn equally often per epoch."),
+        click.option("--keep-best", is_flag=True,
+                     help="End each step on its epoch of best validation type accuracy."),
+        click.option("--init", "init", type=click.Path(path_type=Path), default=None,
+                     metavar="MODEL_OR_CHECKPOINT",
+                     help="Start from these weights (a .pt checkpoint, or a model directory "
+                          "exported from one) instead of He initialization; the same "
+                          "preset/trunk."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -156,7 +169,7 @@ def recipe_options(command):
 @one_line_errors
 def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
           epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit,
-          rotate_crop, size_norm):
+          rotate_crop, size_norm, augment, balance, keep_best, init):
     """Train a model with the paper's four-step strategy (section II-C)."""
     import_export_side()
     from dataclasses import replace
@@ -172,7 +185,8 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
     model_path = run_training(data_dir, labels, out_dir, preset=config, epochs=epochs or None,
                               batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                               val_fraction=val_fraction, seed=seed, resume=resume,
-                              threads=threads, limit=limit)
+                              threads=threads, limit=limit, augment=augment, balance=balance,
+                              keep_best=keep_best, init=init)
     click.echo(f"wrote {model_path} in {(time.perf_counter() - started) / 60:.1f} min; export "
                f"it with: vfinfer export {model_path} --out engines/{preset}")
 
