@@ -10,9 +10,19 @@
   uint8 canvas. ``__getitem__`` augments the uint8 canvas (paper III-B: horizontal flip,
   rotation by +-[0, 45] degrees with the pad value as border, vertical flip that flips the
   polarity label), z-scores it (eq. 11) and computes the localization target of section
-  II-A.4 on the augmented canvas.
+  II-A.4 on the augmented canvas. With size normalization (``ModelConfig.size_norm``) every
+  cut-out is scaled by its cell's factor before the canvas, exactly as the runtime does per
+  case (``vfinfer.pipeline.preprocess.size_normalize``; the median over the cell's images in
+  this data set: all of them, unless ``limit`` took a subset).
+* ``augment_mode="real"`` adds, after the paper's flips and rotation, what real slides vary
+  in (``REAL_AUGMENT``): a scale jitter (in the rotation's warp), a gamma curve, a Gaussian
+  blur and Gaussian noise. A linear contrast or brightness change is not among them: the
+  per-image z-score (eq. 11) undoes it. The localization target is computed before blur and
+  noise (the target's "darker than the pad value" test must not see the noise).
+* ``balanced_order``: class-balanced sampling (``batches(..., balance=True)``).
 """
 
+import math
 import os
 import random
 from collections import OrderedDict
@@ -22,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from vfinfer.pipeline.preprocess import to_canvas, zscore
+from vfinfer.pipeline.preprocess import size_normalize, to_canvas, zscore
 from vfinfer.util.geometry import normalize_cutout
 from vfinfer.util.images import read_gray8
 
@@ -33,6 +43,14 @@ MAX_ROTATION = 45.0  # degrees, paper III-B
 # after rotate-and-crop every chromosome is upright: a small turn covers the axis estimate's
 # error without showing the network orientations it never meets at run time
 MAX_ROTATION_UPRIGHT = 10.0
+AUGMENT_MODES = ("paper", "real")
+# augment_mode "real": each a draw per image and epoch, after the paper's augmentation. Scale:
+# a factor uniform in this range applied with the rotation (about the canvas centre); gamma:
+# x -> 255 (x / 255) ** g with log g uniform in +-log(gamma); blur: with this probability, a
+# Gaussian of sigma uniform in the range (G-input pixels); noise: with this probability,
+# Gaussian noise of sigma uniform in the range (gray levels), clipped to 0..255.
+REAL_AUGMENT = {"scale": (0.85, 1.15), "gamma": 1.4, "blur_p": 0.3, "blur_sigma": (0.3, 1.2),
+                "noise_p": 0.3, "noise_sigma": (2.0, 8.0)}
 
 
 def split_by_slide(records, val_fraction, seed):
@@ -70,7 +88,8 @@ def slides_of(records):
 def to_g_canvas(image, config):
     """uint8 image as read -> uint8 (g_input, g_input): the runtime's preprocessing up to the
     z-score (``vfinfer.util.geometry`` with automatic background detection, then the
-    same padding and resize call)."""
+    same padding and resize call), without size normalization (it needs the whole cell:
+    ``load_canvases``)."""
     return to_canvas(normalize_cutout(image, config)[0], config)
 
 
@@ -100,34 +119,71 @@ def flip_polarity(polarity):
     return 1 - polarity if polarity in (0, 1) else polarity
 
 
-def augment(canvas, polarity, rng, pad_value, max_rotation=MAX_ROTATION):
-    """Paper III-B augmentation of a uint8 canvas -> (canvas, polarity)."""
+def augment(canvas, polarity, rng, pad_value, max_rotation=MAX_ROTATION, scale_jitter=None):
+    """Paper III-B augmentation of a uint8 canvas -> (canvas, polarity); ``scale_jitter``
+    (low, high): also a random scale in the same warp (``augment_mode="real"``), drawn after
+    the paper's draws so that the paper's stay as they were."""
     if rng.random() < 0.5:
         canvas = canvas[:, ::-1]
     if rng.random() < 0.5:
         canvas = canvas[::-1]
         polarity = flip_polarity(polarity)
     angle = rng.uniform(0.0, max_rotation) * (1.0 if rng.random() < 0.5 else -1.0)
+    scale = 1.0 if scale_jitter is None else rng.uniform(*scale_jitter)
     side = canvas.shape[0]
-    matrix = cv2.getRotationMatrix2D(((side - 1) / 2.0, (side - 1) / 2.0), angle, 1.0)
+    matrix = cv2.getRotationMatrix2D(((side - 1) / 2.0, (side - 1) / 2.0), angle, scale)
     canvas = cv2.warpAffine(np.ascontiguousarray(canvas), matrix, (side, side),
                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=int(pad_value))
     return canvas, polarity
 
 
-def load_canvases(paths, config, threads=None):
-    """Read and pad/resize every image -> uint8 array (N, g_input, g_input)."""
-    out = np.empty((len(paths), config.g_input, config.g_input), dtype=np.uint8)
+def photometric(canvas, rng, params=None):
+    """The ``augment_mode="real"`` intensity changes of a uint8 canvas (``REAL_AUGMENT``):
+    gamma, then blur and noise each with their probability. Shape and dtype are kept; the
+    labels do not change."""
+    params = params or REAL_AUGMENT
+    gamma = math.exp(rng.uniform(-1.0, 1.0) * math.log(params["gamma"]))
+    table = np.clip(np.round(255.0 * (np.arange(256) / 255.0) ** gamma), 0, 255)
+    out = table.astype(np.uint8)[canvas]
+    if rng.random() < params["blur_p"]:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(*params["blur_sigma"]))
+    if rng.random() < params["noise_p"]:
+        noise = rng.normal(0.0, rng.uniform(*params["noise_sigma"]), out.shape)
+        out = np.clip(out + noise, 0, 255).astype(np.uint8)
+    return out
 
-    def work(i):
-        out[i] = to_g_canvas(read_gray8(paths[i]), config)
+
+def load_canvases(paths, config, threads=None, cells=None):
+    """Read, normalize (size normalization per cell: ``cells``, the cell of each path; None:
+    one cell) and pad/resize every image -> uint8 array (N, g_input, g_input)."""
+    out = np.empty((len(paths), config.g_input, config.g_input), dtype=np.uint8)
+    normalized, facts = [None] * len(paths), [None] * len(paths)
+
+    def read(i):
+        normalized[i], facts[i] = normalize_cutout(read_gray8(paths[i]), config)
+
+    def place(i):
+        out[i] = to_canvas(normalized[i], config)
 
     workers = threads or min(8, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(work, range(len(paths)), chunksize=64):
+        for _ in pool.map(read, range(len(paths)), chunksize=64):
+            pass
+        normalized = size_normalize(normalized, facts, config, cells)
+        for _ in pool.map(place, range(len(paths)), chunksize=64):
             pass
     return out
+
+
+def balanced_order(types, rng):
+    """Class-balanced sampling: ``len(types)`` indices drawn with replacement, each image
+    with probability proportional to 1 / (the number of images of its type), so that every
+    type present is drawn equally often in expectation (rare types repeat, frequent ones are
+    left out more)."""
+    types = np.asarray(types, dtype=np.int64)
+    weights = 1.0 / np.bincount(types)[types]
+    return rng.choice(len(types), size=len(types), replace=True, p=weights / weights.sum())
 
 
 class ChromosomeDataset(torch.utils.data.Dataset):
@@ -136,23 +192,29 @@ class ChromosomeDataset(torch.utils.data.Dataset):
     ``__getitem__(i)`` -> (image float32 (1, g, g), type, polarity, loc target float32 (3,)).
     With ``augment=True`` each item is augmented by a generator seeded from (seed, epoch, i),
     so an epoch is reproducible in any order and after a resume; call ``set_epoch``.
+    ``augment_mode``: ``paper`` (flips and rotation) or ``real`` (also ``REAL_AUGMENT``).
     ``balance_polarity=True`` (no augmentation; used for validation) flips every other image
     vertically and labels it q-arm up, so that polarity accuracy is measured on both classes
     (the stored images are all q-arm down).
     """
 
     def __init__(self, records, config, augment=False, seed=0, balance_polarity=False,
-                 threads=None, canvases=None):
+                 threads=None, canvases=None, augment_mode="paper"):
+        if augment_mode not in AUGMENT_MODES:
+            raise ValueError(f"augment_mode must be one of {', '.join(AUGMENT_MODES)}, not "
+                             f"{augment_mode!r}")
         self.records = list(records)
         self.config = config
         self.augment = bool(augment)
+        self.augment_mode = augment_mode
         self.seed = int(seed)
         self.balance_polarity = bool(balance_polarity)
         self.epoch = 0
         self.types = np.array([r.type for r in self.records], dtype=np.int64)
         self.polarities = np.array([r.polarity for r in self.records], dtype=np.int64)
         if canvases is None:
-            canvases = load_canvases([r.path for r in self.records], config, threads)
+            canvases = load_canvases([r.path for r in self.records], config, threads,
+                                     cells=[r.cell for r in self.records])
         self.canvases = canvases
 
     def set_epoch(self, epoch):
@@ -161,35 +223,58 @@ class ChromosomeDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.records)
 
-    def item(self, index):
+    def item(self, index, repeat=0):
         """(uint8 canvas after augmentation, type, polarity)."""
+        return self.sample(index, repeat)[:3]
+
+    def sample(self, index, repeat=0):
+        """(uint8 canvas after augmentation, type, polarity, localization target). ``repeat``:
+        the how-manieth draw of this image in the epoch (balanced sampling draws some images
+        more than once; each draw gets its own augmentation)."""
         canvas = self.canvases[index]
         polarity = int(self.polarities[index])
+        rng = None
         if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            key = [self.seed, self.epoch, int(index)] + ([int(repeat)] if repeat else [])
+            rng = np.random.default_rng(key)
             limit = MAX_ROTATION if self.config.rotate_crop == "none" else MAX_ROTATION_UPRIGHT
-            canvas, polarity = augment(canvas, polarity, rng, self.config.pad_value, limit)
+            jitter = REAL_AUGMENT["scale"] if self.augment_mode == "real" else None
+            canvas, polarity = augment(canvas, polarity, rng, self.config.pad_value, limit,
+                                       jitter)
         elif self.balance_polarity and index % 2 == 1:
             canvas, polarity = canvas[::-1], flip_polarity(polarity)
-        return canvas, int(self.types[index]), polarity
+        target = localization_target(canvas, self.config)
+        if rng is not None and self.augment_mode == "real":
+            canvas = photometric(canvas, rng)
+        return canvas, int(self.types[index]), polarity, target
+
+    def fetch(self, index, repeat=0):
+        """``__getitem__`` of one draw of an image (``sample``'s ``repeat``)."""
+        canvas, type_index, polarity, target = self.sample(index, repeat)
+        return (torch.from_numpy(zscore(canvas)[None]), type_index, polarity,
+                torch.from_numpy(target))
 
     def __getitem__(self, index):
-        canvas, type_index, polarity = self.item(index)
-        image = torch.from_numpy(zscore(canvas)[None])
-        target = torch.from_numpy(localization_target(canvas, self.config))
-        return image, type_index, polarity, target
+        return self.fetch(index)
 
 
-def batches(dataset, batch_size, shuffle_seed=None):
+def batches(dataset, batch_size, shuffle_seed=None, balance=False):
     """Yield collated batches (images, types, polarities, loc targets) of ``dataset``.
 
     ``shuffle_seed`` None keeps the order; otherwise a seeded permutation (deterministic).
+    ``balance`` (with a ``shuffle_seed``): a class-balanced draw (``balanced_order``) instead
+    of the permutation, each repeated draw of an image augmented anew.
     """
     order = np.arange(len(dataset))
     if shuffle_seed is not None:
-        order = np.random.default_rng(shuffle_seed).permutation(len(dataset))
+        rng = np.random.default_rng(shuffle_seed)
+        order = balanced_order(dataset.types, rng) if balance else rng.permutation(len(dataset))
+    seen = {}
     for start in range(0, len(order), batch_size):
-        items = [dataset[int(i)] for i in order[start:start + batch_size]]
+        items = []
+        for i in order[start:start + batch_size]:
+            repeat = seen[int(i)] = seen.get(int(i), -1) + 1
+            items.append(dataset.fetch(int(i), repeat) if repeat else dataset[int(i)])
         yield (torch.stack([it[0] for it in items]),
                torch.tensor([it[1] for it in items], dtype=torch.long),
                torch.tensor([it[2] for it in items], dtype=torch.long),
@@ -197,11 +282,15 @@ def batches(dataset, batch_size, shuffle_seed=None):
 
 
 __all__ = [
+    "AUGMENT_MODES",
     "ChromosomeDataset",
+    "REAL_AUGMENT",
     "augment",
+    "balanced_order",
     "batches",
     "load_canvases",
     "localization_target",
+    "photometric",
     "slides_of",
     "split_by_slide",
     "to_g_canvas",

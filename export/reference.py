@@ -1,8 +1,10 @@
 """The whole Varifocal-Net pipeline in PyTorch, for tests and benchmarks only.
 
-It shares the runtime's preprocessing (``vfinfer.pipeline.preprocess``, NumPy) so the comparison
-isolates what the runtime does differently: the exported graphs, the eq. 5 box decode and
-the crop between the engines (here ``grid_sample``, in the runtime a NumPy gather).
+It shares the runtime's preprocessing (``vfinfer.pipeline.preprocess``, NumPy: background,
+rotate-and-crop, size normalization over the images of one ``infer`` call, which are one
+cell) and its test-time views (``vfinfer.pipeline.tta``) so the comparison isolates what the
+runtime does differently: the exported graphs, the eq. 5 box decode and the crop between the
+engines (here ``grid_sample``, in the runtime a NumPy gather).
 """
 
 import time
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from vfinfer.pipeline.preprocess import preprocess_batch
+from vfinfer.pipeline.tta import add_views, merge_views
 
 from .checkpoint import load_checkpoint
 from .models import random_model
@@ -39,11 +42,15 @@ class ReferencePipeline:
         return {"type_probs": type_probs.numpy(), "polarity_probs": polarity_probs.numpy(),
                 "loc": loc.numpy(), "boxes": boxes.numpy()}
 
-    def infer(self, images):
-        """Gray uint8 cut-outs -> network outputs, ``batch_size`` images at a time."""
-        parts = [self.infer_batch(preprocess_batch(images[i:i + self.batch_size], self.config))
-                 for i in range(0, len(images), self.batch_size)]
-        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    def infer(self, images, cells=None):
+        """Gray uint8 cut-outs (one cell, unless ``cells`` names each image's) -> network
+        outputs averaged over the model's test-time views, ``batch_size`` inputs at a time."""
+        g_input = preprocess_batch(images, self.config, cells=cells)
+        views = add_views(g_input, self.config.tta)
+        parts = [self.infer_batch(views[i:i + self.batch_size])
+                 for i in range(0, len(views), self.batch_size)]
+        outputs = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        return merge_views(outputs, self.config.tta, len(g_input))
 
 
 def time_reference_pipeline(manifest, cases, threads, warmup_s, batch_size):

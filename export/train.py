@@ -32,6 +32,12 @@ manifest's "training" section) names the validation slides. ``OUT/split.json`` n
 training and validation slides from the start of the run. ``resume=True`` continues after the
 last completed epoch recorded in ``OUT/last.pt``. Data order and augmentation are seeded
 from (seed, epoch number), so a resumed run repeats what the interrupted one would have done.
+
+The recipe levers beyond the paper, all off by default (``RECIPE_DEFAULTS``, recorded in the
+run's options and the manifest's training record): ``augment="real"`` (scale jitter, gamma,
+blur, noise: ``vfinfer_export.data.REAL_AUGMENT``), ``balance`` (class-balanced sampling in
+every step's epochs), ``keep_best`` (each step ends on its best validation epoch) and
+``init`` (start from another model's weights): ``vfinfer_export.recipe``.
 """
 
 import json
@@ -51,8 +57,16 @@ from vfinfer.model.config import ModelConfig
 from vfinfer.model.config import preset as preset_config
 
 from .checkpoint import CheckpointError, load_state, save_checkpoint
-from .data import ChromosomeDataset, batches, slides_of, split_by_slide
+from .data import (
+    AUGMENT_MODES,
+    REAL_AUGMENT,
+    ChromosomeDataset,
+    batches,
+    slides_of,
+    split_by_slide,
+)
 from .models import VarifocalNet
+from .recipe import BestEpoch, load_init, resolve_init
 from .varifocal_ops import DEFAULT_K, varifocal_crop
 
 STEPS = ("gnet", "loc", "local", "heads")
@@ -76,6 +90,8 @@ COSINE_FLOOR = 0.05  # the cosine schedule ends at this fraction of lr
 # local-b) therefore run at lr * LOC_LR_SCALE.
 LOC_LR_SCALE = 0.1
 SPLIT_FILE = "split.json"  # OUT/split.json: the training and validation slides by name
+# the recipe levers beyond the paper (vfinfer_export.recipe, .data), off unless asked for
+RECIPE_DEFAULTS = {"augment": "paper", "balance": False, "keep_best": False, "init": None}
 
 
 def _stderr(message):
@@ -273,7 +289,8 @@ def _fmt(value, spec):
 
 def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=None,
           batch_size=DEFAULT_BATCH, lr=DEFAULT_LR, lr_schedule="cosine", val_fraction=0.15,
-          seed=0, resume=False, threads=None, limit=None, log=None):
+          seed=0, resume=False, threads=None, limit=None, log=None, augment="paper",
+          balance=False, keep_best=False, init=None):
     """Train a Varifocal-Net with the four-step strategy; return the Path of OUT/model.pt.
 
     ``data_dir``: folder of the labels and images; ``labels``: the labels CSV (default
@@ -284,63 +301,101 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     ``log``: callable taking one line (default: stderr). With ``resume=True`` the run in
     ``out_dir/last.pt`` continues with its own recorded options (``epochs`` may be raised to
     train longer).
+
+    The recipe levers, each off by default (``RECIPE_DEFAULTS``; docs/training.md, "Recipe"):
+    ``augment`` paper | real (``vfinfer_export.data.REAL_AUGMENT``); ``balance``: class-balanced
+    sampling (``vfinfer_export.data.balanced_order``); ``keep_best``: each step ends on its best
+    validation epoch; ``init``: a checkpoint or exported model directory whose weights the run
+    starts from (both ``vfinfer_export.recipe``).
     """
     log = log or _stderr
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, model_path = out_dir / "last.pt", out_dir / "model.pt"
+    last_path = out_dir / "last.pt"
     if threads:
         torch.set_num_threads(int(threads))
+    _check_choices(lr_schedule, batch_size, augment)
+    config = preset if isinstance(preset, ModelConfig) else preset_config(preset)
+    resuming = resume and last_path.is_file()
+    recipe = {"augment": augment, "balance": bool(balance), "keep_best": bool(keep_best),
+              "init": resolve_init(init) if init and not resuming else None}
+    options = _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule,
+                           val_fraction, seed, limit, recipe)
+    state, options = _resume(resume, last_path, options, epochs, log)
+    config = ModelConfig.from_dict(options["config"])
+    _seed_everything(options["seed"])
+    model = VarifocalNet(config)  # step 1: He initialization (seeded above)
+    run = {"history": [], "done": 0, "optimizer_states": {}, "options": options,
+           "last_path": last_path, "out_dir": out_dir, "best": BestEpoch()}
+    if state is not None:
+        _restore(model, state, run, last_path, log)
+    elif options["init"]:  # before reading the data: a network that differs fails at once
+        load_init(model, options["init"], log)
+    train_set, val_set, run["split"] = _datasets(data_dir, labels, options, config, threads,
+                                                 state, last_path, log)
+    _write_json(out_dir / SPLIT_FILE, split_record(run["split"], options))
+    units = schedule(options["epochs"])
+    _train_units(model, units, train_set, val_set, run, log)
+    return _save_final(model, units, run, train_set.polarity_labelled, log)
+
+
+def _check_choices(lr_schedule, batch_size, augment):
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}: choose one of "
                          f"{', '.join(LR_SCHEDULES)}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    config = preset if isinstance(preset, ModelConfig) else preset_config(preset)
-    options = _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule,
-                           val_fraction, seed, limit)
-    state, options = _resume(resume, last_path, options, epochs, log)
-    config = ModelConfig.from_dict(options["config"])
-    _seed_everything(options["seed"])
-    train_set, val_set, split = _datasets(data_dir, labels, options, config, threads, state,
-                                          last_path, log)
-    _write_json(out_dir / SPLIT_FILE, split_record(split, options))
-    model = VarifocalNet(config)  # step 1: He initialization (seeded above)
-    run = {"history": [], "done": 0, "optimizer_states": {}, "split": split,
-           "options": options, "last_path": last_path, "out_dir": out_dir}
-    if state is not None:
-        load_state(model, state["state_dict"], last_path)
-        run.update(history=list(state["extra"]["history"]), done=int(state["extra"]["done"]),
-                   optimizer_states=state["extra"].get("optimizer") or {})
-        epoch = state["extra"]["epoch"]
-        log(f"resume: {run['done']} epoch(s) done, last {state['extra']['step']} "
-            f"epoch {epoch + 1 if epoch is not None else '-'}")
-    units = schedule(options["epochs"])
-    _train_units(model, units, train_set, val_set, run, log)
+    if augment not in AUGMENT_MODES:
+        raise ValueError(f"unknown augment {augment!r}: choose one of "
+                         f"{', '.join(AUGMENT_MODES)}")
+
+
+def _restore(model, state, run, last_path, log):
+    """Continue from ``last.pt``: its weights, history, optimizers and best-epoch record."""
+    load_state(model, state["state_dict"], last_path)
+    extra = state["extra"]
+    run.update(history=list(extra["history"]), done=int(extra["done"]),
+               optimizer_states=extra.get("optimizer") or {}, best=BestEpoch(extra.get("best")))
+    epoch = extra["epoch"]
+    log(f"resume: {run['done']} epoch(s) done, last {extra['step']} "
+        f"epoch {epoch + 1 if epoch is not None else '-'}")
+
+
+def _save_final(model, units, run, labelled, log):
+    """``OUT/model.pt`` (with the manifest's training record) and ``OUT/history.json``."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
+    options, split = run["options"], run["split"]
+    model_path = run["out_dir"] / "model.pt"
+    record = training_record(split, options, labelled, run["best"].kept)
     save_checkpoint(model, model_path, {"step": "done", "epoch": None, "done": len(units),
                                         "history": run["history"], "split": split,
                                         "seed": options["seed"], "options": options,
-                                        "training_record": training_record(
-                                            split, options, train_set.polarity_labelled)})
-    _write_json(out_dir / "history.json", run["history"])
-    log(f"saved {model_path}; validation slides in {out_dir / SPLIT_FILE}")
+                                        "training_record": record})
+    _write_json(run["out_dir"] / "history.json", run["history"])
+    log(f"saved {model_path}; validation slides in {run['out_dir'] / SPLIT_FILE}")
     return model_path
 
 
-def training_record(split, options, labelled):
+def training_record(split, options, labelled, kept=None):
     """What the exported manifest keeps about the training (its "training" section): where
     the data was (absolute paths, so that ``vfinfer export`` finds the validation cells from
-    any directory), the slide counts and the validation slides by name."""
+    any directory), the slide counts, the validation slides by name and the recipe."""
+    init = options.get("init")
     return {"data_dir": str(Path(options["data_dir"]).resolve()),
             "labels": str(labels_path(options["data_dir"], options["labels"]).resolve()),
             "train_slides": len(split["train"]), "val_slides": len(split["val"]),
             "validation_slides": list(split["val"]),
             "polarity_labelled_images": labelled,
             "polarity": ("trained" if labelled else
-                         "not trained: no polarity labels (the polarity head is untrained)")}
+                         "not trained: no polarity labels (the polarity head is untrained)"),
+            "recipe": {"augment": options.get("augment", "paper"),
+                       "balance": options.get("balance", False),
+                       "keep_best": options.get("keep_best", False),
+                       "kept_epochs": kept if options.get("keep_best") else None,
+                       "init": init and {"checkpoint": init["checkpoint"],
+                                         "sha256": init["sha256"]}}}
 
 
 def split_record(split, options):
@@ -354,7 +409,7 @@ def split_record(split, options):
 
 
 def _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule, val_fraction,
-                 seed, limit):
+                 seed, limit, recipe=None):
     """Everything that defines a run, recorded in its checkpoints."""
     return {
         "data_dir": str(data_dir), "labels": None if labels is None else str(labels),
@@ -364,16 +419,19 @@ def _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule, 
         "limit": None if limit is None else int(limit), "polarity_weight": POLARITY_WEIGHT,
         "heads_polarity_weight": HEADS_POLARITY_WEIGHT, "loc_weight": LOC_WEIGHT,
         "boxcar_k": BOXCAR_K, "cosine_floor": COSINE_FLOOR, "loc_lr_scale": LOC_LR_SCALE,
-        "optimizer": "adam(0.9, 0.999)",
+        "optimizer": "adam(0.9, 0.999)", **RECIPE_DEFAULTS, **(recipe or {}),
+        "real_augment": REAL_AUGMENT,
     }
 
 
 def _resume(resume, last_path, options, epochs, log):
-    """(checkpoint state or None, the options to use: the checkpoint's when resuming)."""
+    """(checkpoint state or None, the options to use: the checkpoint's when resuming; a
+    checkpoint from before the recipe levers runs with them off)."""
     if resume and last_path.is_file():
         state = _load_resume(last_path)
-        stored = state["extra"]["options"]
-        free = ("epochs", "data_dir", "labels")
+        stored = {**RECIPE_DEFAULTS, "real_augment": REAL_AUGMENT,
+                  **state["extra"]["options"]}
+        free = ("epochs", "data_dir", "labels", "init")
         changed = sorted(k for k in options if k not in free and options[k] != stored.get(k))
         if changed:
             log(f"resume: using the checkpoint's {', '.join(changed)} (differ from the call)")
@@ -398,7 +456,7 @@ def _datasets(data_dir, labels, options, config, threads, state, last_path, log)
                               "data (labels changed?); cannot resume")
     started = time.perf_counter()
     train_set = ChromosomeDataset(train_records, config, augment=True, seed=seed,
-                                  threads=threads)
+                                  threads=threads, augment_mode=options["augment"])
     val_set = ChromosomeDataset(val_records, config, balance_polarity=True,
                                 threads=threads) if val_records else None
     labelled = sum(r.polarity >= 0 for r in train_records)
@@ -437,13 +495,37 @@ def _train_units(model, units, train_set, val_set, run, log):
                  "seconds": round(time.perf_counter() - tic, 2)}
         run["history"].append(entry)
         run["done"] = index + 1
+        kept = _keep_best(model, units, index, entry, run["best"]) \
+            if options["keep_best"] else None
         extra = {"step": part, "epoch": epoch, "done": run["done"],
                  "optimizer": {k: v.state_dict() for k, v in optimizers.items()},
                  "history": run["history"], "split": run["split"], "seed": options["seed"],
-                 "options": options}
+                 "options": options, "best": run["best"].record()}
         save_checkpoint(model, run["last_path"], extra)
         _write_json(run["out_dir"] / "history.json", run["history"])
         _log_epoch(log, entry)
+        if kept:
+            log(kept)
+
+
+def step_prefixes(model, step):
+    """The state_dict prefixes of the modules that ``step`` trains (``trainable``)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    parts = [part for part in PARTS if _step_of(part) == step]
+    return tuple(sorted({names[id(m)] + "." for part in parts for m in trainable(model, part)}))
+
+
+def _keep_best(model, units, index, entry, best):
+    """``--keep-best`` after unit ``index``: offer the epoch (an alternation round counts at
+    its local-b half) and, at the step's last unit, go back to the step's best epoch; the
+    line to log at a step's end, else None."""
+    part = entry["step"]
+    step = _step_of(part)
+    if part != "local-a":
+        best.offer(model, step, entry, step_prefixes(model, step))
+    if index + 1 == len(units) or _step_of(units[index + 1][0]) != step:
+        return best.finish(model, step, entry)
+    return None
 
 
 def _train_epoch(model, part, optimizer, train_set, options, index, epoch, n_epochs):
@@ -454,7 +536,8 @@ def _train_epoch(model, part, optimizer, train_set, options, index, epoch, n_epo
     train_set.set_epoch(index)
     total_loss, n, lr_now = 0.0, 0, base_lr
     for i, batch in enumerate(batches(train_set, batch_size,
-                                      shuffle_seed=[options["seed"], index])):
+                                      shuffle_seed=[options["seed"], index],
+                                      balance=options["balance"])):
         lr_now = learning_rate(base_lr, options["lr_schedule"],
                                epoch * iterations + i, n_epochs * iterations, iterations)
         for group in optimizer.param_groups:

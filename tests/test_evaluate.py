@@ -72,6 +72,7 @@ def forced_pipeline(root, rows, type_rows=None, wrong_polarity=()):
                 summary=lambda: {"dir": "forced", "preset": "forced",
                                  "source": {"kind": "test"}})
             self.backend = SimpleNamespace(describe=lambda: {"name": "forced"})
+            self.config = SimpleNamespace(size_norm=0.0)
 
         def __enter__(self):
             return self
@@ -79,7 +80,7 @@ def forced_pipeline(root, rows, type_rows=None, wrong_polarity=()):
         def __exit__(self, *exc):
             pass
 
-        def infer(self, images):
+        def infer(self, images, cells=None):
             assert len(images) <= self.batch_size
             type_probs = np.zeros((len(images), 24))
             pol_probs = np.zeros((len(images), 2))

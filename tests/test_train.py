@@ -7,8 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny import TINY, TINY_TRUNKS  # noqa: E402
+
 from vfinfer.io.labels import Label, read_labels  # noqa: E402
-from vfinfer.model.config import ModelConfig  # noqa: E402
 from vfinfer.pipeline.crop import crop_and_resize, decode_boxes  # noqa: E402
 from vfinfer.pipeline.preprocess import preprocess  # noqa: E402
 from vfinfer.tools.synthesis.cells import write_cases  # noqa: E402
@@ -28,25 +29,6 @@ from vfinfer_export.varifocal_ops import (  # noqa: E402
     decode_boxes_torch,
 )
 
-TINY = ModelConfig(
-    preset="tiny", canvas=96, g_input=64, l_input=32, t1=16, t2=32, stem_channels=8,
-    stem_stride=1, widths=(8, 16, 16), units_per_block=1, cls_pool=4, loc_pool=8,
-    loc_hidden=16, mlp_hidden=16,
-)
-# the same trainer for every trunk (vfinfer.model.trunks): tiny residual VGG and ChrNet4 trunks
-TINY_TRUNKS = {
-    "wrn": TINY,
-    "vgg16-res": ModelConfig(
-        preset="tiny-vgg", canvas=96, g_input=64, l_input=32, t1=16, t2=32, stem_channels=0,
-        stem_stride=1, widths=(8, 16, 16, 16), units_per_block=0, cls_pool=4, loc_pool=8,
-        loc_hidden=16, mlp_hidden=16, trunk="vgg16-res", depths=(1, 1, 2, 1),
-        stage_strides=(2, 2, 2, 1)),
-    "chrblock": ModelConfig(
-        preset="tiny-chrblock", canvas=96, g_input=64, l_input=32, t1=16, t2=32,
-        stem_channels=8, stem_stride=2, widths=(8, 16, 16), units_per_block=0, cls_pool=4,
-        loc_pool=8, loc_hidden=16, mlp_hidden=16, trunk="chrblock", depths=(1, 1, 1),
-        stage_strides=(1, 2, 2), cardinality=4, base_width=2, se_reduction=8),
-}
 ALLOWED = {
     "gnet": ("gnet.trunk.", "gnet.cls."),
     "loc": ("gnet.loc.",),

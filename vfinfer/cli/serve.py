@@ -26,6 +26,39 @@ def _import_server():
     return server, Limits
 
 
+def limit_options(command):
+    """What one request may hold and how long it may take (docs/serving.md, Limits)."""
+    count = click.IntRange(min=1)
+    seconds = click.FloatRange(min=0.1)
+    options = [
+        click.option("--queue", "queue_size", default=64, show_default=True, type=count,
+                     help="Cells waiting before requests get 503."),
+        click.option("--timeout", "timeout_s", default=30.0, show_default=True, type=seconds,
+                     help="Seconds per request before 504."),
+        click.option("--max-body-mb", default=64.0, show_default=True,
+                     type=click.FloatRange(min=0.001), help="Largest request body (413 above)."),
+        click.option("--max-images", default=200, show_default=True, type=count,
+                     help="Most images per cell."),
+        click.option("--max-pixels", default=16_000_000, show_default=True, type=count,
+                     help="Most pixels per image (read from its header)."),
+        click.option("--max-request-pixels", default=32_000_000, show_default=True, type=count,
+                     help="Most pixels per request, all images together."),
+        click.option("--max-inflight-mb", default=512, show_default=True, type=count,
+                     help="Decoded image memory of all requests together (503 above)."),
+        click.option("--body-timeout", default=30.0, show_default=True, type=seconds,
+                     help="Seconds for a request's body to arrive (408 after)."),
+        click.option("--header-timeout", default=10.0, show_default=True, type=seconds,
+                     help="Seconds for a request's line and headers to arrive (connection "
+                          "closed)."),
+        click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+                     help="A Host name the server answers to besides --host and the loopback "
+                          "names (repeatable; needed behind a reverse proxy or on 0.0.0.0)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
 @model_options()
 @dispatch_option()
@@ -40,29 +73,7 @@ def _import_server():
               help="How long the dynamic batcher gathers concurrent cells.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
               help="Most cells per engine run.")
-@click.option("--queue", "queue_size", default=64, show_default=True,
-              type=click.IntRange(min=1), help="Cells waiting before requests get 503.")
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True,
-              type=click.FloatRange(min=0.1), help="Seconds per request before 504.")
-@click.option("--max-body-mb", default=64.0, show_default=True,
-              type=click.FloatRange(min=0.001), help="Largest request body (413 above).")
-@click.option("--max-images", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Most images per cell.")
-@click.option("--max-pixels", default=16_000_000, show_default=True,
-              type=click.IntRange(min=1), help="Most pixels per image (read from its header).")
-@click.option("--max-request-pixels", default=32_000_000, show_default=True,
-              type=click.IntRange(min=1), help="Most pixels per request, all images together.")
-@click.option("--max-inflight-mb", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Decoded image memory of all requests together (503 above).")
-@click.option("--body-timeout", default=30.0, show_default=True,
-              type=click.FloatRange(min=0.1),
-              help="Seconds for a request's body to arrive (408 after).")
-@click.option("--header-timeout", default=10.0, show_default=True,
-              type=click.FloatRange(min=0.1),
-              help="Seconds for a request's line and headers to arrive (connection closed).")
-@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
-              help="A Host name the server answers to besides --host and the loopback names "
-                   "(repeatable; needed behind a reverse proxy or on 0.0.0.0).")
+@limit_options
 @verdict_options
 @seg_model_option
 @one_line_errors

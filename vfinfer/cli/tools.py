@@ -1,4 +1,4 @@
-"""The offline commands: export, train, eval, calibrate, bench, synth, fp16, quantize, build.
+"""The offline commands: export, tta, train, eval, calibrate, bench, synth, fp16, quantize, build.
 
 Each imports its tool (and torch or onnx, where it needs them) only when it runs.
 """
@@ -21,6 +21,7 @@ from vfinfer.cli.options import (
     one_line_errors,
     usage,
 )
+from vfinfer.model.config import TTA_MODES
 from vfinfer.tools.evaluation import MIN_ABNORMAL_CELLS
 
 
@@ -55,15 +56,23 @@ def _log(line):
 @click.option("--no-fit", is_flag=True,
               help="Skip fitting the domain figures and the optimal-dispatch calibration on "
                    "the trainer's validation slides.")
+@click.option("--tta", type=click.Choice(TTA_MODES), default=None,
+              help="Test-time augmentation recorded in the model: none, or mirror (each "
+                   "image and its left-right mirror, probabilities averaged; 2x the network "
+                   "time). Default: the checkpoint's (none).")
 @one_line_errors
 def export(checkpoint, out_dir, preset, config_path, random_init, seed, trust_pickle,
-           overwrite, threads, fp16, calib_case_dir, data_dir, no_fit):
+           overwrite, threads, fp16, calib_case_dir, data_dir, no_fit, tta):
     """Export a trained model to ONNX (gnet, lnet, heads) with parity checks; a checkpoint of
     'vfinfer train' also gets its domain figures and optimal-dispatch calibration, fitted on
     the validation slides the trainer held out (when the training data is reachable)."""
     _check_export_args(checkpoint, random_init, fp16, calib_case_dir, data_dir, no_fit)
     model, source = _model_to_export(checkpoint, preset, config_path, random_init, seed,
                                      trust_pickle)
+    if tta is not None:
+        from dataclasses import replace
+
+        model.config = replace(model.config, tta=tta)
     started = time.perf_counter()
     if not random_init and not no_fit and not getattr(model, "training_record", None):
         click.echo("no domain figures or dispatch calibration will be fitted: the checkpoint "
@@ -107,6 +116,49 @@ def _model_to_export(checkpoint, preset, config_path, random_init, seed, trust_p
                    "sha256": sha256_file(checkpoint)}
 
 
+@main.command("tta")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("mode", type=click.Choice(TTA_MODES))
+@one_line_errors
+def tta_(model_dir, mode):
+    """Set a model directory's test-time augmentation: none or mirror (each image and its
+    left-right mirror, probabilities averaged; 2x the network time)."""
+    from vfinfer.model.manifest import set_tta
+
+    previous, notes = set_tta(model_dir, mode)
+    click.echo(f"{model_dir}: tta {previous} -> {mode}")
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
+def recipe_options(command):
+    """The recipe levers of ``vfinfer train`` (docs/training.md, "Recipe"), each off by
+    default: ``--size-norm --augment --balance --keep-best --init``."""
+    options = [
+        click.option("--size-norm", "size_norm", default=None, metavar="REF_LENGTH",
+                     type=click.FloatRange(min=0, min_open=True),
+                     help="Scale every cut-out by REF_LENGTH / its cell's median chromosome "
+                          "length (pixels, principal-axis extent) before the canvas, in "
+                          "training and (recorded in the model) at run time. Default: off."),
+        click.option("--augment", default="paper", show_default=True,
+                     type=click.Choice(["paper", "real"]),
+                     help="paper: flips and rotation (section III-B); real: also scale "
+                          "jitter, gamma, blur and noise (docs/training.md, Recipe)."),
+        click.option("--balance", is_flag=True,
+                     help="Class-balanced sampling: every type drawn equally often per epoch."),
+        click.option("--keep-best", is_flag=True,
+                     help="End each step on its epoch of best validation type accuracy."),
+        click.option("--init", "init", type=click.Path(path_type=Path), default=None,
+                     metavar="MODEL_OR_CHECKPOINT",
+                     help="Start from these weights (a .pt checkpoint, or a model directory "
+                          "exported from one) instead of He initialization; the same "
+                          "preset/trunk."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 # -- train --------------------------------------------------------------------------------------
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
@@ -137,10 +189,11 @@ def _model_to_export(checkpoint, preset, config_path, random_init, seed, trust_p
               type=click.Choice(["none", "principal-axis", "hough"]),
               help="Turn every cut-out upright and crop it before the canvas, in training and "
                    "(recorded in the model) at run time: for cut-outs at any angle.")
+@recipe_options
 @one_line_errors
 def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
           epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit,
-          rotate_crop):
+          rotate_crop, size_norm, augment, balance, keep_best, init):
     """Train a model with the paper's four-step strategy (section II-C)."""
     import_export_side()
     from dataclasses import replace
@@ -151,11 +204,13 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
     epochs = {k: v for k, v in (("gnet", epochs_gnet), ("loc", epochs_loc),
                                 ("local", epochs_local), ("heads", epochs_heads)) if v}
     started = time.perf_counter()
-    config = replace(preset_config(preset), rotate_crop=rotate_crop)
+    config = replace(preset_config(preset), rotate_crop=rotate_crop,
+                     size_norm=size_norm or 0.0)
     model_path = run_training(data_dir, labels, out_dir, preset=config, epochs=epochs or None,
                               batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                               val_fraction=val_fraction, seed=seed, resume=resume,
-                              threads=threads, limit=limit)
+                              threads=threads, limit=limit, augment=augment, balance=balance,
+                              keep_best=keep_best, init=init)
     click.echo(f"wrote {model_path} in {(time.perf_counter() - started) / 60:.1f} min; export "
                f"it with: vfinfer export {model_path} --out engines/{preset}")
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, fields
 
 from vfinfer.model import trunks
 
+TTA_MODES = ("none", "mirror")  # test-time augmentation (vfinfer.pipeline.tta)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -49,6 +51,11 @@ class ModelConfig:
     background: str = "light"
     # rotate-and-crop before the canvas (Render-Attention): none, principal-axis or hough
     rotate_crop: str = "none"
+    # size normalization before the canvas (vfinfer.util.geometry): each cut-out scaled by
+    # size_norm / the median chromosome length of its cell (pixels); 0: off
+    size_norm: float = 0.0
+    size_norm_min_count: int = 10  # fewer measured chromosomes in a cell: not scaled
+    tta: str = "none"  # test-time augmentation: none | mirror (vfinfer.pipeline.tta)
     trunk: str = "wrn"  # wrn | vgg16-res | chrblock (vfinfer.model.trunks)
     depths: tuple = ()  # blocks (vgg16-res: convs) per stage; wrn uses units_per_block
     stage_strides: tuple = ()  # vgg16-res: pool after each block; chrblock: 1st block's stride
@@ -60,11 +67,18 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("widths", "depths", "stage_strides"):
             object.__setattr__(self, name, tuple(int(w) for w in getattr(self, name)))
+        object.__setattr__(self, "size_norm", float(self.size_norm))
         if self.background not in ("light", "dark"):
             raise ValueError(f"background must be light or dark, not {self.background!r}")
         if self.rotate_crop not in ("none", "principal-axis", "hough"):
             raise ValueError("rotate_crop must be none, principal-axis or hough, not "
                              f"{self.rotate_crop!r}")
+        if self.size_norm < 0 or self.size_norm_min_count < 1:
+            raise ValueError("size_norm must be 0 (off) or a positive length and "
+                             "size_norm_min_count at least 1, not "
+                             f"{self.size_norm!r}, {self.size_norm_min_count!r}")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {self.tta!r}")
         trunks.check(self)
         for name in ("g_input", "l_input"):
             if getattr(self, name) % self.trunk_stride:

@@ -82,6 +82,30 @@ def remove_precision_graphs(model_dir, precision):
     write_json_atomic(model_dir / MANIFEST_NAME, data)
 
 
+def set_tta(model_dir, mode):
+    """Set the test-time augmentation (``config.tta``, ``vfinfer.pipeline.tta``) of a model
+    directory's manifest; the graphs are untouched. Returns (the previous mode, notes): the
+    notes name what the manifest holds that was measured with the previous mode (the
+    in-domain figures, the calibrated optimal-dispatch parameters)."""
+    manifest = load_manifest(model_dir)
+    data = manifest.data
+    previous = manifest.config.tta
+    try:
+        ModelConfig.from_dict({**data["config"], "tta": mode})
+    except ValueError as exc:
+        raise ModelDirError(f"{manifest.path}: {exc}") from None
+    data["config"]["tta"] = mode
+    notes = []
+    if previous != mode:
+        measured = [what for what, there in (
+            ("the in-domain figures (vfinfer domain)", data.get("domain")),
+            ("the calibrated optimal-dispatch parameters (vfinfer calibrate)",
+             (data.get("dispatch") or {}).get("optimal"))) if there]
+        notes = [f"{what} were measured with tta {previous}: run it again" for what in measured]
+    write_json_atomic(manifest.path, data)
+    return previous, notes
+
+
 class Manifest:
     """A loaded, validated manifest of one model directory (``load_manifest`` makes it).
 

@@ -1,5 +1,6 @@
-"""The per-case pipeline: normalize (background, rotate-and-crop) -> preprocess -> G-Net ->
-eq. 5 box -> crop -> L-Net -> heads -> dispatch -> verdict (``vfinfer.calls.verdict``).
+"""The per-case pipeline: normalize (background, rotate-and-crop, size normalization over the
+case) -> preprocess -> G-Net -> eq. 5 box -> crop -> L-Net -> heads (each test-time view,
+``vfinfer.pipeline.tta``) -> dispatch -> verdict (``vfinfer.calls.verdict``).
 
 ``Pipeline`` is created once from a model directory (or the bundled demo model) and is safe to
 share between threads: ``run_case`` keeps all per-call state local, the numerical steps are
@@ -34,6 +35,7 @@ from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline.network import Clock, run_network_batched
 from vfinfer.pipeline.preprocess import batch_of, normalize_batch
 from vfinfer.pipeline.result import abnormality_section, assemble_result
+from vfinfer.pipeline.tta import add_views, merge_views
 from vfinfer.util.geometry import to_convention
 from vfinfer.util.images import to_gray8
 
@@ -183,10 +185,12 @@ class Pipeline:
 
     # -- inference ---------------------------------------------------------------------------
     def infer(self, images: Sequence[np.ndarray],
-              timing: Optional[dict[str, float]] = None) -> dict[str, Any]:
+              timing: Optional[dict[str, float]] = None,
+              cells: Optional[Sequence[Any]] = None) -> dict[str, Any]:
         """Network outputs for a list of gray uint8 cut-outs, in chunks of ``batch_size``.
 
-        No dispatch and no result dict: the raw outputs of the network pass.
+        No dispatch and no result dict: the raw outputs of the network pass (averaged over
+        the model's test-time views, ``vfinfer.pipeline.tta``).
 
         Parameters
         ----------
@@ -194,6 +198,9 @@ class Pipeline:
             N cut-outs, each a 2-D (H, W) uint8 gray image (any size).
         timing : dict, optional
             Filled with milliseconds per stage (preprocess, gnet, crop, lnet, heads).
+        cells : sequence, optional
+            The cell of each image, for a model with size normalization (the median length
+            is taken per cell); None: the images are one cell.
 
         Returns
         -------
@@ -205,7 +212,7 @@ class Pipeline:
         """
         timing = {} if timing is None else timing
         clock = Clock(timing)
-        normalized, facts = normalize_batch(images, self.config, self.background)
+        normalized, facts = normalize_batch(images, self.config, self.background, cells)
         g_input = batch_of(normalized, self.config)
         clock.lap("preprocess")
         return {**self.infer_prepared(g_input, timing), "facts": facts}
@@ -213,11 +220,14 @@ class Pipeline:
     def infer_prepared(self, g_input: np.ndarray,
                        timing: Optional[dict[str, float]] = None) -> dict[str, np.ndarray]:
         """``infer`` from an already preprocessed (N, 1, g_input, g_input) float32 batch
-        (without ``facts``)."""
+        (without ``facts``): every test-time view of the model's ``tta`` through the network,
+        the probabilities averaged (``vfinfer.pipeline.tta``)."""
         if self.backend is None:
             raise RuntimeError("this Pipeline was closed")
-        return run_network_batched(self.backend, g_input, self.config, self.batch_size,
-                                   timing)
+        views = add_views(g_input, self.config.tta)
+        outputs = run_network_batched(self.backend, views, self.config, self.batch_size,
+                                      timing)
+        return merge_views(outputs, self.config.tta, len(g_input))
 
     def prepare(self, name: str, images: Sequence[np.ndarray],
                 files: Optional[Sequence[str]] = None) -> PreparedCase:

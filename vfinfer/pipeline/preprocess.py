@@ -1,7 +1,9 @@
 """Preprocessing of one chromosome cut-out into a G-Net input (paper section III-B).
 
 gray 8-bit image -> (``vfinfer.util.geometry``: brought to the model's background
-convention, turned upright and cropped when the model asks for it) -> centred on a square
+convention, turned upright and cropped when the model asks for it; with size normalization,
+scaled by the cell's factor: ``size_normalize``, per cell, so the images of one call are one
+cell unless ``cells`` names each image's) -> centred on a square
 canvas filled with the pad value (images larger than the canvas are first shrunk to fit,
 keeping their aspect) -> resized to the G input -> per-image z-score (eq. 11). Every constant
 comes from the model's ModelConfig / manifest. ``preprocess`` and ``to_canvas`` take the
@@ -11,7 +13,7 @@ normalized cut-out; the trainer (``vfinfer_export.data``) calls the same functio
 import cv2
 import numpy as np
 
-from vfinfer.util.geometry import normalize_cutout
+from vfinfer.util.geometry import normalize_cutout, scale_cutout, size_norm_scale
 
 STD_FLOOR = 1e-6  # a blank (uniform) image normalizes to zeros instead of dividing by 0
 
@@ -52,10 +54,35 @@ def preprocess(image, config):
     return zscore(to_canvas(image, config))
 
 
-def normalize_batch(images, config, background="auto"):
-    """``vfinfer.util.geometry.normalize_cutout`` of each image -> (images, facts)."""
+def normalize_batch(images, config, background="auto", cells=None):
+    """``vfinfer.util.geometry.normalize_cutout`` of each image, then ``size_normalize``
+    -> (images, facts). ``cells``: the cell of each image (None: all are one cell)."""
     pairs = [normalize_cutout(image, config, background) for image in images]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    normalized, facts = [p[0] for p in pairs], [p[1] for p in pairs]
+    return size_normalize(normalized, facts, config, cells), facts
+
+
+def size_normalize(normalized, facts, config, cells=None):
+    """Size normalization (``ModelConfig.size_norm``) of normalized cut-outs, cell by cell:
+    each image scaled by ``vfinfer.util.geometry.size_norm_scale`` of its cell's ``length``
+    facts; the factor goes into each image's facts as ``size_scale`` (1.0 for a cell of too
+    few chromosomes). Off (``size_norm`` 0): the images as they are, facts untouched.
+    ``cells``: one cell id per image; None: all images are one cell."""
+    if not config.size_norm:
+        return list(normalized)
+    cells = [0] * len(normalized) if cells is None else list(cells)
+    if len(cells) != len(normalized):
+        raise ValueError(f"{len(normalized)} images but {len(cells)} cell ids")
+    scales = {}
+    for cell in dict.fromkeys(cells):
+        lengths = [f.get("length") for f, c in zip(facts, cells) if c == cell]
+        scale = size_norm_scale(lengths, config.size_norm, config.size_norm_min_count)
+        scales[cell] = 1.0 if scale is None else scale
+    out = []
+    for image, fact, cell in zip(normalized, facts, cells):
+        fact["size_scale"] = round(scales[cell], 4)
+        out.append(scale_cutout(image, scales[cell]))
+    return out
 
 
 def batch_of(normalized, config):
@@ -66,7 +93,7 @@ def batch_of(normalized, config):
     return batch
 
 
-def preprocess_batch(images, config, background="auto"):
+def preprocess_batch(images, config, background="auto", cells=None):
     """Gray uint8 cut-outs as read -> (N, 1, g_input, g_input) float32 batch (normalized,
-    padded, resized, z-scored)."""
-    return batch_of(normalize_batch(images, config, background)[0], config)
+    padded, resized, z-scored); ``cells`` as in ``normalize_batch``."""
+    return batch_of(normalize_batch(images, config, background, cells)[0], config)

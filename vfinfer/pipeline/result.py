@@ -96,7 +96,21 @@ def _input_warnings(case, manifest):
         notes.append(f"the cell mixes backgrounds: {len(few)} of {len(files)} cut-outs have a "
                      f"{kind} background ({', '.join(few[:5])}{' ...' if len(few) > 5 else ''});"
                      " check that they come from the same camera and staining")
+    notes += _size_norm_warnings(case, manifest.config)
     if not manifest.polarity_trained:
         notes.append("this model was trained without polarity labels: polarity is not called "
                      "(the karyogram shows each chromosome as turned upright, either end up)")
     return notes
+
+
+def _size_norm_warnings(case, config):
+    """A note when size normalization is on but the cell has too few measured chromosomes for
+    a median (a single cut-out, say): its cut-outs kept their own scale."""
+    if not config.size_norm:
+        return []
+    measured = sum(f.get("length") is not None for f in case.facts)
+    if measured >= config.size_norm_min_count:
+        return []
+    return [f"size normalization not applied: {measured} measured chromosome(s), fewer than the "
+            f"{config.size_norm_min_count} a cell's median length needs; the cut-outs keep "
+            "their own scale (factor 1)"]

@@ -17,6 +17,15 @@ Wang et al., Fig. 1 and 4; section II-A and its Algorithm 1).
   upright cut-out stays as it is; which end then points down is not decided here: the
   axis has two ends, and polarity is the model's call (``polarity`` in the result, used by
   the karyogram to flip the chromosome q-arm down).
+* **Size normalization** (``ModelConfig.size_norm``, a reference length in pixels; 0: off).
+  A chromosome's length is ``axis_length``: the extent of its mask (the one above) along the
+  mask's principal axis, measured on the cut-out as given, so it does not depend on the
+  angle the chromosome lies at nor on rotate-and-crop. Each cut-out of a cell is scaled by
+  ``size_norm_scale``: reference length / the median length of the cell's chromosomes, so
+  that cells imaged at other magnifications or condensation reach the network at one scale
+  while the chromosomes of a cell keep their relative sizes. A cell with fewer than
+  ``size_norm_min_count`` measured chromosomes has no reliable median: its cut-outs keep
+  their own scale (factor 1), and the result says so.
 """
 
 import math
@@ -61,20 +70,70 @@ def chromosome_mask(light_image):
     return labels == largest
 
 
-def principal_axis_angle(mask):
-    """Tilt of the mask's long axis from vertical, degrees in (-90, 90] (positive: the top
-    leans right in image coordinates), or None when the mask has no clear long axis."""
+def _principal_axes(mask):
+    """(pixel coordinates (2, N) as x, y; eigenvalues ascending; eigenvectors as columns) of
+    the mask's second moments, or None for fewer than 3 pixels."""
     ys, xs = np.nonzero(mask)
     if len(xs) < 3:
         return None
-    cov = np.cov(np.stack([xs, ys]).astype(np.float64))
-    values, vectors = np.linalg.eigh(cov)
+    coords = np.stack([xs, ys]).astype(np.float64)
+    values, vectors = np.linalg.eigh(np.cov(coords))
+    return coords, values, vectors
+
+
+def principal_axis_angle(mask):
+    """Tilt of the mask's long axis from vertical, degrees in (-90, 90] (positive: the top
+    leans right in image coordinates), or None when the mask has no clear long axis."""
+    axes = _principal_axes(mask)
+    if axes is None:
+        return None
+    _, values, vectors = axes
     if values[0] <= 0 and values[1] <= 0:
         return None
     if values[1] < MIN_ELONGATION ** 2 * max(values[0], 1e-9):
         return None
     vx, vy = vectors[:, 1]
     return _tilt(vx, vy)
+
+
+def axis_length(mask):
+    """A chromosome's length: the extent of its mask along the principal axis (the direction
+    of the larger second moment), in pixels (max - min of the pixel centres' projections,
+    plus one). Independent of the angle the chromosome lies at (up to rasterization); a bent
+    chromosome measures its chord-like extent, not its curved length. None for an empty mask;
+    a mask of one or two pixels measures its bounding box."""
+    axes = _principal_axes(mask)
+    if axes is None:
+        if not mask.any():
+            return None
+        rows, cols = np.nonzero(mask)
+        return float(max(np.ptp(rows), np.ptp(cols)) + 1)
+    coords, _, vectors = axes
+    along = vectors[:, 1] @ coords
+    return float(along.max() - along.min() + 1)
+
+
+def size_norm_scale(lengths, reference, min_count):
+    """The factor of size normalization for one cell: ``reference`` / the median of the
+    cell's chromosome ``lengths`` (``axis_length``; None entries are not measured), or None
+    when fewer than ``min_count`` lengths are measured (no reliable median) or the median is
+    not positive."""
+    measured = [float(x) for x in lengths if x is not None]
+    if len(measured) < max(1, int(min_count)):
+        return None
+    median = float(np.median(measured))
+    return float(reference) / median if median > 0 else None
+
+
+def scale_cutout(image, scale):
+    """The cut-out resized by ``scale`` (each side rounded, at least 1 pixel): area averaging
+    when shrinking, bilinear when enlarging; ``scale`` 1 returns the image itself."""
+    if scale == 1.0:
+        return image
+    height, width = image.shape
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
 
 
 def hough_angle(light_image, mask):
@@ -140,7 +199,9 @@ def normalize_cutout(image, config, background="auto"):
     ``background``: ``"auto"`` detects it, ``"light"`` / ``"dark"`` override the detection.
     The facts: ``background`` (of the input), ``tilt`` (degrees of the input chromosome's
     long axis from vertical, principal axis, None if not defined) and ``rotated`` (the turn
-    applied, 0 without rotate-and-crop).
+    applied, 0 without rotate-and-crop); with size normalization also ``length``
+    (``axis_length`` of the input, pixels, None for a blank image). The cell-wise scaling
+    itself needs the whole cell (``vfinfer.pipeline.preprocess.size_normalize``).
     """
     if background not in ("auto", *BACKGROUNDS):
         raise ValueError(f"background must be auto, light or dark, not {background!r}")
@@ -155,5 +216,9 @@ def normalize_cutout(image, config, background="auto"):
         rotated = float(angle or 0.0)
         light = rotate_and_crop(light, rotated)
     out = to_convention(light, "light", config.background)
-    return out, {"background": found, "tilt": None if tilt is None else round(tilt, 2),
-                 "rotated": round(rotated, 2)}
+    facts = {"background": found, "tilt": None if tilt is None else round(tilt, 2),
+             "rotated": round(rotated, 2)}
+    if config.size_norm:
+        length = axis_length(mask)
+        facts["length"] = None if length is None else round(length, 2)
+    return out, facts

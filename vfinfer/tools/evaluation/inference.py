@@ -35,6 +35,23 @@ def labelled_rows(cells, flip_half, seed):
     return rows, case_ids, true_type, true_pol, flipped
 
 
+def groups(cells, size, whole_cells=False):
+    """(start, stop) ranges of about ``size`` rows; with ``whole_cells`` (a model with size
+    normalization, whose scale is a cell's median) a range ends only where a cell does, so no
+    cell is split (a cell larger than ``size`` is one range). ``cells``: the cell of each row,
+    each cell's rows together."""
+    n, start, ranges = len(cells), 0, []
+    while start < n:
+        stop = min(start + size, n)
+        if whole_cells:
+            ends = [i for i in range(start + 1, stop + 1) if i == n or cells[i] != cells[i - 1]]
+            stop = ends[-1] if ends else next(i for i in range(stop, n + 1)
+                                              if i == n or cells[i] != cells[i - 1])
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
 def infer_rows(pipe, rows, flipped, log):
     """Type and polarity probabilities of every labelled row, in groups; also the seconds
     spent in the networks."""
@@ -42,12 +59,12 @@ def infer_rows(pipe, rows, flipped, log):
     type_probs = np.empty((n, N_TYPES), dtype=np.float64)
     pol_probs = np.empty((n, 2), dtype=np.float64)
     group = max(1, min(pipe.batch_size, MAX_GROUP))
+    cells = [cell for cell, _ in rows]
     infer_s, last_log, facts = 0.0, time.perf_counter(), []
-    for start in range(0, n, group):
-        stop = min(start + group, n)
+    for start, stop in groups(cells, group, whole_cells=bool(pipe.config.size_norm)):
         images = [_read(rows[i][1].path, flipped[i]) for i in range(start, stop)]
         t0 = time.perf_counter()
-        out = pipe.infer(images)
+        out = pipe.infer(images, cells=cells[start:stop])
         infer_s += time.perf_counter() - t0
         type_probs[start:stop] = out["type_probs"]
         pol_probs[start:stop] = out["polarity_probs"]

@@ -27,7 +27,9 @@ LINEAR_OPS = ("Gemm", "MatMul")
 def network_outputs(paths, images, config, threads=0, batch=AGREEMENT_BATCH,
                     keep_feeds=False):
     """The network pass (``vfinfer.pipeline.network``) of gray uint8 ``images`` on the graph
-    files ``paths`` ({role: path}), ONNX Runtime CPU."""
+    files ``paths`` ({role: path}), ONNX Runtime CPU. It compares graphs, so it runs one view
+    (no test-time augmentation), and a model with size normalization scales all ``images``
+    as one cell: every graph of a comparison sees the same inputs."""
     backend = backend_from_paths(paths, threads)
     try:
         return run_network_batched(backend, preprocess_batch(images, config), config, batch,
