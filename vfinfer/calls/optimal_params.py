@@ -24,13 +24,12 @@ def load_params(manifest):
     Without ``dispatch.optimal`` in the manifest the defaults are returned with
     ``calibrated=False`` and a note saying so; bad stored values raise ValueError.
     """
-    if isinstance(manifest, Manifest):
-        data, where = manifest.data, str(manifest.path)
-    elif isinstance(manifest, Mapping):
-        data, where = manifest, MANIFEST_NAME
+    if not isinstance(manifest, (Manifest, Mapping)):
+        manifest = load_manifest(manifest)
+    if isinstance(manifest, Manifest):  # named without the machine's path: notes go in results
+        data, where = manifest.data, f"{manifest.model_dir.name}/{MANIFEST_NAME}"
     else:
-        loaded = load_manifest(manifest)
-        data, where = loaded.data, str(loaded.path)
+        data, where = manifest, MANIFEST_NAME
     section = data.get("dispatch") or {}
     stored = section.get("optimal") if isinstance(section, Mapping) else None
     if stored is None:
