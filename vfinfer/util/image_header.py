@@ -159,10 +159,7 @@ def _jpeg2000(data):
         return "JPEG 2000", x - x0, y - y0
     if not data.startswith(_JP2):
         return None
-    at = data.find(b"ihdr")
-    if at < 0:
-        raise ValueError("no ihdr box")
-    height, width = struct.unpack(">II", data[at + 4:at + 12])
+    height, width = _box_numbers(data, b"ihdr", 4)
     return "JPEG 2000", width, height
 
 
@@ -198,11 +195,17 @@ def _hdr(data):
 def _avif(data):
     if data[4:8] != b"ftyp" or data[8:12] not in (b"avif", b"avis"):
         return None
-    at = data.find(b"ispe")
-    if at < 0:
-        raise ValueError("no ispe property")
-    width, height = struct.unpack(">II", data[at + 8:at + 16])
+    width, height = _box_numbers(data, b"ispe", 8)
     return "AVIF", width, height
+
+
+def _box_numbers(data, tag, skip):
+    """The two big-endian 32-bit numbers ``skip`` bytes after the first ``tag`` (an ISO
+    box type: jp2's ``ihdr``, HEIF's ``ispe``)."""
+    at = data.find(tag)
+    if at < 0:
+        raise ValueError(f"no {tag.decode()} box")
+    return struct.unpack(">II", data[at + skip:at + skip + 8])
 
 
 _READERS = (("PNG", _png), ("JPEG", _jpeg), ("BMP", _bmp), ("TIFF", _tiff), ("WebP", _webp),
