@@ -17,6 +17,8 @@ from vfinfer.tools.synthesis.cells import write_cases  # noqa: E402
 from vfinfer_export.checkpoint import load_checkpoint  # noqa: E402
 from vfinfer_export.train import train  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test trains and exports a model
+
 TINY = ModelConfig(
     preset="tiny", canvas=96, g_input=64, l_input=32, t1=16, t2=32, stem_channels=8,
     stem_stride=1, widths=(8, 16, 16), units_per_block=1, cls_pool=4, loc_pool=8,

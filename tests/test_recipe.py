@@ -217,6 +217,7 @@ def test_resume_with_keep_best_matches_an_uninterrupted_run(synth_dir, tmp_path)
         torch.testing.assert_close(b[key], value, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_init_from_a_checkpoint_and_from_an_exported_model(trained, synth_dir, tmp_path):
     from vfinfer_export.onnx_export import export_model
 
@@ -239,6 +240,7 @@ def test_init_from_a_checkpoint_and_from_an_exported_model(trained, synth_dir, t
         assert record["init"]["checkpoint"] == str(path)
 
 
+@pytest.mark.slow
 def test_init_refuses_another_network_and_models_without_a_checkpoint(trained, synth_dir,
                                                                        tmp_path, model_dir):
     path, _ = trained

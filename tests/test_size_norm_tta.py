@@ -156,6 +156,7 @@ def tiny_tta(tmp_path_factory):
     return out, model
 
 
+@pytest.mark.slow
 def test_tta_parity_between_the_runtime_and_the_pytorch_reference(tiny_tta, cell):
     from vfinfer.pipeline import Pipeline
     from vfinfer_export.reference import ReferencePipeline
@@ -196,6 +197,7 @@ def test_tta_is_the_mean_of_the_image_and_its_mirror(tiny_tta, cell, tmp_path):
     assert runner.invoke(main, ["tta", str(out), "sideways"]).exit_code == 2
 
 
+@pytest.mark.slow
 def test_export_records_tta(tiny_tta, tmp_path):
     from vfinfer_export.checkpoint import save_checkpoint
 
