@@ -13,10 +13,13 @@ Host and Origin headers, and the server's budget of decoded image bytes.
   anything is decoded, from the sizes its files' headers declare, or answered 503.
 """
 
+import asyncio
 import logging
 import threading
 import time
 import uuid
+
+from fastapi.responses import JSONResponse
 
 from vfinfer.serve.limits import ApiError, BodyTooLarge
 
@@ -52,8 +55,6 @@ class Unexpected:
                              f"{request_id}: the server's log has the details)")
             self.count(error.code)
             body = {"error": {**error.body()["error"], "request_id": request_id}}
-            from fastapi.responses import JSONResponse
-
             await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
@@ -94,8 +95,6 @@ class BodyGuard:
 
     async def _next(self, receive, started, seen):
         """The next message, within the body's deadline and at its minimum rate."""
-        import asyncio
-
         limits = self.limits
         elapsed = time.perf_counter() - started
         if elapsed > limits.rate_grace_s and seen < limits.min_body_rate * elapsed:
@@ -108,8 +107,6 @@ class BodyGuard:
             raise BodyTimeout(f"not complete within {limits.body_timeout_s:g} s") from None
 
     async def _refuse(self, error, send):
-        from fastapi.responses import JSONResponse
-
         self.count(error.code)
         response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
         await response({"type": "http"}, None, send)
@@ -137,8 +134,6 @@ class HostGuard:
                              "(no cross-origin access)")
         if error is None:
             return await self.app(scope, receive, send)
-        from fastapi.responses import JSONResponse
-
         self.count(error.code)
         await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
 
@@ -168,8 +163,6 @@ class InFlight:
         if scope["type"] != "http" or scope.get("path") in self.open_paths:
             return await self.app(scope, receive, send)
         if self.now >= self.limit:
-            from fastapi.responses import JSONResponse
-
             error = ApiError(503, "busy", f"{self.now} requests in flight, the server's limit",
                              headers={"Retry-After": "1"})
             self.count(error.code)
