@@ -322,7 +322,7 @@ def _add_metaphase_route(api, state):
 
 
 def arrival(request):
-    """perf_counter() when ``BodyLimit`` saw the request come in (now, without it)."""
+    """perf_counter() when ``BodyGuard`` saw the request come in (now, without it)."""
     return request.scope.get(ARRIVED) or time.perf_counter()
 
 
