@@ -1,0 +1,101 @@
+"""Training data from metaphases: BioImLab's labelled polygons cut out as the pipeline cuts a
+segmented chromosome, beside the collection's own cut-outs, in one labels CSV.
+
+    python benchmarks/segmented_cutouts.py ../shared/data/bioimlab \
+        --list SEGSPLIT/train.txt --polygon-labels WORK/polygon_labels.json \
+        --cells-labels SPLIT/train.csv --out WORK/combined
+    vfinfer train WORK/combined --labels WORK/combined/labels.csv --init MODEL.pt ...
+
+Each polygon with a type (``benchmarks/polygon_labels.py``) becomes an instance and goes
+through ``vfinfer.segment.cutouts.make_cutout`` (its mask one pixel wider on the image's
+background, turned upright by its principal axis): the cut-outs the classifier sees in
+``vfinfer run METAPHASE``, which differ from a lab's hand-made ones in their edges, turn and
+scale (Render-Attention's "eliminating differences between training data and segmentation
+output"). ``WORK/combined`` holds ``cells`` (a link to the collection's cut-outs),
+``segmented/<image>/chr_NN.png`` and ``labels.csv``: the rows of ``--cells-labels`` and one row
+per segmented cut-out, its cell the image (a cell of its own: its chromosomes are measured
+together for size normalization), its slide the case, so a split by slide keeps a case's
+cut-outs and metaphases together. Only images with at least ``--min-coverage`` of their polygons
+labelled are cut: size normalization measures a cell by the median length of its labelled
+chromosomes, which a few labelled ones would bias. Written outside the repository (research
+data).
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from split_metaphases import case_of  # noqa: E402
+
+from vfinfer.io.labelme import polygon_masks, read_labelme, read_names  # noqa: E402
+from vfinfer.segment.cutouts import make_cutout  # noqa: E402
+from vfinfer.segment.instances import Instance  # noqa: E402
+from vfinfer.util.geometry import detect_background  # noqa: E402
+
+FIELDS = ["cell", "slide", "file", "type", "polarity"]
+
+
+def cut_labelled(path, types, out_dir):
+    """Write the labelled polygons of one metaphase as cut-outs; their label rows."""
+    metaphase = read_labelme(path)
+    background = detect_background(metaphase.image)
+    masks = polygon_masks(metaphase.polygons, metaphase.image.shape)
+    rows = []
+    for k, (mask, type_name) in enumerate(zip(masks, types)):
+        if type_name is None or not mask.any():
+            continue
+        cut = make_cutout(metaphase.image, Instance.from_full_mask(mask, 1.0), background,
+                          "principal-axis", k)
+        relative = Path("segmented") / path.stem / cut.name
+        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out_dir / relative), cut.image)
+        rows.append({"cell": path.stem, "slide": f"bio{case_of(path.name):03d}",
+                     "file": relative.as_posix(), "type": type_name, "polarity": ""})
+    return rows
+
+
+def coverage(types):
+    return sum(t is not None for t in types) / max(len(types), 1)
+
+
+def cell_rows(labels_csv):
+    """The rows of a cells labels CSV, their files under ``cells/``."""
+    with open(labels_csv, newline="") as fh:
+        return [{**{k: row.get(k, "") for k in FIELDS}, "file": f"cells/{row['file']}"}
+                for row in csv.DictReader(fh)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="the bioimlab folder (cells/, metaphases/)")
+    parser.add_argument("--list", type=Path, required=True, help="metaphase files to cut")
+    parser.add_argument("--polygon-labels", type=Path, required=True)
+    parser.add_argument("--cells-labels", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--min-coverage", type=float, default=0.9)
+    args = parser.parse_args()
+    labels = json.loads(args.polygon_labels.read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not (args.out / "cells").exists():
+        os.symlink((args.data / "cells").resolve(), args.out / "cells")
+    rows = cell_rows(args.cells_labels)
+    n_cells = len(rows)
+    names = [n for n in read_names(args.list) if coverage(labels[n]["types"]) >= args.min_coverage]
+    for name in names:
+        rows += cut_labelled(args.data / "metaphases" / name, labels[name]["types"], args.out)
+    with open(args.out / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"{n_cells} cut-outs from cells/, {len(rows) - n_cells} segmented from "
+          f"{len(names)} metaphases -> {args.out / 'labels.csv'}")
+
+
+if __name__ == "__main__":
+    main()
