@@ -8,18 +8,18 @@ correlation restricted to its own chromosome pixels (``cv2.matchTemplate`` with 
 neighbour inside its box does not count), in its 8 orientations, in a window around each
 polygon it could fit by size; every local peak of at least ``min_score`` whose gray values also
 agree (mean absolute difference at most ``MAX_DIFFERENCE``: correlation alone lets a small
-smooth blob match another one) is a candidate placement. A placement fits a polygon when the polygon holds the chromosome's core (its pixels
-above Otsu's threshold) and the cut-out's chromosome pixels hold the polygon, each to at least
-``MIN_INSIDE``: a cut-out's mask is wider than an annotator's tight polygon, and its core
-narrower (IoU with either misses small chromosomes, as measured on BioImLab). Cut-outs and
-polygons are then paired one to one with the largest total score
-(``scipy.optimize.linear_sum_assignment``), not each cut-out by its own best match: two similar
-small chromosomes cannot both claim one polygon, and a small bright blob that matches many
-places gets the one left for it. Whether the cut-outs were cut from an image is a fact about
-the image: where fewer than ``MIN_PAIRED`` pairs are found, they are taken for chance matches
-of small chromosomes and none is kept (BioImLab: 3 small ones on another metaphase of a case
-whose cut-outs come from its first one). Polygons left unpaired stay unlabelled (``None``);
-``coverage`` says how many were labelled.
+smooth blob match another one) is a candidate placement. A placement fits a polygon when the
+polygon holds the chromosome's core (its pixels above Otsu's threshold) and the cut-out's
+chromosome pixels hold the polygon, each to at least ``MIN_INSIDE``: a cut-out's mask is wider
+than an annotator's tight polygon, and its core narrower (IoU with either misses small
+chromosomes, as measured on BioImLab). Cut-outs and polygons are then paired one to one with
+the largest total score (``scipy.optimize.linear_sum_assignment``), not each cut-out by its own
+best match: two similar small chromosomes cannot both claim one polygon, and a small bright
+blob that matches many places gets the one left for it. Whether the cut-outs were cut from an
+image is a fact about the image: where fewer than ``MIN_PAIRED`` pairs are found, they are
+taken for chance matches of small chromosomes and none is kept (BioImLab: 3 small ones on
+another metaphase of a case whose cut-outs come from another image). Polygons left unpaired
+stay unlabelled (``None``); ``coverage`` says how many were labelled.
 """
 
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MIN_SCORE = 0.98  # masked NCC; BioImLab: the same pixels 0.997-0.999 (JPEG), others <= 0.96
+MIN_SCORE = 0.98  # masked NCC; BioImLab: the same pixels 0.997-0.999 (JPEG)
 MIN_PAIRED = 10  # fewer pairs in an image: chance matches of small chromosomes, none kept
 MAX_DIFFERENCE = 3.0  # mean |gray difference| on the chromosome; BioImLab: the same pixels 1-2.5
 MIN_INSIDE = 0.8  # the share of the core inside the polygon, and of the polygon in the pixels
