@@ -95,6 +95,9 @@ def test_eval_seg_reports_coco_figures(tmp_path):
         assert report["images"] == 2 and report["annotated"] > 40
         assert 0 <= report["mAP"] <= report["AP50"] <= 100
         assert 0 <= report["precision50"] <= 100 and report["timing_ms"]["total"]["median"] > 0
+        within = sum(abs(p["found"] - p["annotated"]) <= 1 for p in report["per_image"])
+        assert report["count_within_1_images"] == within
+        assert f"objects found within +-1 of the annotation: {within}/2" in done.output
     assert report["AP50"] > 50  # the demo network on metaphases like its training data
 
 

@@ -30,7 +30,15 @@ def test_metaphase_to_result_through_the_runtime(tmp_path):
     assert result["karyotype"] is None and verdict["karyotyped"] is False
     assert verdict["reasons"] == [SEGMENTED_NOT_FITTED]
     assert verdict["text"] == "not karyotyped: " + SEGMENTED_NOT_FITTED
-    assert result["warnings"] == [verdict["text"]]
+    assert result["warnings"][0] == verdict["text"]
+    # the objects flagged for review are counted, named in one warning and kept per object
+    review = result["segmentation"]["review"]
+    flagged = [row["file"] for row in result["chromosomes"] if row["segment"]["review"]]
+    assert len(flagged) <= review["split"] + review["join"]
+    if flagged:
+        assert result["warnings"][1].startswith("segmentation to review: ")
+        assert all(name in result["warnings"][1] for name in flagged)
+    assert len(result["warnings"]) == 1 + bool(flagged)
     assert verdict["figures"]["segmented_fraction"] == 1.0
     withheld = verdict["withheld_karyotype"]  # what the dispatch called, for a reviewer
     assert parse_karyotype(withheld) is not None and withheld.split(",")[0].isdigit()

@@ -50,6 +50,8 @@ class SegmentedImage:
         timing = dict(self.segmentation.timing_ms, cutouts=round(self.cutout_ms, 3))
         return {"model": segmenter.describe(), "background": self.segmentation.background,
                 "image_size": list(self.gray.shape), "found": len(self.cutouts),
+                "review": {flag: sum(flag in cut.review for cut in self.cutouts)
+                           for flag in ("split", "join")},
                 "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
 
 
@@ -67,7 +69,19 @@ def segment_image(segmenter, image, name, rotate_crop, background="auto"):
     if len(cutouts) < FEW_CHROMOSOMES:
         segmented.notes.append(f"only {len(cutouts)} chromosomes segmented: a partial "
                                "metaphase or a segmentation that missed many")
+    segmented.notes.extend(review_note(cutouts))
     return segmented
+
+
+def review_note(cutouts):
+    """The warning naming the objects flagged for a split or a join (none: no warning)."""
+    named = {flag: [cut.name for cut in cutouts if flag in cut.review]
+             for flag in ("split", "join")}
+    parts = [f"{len(names)} may need a {flag} ({', '.join(names)})"
+             for flag, names in named.items() if names]
+    if not parts:
+        return []
+    return [f"segmentation to review: {'; '.join(parts)}; see the overlay"]
 
 
 def mark_segmented(prepared, case_dir=None):

@@ -10,11 +10,12 @@ mask (not a threshold of the cut-out), so a neighbour reaching into the box does
 Names: ``chr_01.png``, ``chr_02.png``, ... in the order of the instances (largest first).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
+from vfinfer.segment.review import review_flags
 from vfinfer.util.geometry import (
     hough_angle,
     principal_axis_angle,
@@ -34,12 +35,13 @@ class Cutout:
     angle: float  # degrees turned
     score: float
     polygon: list
+    review: list = field(default_factory=list)  # "split" / "join" (vfinfer.segment.review)
 
     def record(self):
         """The JSON-friendly description (result.json, segmentation/segments.json)."""
         return {"file": self.name, "box": list(self.box), "area": int(self.mask.sum()),
                 "score": round(self.score, 4), "angle": round(self.angle, 2),
-                "polygon": self.polygon}
+                "review": list(self.review), "polygon": self.polygon}
 
 
 def cutout_name(k):
@@ -77,4 +79,9 @@ def make_cutout(gray, instance, background, method, k):
 
 
 def make_cutouts(gray, instances, background, method):
-    return [make_cutout(gray, inst, background, method, k) for k, inst in enumerate(instances)]
+    """The cut-outs of ``instances``, each with its review flags (``vfinfer.segment.review``)."""
+    cutouts = [make_cutout(gray, inst, background, method, k)
+               for k, inst in enumerate(instances)]
+    for cut, flags in zip(cutouts, review_flags(cutouts, gray.shape)):
+        cut.review = flags
+    return cutouts

@@ -1,6 +1,7 @@
 """The overlay a user checks a segmentation on: the metaphase with every instance's outline
 and a translucent fill in its own colour, and its number (or, after classification, its call)
-beside it. Overlap pixels show both colours blended."""
+beside it, followed by ``split?`` / ``join?`` where ``vfinfer.segment.review`` flags it. Overlap
+pixels show both colours blended."""
 
 import cv2
 import numpy as np
@@ -41,6 +42,7 @@ def draw_overlay(gray, cutouts, labels=None):
         outline = np.asarray(cut.polygon, np.int32).reshape(-1, 1, 2)
         cv2.polylines(canvas, [outline], True, _colour(k), 1, cv2.LINE_AA)
         text = labels[k] if labels is not None else str(k + 1)
+        text += "".join(f" {flag}?" for flag in getattr(cut, "review", ()))
         _label_at(canvas, text, cut.box, _colour(k))
     return canvas
 

@@ -120,6 +120,7 @@ def evaluate_segmentation(data_dir, segmenter, files=None, log=print):
         "recall50": round(100 * n_matched / max(n_truth, 1), 2),
         "annotated": n_truth, "found": n_found, "matched": n_matched,
         "all_found_images": sum(p["matched"] == p["annotated"] for p in per_image),
+        "count_within_1_images": sum(abs(p["found"] - p["annotated"]) <= 1 for p in per_image),
         "timing_ms": {stage: percentiles(v, digits=2) for stage, v in timings.items()},
         "per_image": per_image,
     }
@@ -132,7 +133,9 @@ def format_seg_report(report):
             f"AP50 {report['AP50']:.2f}  AP75 {report['AP75']:.2f}  mAP {report['mAP']:.2f}  "
             f"precision@0.5 {report['precision50']:.2f} %  recall@0.5 {report['recall50']:.2f} %"
             f"\nimages with every chromosome found: {report['all_found_images']}/"
-            f"{report['images']}; time per image median {t['median']:.0f} ms, p90 "
+            f"{report['images']}; objects found within +-1 of the annotation: "
+            f"{report['count_within_1_images']}/{report['images']}; time per image median "
+            f"{t['median']:.0f} ms, p90 "
             f"{t['p90']:.0f} ms")
 
 
