@@ -10,11 +10,8 @@ mkdir -p "$work"
 if [ ! -f "$work/data/labels.csv" ]; then
   python -c "from vfinfer.tools.synthesis.cells import make_training_set as m; m('$work/data', seed=2026, n_cases=300)"
 fi
-# size normalization: each synthetic cell has its own condensation (0.8-1.2), so 21 and 22
-# (relative lengths 1.90 and 2.04) differ in size only relative to their cell; 47 px is the
-# median of the training cells' median lengths (python benchmarks/cell_lengths.py "$work/data")
 vfinfer train "$work/data" --out "$work/run" --preset compact --seed 0 --threads 2 \
-  --size-norm 47 $([ -f "$work/run/last.pt" ] && echo --resume)
+  $([ -f "$work/run/last.pt" ] && echo --resume)
 # the bundled model's domain figures come from 40 more synthetic cells (not the trainer's
 # validation slides, which a plain export would use): they are what --dispatch auto reads
 vfinfer export "$work/run/model.pt" --out vfinfer/demo_model --overwrite --no-fit
