@@ -19,10 +19,10 @@ with at least 30), none is over 1.8 times its metaphase's 90th-percentile area (
 1.7), 0.3 % fill less than half their convex hull and 0.75 % are under 0.25 times the median
 area; of 276 in 6 synthetic metaphases (``vfinfer synth-metaphase``), none over 1.65 times and
 none below a solidity of 0.63. What they catch, on BioImLab's annotation
-(``benchmarks/review_flags.py``): a 15 % end piece broken off a chromosome 89 % of the time, two
-touching chromosomes merged into one object only 19 % (side by side or end to end they are
-neither large nor hollow enough). Fewer than ``MIN_OBJECTS`` objects give no
-median to judge by and no flags. Flags are suggestions for review; nothing is changed.
+(``benchmarks/review_flags.py``): a 15 % end piece broken off a chromosome 89 % of the time,
+two touching chromosomes merged into one object only 19 % (side by side or end to end they are
+neither large nor hollow enough). Fewer than ``MIN_OBJECTS`` objects give no median to judge by
+and no flags. Flags are suggestions for review; nothing is changed.
 """
 
 import cv2
