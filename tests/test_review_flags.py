@@ -6,7 +6,7 @@ import pytest
 
 from vfinfer.segment.instances import Instance
 from vfinfer.segment.review import MIN_OBJECTS, review_flags, solidity
-from vfinfer.tools.synthesis.metaphases import render_metaphase
+from vfinfer.tools.synthesis.metaphases import broken_chromosome, render_metaphase
 
 SIZE = (768, 1024)
 pytestmark = pytest.mark.slow  # a 768 x 1024 metaphase rendered: over a second
@@ -21,19 +21,6 @@ def objects_of(masks):
     return [Instance.from_full_mask(m, 1.0) for m in masks]
 
 
-def broken(mask, share=0.15):
-    """``mask`` cut across its long axis: (the end piece of ``share`` of its pixels, the rest)."""
-    ys, xs = np.nonzero(mask)
-    points = np.stack([xs, ys], 1).astype(float)
-    centred = points - points.mean(0)
-    axis = np.linalg.eigh(centred.T @ centred)[1][:, -1]
-    along = centred @ axis
-    piece = np.zeros_like(mask)
-    cut = along < np.quantile(along, share)
-    piece[ys[cut], xs[cut]] = True
-    return piece, mask & ~piece
-
-
 def test_single_chromosomes_are_not_flagged(masks):
     assert review_flags(objects_of(masks), SIZE) == [[] for _ in masks]
 
@@ -42,7 +29,7 @@ def test_a_merged_pair_and_a_broken_chromosome_are_flagged(masks):
     areas = np.array([m.sum() for m in masks])
     big = np.argsort(areas)[-2:]
     middle = int(np.argsort(areas)[len(areas) // 2])
-    piece, rest = broken(masks[middle])
+    piece, rest = broken_chromosome(masks[middle])
     others = [m for k, m in enumerate(masks) if k not in (*big, middle)]
     merged = masks[big[0]] | masks[big[1]]
     flags = review_flags(objects_of([merged, piece, rest] + others), SIZE)

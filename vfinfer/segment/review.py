@@ -14,13 +14,14 @@ nor stain matters:
   (the smallest chromosomes, 21, 22 and Y, are about 0.4 times it) and within ``JOIN_GAP``
   pixels of another object.
 
-The thresholds are set on annotated single chromosomes: of BioImLab's 5,869 (its metaphases
-with at least 30), none is over 1.8 times its metaphase's 90th-percentile area (the largest:
-1.7), 0.3 % fill less than half their convex hull and 0.75 % are under 0.25 times the median
-area; of 276 in 6 synthetic metaphases (``vfinfer synth-metaphase``), none over 1.65 times and
-none below a solidity of 0.63. What they catch, on BioImLab's annotation
-(``benchmarks/review_flags.py``): a 15 % end piece broken off a chromosome 89 % of the time,
-two touching chromosomes merged into one object only 19 % (side by side or end to end they are
+The thresholds are set on annotated single chromosomes (``benchmarks/review_flags.py``; results
+in ``benchmarks/results/review_flags_*.json``): of BioImLab's 5,869 (its 135 metaphases with at
+least 30), the largest is 1.69 times its metaphase's 90th-percentile area, 0.34 % fill less
+than half their convex hull and 0.48 % are under 0.25 times the median area (0.34 % flagged
+split, 0.05 % join); of 278 in 6 synthetic metaphases (``vfinfer synth-metaphase --count 6
+--seed 13``) one is 1.84 times the 90th percentile and flagged split, none is flagged join.
+What they catch on BioImLab: a 15 % end piece broken off a chromosome 89 % of the time, two
+touching chromosomes merged into one object only 19 % (side by side or end to end they are
 neither large nor hollow enough). Fewer than ``MIN_OBJECTS`` objects give no median to judge by
 and no flags. Flags are suggestions for review; nothing is changed.
 """

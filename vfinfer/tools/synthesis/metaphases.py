@@ -141,6 +141,19 @@ def render_metaphase(seed, karyotype="46,XY", size=DEFAULT_SIZE, background="lig
     return np.rint(gray).astype(np.uint8), masks
 
 
+def broken_chromosome(mask, share=0.15):
+    """A chromosome's mask broken across its long axis (principal axis): (the end piece holding
+    ``share`` of its pixels, the rest): the break a segmentation makes, to test review flags."""
+    ys, xs = np.nonzero(mask)
+    centred = np.stack([xs, ys], 1).astype(float)
+    centred -= centred.mean(0)
+    along = centred @ np.linalg.eigh(centred.T @ centred)[1][:, -1]
+    piece = np.zeros_like(mask)
+    cut = along < np.quantile(along, share)
+    piece[ys[cut], xs[cut]] = True
+    return piece, mask & ~piece
+
+
 def mask_polygon(mask):
     """The outline of a boolean mask's largest part as (N, 2) float (x, y) points."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
