@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from polygon_labels import FULL, case_cutouts  # noqa: E402
+from polygon_labels import FULL, case_labels, read_cutouts  # noqa: E402
 from split_metaphases import case_of  # noqa: E402
 
 from vfinfer.calls.karyotype import parse_karyotype  # noqa: E402
@@ -80,16 +80,17 @@ def classes_as_expected(calls, truth):
     return float(np.mean(counts == expected))
 
 
-def score_calls(result, shape, masks, types):
-    """(labelled, right): labelled polygons, and those whose instance got their type."""
+def score_calls(result, cutouts, shape, masks, types):
+    """(labelled, right): labelled polygons, and those whose instance (one of ``cutouts``, in
+    the order of the result's chromosomes) got their type."""
     from scipy.optimize import linear_sum_assignment
 
     labelled = [j for j, t in enumerate(types) if t is not None]
     found = []
-    for row in result["chromosomes"]:
+    for cut in cutouts:
         mask = np.zeros(shape, bool)
-        x0, y0, x1, y1 = row["segment"]["box"]
-        mask[y0:y1, x0:x1] = row["mask"]
+        x0, y0, x1, y1 = cut.box
+        mask[y0:y1, x0:x1] = cut.mask
         found.append(mask)
     iou = iou_matrix([masks[j] for j in labelled], found)
     right = 0
@@ -106,28 +107,27 @@ def median_length(images, config):
 
 
 def classify(pipeline, segmenter, image, name):
+    """(the result of the metaphase, its cut-outs)."""
     segmented, prepared = prepare_metaphase(pipeline, segmenter, image, name)
     result = attach_segmentation(pipeline.run_cases([prepared])[0], segmented, segmenter)
-    for row, cut in zip(result["chromosomes"], segmented.cutouts):
-        row["mask"] = cut.mask
-    return result
+    return result, segmented.cutouts
 
 
 def one_image(pipeline, segmenter, path, cases, polygon_types):
     metaphase = read_labelme(path)
     masks = polygon_masks(metaphase.polygons, metaphase.image.shape)
-    cutouts, types = cases.get(case_of(path.name), ([], []))
+    cell_images, types = read_cutouts(cases.get(case_of(path.name), []))
     if isinstance(segmenter, AnnotatedSegmenter):
         segmenter.masks = masks
     truth = true_karyotype(types)
     row = {"image": path.name, "annotated": len(masks), "truth": truth}
     started = time.perf_counter()
     try:
-        result = classify(pipeline, segmenter, metaphase.image, path.stem)
+        result, cutouts = classify(pipeline, segmenter, metaphase.image, path.stem)
     except NoChromosomesError:
         return dict(row, found=0)
     wall = (time.perf_counter() - started) * 1000
-    labelled, right = score_calls(result, metaphase.image.shape, masks,
+    labelled, right = score_calls(result, cutouts, metaphase.image.shape, masks,
                                   polygon_types.get(path.name, [None] * len(masks)))
     timing = result["timing_ms"]
     seg_stages = sum(timing[k] for k in ("segmentation", "instances", "cutouts"))
@@ -138,7 +138,8 @@ def one_image(pipeline, segmenter, path, cases, polygon_types):
                 classes_as_expected=round(classes_as_expected(calls, truth), 4),
                 length_segmented=float(np.median([max(r["size"])
                                                   for r in result["chromosomes"]])),
-                length_cells=median_length(cutouts, pipeline.config) if cutouts else None,
+                length_cells=(median_length(cell_images, pipeline.config) if cell_images
+                              else None),
                 timing_ms={"segmentation": timing["segmentation"],
                            "instances": timing["instances"], "cutouts": timing["cutouts"],
                            "classification": timing["total"] - seg_stages, "wall": wall})
@@ -193,7 +194,7 @@ def main():
     args = parser.parse_args()
     polygon_types = {name: found["types"] for name, found in
                      json.loads(args.polygon_labels.read_text()).items()}
-    cases = case_cutouts(args.data)
+    cases = case_labels(args.data)
     segmenter = (AnnotatedSegmenter() if args.seg_model == ANNOTATED
                  else Segmenter(args.seg_model, threads=args.threads))
     rows = []

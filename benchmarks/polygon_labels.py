@@ -36,13 +36,15 @@ from vfinfer.util.atomic import write_atomic  # noqa: E402
 FULL = 0.95  # coverage from which an image counts as labelled in full
 
 
-def case_cutouts(data):
-    """{case number: (cut-out images, type names)} from cells/labels.csv."""
-    cases = {}
-    for cell, labels in by_cell(read_labels(data / "cells")).items():
-        images = [cv2.imread(str(label.path), cv2.IMREAD_GRAYSCALE) for label in labels]
-        cases[case_of(cell)] = (images, [TYPE_NAMES[label.type] for label in labels])
-    return cases
+def case_labels(data):
+    """{case number: its labelled cut-outs (``vfinfer.io.labels.Label``)} from cells/labels.csv."""
+    return {case_of(cell): labels for cell, labels in by_cell(read_labels(data / "cells")).items()}
+
+
+def read_cutouts(labels):
+    """(cut-out images, type names) of ``labels``, read when a metaphase of the case needs them."""
+    images = [cv2.imread(str(label.path), cv2.IMREAD_GRAYSCALE) for label in labels]
+    return images, [TYPE_NAMES[label.type] for label in labels]
 
 
 def check_picture(image, polygons, masks, types):
@@ -60,7 +62,7 @@ def check_picture(image, polygons, masks, types):
 def one_image(path, cases, check_dir):
     metaphase = read_labelme(path)
     masks = polygon_masks(metaphase.polygons, metaphase.image.shape)
-    images, types = cases.get(case_of(path.name), ([], []))
+    images, types = read_cutouts(cases.get(case_of(path.name), []))
     labels = label_polygons(metaphase.image, images, types, masks)
     if check_dir is not None:
         picture = check_picture(metaphase.image, metaphase.polygons, masks, labels.types)
@@ -88,7 +90,7 @@ def main():
     args = parser.parse_args()
     if args.check:
         args.check.mkdir(parents=True, exist_ok=True)
-    cases = case_cutouts(args.data)
+    cases = case_labels(args.data)
     labels, rows, started = {}, [], time.time()
     for path in sorted((args.data / "metaphases").glob("*.json")):
         found, row = one_image(path, cases, args.check)
