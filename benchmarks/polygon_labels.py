@@ -29,6 +29,7 @@ from split_metaphases import case_of  # noqa: E402
 from vfinfer.io.labelme import polygon_masks, read_labelme  # noqa: E402
 from vfinfer.io.labels import by_cell, read_labels  # noqa: E402
 from vfinfer.model.classes import TYPE_NAMES  # noqa: E402
+from vfinfer.segment.instances import Instance  # noqa: E402
 from vfinfer.segment.overlay import draw_overlay  # noqa: E402
 from vfinfer.tools.evaluation.polygon_labels import label_polygons  # noqa: E402
 from vfinfer.util.atomic import write_atomic  # noqa: E402
@@ -51,9 +52,8 @@ def check_picture(image, polygons, masks, types):
     """BGR overlay: each polygon outlined and filled, its type beside it (``?``: none)."""
     shapes = []
     for points, mask in zip(polygons, masks):
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-        shapes.append(SimpleNamespace(box=box, mask=mask[box[1]:box[3], box[0]:box[2]],
+        found = Instance.from_full_mask(mask, 1.0)
+        shapes.append(SimpleNamespace(box=found.box, mask=found.mask,
                                       polygon=np.round(points).astype(int).tolist()))
     stretched = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX)
     return draw_overlay(stretched, shapes, [t or "?" for t in types])

@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from split_metaphases import case_of  # noqa: E402
 
 from vfinfer.io.labelme import polygon_masks, read_labelme, read_names  # noqa: E402
+from vfinfer.io.labels import NOT_LABELLED, read_labels  # noqa: E402
+from vfinfer.model.classes import TYPE_NAMES  # noqa: E402
 from vfinfer.segment.cutouts import make_cutout  # noqa: E402
 from vfinfer.segment.instances import Instance  # noqa: E402
 from vfinfer.util.geometry import detect_background  # noqa: E402
@@ -64,11 +66,12 @@ def coverage(types):
     return sum(t is not None for t in types) / max(len(types), 1)
 
 
-def cell_rows(labels_csv):
-    """The rows of a cells labels CSV, their files under ``cells/``."""
-    with open(labels_csv, newline="") as fh:
-        return [{**{k: row.get(k, "") for k in FIELDS}, "file": f"cells/{row['file']}"}
-                for row in csv.DictReader(fh)]
+def cell_rows(cells_dir, labels_csv):
+    """The rows of a cells labels CSV (``vfinfer.io.labels``), their files under ``cells/``."""
+    return [{"cell": label.cell, "slide": label.slide, "type": TYPE_NAMES[label.type],
+             "file": f"cells/{label.path.relative_to(cells_dir).as_posix()}",
+             "polarity": "" if label.polarity == NOT_LABELLED else str(label.polarity)}
+            for label in read_labels(cells_dir, labels_csv)]
 
 
 def main():
@@ -84,7 +87,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.out / "cells").exists():
         os.symlink((args.data / "cells").resolve(), args.out / "cells")
-    rows = cell_rows(args.cells_labels)
+    rows = cell_rows((args.data / "cells").resolve(), args.cells_labels)
     n_cells = len(rows)
     names = [n for n in read_names(args.list) if coverage(labels[n]["types"]) >= args.min_coverage]
     for name in names:

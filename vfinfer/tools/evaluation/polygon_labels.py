@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from vfinfer.segment.instances import Instance
+
 MIN_SCORE = 0.98  # masked NCC; BioImLab: the same pixels 0.997-0.999 (JPEG)
 MIN_PAIRED = 10  # fewer pairs in an image: chance matches of small chromosomes, none kept
 MAX_DIFFERENCE = 3.0  # mean |gray difference| on the chromosome; BioImLab: the same pixels 1-2.5
@@ -140,11 +142,6 @@ def placements_near(image, view, box, min_score=MIN_SCORE, peaks=PEAKS):
     return found
 
 
-def _box(mask):
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
 def fits(place, mask, box, min_inside=MIN_INSIDE):
     """Whether a placement fits a polygon (full-image ``mask``, its ``box``): module doc."""
     h, w = place.pixels.shape
@@ -168,7 +165,7 @@ def could_fit(view, area, box, min_inside=MIN_INSIDE):
 def score_matrix(image, cutouts, masks, min_score=MIN_SCORE, min_inside=MIN_INSIDE):
     """(n_cutouts, n_polygons): the best placement score of each cut-out on each polygon
     (0 where no placement fits it)."""
-    boxes = [_box(m) if m.any() else None for m in masks]
+    boxes = [Instance.from_full_mask(m, 0.0).box if m.any() else None for m in masks]
     areas = [int(m.sum()) for m in masks]
     scores = np.zeros((len(cutouts), len(masks)))
     for i, cutout in enumerate(cutouts):
