@@ -10,6 +10,7 @@ from vfinfer.util.geometry import (
     CROP_MARGIN,
     chromosome_mask,
     detect_background,
+    grain,
     hough_angle,
     normalize_cutout,
     principal_axis_angle,
@@ -108,3 +109,18 @@ def test_config_rejects_unknown_conventions():
         replace(preset("compact"), rotate_crop="sideways")
     with pytest.raises(ValueError, match="background"):
         replace(preset("compact"), background="grey")
+
+
+def test_grain_tells_bands_from_noise():
+    """Bands change over many pixels; a texture of noise changes at every one. The fact is
+    measured on the input, whichever its background."""
+    rng = np.random.default_rng(3)
+    banded = render_chromosome(4, rng)
+    noise = np.full((90, 40), 255, np.uint8)
+    noise[10:80, 8:32] = rng.integers(0, 200, (70, 24))
+    low = grain(banded, chromosome_mask(banded))
+    high = grain(noise, chromosome_mask(noise))
+    assert low < 30 < 45 < high
+    _, facts = normalize_cutout(255 - banded, preset("compact"))
+    assert facts["background"] == "dark" and facts["grain"] == pytest.approx(low, abs=0.01)
+    assert grain(np.full((5, 5), 255, np.uint8), np.zeros((5, 5), bool)) is None

@@ -97,7 +97,7 @@ def test_old_configs_and_manifests_keep_their_behaviour(cell, model_dir, fresh_c
     config = ModelConfig.from_dict(old)
     assert config.size_norm == 0.0 and config.tta == "none"
     images, facts = normalize_batch(cell, config)
-    assert all(set(f) == {"background", "tilt", "rotated"} for f in facts)
+    assert all(set(f) == {"background", "tilt", "rotated", "grain"} for f in facts)
     assert all(a is b for a, b in zip(images, normalize_batch(cell, config)[0]))
     old_dir = fresh_copy(model_dir, "old")
     data = json.loads((old_dir / "manifest.json").read_text())

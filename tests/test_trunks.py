@@ -54,10 +54,23 @@ def test_wrn_presets_are_unchanged(name):
     assert ModelConfig.from_dict(old) == config  # configs written before the trunk choice
 
 
-def test_demo_model_manifest_still_loads_as_the_compact_wrn():
+OLD_MANIFEST_KEYS = ("preset", "canvas", "g_input", "l_input", "t1", "t2", "stem_channels",
+                     "stem_stride", "widths", "units_per_block", "cls_pool", "loc_pool",
+                     "loc_hidden", "mlp_hidden", "pad_value", "n_types", "n_polarities",
+                     "dispatch_threshold")
+
+
+def test_a_manifest_from_before_the_trunk_choice_loads_as_the_compact_wrn(tmp_path):
+    """A model exported before the trunk (and the normalization options) were written to
+    the manifest: only the keys of that time in its config."""
     from vfinfer.model.manifest import demo_model_dir
 
-    manifest = load_manifest(demo_model_dir())
+    old = tmp_path / "old"
+    shutil.copytree(demo_model_dir(), old)
+    data = json.loads((old / "manifest.json").read_text())
+    data["config"] = {k: data["config"][k] for k in OLD_MANIFEST_KEYS}
+    (old / "manifest.json").write_text(json.dumps(data))
+    manifest = load_manifest(old)
     assert "trunk" not in manifest.data["config"]
     assert manifest.config == preset("compact") and manifest.config.trunk == "wrn"
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from vfinfer.calls.verdict import judge
 from vfinfer.cli import main
 from vfinfer.model.config import preset
-from vfinfer.model.manifest import demo_model_dir
+from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline import Pipeline
 from vfinfer.tools.evaluation.domain import fit_domain, store_domain
 from vfinfer.tools.synthesis.cells import write_cases
@@ -80,7 +80,8 @@ def test_out_of_domain_cells_are_not_karyotyped(fitted, tmp_path, change, reason
     assert forced["karyotype"] is not None and forced["verdict"]["forced"]
 
 
-def test_noise_is_refused_for_low_confidence(fitted):
+def test_noise_is_refused_for_its_grain(fitted):
+    """Noise that the network still calls with confidence is refused by its grain."""
     model, _, _ = fitted
     rng = np.random.default_rng(0)
     images = []
@@ -90,7 +91,7 @@ def test_noise_is_refused_for_low_confidence(fitted):
         images.append(image)
     with Pipeline(model) as pipe:
         result = pipe.run_case(images)
-    assert result["karyotype"] is None and "below confidence" in result["verdict"]["text"]
+    assert result["karyotype"] is None and "grainier than any banded" in result["verdict"]["text"]
 
 
 def test_run_prints_the_verdict_and_exits_0(fitted, tmp_path):
@@ -132,20 +133,28 @@ def test_judge_without_domain_refuses_near_chance_calls():
 
 def test_fit_domain_rules():
     figures = [{"n": 46, "low_confidence_fraction": 0.1, "dark_background_fraction": 1.0,
-                "median_abs_tilt": 40.0},
+                "median_abs_tilt": 40.0, "median_grain": 10.0},
                {"n": 46, "low_confidence_fraction": 0.2, "dark_background_fraction": 1.0,
-                "median_abs_tilt": 50.0}]
+                "median_abs_tilt": 50.0, "median_grain": 12.0}]
     from dataclasses import replace
     rotating = replace(preset("compact"), rotate_crop="principal-axis")
     domain = fit_domain(figures, rotating, "test")
     assert domain["limits"] == {"low_confidence_fraction": pytest.approx(0.35),
-                                "background": "dark", "median_abs_tilt": None}
+                                "background": "dark", "median_abs_tilt": None,
+                                "median_grain": pytest.approx(18.0)}
     probs = np.zeros((4, 24))
     probs[:, 0] = 1.0
     light = [{"background": "light", "tilt": 80.0}] * 4
     assert "light background" in judge(probs, 0.9, light, domain)["text"]
-    dark = [{"background": "dark", "tilt": 80.0}] * 4  # tilt is not checked: rotate-and-crop
+    dark = [{"background": "dark", "tilt": 80.0, "grain": 17.9}] * 4  # tilt: rotate-and-crop
     assert judge(probs, 0.9, dark, domain)["karyotyped"]
+    grainy = [{"background": "dark", "tilt": 0.0, "grain": 18.1}] * 4
+    assert judge(probs, 0.9, grainy, domain)["reasons"] == [
+        "images unlike the model's training data (chromosomes grainier than any banded one it "
+        "knows: 18 gray levels between neighbouring pixels, median; in-domain cells at most "
+        "12, limit 18)"]
+    old = {k: v for k, v in domain["limits"].items() if k != "median_grain"}
+    assert judge(probs, 0.9, grainy, domain | {"limits": old})["karyotyped"]  # fitted before
 
 
 def test_eval_counts_the_verdicts(fitted, tmp_path):
@@ -220,6 +229,43 @@ def test_segmented_cells_need_a_domain_fitted_on_segmented_cells(fitted, tmp_pat
     refit = store_domain(model, [segmented], log=lambda *a: None, dry_run=True)
     assert refit["fitted_on"]["segmented"] is True
     assert "not validated" not in judge(probs, 0.9, facts, refit)["text"]
+
+
+def test_segmented_and_cut_out_cells_are_judged_by_their_own_figures(fitted, tmp_path):
+    """'vfinfer domain' on segmented cells fills domain_segmented and leaves the cut-outs'
+    domain as it was; each kind of cell is then judged by its own section, both ways."""
+    model, domain, (normal, _) = fitted
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    segmented = tmp_path / "segmented"
+    shutil.copytree(normal, segmented)
+    (segmented / "segmentation").mkdir()
+    section = store_domain(copy, [segmented], log=lambda *a: None)
+    manifest = load_manifest(copy)
+    assert manifest.domain == json.loads((model / "manifest.json").read_text())["domain"]
+    assert manifest.segmented_domain == section and section["fitted_on"]["segmented"]
+    out = tmp_path / "out"
+    done = CliRunner().invoke(main, ["run", str(segmented), str(normal), "--model", str(copy),
+                                     "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "like the model's in-domain segmented cells" in json.loads(
+        (out / "segmented" / "result.json").read_text())["verdict"]["text"]
+    assert json.loads((out / normal.name / "result.json").read_text())["verdict"]["text"] == \
+        "karyotyped: the cell is like the model's in-domain cells"
+
+    probs = np.full((46, 24), 0.001)
+    probs[:, 0] = 0.977
+    probs[:20, 0] = 0.6  # 43 % of the calls below 0.9: between the two limits below
+    strict = dict(domain, limits=dict(domain["limits"], low_confidence_fraction=0.2))
+    loose = dict(section, limits=dict(section["limits"], low_confidence_fraction=0.6))
+    facts = [{"background": "light", "tilt": 0.0, "segmented": True}] * 46
+    on_segmented = judge(probs, 0.9, facts, strict, segmented_domain=loose)
+    assert on_segmented["karyotyped"] and on_segmented["limits"] == loose["limits"]
+    cut_outs = [dict(f, segmented=False) for f in facts]
+    on_cut_outs = judge(probs, 0.9, cut_outs, strict, segmented_domain=loose)
+    assert not on_cut_outs["karyotyped"] and "20 of 46 calls below" in on_cut_outs["text"]
+    tight = dict(loose, limits=dict(loose["limits"], low_confidence_fraction=0.2))
+    assert not judge(probs, 0.9, facts, None, segmented_domain=tight)["karyotyped"]
 
 
 def test_segmented_cells_are_withheld_without_domain_figures():

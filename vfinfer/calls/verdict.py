@@ -16,6 +16,11 @@ in-domain validation cells, stored in its manifest by ``vfinfer domain``
   is unlike the training data, even though the runtime inverts it.
 * ``median_abs_tilt``: the median angle of the chromosomes' long axes from vertical, degrees,
   for models without rotate-and-crop. Limit: the largest median seen plus ``TILT_MARGIN``.
+* ``median_grain``: the median ``grain`` of the chromosomes (``vfinfer.util.geometry``: the
+  mean difference between neighbouring pixels inside a chromosome, gray levels). Limit: the
+  largest median seen times ``GRAIN_FACTOR``. A texture of noise is grainier than any banded
+  chromosome, and a network may still call it with confidence (the demo model named 46 blobs
+  of noise chromosome 6 at probability 0.99), so confidence alone cannot refuse it.
 
 None of them depends on how many chromosomes were found or which types they got, so a real
 trisomy or loss is never suppressed by the verdict (measured on pki3's abnormal cells: README).
@@ -26,7 +31,10 @@ turned, touched by neighbours, and at the metaphase's scale. A model whose in-do
 were fitted on ready-made cut-outs has never been checked on them (on BioImLab such a model
 got 2 of 33 metaphase karyotypes right while its figures looked in-domain: README), so a cell
 of mostly segmented cut-outs is refused unless ``vfinfer domain`` was run on segmented cells
-(``domain["fitted_on"]["segmented"]``). A model without domain figures has not been checked
+(its manifest's ``domain_segmented`` section, or a ``domain`` section fitted on segmented
+cells: ``domain["fitted_on"]["segmented"]``); when it was, segmented cells are judged by the
+figures of segmented cells (``domain_for``), ready-made cut-outs by the ``domain`` section. A
+model without domain figures has not been checked
 on them either (on held-out metaphases a plain export reported 16 karyotypes, 15 of them wrong),
 so it refuses such cells too (``SEGMENTED_NO_DOMAIN``).
 
@@ -51,6 +59,7 @@ import numpy as np
 LOW_CONFIDENCE_MARGIN = 0.15
 BACKGROUND_PURE = 0.95
 TILT_MARGIN = 15.0
+GRAIN_FACTOR = 1.5
 MIN_EXACT_KARYOTYPES = 0.5
 NEAR_CHANCE = 0.5
 NO_DOMAIN_NEAR_CHANCE_LIMIT = 0.5
@@ -66,10 +75,11 @@ NO_DOMAIN = ("this model's manifest has no domain figures ('vfinfer domain'): ce
 
 
 def cell_figures(type_probs, threshold, facts):
-    """The three figures of one cell from its type probabilities (N x 24, before dispatch)
+    """The figures of one cell from its type probabilities (N x 24, before dispatch)
     and the per-image facts of ``vfinfer.util.geometry.normalize_cutout``."""
     top = np.asarray(type_probs).max(axis=1) if len(type_probs) else np.zeros(0)
     tilts = [abs(f["tilt"]) for f in facts if f.get("tilt") is not None]
+    grains = [f["grain"] for f in facts if f.get("grain") is not None]
     return {
         "n": int(len(top)),
         "low_confidence_fraction": round(float(np.mean(top < threshold)) if len(top) else 1.0,
@@ -77,6 +87,7 @@ def cell_figures(type_probs, threshold, facts):
         "dark_background_fraction": round(float(np.mean(
             [f.get("background") == "dark" for f in facts])) if facts else 0.0, 4),
         "median_abs_tilt": round(float(np.median(tilts)), 2) if tilts else None,
+        "median_grain": round(float(np.median(grains)), 2) if grains else None,
         "segmented_fraction": round(float(np.mean(
             [bool(f.get("segmented")) for f in facts])) if facts else 0.0, 4),
         "near_chance_fraction": round(float(np.mean(top < NEAR_CHANCE)) if len(top) else 1.0,
@@ -92,7 +103,7 @@ def reasons_against(figures, domain, threshold, dispatch_mode=None):
 
 def kinded_reasons(figures, domain, threshold, dispatch_mode=None):
     """``reasons_against`` as (kind, text) pairs; kinds: model, segmentation, low
-    confidence, background, tilt; without a domain only segmentation and the floor (near
+    confidence, background, tilt, grain; without a domain only segmentation and the floor (near
     chance)."""
     segmented = figures.get("segmented_fraction", 0.0) > 0.5
     if not domain:
@@ -122,7 +133,17 @@ def kinded_reasons(figures, domain, threshold, dispatch_mode=None):
         reasons.append(("tilt", f"images unlike the model's training data (chromosomes lie "
                         f"{tilt:.0f} degrees from vertical, median; in-domain cells at most "
                         f"{domain['seen']['median_abs_tilt_max']:.0f}, limit {tilt_limit:.0f})"))
-    return reasons
+    return reasons + _grain_reasons(figures, domain)
+
+
+def _grain_reasons(figures, domain):
+    grain, limit = figures.get("median_grain"), domain["limits"].get("median_grain")
+    if grain is None or limit is None or grain <= limit:
+        return []
+    return [("grain", f"images unlike the model's training data (chromosomes grainier than "
+             f"any banded one it knows: {grain:.0f} gray levels between neighbouring pixels, "
+             f"median; in-domain cells at most {domain['seen']['median_grain_max']:.0f}, "
+             f"limit {limit:.0f})")]
 
 
 def _near_chance_reasons(figures):
@@ -156,15 +177,26 @@ def verdict_limits(domain):
     return domain["limits"] if domain else {"near_chance_fraction": NO_DOMAIN_NEAR_CHANCE_LIMIT}
 
 
-def judge(type_probs, threshold, facts, domain, force=False, dispatch_mode=None):
+def domain_for(figures, domain, segmented_domain=None):
+    """The domain section a cell is judged by: ``segmented_domain`` (figures of segmented
+    cells) for a cell of mostly segmented cut-outs when there is one, else ``domain``."""
+    if segmented_domain and figures.get("segmented_fraction", 0.0) > 0.5:
+        return segmented_domain
+    return domain
+
+
+def judge(type_probs, threshold, facts, domain, force=False, dispatch_mode=None,
+          segmented_domain=None):
     """The ``verdict`` section of a result: ``karyotyped`` (bool), ``text``, ``reasons``,
     ``figures`` and the ``limits`` used. ``force`` reports the karyotype in any case (the
-    reasons stay in the verdict)."""
+    reasons stay in the verdict). ``segmented_domain``: ``domain_for``."""
     figures = cell_figures(type_probs, threshold, facts)
+    domain = domain_for(figures, domain, segmented_domain)
     reasons = reasons_against(figures, domain, threshold, dispatch_mode)
     karyotyped = force or not reasons
     if not reasons:
-        text = ("karyotyped: the cell is like the model's in-domain cells" if domain
+        kind = "segmented " if domain and domain["fitted_on"].get("segmented") else ""
+        text = (f"karyotyped: the cell is like the model's in-domain {kind}cells" if domain
                 else "karyotyped; " + NO_DOMAIN)
     elif force:
         text = "karyotyped because forced (--force-karyotype), although " + "; ".join(reasons)

@@ -348,15 +348,17 @@ def _store_calibration(model_dir, params, report, allow_few_abnormal):
 @one_line_errors
 def domain(case_dirs, model_dir, backend, threads, labels_csv, dry_run):
     """Store the figures of in-domain cells (CASE_DIRs: validation cells of the training data)
-    that the verdict compares each cell with."""
-    from vfinfer.tools.evaluation.domain import domain_lines, store_domain
+    that the verdict compares each cell with. Folders of 'vfinfer segment' (cells segmented
+    from metaphases) fill the manifest's domain_segmented section, by which segmented cells
+    are judged; ready-made cut-outs the domain section."""
+    from vfinfer.tools.evaluation.domain import domain_key, domain_lines, store_domain
 
     section = store_domain(model_dir, list(case_dirs), backend=backend, threads=threads,
                            log=_log, dry_run=dry_run, labels_csv=labels_csv)
     for line in domain_lines(section):
         click.echo(line)
     click.echo("dry run: manifest.json left unchanged" if dry_run
-               else f"wrote the domain section to {model_dir / 'manifest.json'}")
+               else f"wrote the {domain_key(section)} section to {model_dir / 'manifest.json'}")
 
 
 # -- bench --------------------------------------------------------------------------------------

@@ -99,6 +99,8 @@ def set_tta(model_dir, mode):
     if previous != mode:
         measured = [what for what, there in (
             ("the in-domain figures (vfinfer domain)", data.get("domain")),
+            ("the in-domain figures of segmented cells (vfinfer domain)",
+             data.get("domain_segmented")),
             ("the calibrated optimal-dispatch parameters (vfinfer calibrate)",
              (data.get("dispatch") or {}).get("optimal"))) if there]
         notes = [f"{what} were measured with tta {previous}: run it again" for what in measured]
@@ -161,6 +163,15 @@ class Manifest:
     def domain(self) -> Optional[dict[str, Any]]:
         """The in-domain figures of ``vfinfer domain`` (``vfinfer.calls.verdict``), or None."""
         return self.data.get("domain")
+
+    @property
+    def segmented_domain(self) -> Optional[dict[str, Any]]:
+        """The in-domain figures of cells segmented from metaphases (``vfinfer domain`` on
+        ``vfinfer segment``'s case folders), or None: ``domain_segmented``, or ``domain``
+        where that was fitted on segmented cells."""
+        domain = self.data.get("domain") or {}
+        fitted = domain.get("fitted_on", {}).get("segmented")
+        return self.data.get("domain_segmented") or (domain if fitted else None)
 
     @property
     def path(self) -> Path:

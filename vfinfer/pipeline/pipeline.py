@@ -321,7 +321,7 @@ class Pipeline:
         clock.lap("dispatch")
         timing["total"] += timing["dispatch"]
         verdict = judge(probs, self.manifest.threshold, case.facts, self.manifest.domain,
-                        self.force_karyotype, self.dispatch_mode)
+                        self.force_karyotype, self.dispatch_mode, self.manifest.segmented_domain)
         return assemble_result(self.manifest, self.backend.describe(), self.dispatch_mode,
                                case, outputs, calls, verdict, timing, self.auto_reason)
 

@@ -17,6 +17,7 @@ from vfinfer.calls.dispatch import argmax_types, dispatch
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.verdict import (
     BACKGROUND_PURE,
+    GRAIN_FACTOR,
     LOW_CONFIDENCE_MARGIN,
     TILT_MARGIN,
     cell_figures,
@@ -31,7 +32,8 @@ from vfinfer.util.images import read_case
 RULES = (f"low-confidence share: the largest on the in-domain cells + {LOW_CONFIDENCE_MARGIN}; "
          f"background: checked when at least {BACKGROUND_PURE:.0%} of the in-domain cut-outs "
          "have one kind, a cell whose majority has the other kind is refused; tilt (models "
-         f"without rotate-and-crop): the largest median tilt seen + {TILT_MARGIN} degrees")
+         f"without rotate-and-crop): the largest median tilt seen + {TILT_MARGIN} degrees; grain: "
+         f"the largest median grain seen x {GRAIN_FACTOR}")
 
 
 def _quantiles(values):
@@ -51,9 +53,11 @@ def fit_domain(figures, config, source):
     background = ("dark" if dark >= BACKGROUND_PURE else
                   "light" if dark <= 1 - BACKGROUND_PURE else None)
     use_tilt = config.rotate_crop == "none" and bool(tilts)
+    grains = [f["median_grain"] for f in figures if f.get("median_grain") is not None]
     limits = {"low_confidence_fraction": round(min(1.0, max(low) + LOW_CONFIDENCE_MARGIN), 4),
               "background": background,
-              "median_abs_tilt": round(max(tilts) + TILT_MARGIN, 2) if use_tilt else None}
+              "median_abs_tilt": round(max(tilts) + TILT_MARGIN, 2) if use_tilt else None,
+              "median_grain": round(max(grains) * GRAIN_FACTOR, 2) if grains else None}
     segmented = sum(f.get("segmented_fraction", 0.0) * f["n"] for f in figures) / \
         max(n_images, 1)
     return {
@@ -64,7 +68,9 @@ def fit_domain(figures, config, source):
         "seen": {"low_confidence": _quantiles(low), "low_confidence_max": max(low),
                  "dark_background_fraction": round(dark, 4),
                  "median_abs_tilt": _quantiles(tilts) if tilts else None,
-                 "median_abs_tilt_max": max(tilts) if tilts else None},
+                 "median_abs_tilt_max": max(tilts) if tilts else None,
+                 "median_grain": _quantiles(grains) if grains else None,
+                 "median_grain_max": max(grains) if grains else None},
         "limits": limits,
         "rules": RULES,
     }
@@ -148,7 +154,8 @@ def domain_lines(section):
              f"low-confidence share up to {seen['low_confidence_max']:.0%} (limit "
              f"{limits['low_confidence_fraction']:.0%}), dark backgrounds "
              f"{seen['dark_background_fraction']:.0%} (checked: {limits['background']}), "
-             f"tilt limit {limits['median_abs_tilt']}"]
+             f"tilt limit {limits['median_abs_tilt']}, grain limit "
+             f"{limits.get('median_grain')}"]
     exact = section.get("karyotype_exact")
     if exact:
         lines.append(f"karyotype exactly right on {exact['cells']} labelled cells: "
@@ -158,10 +165,17 @@ def domain_lines(section):
     return lines
 
 
+def domain_key(domain):
+    """The manifest key a ``domain`` section goes to: ``domain_segmented`` when it was fitted
+    on cells segmented from metaphases, else ``domain`` (ready-made cut-outs)."""
+    return "domain_segmented" if domain["fitted_on"].get("segmented") else "domain"
+
+
 def write_domain(manifest, domain):
-    """Put ``domain`` into the model's manifest.json (re-read first; atomic)."""
+    """Put ``domain`` into the model's manifest.json under ``domain_key`` (re-read first;
+    atomic); the other section stays as it is."""
     data = load_manifest(manifest.model_dir).data
-    data["domain"] = domain
+    data[domain_key(domain)] = domain
     write_json_atomic(manifest.path, data)
 
 
