@@ -1,9 +1,16 @@
-"""End to end on BioImLab metaphases: segmentation -> cut-outs -> classifier, per image.
+"""End to end on annotated metaphases: segmentation -> cut-outs -> classifier, per image.
 
     python benchmarks/polygon_labels.py ../shared/data/bioimlab --out WORK/polygon_labels.json
     python benchmarks/metaphase_end_to_end.py ../shared/data/bioimlab \
         --list SEGSPLIT/test.txt --model CLASSIFIER --seg-model SEGMODEL \
         --polygon-labels WORK/polygon_labels.json --threads 2 --json RESULT.json
+    vfinfer synth-metaphase --out SYN --count 20 --seed 13
+    python benchmarks/metaphase_end_to_end.py SYN --threads 2 --json RESULT.json
+
+Without ``--polygon-labels``, DATA is a folder of labelme files whose polygons carry their
+chromosome's type as the label (``vfinfer synth-metaphase`` writes them so): every polygon is
+labelled, and the true karyotype is the one of its polygons. ``--model`` and ``--seg-model``
+default to the bundled demo models.
 
 ``--seg-model annotated``: the annotated polygons stand in for the segmentation (each cut out
 as the pipeline cuts an instance): the classifier alone, on segmented chromosomes.
@@ -33,8 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from polygon_labels import FULL, case_labels, read_cutouts  # noqa: E402
 from split_metaphases import case_of  # noqa: E402
 
-from vfinfer.calls.karyotype import parse_karyotype  # noqa: E402
-from vfinfer.io.labelme import polygon_masks, read_labelme, read_names  # noqa: E402
+from vfinfer.calls.karyotype import karyotype_summary, parse_karyotype  # noqa: E402
+from vfinfer.io.labelme import (  # noqa: E402
+    list_labelme,
+    polygon_masks,
+    read_labelme,
+    read_names,
+)
 from vfinfer.model.classes import TYPE_NAMES  # noqa: E402
 from vfinfer.pipeline import Pipeline  # noqa: E402
 from vfinfer.pipeline.metaphase import (  # noqa: E402
@@ -113,13 +125,28 @@ def classify(pipeline, segmenter, image, name):
     return result, segmented.cutouts
 
 
+def typed_polygons(metaphase):
+    """The polygons' types from their labels (``vfinfer synth-metaphase``'s labelling)."""
+    unknown = sorted({label for label in metaphase.labels if label not in TYPE_NAMES})
+    if unknown:
+        sys.exit(f"{metaphase.path}: polygon labels {unknown} are not type names; "
+                 "give --polygon-labels")
+    return list(metaphase.labels)
+
+
 def one_image(pipeline, segmenter, path, cases, polygon_types):
+    """One metaphase's row; ``cases`` None: its polygons are labelled with their types."""
     metaphase = read_labelme(path)
     masks = polygon_masks(metaphase.polygons, metaphase.image.shape)
-    cell_images, types = read_cutouts(cases.get(case_of(path.name), []))
+    if cases is None:
+        cell_images, types = [], typed_polygons(metaphase)
+        polygon_types = {path.name: types}
+        truth = karyotype_summary([TYPE_NAMES.index(t) for t in types])[0]
+    else:
+        cell_images, types = read_cutouts(cases.get(case_of(path.name), []))
+        truth = true_karyotype(types)
     if isinstance(segmenter, AnnotatedSegmenter):
         segmenter.masks = masks
-    truth = true_karyotype(types)
     row = {"image": path.name, "annotated": len(masks), "truth": truth}
     started = time.perf_counter()
     try:
@@ -181,28 +208,33 @@ def summary(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="the bioimlab folder (cells/, metaphases/)")
-    parser.add_argument("--list", type=Path, required=True)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--seg-model", required=True,
+    parser.add_argument("data", type=Path, help="the bioimlab folder (cells/, metaphases/), "
+                        "or a folder of labelme files with typed polygons")
+    parser.add_argument("--list", type=Path, help="names of the images (default: all)")
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--seg-model", default=None,
                         help=f"a segmentation model directory, 'classical' or '{ANNOTATED}'")
-    parser.add_argument("--polygon-labels", type=Path, required=True,
-                        help="benchmarks/polygon_labels.py's --out")
+    parser.add_argument("--polygon-labels", type=Path,
+                        help="benchmarks/polygon_labels.py's --out (BioImLab)")
     parser.add_argument("--dispatch", default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    polygon_types = {name: found["types"] for name, found in
-                     json.loads(args.polygon_labels.read_text()).items()}
-    cases = case_labels(args.data)
+    if args.polygon_labels:
+        polygon_types = {name: found["types"] for name, found in
+                         json.loads(args.polygon_labels.read_text()).items()}
+        cases, folder = case_labels(args.data), args.data / "metaphases"
+    else:
+        polygon_types, cases, folder = {}, None, args.data
+    names = (read_names(args.list) if args.list
+             else [p.name for p in list_labelme(folder)])
     segmenter = (AnnotatedSegmenter() if args.seg_model == ANNOTATED
                  else Segmenter(args.seg_model, threads=args.threads))
     rows = []
     with Pipeline(args.model, dispatch_mode=args.dispatch, threads=args.threads,
                   backend="ort") as pipeline:
-        for name in read_names(args.list):
-            rows.append(one_image(pipeline, segmenter, args.data / "metaphases" / name, cases,
-                                  polygon_types))
+        for name in names:
+            rows.append(one_image(pipeline, segmenter, folder / name, cases, polygon_types))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "timing_ms"}),
                   flush=True)
     segmenter.close()

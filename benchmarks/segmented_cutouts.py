@@ -1,10 +1,18 @@
-"""Training data from metaphases: BioImLab's labelled polygons cut out as the pipeline cuts a
-segmented chromosome, beside the collection's own cut-outs, in one labels CSV.
+"""Training data from metaphases: labelled polygons cut out as the pipeline cuts a segmented
+chromosome, beside a collection's own cut-outs, in one labels CSV.
 
     python benchmarks/segmented_cutouts.py ../shared/data/bioimlab \
         --list SEGSPLIT/train.txt --polygon-labels WORK/polygon_labels.json \
         --cells-labels SPLIT/train.csv --out WORK/combined
     vfinfer train WORK/combined --labels WORK/combined/labels.csv --init MODEL.pt ...
+
+    vfinfer synth-metaphase --out SYN --count 100 --seed 11
+    python benchmarks/segmented_cutouts.py SYN --cells CELLS --cells-labels CELLS/labels.csv \
+        --out WORK/combined
+
+Without ``--polygon-labels`` the metaphases are DATA's labelme files whose polygons carry their
+types as labels (``vfinfer synth-metaphase``), each metaphase its own slide, and ``--cells``
+names the cut-outs to put beside them (BioImLab: DATA/cells).
 
 Each polygon with a type (``benchmarks/polygon_labels.py``) becomes an instance and goes
 through ``vfinfer.segment.cutouts.make_cutout`` (its mask one pixel wider on the image's
@@ -33,7 +41,12 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from split_metaphases import case_of  # noqa: E402
 
-from vfinfer.io.labelme import polygon_masks, read_labelme, read_names  # noqa: E402
+from vfinfer.io.labelme import (  # noqa: E402
+    list_labelme,
+    polygon_masks,
+    read_labelme,
+    read_names,
+)
 from vfinfer.io.labels import NOT_LABELLED, read_labels  # noqa: E402
 from vfinfer.model.classes import TYPE_NAMES  # noqa: E402
 from vfinfer.segment.cutouts import make_cutout  # noqa: E402
@@ -43,9 +56,11 @@ from vfinfer.util.geometry import detect_background  # noqa: E402
 FIELDS = ["cell", "slide", "file", "type", "polarity"]
 
 
-def cut_labelled(path, types, out_dir):
-    """Write the labelled polygons of one metaphase as cut-outs; their label rows."""
+def cut_labelled(path, types, out_dir, slide):
+    """Write the labelled polygons of one metaphase as cut-outs; their label rows. ``types``
+    None: the polygons' own labels."""
     metaphase = read_labelme(path)
+    types = metaphase.labels if types is None else types
     background = detect_background(metaphase.image)
     masks = polygon_masks(metaphase.polygons, metaphase.image.shape)
     rows = []
@@ -57,7 +72,7 @@ def cut_labelled(path, types, out_dir):
         relative = Path("segmented") / path.stem / cut.name
         (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(out_dir / relative), cut.image)
-        rows.append({"cell": path.stem, "slide": f"bio{case_of(path.name):03d}",
+        rows.append({"cell": path.stem, "slide": slide,
                      "file": relative.as_posix(), "type": type_name, "polarity": ""})
     return rows
 
@@ -76,22 +91,31 @@ def cell_rows(cells_dir, labels_csv):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="the bioimlab folder (cells/, metaphases/)")
-    parser.add_argument("--list", type=Path, required=True, help="metaphase files to cut")
-    parser.add_argument("--polygon-labels", type=Path, required=True)
+    parser.add_argument("data", type=Path, help="the bioimlab folder (cells/, metaphases/), "
+                        "or a folder of labelme files with typed polygons")
+    parser.add_argument("--list", type=Path, help="metaphase files to cut (default: all)")
+    parser.add_argument("--polygon-labels", type=Path, help="BioImLab's polygon labels")
+    parser.add_argument("--cells", type=Path, help="the cut-outs (default: DATA/cells)")
     parser.add_argument("--cells-labels", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--min-coverage", type=float, default=0.9)
     args = parser.parse_args()
-    labels = json.loads(args.polygon_labels.read_text())
+    typed = args.polygon_labels is None
+    labels = {} if typed else json.loads(args.polygon_labels.read_text())
+    folder = args.data if typed else args.data / "metaphases"
+    cells = (args.cells or args.data / "cells").resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     if not (args.out / "cells").exists():
-        os.symlink((args.data / "cells").resolve(), args.out / "cells")
-    rows = cell_rows((args.data / "cells").resolve(), args.cells_labels)
+        os.symlink(cells, args.out / "cells")
+    rows = cell_rows(cells, args.cells_labels)
     n_cells = len(rows)
-    names = [n for n in read_names(args.list) if coverage(labels[n]["types"]) >= args.min_coverage]
+    names = read_names(args.list) if args.list else [p.name for p in list_labelme(folder)]
+    if not typed:
+        names = [n for n in names if coverage(labels[n]["types"]) >= args.min_coverage]
     for name in names:
-        rows += cut_labelled(args.data / "metaphases" / name, labels[name]["types"], args.out)
+        slide = Path(name).stem if typed else f"bio{case_of(name):03d}"
+        rows += cut_labelled(folder / name, None if typed else labels[name]["types"], args.out,
+                             slide)
     with open(args.out / "labels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, FIELDS)
         writer.writeheader()

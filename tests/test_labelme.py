@@ -33,6 +33,32 @@ def test_round_trip_keeps_image_and_polygons(tmp_path, image):
     assert masks[1][40, 60] and not masks[1][10, 10]
 
 
+def test_labels_are_kept_per_polygon(tmp_path, image):
+    path = tmp_path / "typed.json"
+    write_labelme(path, image, [SQUARE, TRIANGLE], label=["21", "X"])
+    assert read_labelme(path).labels == ["21", "X"]
+    write_labelme(path, image, [SQUARE, TRIANGLE])
+    assert read_labelme(path).labels == ["chr", "chr"]
+    with pytest.raises(ValueError, match="1 labels for 2 polygons"):
+        write_labelme(path, image, [SQUARE, TRIANGLE], label=["21"])
+
+
+def test_synthetic_metaphases_label_each_polygon_with_its_type(tmp_path):
+    """The labels are the truth of an end-to-end measurement: each polygon's type, the
+    karyotype's chromosomes all there, and the polygon the one of that chromosome."""
+    from collections import Counter
+
+    from vfinfer.tools.synthesis.metaphases import render_typed_metaphase, write_metaphases
+
+    (path,) = write_metaphases(tmp_path, seed=5, count=1, karyotypes=("47,XY,+21",))
+    got = read_labelme(path)
+    assert Counter(got.labels) == Counter([str(i) for i in range(1, 23)] * 2 + ["21", "X", "Y"])
+    image, masks, types = render_typed_metaphase(5000, "47,XY,+21")
+    assert np.array_equal(image, got.image) and types == got.labels
+    areas = {name: [m.sum() for m, t in zip(masks, types) if t == name] for name in ("1", "21")}
+    assert min(areas["1"]) > 2 * max(areas["21"])  # the polygon is that chromosome's
+
+
 def test_reads_image_path_and_skips_non_polygons(tmp_path, image):
     cv2.imwrite(str(tmp_path / "cell.png"), image)
     doc = {"shapes": [{"label": "chr", "points": SQUARE.tolist(), "shape_type": "polygon"},

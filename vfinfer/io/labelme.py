@@ -31,12 +31,14 @@ class LabelmeError(_PathError):
 
 @dataclass
 class Metaphase:
-    """One annotated metaphase: ``image`` (H, W) uint8 and one (N, 2) float array of (x, y)
-    points per chromosome in ``polygons``."""
+    """One annotated metaphase: ``image`` (H, W) uint8, one (N, 2) float array of (x, y)
+    points per chromosome in ``polygons`` and each polygon's labelme label in ``labels``
+    (``chr`` in most annotations; synthetic metaphases name the chromosome's type)."""
 
     path: Path
     image: np.ndarray
     polygons: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
 
     @property
     def name(self):
@@ -80,7 +82,7 @@ def _polygons_of(doc, path, skip_labels):
     shapes = doc.get("shapes")
     if not isinstance(shapes, list):
         raise LabelmeError(path, "no 'shapes' list (not a labelme annotation)")
-    polygons = []
+    polygons, labels = [], []
     for k, shape in enumerate(shapes):
         if not isinstance(shape, dict):
             raise LabelmeError(path, f"shape {k} is not an object")
@@ -94,7 +96,8 @@ def _polygons_of(doc, path, skip_labels):
             raise LabelmeError(path, f"shape {k}: points must be a list of [x, y] pairs")
         if len(points) >= 3:
             polygons.append(points)
-    return polygons
+            labels.append(shape.get("label"))
+    return polygons, labels
 
 
 def read_labelme(path, skip_labels=()):
@@ -103,13 +106,13 @@ def read_labelme(path, skip_labels=()):
     doc = _load_json(path)
     if not isinstance(doc, dict):
         raise LabelmeError(path, "not a labelme annotation (the JSON is not an object)")
-    polygons = _polygons_of(doc, path, set(skip_labels))
+    polygons, labels = _polygons_of(doc, path, set(skip_labels))
     image = _image_of(doc, path)
     height, width = doc.get("imageHeight"), doc.get("imageWidth")
     if (height, width) != (None, None) and (height, width) != image.shape:
         raise LabelmeError(path, f"imageHeight x imageWidth {height} x {width} does not match "
                                  f"the image ({image.shape[0]} x {image.shape[1]})")
-    return Metaphase(path=path, image=image, polygons=polygons)
+    return Metaphase(path=path, image=image, polygons=polygons, labels=labels)
 
 
 def read_names(path):
@@ -142,13 +145,17 @@ def polygon_masks(polygons, shape):
 
 def write_labelme(path, image, polygons, label="chr"):
     """Write ``image`` (uint8 gray) with ``polygons`` as a labelme 4.5 JSON file, the image
-    embedded as PNG. Atomic."""
+    embedded as PNG. Atomic. ``label``: one for every polygon, or a list of one each."""
     path = Path(path)
     png = encode_png(image, what=str(path))
+    labels = [label] * len(polygons) if isinstance(label, str) else list(label)
+    if len(labels) != len(polygons):
+        raise ValueError(f"{len(labels)} labels for {len(polygons)} polygons")
     doc = {
         "version": "4.5.6", "flags": {},
-        "shapes": [{"label": label, "points": np.asarray(p, dtype=float).round(2).tolist(),
-                    "group_id": None, "shape_type": "polygon", "flags": {}} for p in polygons],
+        "shapes": [{"label": name, "points": np.asarray(p, dtype=float).round(2).tolist(),
+                    "group_id": None, "shape_type": "polygon", "flags": {}}
+                   for p, name in zip(polygons, labels)],
         "imagePath": path.with_suffix(".png").name,
         "imageData": base64.b64encode(png).decode("ascii"),
         "imageHeight": int(image.shape[0]), "imageWidth": int(image.shape[1]),

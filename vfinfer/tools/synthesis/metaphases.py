@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from vfinfer.io.labelme import write_labelme
+from vfinfer.model.classes import TYPE_NAMES
 from vfinfer.tools.synthesis.cells import _karyotype_tag, _write_png, render_chromosome
 
 DEFAULT_SIZE = (768, 1024)  # height, width
@@ -86,14 +87,14 @@ def _add_blobs(rng, transmission, union, count, radii, darkness):
 
 
 def _compose(rng, karyotype, size, touch_rate, cross_rate):
-    """Transmission image and the chromosome masks of one metaphase."""
+    """Transmission image, the chromosome masks of one metaphase and their type indices."""
     from vfinfer.calls.karyotype import parse_karyotype
 
     types = rng.permutation(np.repeat(np.arange(24), parse_karyotype(karyotype)))
     H, W = size
     transmission = np.ones(size, np.float32)
     union = np.zeros(size, bool)
-    masks = []
+    masks, placed = [], []
     scale, stain = rng.uniform(0.8, 1.0), rng.uniform(0.9, 1.1)
     centre = (H / 2 + rng.normal(0, H / 20), W / 2 + rng.normal(0, W / 20))
     radius = 0.42 * min(H, W)
@@ -114,7 +115,8 @@ def _compose(rng, karyotype, size, touch_rate, cross_rate):
         full[y:y + h, x:x + w] = mask
         union |= full
         masks.append(full)
-    return transmission, masks, union
+        placed.append(int(t))
+    return transmission, masks, union, placed
 
 
 def render_metaphase(seed, karyotype="46,XY", size=DEFAULT_SIZE, background="light",
@@ -125,10 +127,19 @@ def render_metaphase(seed, karyotype="46,XY", size=DEFAULT_SIZE, background="lig
     (fluorescence-like). Deterministic given ``seed``. A chromosome that finds no place
     (a crowded small image) is left out, so the masks may be fewer than the karyotype's.
     """
+    image, masks, _ = render_typed_metaphase(seed, karyotype, size, background, touch_rate,
+                                             cross_rate)
+    return image, masks
+
+
+def render_typed_metaphase(seed, karyotype="46,XY", size=DEFAULT_SIZE, background="light",
+                           touch_rate=0.2, cross_rate=0.12):
+    """``render_metaphase`` with each mask's type name (``1``-``22``, ``X``, ``Y``) as a
+    third element: the truth an end-to-end measurement scores the calls against."""
     if background not in ("light", "dark"):
         raise ValueError(f"background must be light or dark, not {background!r}")
     rng = np.random.default_rng([int(seed), 0x3E7A])
-    transmission, masks, union = _compose(rng, karyotype, size, touch_rate, cross_rate)
+    transmission, masks, union, types = _compose(rng, karyotype, size, touch_rate, cross_rate)
     _add_blobs(rng, transmission, union, int(rng.integers(0, 3)), (30, 55), (0.35, 0.6))
     _add_blobs(rng, transmission, union, int(rng.integers(5, 30)), (1.5, 4.5), (0.3, 0.8))
     H, W = size
@@ -138,7 +149,7 @@ def render_metaphase(seed, karyotype="46,XY", size=DEFAULT_SIZE, background="lig
     gray = np.clip(light, 0, 255)
     if background == "dark":
         gray = 255.0 - gray
-    return np.rint(gray).astype(np.uint8), masks
+    return np.rint(gray).astype(np.uint8), masks, [TYPE_NAMES[t] for t in types]
 
 
 def broken_chromosome(mask, share=0.15):
@@ -163,9 +174,10 @@ def mask_polygon(mask):
 
 def write_metaphases(out_dir, seed, count, karyotypes=DEMO_KARYOTYPES, background="mixed",
                      size=DEFAULT_SIZE):
-    """Write ``count`` synthetic metaphases as labelme JSON (image embedded) plus a PNG of each
-    to ``out_dir``; returns the paths of the JSON files. ``background``: light, dark or
-    mixed (alternating). An existing file raises ValueError (nothing is overwritten)."""
+    """Write ``count`` synthetic metaphases as labelme JSON (image embedded, each polygon
+    labelled with its chromosome's type name) plus a PNG of each to ``out_dir``; returns the
+    paths of the JSON files. ``background``: light, dark or mixed (alternating). An existing
+    file raises ValueError (nothing is overwritten)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -176,8 +188,8 @@ def write_metaphases(out_dir, seed, count, karyotypes=DEMO_KARYOTYPES, backgroun
         json_path, png_path = out / f"{name}.json", out / f"{name}.png"
         if json_path.exists() or png_path.exists():
             raise ValueError(f"{json_path} already exists")
-        image, masks = render_metaphase(int(seed) * 1000 + k, karyotype, size, bg)
-        write_labelme(json_path, image, [mask_polygon(m) for m in masks])
+        image, masks, types = render_typed_metaphase(int(seed) * 1000 + k, karyotype, size, bg)
+        write_labelme(json_path, image, [mask_polygon(m) for m in masks], label=types)
         _write_png(png_path, image)
         paths.append(json_path)
     return paths
