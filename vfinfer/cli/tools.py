@@ -401,12 +401,13 @@ def bench(model_dir, backend, precision, threads, batch_size, preset, n_cases, c
 
 
 def _eager_reference():
-    """(PyTorch eager timer, None), or (None, why) when the torch side is not installed."""
+    """(the PyTorch eager timer's class, None), or (None, why) when the torch side is not
+    installed."""
     try:
-        from vfinfer_export.reference import time_reference_pipeline
+        from vfinfer_export.reference import EagerTimer
     except ImportError as exc:
         return None, f"torch side not installed ({exc.name})"
-    return time_reference_pipeline, None
+    return EagerTimer, None
 
 
 def _untrained_model(preset, tmp):
