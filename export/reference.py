@@ -23,11 +23,12 @@ from .varifocal_ops import crop_and_resize_torch, decode_boxes_torch
 
 def network_pass(model, image):
     """The networks on a batch of G inputs, on whatever device ``image`` and ``model`` are:
-    G-Net, the eq. 5 boxes, the crop, L-Net, the heads' softmax -> dict of tensors
-    ``type_probs``, ``polarity_probs``, ``loc``, ``boxes``. Call it under ``torch.no_grad``."""
+    G-Net, the eq. 5 boxes (decoded in FP32, as the FP16 graphs keep the localizer's output),
+    the crop, L-Net, the heads' softmax -> dict of tensors ``type_probs``, ``polarity_probs``,
+    ``loc``, ``boxes``. Call it under ``torch.no_grad``."""
     config = model.config
     g_features, loc, _, _ = model.gnet(image)
-    boxes = decode_boxes_torch(loc, config.t1, config.t2)
+    boxes = decode_boxes_torch(loc.float(), config.t1, config.t2)
     crops = crop_and_resize_torch(image, boxes, config.l_input)
     l_features = model.lnet(crops)[0]
     type_probs, polarity_probs = model.heads.probabilities(g_features, l_features)
