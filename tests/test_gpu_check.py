@@ -3,7 +3,6 @@ the summary's bookkeeping, the TensorRT runner checks against a fake cuda runtim
 on the GPU), the PyTorch FP16 figures with bfloat16 standing in, and the training check."""
 
 import ctypes
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,20 +14,14 @@ import numpy as np
 import pytest
 from test_trt_runner_fakes import FakeCudart
 
+from helpers import benchmark_module
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 STEPS = ["install", "env", "trt_runner", "torch_fp16", "train_cuda", "train_seg_cuda"]
 
 
-def _runner_module():
-    spec = importlib.util.spec_from_file_location("gpu_check_runner",
-                                                  ROOT / "benchmarks" / "gpu_check_runner.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gc = _runner_module()
+gc = benchmark_module("gpu_check_runner")
 
 
 # ============================================================== the script's dry run
