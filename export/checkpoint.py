@@ -19,6 +19,7 @@ import torch
 from vfinfer.model.config import ModelConfig, preset
 from vfinfer.util.atomic import write_atomic
 
+from .device import cpu_copy
 from .models import VarifocalNet
 
 FORMAT = "vfinfer-checkpoint"
@@ -30,13 +31,14 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(model, path, extra=None):
-    """Write ``{format, config, state_dict, extra}`` atomically."""
+    """Write ``{format, config, state_dict, extra}`` atomically, every tensor on the CPU
+    (a model trained on a GPU loads where there is none)."""
     path = Path(path)
     payload = {
         "format": FORMAT,
         "config": model.config.to_dict(),
-        "state_dict": model.state_dict(),
-        "extra": extra or {},
+        "state_dict": cpu_copy(model.state_dict()),
+        "extra": cpu_copy(extra or {}),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)

@@ -21,6 +21,21 @@ from .models import random_model
 from .varifocal_ops import crop_and_resize_torch, decode_boxes_torch
 
 
+def network_pass(model, image):
+    """The networks on a batch of G inputs, on whatever device ``image`` and ``model`` are:
+    G-Net, the eq. 5 boxes (decoded in FP32, as the FP16 graphs keep the localizer's output),
+    the crop, L-Net, the heads' softmax -> dict of tensors ``type_probs``, ``polarity_probs``,
+    ``loc``, ``boxes``. Call it under ``torch.no_grad``."""
+    config = model.config
+    g_features, loc, _, _ = model.gnet(image)
+    boxes = decode_boxes_torch(loc.float(), config.t1, config.t2)
+    crops = crop_and_resize_torch(image, boxes, config.l_input)
+    l_features = model.lnet(crops)[0]
+    type_probs, polarity_probs = model.heads.probabilities(g_features, l_features)
+    return {"type_probs": type_probs, "polarity_probs": polarity_probs, "loc": loc,
+            "boxes": boxes}
+
+
 class ReferencePipeline:
     """Eager PyTorch inference with a loaded VarifocalNet (eval mode, no grad)."""
 
@@ -32,15 +47,8 @@ class ReferencePipeline:
     @torch.no_grad()
     def infer_batch(self, g_input):
         """(N, 1, G, G) float32 array -> dict of NumPy arrays like ``Pipeline.infer``."""
-        config = self.config
-        image = torch.from_numpy(g_input)
-        g_features, loc, _, _ = self.model.gnet(image)
-        boxes = decode_boxes_torch(loc, config.t1, config.t2)
-        crops = crop_and_resize_torch(image, boxes, config.l_input)
-        l_features = self.model.lnet(crops)[0]
-        type_probs, polarity_probs = self.model.heads.probabilities(g_features, l_features)
-        return {"type_probs": type_probs.numpy(), "polarity_probs": polarity_probs.numpy(),
-                "loc": loc.numpy(), "boxes": boxes.numpy()}
+        outputs = network_pass(self.model, torch.from_numpy(g_input))
+        return {key: value.numpy() for key, value in outputs.items()}
 
     def infer(self, images, cells=None):
         """Gray uint8 cut-outs (one cell, unless ``cells`` names each image's) -> network
@@ -53,27 +61,47 @@ class ReferencePipeline:
         return merge_views(outputs, self.config.tta, len(g_input))
 
 
-def time_reference_pipeline(manifest, cases, threads, warmup_s, batch_size):
-    """Milliseconds per case of the eager pipeline on ``cases`` (lists of images).
+class EagerTimer:
+    """The eager pipeline of a model directory, timed one case at a time (``vfinfer bench``
+    interleaves it with the runtime case by case).
 
     Uses the checkpoint the model directory was exported from when it is still there, else
     the same architecture with random weights (speed does not depend on weight values).
+    ``threads`` (0: PyTorch's default) sets torch's intra-op threads.
     """
-    if threads:
-        torch.set_num_threads(threads)
-    source = manifest.data.get("source", {})
-    if source.get("kind") == "checkpoint" and Path(source.get("path", "")).is_file():
-        model, weights = load_checkpoint(source["path"]), f"checkpoint {source['path']}"
-    else:
-        model, weights = random_model(manifest.config), "same architecture, random init"
-    reference = ReferencePipeline(model, batch_size=batch_size)
-    deadline = time.perf_counter() + warmup_s
-    while time.perf_counter() < deadline:
-        reference.infer(cases[0])
-    times = []
-    for images in cases:
+
+    def __init__(self, manifest, threads=0, batch_size=64):
+        if threads:
+            torch.set_num_threads(threads)
+        source = manifest.data.get("source", {})
+        if source.get("kind") == "checkpoint" and Path(source.get("path", "")).is_file():
+            model = load_checkpoint(source["path"])
+            self.weights = f"checkpoint {source['path']}"
+        else:
+            model, self.weights = random_model(manifest.config), "same architecture, random init"
+        self.reference = ReferencePipeline(model, batch_size=batch_size)
+
+    def warm_up(self, images, seconds):
+        """Run ``images`` (one case) again and again for ``seconds``."""
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            self.reference.infer(images)
+
+    def __call__(self, images):
+        """Milliseconds of one case, preprocessing to the heads (as the runtime's stages)."""
         start = time.perf_counter()
-        reference.infer(images)
-        times.append((time.perf_counter() - start) * 1000)
-    return {"times_ms": times, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "weights": weights}
+        self.reference.infer(images)
+        return (time.perf_counter() - start) * 1000
+
+    def describe(self):
+        return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                "weights": self.weights}
+
+
+def time_reference_pipeline(manifest, cases, threads, warmup_s, batch_size):
+    """Milliseconds per case of the eager pipeline on ``cases`` (lists of images), one after
+    the other after ``warmup_s`` seconds on the first: ``{"times_ms", "torch", "threads",
+    "weights"}``."""
+    timer = EagerTimer(manifest, threads, batch_size)
+    timer.warm_up(cases[0], warmup_s)
+    return {"times_ms": [timer(images) for images in cases], **timer.describe()}

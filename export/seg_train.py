@@ -16,6 +16,11 @@ Each epoch writes ``OUT/last.pt`` (atomic: weights, optimizer state, epoch, hist
 ``OUT/history.json``; ``resume=True`` continues after the last completed epoch; data order
 and augmentation are seeded from (seed, epoch). The end writes ``OUT/seg.pt`` and exports
 ``OUT/model`` (``seg_export.export_seg``).
+
+``device`` (``vfinfer_export.device``): "cpu" (the default here; the command line's default
+is auto) trains as above; "cuda" moves the network and the batches to the GPU, runs the
+forward pass under float16 autocast (the loss in FP32) with a GradScaler. Each history entry
+and the training record name the device; checkpoints hold CPU tensors either way.
 """
 
 import io
@@ -35,6 +40,7 @@ from vfinfer.segment.model import SegInput, normalized
 from vfinfer.util.atomic import write_atomic
 from vfinfer.util.geometry import detect_background
 
+from .device import TrainDevice, cpu_copy, devices_used
 from .seg_model import SegNet
 
 CHANNEL_WEIGHTS = (1.0, 2.0, 3.0)
@@ -132,7 +138,7 @@ def epoch_batches(examples, seed, epoch, crop, crops_per_image, batch_size):
 
 def seg_loss(logits, targets):
     """Weighted per-channel BCE + soft Dice (see the module doc)."""
-    weights = torch.tensor(CHANNEL_WEIGHTS, dtype=logits.dtype)
+    weights = torch.tensor(CHANNEL_WEIGHTS, dtype=logits.dtype, device=logits.device)
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     bce = (bce.mean(dim=(0, 2, 3)) * weights).sum() / weights.sum()
     probs = torch.sigmoid(logits)
@@ -142,8 +148,8 @@ def seg_loss(logits, targets):
 
 
 def save_seg_checkpoint(net, path, extra=None):
-    payload = {"format": FORMAT, "widths": list(net.widths), "state_dict": net.state_dict(),
-               "extra": extra or {}}
+    payload = {"format": FORMAT, "widths": list(net.widths),
+               "state_dict": cpu_copy(net.state_dict()), "extra": cpu_copy(extra or {})}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_atomic(path, buffer.getvalue())
@@ -166,29 +172,31 @@ def _learning_rate(base, step, total):
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1))))
 
 
-def _run_epochs(net, optimizer, examples, options, state, out, log):
+def _run_epochs(net, optimizer, examples, options, state, out, log, device):
     per_epoch = math.ceil(len(examples) * options["crops_per_image"] / options["batch_size"])
     total = per_epoch * options["epochs"]
     for epoch in range(state["epoch"], options["epochs"]):
         started, losses = time.perf_counter(), []
         net.train()
-        for i, (xs, ts) in enumerate(epoch_batches(
+        for i, batch in enumerate(epoch_batches(
                 examples, options["seed"], epoch, options["crop"],
                 options["crops_per_image"], options["batch_size"])):
+            xs, ts = device.batch(batch)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(options["lr"], epoch * per_epoch + i, total)
-            loss = seg_loss(net(xs), ts)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            with device.autocast():
+                logits = net(xs)
+            loss = seg_loss(logits.float() if device.cuda else logits, ts)
+            device.step(loss, optimizer)
             losses.append(float(loss.detach()))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                 "seconds": round(time.perf_counter() - started, 1)}
+                 "seconds": round(time.perf_counter() - started, 1),
+                 "device": device.describe()}
         state["history"].append(entry)
         state["epoch"] = epoch + 1
         save_seg_checkpoint(net, out / "last.pt", {
             "epoch": state["epoch"], "history": state["history"], "options": options,
-            "optimizer": optimizer.state_dict()})
+            "optimizer": optimizer.state_dict(), "grad_scaler": device.scaler_state()})
         write_atomic(out / "history.json", json.dumps(state["history"], indent=1).encode())
         log(f"epoch {entry['epoch']}/{options['epochs']}: loss {entry['loss']:.4f}, "
             f"{entry['seconds']:.0f} s")
@@ -196,10 +204,12 @@ def _run_epochs(net, optimizer, examples, options, state, out, log):
 
 def train_seg(data_dir, out_dir, files=None, widths=(16, 32, 64, 96), epochs=40, crop=256,
               crops_per_image=4, batch_size=8, lr=2e-3, seed=0, threads=0, resume=False,
-              background="dark", data_description=None, log=_stderr):
+              background="dark", data_description=None, log=_stderr, device="cpu"):
     """Train on the labelme files of ``data_dir`` (all, or the names in ``files``); returns
     the path of ``OUT/seg.pt``. ``data_description`` (e.g. how synthetic data was made) goes
-    into the training record instead of the directory name. See the module doc."""
+    into the training record instead of the directory name. ``device``: cpu | cuda | auto.
+    See the module doc."""
+    device = TrainDevice(device)  # before any work: --device cuda without CUDA fails here
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
@@ -211,21 +221,25 @@ def train_seg(data_dir, out_dir, files=None, widths=(16, 32, 64, 96), epochs=40,
                "epochs": int(epochs), "crop": int(crop), "crops_per_image": int(crops_per_image),
                "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
                "background": background}
-    net = SegNet(widths)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    state = {"epoch": 0, "history": []}
+    net, state, extra = SegNet(widths), {"epoch": 0, "history": []}, None
     if resume and (out / "last.pt").is_file():
         net, extra = load_seg_checkpoint(out / "last.pt")
-        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-        optimizer.load_state_dict(extra["optimizer"])
         state = {"epoch": extra["epoch"], "history": extra["history"]}
         log(f"resuming after epoch {state['epoch']}")
+    optimizer = torch.optim.Adam(device.module(net).parameters(), lr=lr)
+    if extra is not None:
+        optimizer.load_state_dict(extra["optimizer"])
+        device.load_scaler_state(extra.get("grad_scaler"))
+    if device.cuda:
+        log(f"device: {device.describe()}, {device.mixed_precision}")
     examples, areas = load_examples(paths, SegInput(background=background), log)
-    _run_epochs(net, optimizer, examples, options, state, out, log)
+    _run_epochs(net, optimizer, examples, options, state, out, log, device)
     record = {"data": data_description or str(data_dir), "images": len(paths),
               "files": options["files"], "areas": areas,
               "options": {k: v for k, v in options.items() if k not in ("data", "files")},
               "history": state["history"],
-              "minutes": round(sum(e["seconds"] for e in state["history"]) / 60, 1)}
+              "minutes": round(sum(e["seconds"] for e in state["history"]) / 60, 1),
+              "device": devices_used(state["history"]),
+              "mixed_precision": device.mixed_precision}
     save_seg_checkpoint(net.eval(), out / "seg.pt", {"training": record})
     return out / "seg.pt"

@@ -38,6 +38,12 @@ run's options and the manifest's training record): ``augment="real"`` (scale jit
 blur, noise: ``vfinfer_export.data.REAL_AUGMENT``), ``balance`` (class-balanced sampling in
 every step's epochs), ``keep_best`` (each step ends on its best validation epoch) and
 ``init`` (start from another model's weights): ``vfinfer_export.recipe``.
+
+``device`` (``vfinfer_export.device``): "cpu" (the default here; the command line's default
+is auto) trains exactly as described above; "cuda" moves the model and the batches to the
+GPU and runs the forward passes under float16 autocast with a GradScaler (its state kept in
+``last.pt``). Each history entry and the training record name the device; checkpoints hold
+CPU tensors either way. A resumed run may continue on another device.
 """
 
 import json
@@ -65,6 +71,7 @@ from .data import (
     slides_of,
     split_by_slide,
 )
+from .device import TrainDevice, devices_used
 from .models import VarifocalNet
 from .recipe import BestEpoch, load_init, resolve_init
 from .varifocal_ops import DEFAULT_K, varifocal_crop
@@ -202,33 +209,27 @@ def learning_rate(base, schedule, iteration, total, iterations_per_epoch):
 
 
 @torch.no_grad()
-def evaluate(model, part, dataset, batch_size):
+def evaluate(model, part, dataset, batch_size, device=None):
     """Validation of ``part``'s outputs -> dict(val_loss, val_type_acc, val_polarity_acc).
 
     gnet: G-Net classification subnet; loc: smooth-L1 and mean |u_l - u_l*|; local-a/b: L-Net
-    on the runtime crop of the current localizer; heads: the MLP heads.
+    on the runtime crop of the current localizer; heads: the MLP heads. ``device``: the
+    run's ``TrainDevice`` (default: the CPU, where the model is built).
     """
     if dataset is None or len(dataset) == 0:
         return {"val_loss": None, "val_type_acc": None, "val_polarity_acc": None}
+    device = device or TrainDevice("cpu")
     model.eval()
-    config = model.config
     total_loss, n, type_ok, pol_ok, n_pol, l_err = 0.0, 0, 0, 0, 0, 0.0
-    for images, types, polarities, targets in batches(dataset, batch_size):
-        g_features, loc, g_type, g_pol = model.gnet(images)
+    for batch in batches(dataset, batch_size):
+        batch = device.batch(batch)
+        _images, types, polarities, targets = batch
+        with device.autocast():
+            loss, outputs = _validation_outputs(model, part, batch)
         if part == "loc":
-            loss = loc_loss(loc, targets)
-            l_err += float((loc[:, 2] - targets[:, 2]).abs().sum())
+            l_err += float((outputs[:, 2] - targets[:, 2]).abs().sum())
         else:
-            if part == "gnet":
-                type_logits, pol_logits = g_type, g_pol
-            else:
-                l_features, l_type, l_pol = model.lnet(varifocal_crop(images, loc, config))
-                if part == "heads":
-                    type_logits, pol_logits = model.heads(g_features, l_features)
-                else:
-                    type_logits, pol_logits = l_type, l_pol
-            weight = HEADS_POLARITY_WEIGHT if part == "heads" else POLARITY_WEIGHT
-            loss = cls_loss(type_logits, pol_logits, types, polarities, weight)
+            type_logits, pol_logits = outputs
             type_ok += int((type_logits.argmax(1) == types).sum())
             labelled = polarities >= 0
             pol_ok += int((pol_logits.argmax(1)[labelled] == polarities[labelled]).sum())
@@ -242,6 +243,22 @@ def evaluate(model, part, dataset, batch_size):
         result.update(val_type_acc=type_ok / n,
                       val_polarity_acc=pol_ok / n_pol if n_pol else None)
     return result
+
+
+def _validation_outputs(model, part, batch):
+    """(loss, outputs) of ``part`` on one validation batch: the localizer's u for the loc
+    step, else the (type, polarity) logits that ``part`` trains."""
+    images, types, polarities, targets = batch
+    g_features, loc, g_type, g_pol = model.gnet(images)
+    if part == "loc":
+        return loc_loss(loc, targets), loc
+    if part == "gnet":
+        logits = (g_type, g_pol)
+    else:
+        l_features, l_type, l_pol = model.lnet(varifocal_crop(images, loc, model.config))
+        logits = model.heads(g_features, l_features) if part == "heads" else (l_type, l_pol)
+    weight = HEADS_POLARITY_WEIGHT if part == "heads" else POLARITY_WEIGHT
+    return cls_loss(logits[0], logits[1], types, polarities, weight), logits
 
 
 # --------------------------------------------------------------------------- schedule
@@ -290,7 +307,7 @@ def _fmt(value, spec):
 def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=None,
           batch_size=DEFAULT_BATCH, lr=DEFAULT_LR, lr_schedule="cosine", val_fraction=0.15,
           seed=0, resume=False, threads=None, limit=None, log=None, augment="paper",
-          balance=False, keep_best=False, init=None):
+          balance=False, keep_best=False, init=None, device="cpu"):
     """Train a Varifocal-Net with the four-step strategy; return the Path of OUT/model.pt.
 
     ``data_dir``: folder of the labels and images; ``labels``: the labels CSV (default
@@ -306,9 +323,10 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     ``augment`` paper | real (``vfinfer_export.data.REAL_AUGMENT``); ``balance``: class-balanced
     sampling (``vfinfer_export.data.balanced_order``); ``keep_best``: each step ends on its best
     validation epoch; ``init``: a checkpoint or exported model directory whose weights the run
-    starts from (both ``vfinfer_export.recipe``).
+    starts from (both ``vfinfer_export.recipe``). ``device``: cpu | cuda | auto (module doc).
     """
     log = log or _stderr
+    device = TrainDevice(device)  # before any work: --device cuda without CUDA fails here
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path = out_dir / "last.pt"
@@ -326,11 +344,14 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     _seed_everything(options["seed"])
     model = VarifocalNet(config)  # step 1: He initialization (seeded above)
     run = {"history": [], "done": 0, "optimizer_states": {}, "options": options,
-           "last_path": last_path, "out_dir": out_dir, "best": BestEpoch()}
+           "last_path": last_path, "out_dir": out_dir, "best": BestEpoch(), "device": device}
     if state is not None:
         _restore(model, state, run, last_path, log)
     elif options["init"]:  # before reading the data: a network that differs fails at once
         load_init(model, options["init"], log)
+    device.module(model)
+    if device.cuda:
+        log(f"device: {device.describe()}, {device.mixed_precision}")
     train_set, val_set, run["split"] = _datasets(data_dir, labels, options, config, threads,
                                                  state, last_path, log)
     _write_json(out_dir / SPLIT_FILE, split_record(run["split"], options))
@@ -356,6 +377,7 @@ def _restore(model, state, run, last_path, log):
     extra = state["extra"]
     run.update(history=list(extra["history"]), done=int(extra["done"]),
                optimizer_states=extra.get("optimizer") or {}, best=BestEpoch(extra.get("best")))
+    run["device"].load_scaler_state(extra.get("grad_scaler"))
     epoch = extra["epoch"]
     log(f"resume: {run['done']} epoch(s) done, last {extra['step']} "
         f"epoch {epoch + 1 if epoch is not None else '-'}")
@@ -368,7 +390,8 @@ def _save_final(model, units, run, labelled, log):
         p.requires_grad_(True)
     options, split = run["options"], run["split"]
     model_path = run["out_dir"] / "model.pt"
-    record = training_record(split, options, labelled, run["best"].kept)
+    record = training_record(split, options, labelled, run["best"].kept,
+                             devices_used(run["history"]), run["device"].mixed_precision)
     save_checkpoint(model, model_path, {"step": "done", "epoch": None, "done": len(units),
                                         "history": run["history"], "split": split,
                                         "seed": options["seed"], "options": options,
@@ -378,10 +401,11 @@ def _save_final(model, units, run, labelled, log):
     return model_path
 
 
-def training_record(split, options, labelled, kept=None):
+def training_record(split, options, labelled, kept=None, device=None, mixed_precision=None):
     """What the exported manifest keeps about the training (its "training" section): where
     the data was (absolute paths, so that ``vfinfer export`` finds the validation cells from
-    any directory), the slide counts, the validation slides by name and the recipe."""
+    any directory), the slide counts, the validation slides by name, the recipe and the
+    device (``devices_used``) with its arithmetic (None: FP32 throughout)."""
     init = options.get("init")
     return {"data_dir": str(Path(options["data_dir"]).resolve()),
             "labels": str(labels_path(options["data_dir"], options["labels"]).resolve()),
@@ -395,7 +419,8 @@ def training_record(split, options, labelled, kept=None):
                        "keep_best": options.get("keep_best", False),
                        "kept_epochs": kept if options.get("keep_best") else None,
                        "init": init and {"checkpoint": init["checkpoint"],
-                                         "sha256": init["sha256"]}}}
+                                         "sha256": init["sha256"]}},
+            "device": device, "mixed_precision": mixed_precision}
 
 
 def split_record(split, options):
@@ -486,13 +511,14 @@ def _train_units(model, units, train_set, val_set, run, log):
             if part in run["optimizer_states"]:
                 optimizers[part].load_state_dict(run["optimizer_states"][part])
         tic = time.perf_counter()
-        train_loss, lr_now = _train_epoch(model, part, optimizers[part], train_set, options,
+        train_loss, lr_now = _train_epoch(model, part, optimizers[part], train_set, run,
                                           index, epoch, n_epochs)
         train_seconds = time.perf_counter() - tic
-        metrics = evaluate(model, part, val_set, max(batch_size, 64))
+        metrics = evaluate(model, part, val_set, max(batch_size, 64), run["device"])
         entry = {"step": part, "epoch": epoch, "epochs": n_epochs, "train_loss": train_loss,
                  **metrics, "lr": lr_now, "train_seconds": round(train_seconds, 2),
-                 "seconds": round(time.perf_counter() - tic, 2)}
+                 "seconds": round(time.perf_counter() - tic, 2),
+                 "device": run["device"].describe()}
         run["history"].append(entry)
         run["done"] = index + 1
         kept = _keep_best(model, units, index, entry, run["best"]) \
@@ -500,7 +526,8 @@ def _train_units(model, units, train_set, val_set, run, log):
         extra = {"step": part, "epoch": epoch, "done": run["done"],
                  "optimizer": {k: v.state_dict() for k, v in optimizers.items()},
                  "history": run["history"], "split": run["split"], "seed": options["seed"],
-                 "options": options, "best": run["best"].record()}
+                 "options": options, "best": run["best"].record(),
+                 "grad_scaler": run["device"].scaler_state()}
         save_checkpoint(model, run["last_path"], extra)
         _write_json(run["out_dir"] / "history.json", run["history"])
         _log_epoch(log, entry)
@@ -528,8 +555,10 @@ def _keep_best(model, units, index, entry, best):
     return None
 
 
-def _train_epoch(model, part, optimizer, train_set, options, index, epoch, n_epochs):
-    """One epoch of ``part``; returns (mean training loss, last learning rate)."""
+def _train_epoch(model, part, optimizer, train_set, run, index, epoch, n_epochs):
+    """One epoch of ``part`` on the run's device; returns (mean training loss, last learning
+    rate)."""
+    options, device = run["options"], run["device"]
     batch_size = options["batch_size"]
     iterations = math.ceil(len(train_set) / batch_size)
     base_lr = options["lr"] * (options["loc_lr_scale"] if part in ("loc", "local-b") else 1)
@@ -542,10 +571,10 @@ def _train_epoch(model, part, optimizer, train_set, options, index, epoch, n_epo
                                epoch * iterations + i, n_epochs * iterations, iterations)
         for group in optimizer.param_groups:
             group["lr"] = lr_now
-        loss = part_loss(model, part, batch, options["boxcar_k"], options["loc_weight"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        batch = device.batch(batch)
+        with device.autocast():
+            loss = part_loss(model, part, batch, options["boxcar_k"], options["loc_weight"])
+        device.step(loss, optimizer)
         total_loss += float(loss.detach()) * len(batch[1])
         n += len(batch[1])
     return total_loss / max(1, n), lr_now

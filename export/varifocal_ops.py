@@ -94,8 +94,10 @@ def boxcar_crop(images, boxes, out_size, k=DEFAULT_K, margin=BOXCAR_MARGIN):
 
 def varifocal_crop(images, loc, config, k=None):
     """Localizer output -> L-Net input: plain crop (``k=None``, as the runtime does) or the
-    boxcar-approximated crop with sharpness ``k`` (for training the localizer)."""
-    boxes = decode_boxes_torch(loc, config.t1, config.t2)
+    boxcar-approximated crop with sharpness ``k`` (for training the localizer). The boxes
+    are decoded in FP32 even from a float16 ``loc`` (mixed-precision training): in float16
+    a coordinate near 128 px would move in steps of 1/16 px."""
+    boxes = decode_boxes_torch(loc.float(), config.t1, config.t2)
     if k is None:
         return crop_and_resize_torch(images, boxes, config.l_input)
     return boxcar_crop(images, boxes, config.l_input, k)

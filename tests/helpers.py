@@ -1,8 +1,11 @@
 """Plain helpers the test modules share (fixtures live in conftest.py): hand-built type
-probabilities for the dispatch, karyotype and patient tests, and the rod scenes of the
-segmentation tests.
+probabilities for the dispatch, karyotype and patient tests, the rod scenes of the
+segmentation tests, and the loader of a benchmark script as a module.
 
 Type indices are 0-based: index 0 is chromosome 1, 20 is chromosome 21, 22 = X, 23 = Y."""
+
+import importlib.util
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -43,3 +46,12 @@ def rod(p0, p1, width=9):
 def best_matches(truth, instances, shape):
     """IoU of every true mask (rows) with every instance found (columns)."""
     return iou_matrix(truth, [inst.full_mask(shape) for inst in instances])
+
+
+def benchmark_module(name):
+    """``benchmarks/NAME.py`` loaded as a module (the folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

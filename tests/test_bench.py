@@ -7,7 +7,13 @@ import pytest
 from click.testing import CliRunner
 
 from vfinfer.cli import main
-from vfinfer.tools.benchmarking.bench import cpu_facts, run_bench
+from vfinfer.tools.benchmarking.bench import (
+    cpu_facts,
+    eager_report,
+    format_report,
+    interleave,
+    run_bench,
+)
 
 
 @pytest.mark.slow
@@ -37,6 +43,8 @@ def test_report_structure(model_dir):
         return
     assert eager["weights"].startswith("same architecture")
     assert report["speedup_vs_pytorch"] > 0
+    assert [p["first"] for p in eager["pairs"]] == ["ours", "eager"]
+    assert report["speedup_vs_pytorch"] == eager["ratio_median"]
 
 
 def test_cpu_facts_state_their_rule():
@@ -55,3 +63,87 @@ def test_cli_writes_json(model_dir, tmp_path):
     saved = json.loads(out.read_text())
     assert saved["pytorch_eager"] == {"skipped": "not requested"}
     assert saved["settings"]["karyogram"] is False
+
+
+# ------------------------------------------------------------ ours and eager, case by case
+def test_interleave_pairs_each_case_in_order_alternating_who_goes_first():
+    calls = []
+
+    def ours(i):
+        calls.append(("ours", i))
+        return 10.0 + i
+
+    def eager(i):
+        calls.append(("eager", i))
+        return 20.0 + 2 * i
+
+    pairs = interleave(4, ours, eager)
+    assert calls == [("ours", 0), ("eager", 0), ("eager", 1), ("ours", 1),
+                     ("ours", 2), ("eager", 2), ("eager", 3), ("ours", 3)]
+    assert [p["case"] for p in pairs] == [0, 1, 2, 3]
+    assert [p["first"] for p in pairs] == ["ours", "eager", "ours", "eager"]
+    assert [(p["ours_ms"], p["eager_ms"]) for p in pairs] == [(10, 20), (11, 22), (12, 24),
+                                                                (13, 26)]
+    assert [p["ratio"] for p in pairs] == [2.0, 2.0, 2.0, 2.0]
+    assert interleave(0, ours, eager) == []
+
+
+class _FakeTimer:
+    """An eager timer whose cases take 30, 10, 20 ms, in turn."""
+
+    def __init__(self, log, times=(30.0, 10.0, 20.0)):
+        self.log, self.times, self.calls = log, list(times), 0
+
+    def warm_up(self, images, seconds):
+        self.log.append("eager warm-up")
+
+    def __call__(self, images):
+        self.log.append(f"eager {len(images)}")
+        ms = self.times[self.calls % len(self.times)]
+        self.calls += 1
+        return ms
+
+    def describe(self):
+        return {"torch": "fake", "threads": 1, "weights": "none"}
+
+
+def test_eager_report_keeps_the_pairs_and_the_median_ratio():
+    pairs = interleave(3, lambda i: 10.0, lambda i: [30.0, 10.0, 20.0][i])
+    report = eager_report(_FakeTimer([]), pairs)
+    assert report["pairs"] == pairs and report["torch"] == "fake"
+    assert report["ratio_median"] == 2.0  # ratios 3, 1, 2
+    assert report["inference_ms_per_case"]["median"] == 20.0
+    assert report["inference_ms_per_case"]["n"] == 3
+
+
+@pytest.mark.slow
+def test_run_bench_times_ours_and_eager_case_by_case(model_dir, monkeypatch):
+    from vfinfer.tools.benchmarking import bench
+
+    log, real_time_case = [], bench.time_case
+
+    def logged_time_case(pipe, case_dir, out_dir, karyogram=True):
+        log.append(f"ours {case_dir.name}")
+        return real_time_case(pipe, case_dir, out_dir, karyogram)
+
+    monkeypatch.setattr(bench, "time_case", logged_time_case)
+    made = []
+
+    def factory(manifest, threads, batch_size):
+        made.append((threads, batch_size))
+        return _FakeTimer(log)
+
+    report = run_bench(model_dir, backend="ort", n_cases=3, n_chromosomes=4, warmup_s=0,
+                       threads=1, reference=factory)
+    names = [p["case"] for p in report["pytorch_eager"]["pairs"]]
+    assert len(names) == 3 and made == [(1, report["settings"]["batch"])]
+    timed = log[log.index("eager warm-up") + 1:]
+    assert timed == [f"ours {names[0]}", "eager 4", "eager 4", f"ours {names[1]}",
+                     f"ours {names[2]}", "eager 4"]
+    pairs = report["pytorch_eager"]["pairs"]
+    assert [p["eager_ms"] for p in pairs] == [30.0, 10.0, 20.0]
+    assert all(p["ours_ms"] > 0 and p["ratio"] == p["eager_ms"] / p["ours_ms"] for p in pairs)
+    assert report["speedup_vs_pytorch"] == report["pytorch_eager"]["ratio_median"]
+    assert report["pytorch_eager"]["ratio_median"] == sorted(p["ratio"] for p in pairs)[1]
+    assert report["end_to_end_ms_per_case"]["n"] == 3
+    assert "median of the 3 pairs' ratios" in format_report(report)

@@ -3,9 +3,7 @@ runner's own logic (buffers, copies, per-thread contexts, error checks, close) a
 TensorRT engine and a fake cuda-python runtime that keep "device" memory in host buffers."""
 
 import ctypes
-import importlib.util
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,10 @@ from vfinfer.backends.base import BackendError
 from vfinfer.model.manifest import load_manifest
 from vfinfer.util.machine import cuda_devices
 
+from helpers import benchmark_module
+
 GPU_COUNT, GPU_DESCRIPTION = cuda_devices()
 needs_gpu = pytest.mark.skipif(GPU_COUNT == 0, reason=f"no CUDA device: {GPU_DESCRIPTION}")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 
@@ -53,20 +52,12 @@ def test_trt_backend_without_gpu_refuses(model_dir, monkeypatch):
         trt_backend.create(load_manifest(model_dir), precision="fp32")
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("gpu_latency",
-                                                  ROOT / "benchmarks" / "gpu_latency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_benchmark_without_gpu_exits_with_one_line(model_dir, monkeypatch, capsys):
     import vfinfer.util.machine
 
     monkeypatch.setattr(vfinfer.util.machine, "cuda_devices", lambda: (0, "none"))
-    assert _benchmark_module().main(["--model", str(model_dir), "--cases", "2"]) == 2
+    assert benchmark_module("gpu_latency").main(["--model", str(model_dir), "--cases", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no CUDA device found") and "\n" not in err
 

@@ -106,6 +106,23 @@ def import_export_side():
     return load_checkpoint, random_model, export_model
 
 
+device_option = click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Where to train: auto takes the GPU when PyTorch sees one, else the CPU; on the GPU "
+         "with float16 mixed precision (autocast and a gradient scaler), on the CPU in FP32.")
+
+
+def training_device(name):
+    """``--device`` resolved to "cpu" or "cuda"; a usage error of one line when CUDA is asked
+    for and PyTorch sees none."""
+    from vfinfer_export.device import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        usage(str(exc))
+
+
 def progress_bar(total):
     """click's progress bar on stderr, shown only for several cases on a terminal."""
     return click.progressbar(length=total, label="cases", file=sys.stderr,

@@ -10,10 +10,12 @@ import click
 from vfinfer.cli.group import main
 from vfinfer.cli.options import (
     EXIT_FAILED,
+    device_option,
     fail,
     import_export_side,
     one_line_errors,
     seg_model_option,
+    training_device,
 )
 
 
@@ -120,9 +122,10 @@ def eval_seg(data_dir, seg_model, list_path, threads, json_path):
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--describe-data", default=None,
               help="How the data was made, for the manifest (default: DATA_DIR).")
+@device_option
 @one_line_errors
 def train_seg(data_dir, out_dir, list_path, epochs, widths, crop, crops_per_image, batch_size,
-              lr, seed, threads, resume, describe_data):
+              lr, seed, threads, resume, describe_data, device):
     """Train the segmentation network on annotated metaphases (DATA_DIR of labelme .json
     files, or one COCO JSON file) and export it to OUT/model."""
     import_export_side()
@@ -130,12 +133,13 @@ def train_seg(data_dir, out_dir, list_path, epochs, widths, crop, crops_per_imag
     from vfinfer_export.seg_train import load_seg_checkpoint
     from vfinfer_export.seg_train import train_seg as run_training
 
+    device = training_device(device)
     started = time.perf_counter()
     path = run_training(data_dir, out_dir, files=_read_names(list_path),
                         widths=tuple(int(w) for w in widths.split(",")), epochs=epochs,
                         crop=crop, crops_per_image=crops_per_image, batch_size=batch_size,
                         lr=lr, seed=seed, threads=threads, resume=resume,
-                        data_description=describe_data, log=_log)
+                        data_description=describe_data, log=_log, device=device)
     net, extra = load_seg_checkpoint(path)
     export_seg(net, Path(out_dir) / "model", {"kind": "checkpoint", "path": str(path)},
                training=extra.get("training"), overwrite=True, log=_log)

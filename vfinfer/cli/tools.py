@@ -13,12 +13,14 @@ from vfinfer.cli.group import main
 from vfinfer.cli.options import (
     BACKEND_CHOICE,
     PRESET_CHOICE,
+    device_option,
     dispatch_option,
     fail,
     import_export_side,
     labels_option,
     model_options,
     one_line_errors,
+    training_device,
     usage,
 )
 from vfinfer.model.config import TTA_MODES
@@ -190,12 +192,14 @@ def recipe_options(command):
               help="Turn every cut-out upright and crop it before the canvas, in training and "
                    "(recorded in the model) at run time: for cut-outs at any angle.")
 @recipe_options
+@device_option
 @one_line_errors
 def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
           epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit,
-          rotate_crop, size_norm, augment, balance, keep_best, init):
+          rotate_crop, size_norm, augment, balance, keep_best, init, device):
     """Train a model with the paper's four-step strategy (section II-C)."""
     import_export_side()
+    device = training_device(device)
     from dataclasses import replace
 
     from vfinfer.model.config import preset as preset_config
@@ -210,7 +214,7 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
                               batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                               val_fraction=val_fraction, seed=seed, resume=resume,
                               threads=threads, limit=limit, augment=augment, balance=balance,
-                              keep_best=keep_best, init=init)
+                              keep_best=keep_best, init=init, device=device)
     click.echo(f"wrote {model_path} in {(time.perf_counter() - started) / 60:.1f} min; export "
                f"it with: vfinfer export {model_path} --out engines/{preset}")
 
@@ -397,12 +401,13 @@ def bench(model_dir, backend, precision, threads, batch_size, preset, n_cases, c
 
 
 def _eager_reference():
-    """(PyTorch eager timer, None), or (None, why) when the torch side is not installed."""
+    """(the PyTorch eager timer's class, None), or (None, why) when the torch side is not
+    installed."""
     try:
-        from vfinfer_export.reference import time_reference_pipeline
+        from vfinfer_export.reference import EagerTimer
     except ImportError as exc:
         return None, f"torch side not installed ({exc.name})"
-    return time_reference_pipeline, None
+    return EagerTimer, None
 
 
 def _untrained_model(preset, tmp):

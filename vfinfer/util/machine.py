@@ -24,7 +24,11 @@ def cpu_info(path="/proc/cpuinfo"):
     """``{"model", "vendor", "mhz", "flags", "cores"}`` of the first CPU listed in
     ``/proc/cpuinfo`` (model from ``platform`` and empty flags where there is none, as on
     Windows and macOS); ``mhz`` is the clock the kernel reports, None when absent."""
-    info = Path(path).read_text() if Path(path).exists() else ""
+    return parse_cpuinfo(Path(path).read_text() if Path(path).exists() else "")
+
+
+def parse_cpuinfo(info):
+    """``cpu_info``'s dict from the text of a ``/proc/cpuinfo`` (the first CPU listed)."""
     model = re.search(r"model name\s*:\s*(.*)", info)
     mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", info)
     flags = re.search(r"flags\s*:\s*(.*)", info)
@@ -41,6 +45,12 @@ def int8_facts(info=None):
     info = info or cpu_info()
     return {"model": info["model"], "int8_flags": [f for f in INT8_FLAGS if f in info["flags"]],
             "vnni": any(f in info["flags"] for f in VNNI_FLAGS)}
+
+
+def vnni_text(info=None):
+    """``vfinfer env``'s VNNI line: "yes (avx512_vnni)", "yes (avx_vnni)" or "no"."""
+    flags = [f for f in VNNI_FLAGS if f in (info or cpu_info())["flags"]]
+    return f"yes ({', '.join(flags)})" if flags else "no"
 
 
 def package_version(name):
@@ -85,13 +95,15 @@ def describe_environment():
     from vfinfer import __version__
 
     count, devices = cuda_devices()
+    info = cpu_info()
     return {
         "vfinfer": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": cpu_info()["model"],
+        "cpu": info["model"],
         "cpu cores": os.cpu_count(),
-        "cpu int8": ", ".join(int8_facts()["int8_flags"]) or "no AVX2 / AVX-512 / VNNI",
+        "cpu int8": ", ".join(int8_facts(info)["int8_flags"]) or "no AVX2 / AVX-512 / VNNI",
+        "cpu vnni": vnni_text(info),
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         "onnxruntime": ort.__version__,
