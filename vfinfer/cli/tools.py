@@ -1,4 +1,5 @@
-"""The offline commands: export, tta, train, eval, calibrate, bench, synth, fp16, quantize, build.
+"""The offline commands: export, tta, train, eval, calibrate, bench, synth, synth-structural,
+fp16, quantize, build.
 
 Each imports its tool (and torch or onnx, where it needs them) only when it runs.
 """
@@ -438,6 +439,55 @@ def synth(karyotype, out_dir, seed, cases, flip_polarity):
     out_dir.mkdir(parents=True, exist_ok=True)
     names = write_cases(karyotype, out_dir, seed, cases=cases, flip_polarity=flip_polarity)
     click.echo(f"wrote {len(names)} case(s) of {karyotype} to {out_dir}: {', '.join(names)}")
+
+
+def _kind_list(_ctx, _param, value):
+    from vfinfer.tools.synthesis.structural import KINDS
+
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise click.BadParameter(f"{value!r}: give kinds among {','.join(KINDS)}")
+    return kinds
+
+
+@main.command("synth-structural")
+@click.argument("source_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="New folder for the cells, labels.csv and structural.csv (refused if it "
+                   "exists and is not empty).")
+@click.option("--labels", "labels_csv", default=None, type=click.Path(path_type=Path),
+              help="Labels CSV of SOURCE_DIR's cells (default: SOURCE_DIR/labels.csv).")
+@click.option("--kinds", default="del,dup,inv,t,i", show_default=True, callback=_kind_list,
+              help="Aberrations to draw from: del (terminal or interstitial deletion), dup "
+                   "(tandem duplication), inv (paracentric or pericentric inversion), t "
+                   "(reciprocal translocation), i (isochromosome).")
+@click.option("--size-min", default=0.1, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Smallest changed segment, as a fraction of the chromosome's length.")
+@click.option("--size-max", default=0.3, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Largest changed segment, as a fraction of the chromosome's length.")
+@click.option("--cells", default=None, type=click.IntRange(min=1),
+              help="Cells to write (default: one copy of each source cell).")
+@click.option("--per-cell", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Aberrations per cell (a translocation changes two chromosomes).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@one_line_errors
+def synth_structural(source_dir, out_dir, labels_csv, kinds, size_min, size_max, cells,
+                     per_cell, seed):
+    """Copy labelled normal cells (pki3 layout, or 'vfinfer synth' cells) with chromosomes
+    replaced by synthetic structural aberrations (OUT/structural.csv says which)."""
+    from vfinfer.tools.synthesis.structural_cases import write_structural_cases
+
+    if size_min > size_max:
+        usage(f"--size-min {size_min} is above --size-max {size_max}")
+    names, truth = write_structural_cases(source_dir, out_dir, seed=seed, labels_csv=labels_csv,
+                                          kinds=kinds, size_min=size_min, size_max=size_max,
+                                          cells=cells, per_cell=per_cell)
+    counts = {k: sum(row["kind"] == k for row in truth) for k in kinds}
+    made = ", ".join(f"{k} {n}" for k, n in counts.items())
+    click.echo(f"wrote {len(names)} cell(s) with {len(truth)} aberrant chromosome(s) ({made}) "
+               f"to {out_dir}")
 
 
 # -- fp16 / quantize / build --------------------------------------------------------------------
