@@ -37,6 +37,8 @@ BACKGROUNDS = ("light", "dark")
 ROTATE_CROP_METHODS = ("none", "principal-axis", "hough")
 CROP_MARGIN = 2  # pixels of background kept around the rotated chromosome
 MIN_ELONGATION = 1.15  # below this (sqrt of the eigenvalue ratio) the axis is not defined
+WHITE_LEVEL = 254  # darker than this is chromosome on a white (255) background
+MIN_WHITE = 0.02  # an image with less white than this share has no white background
 HOUGH_MIN_LENGTH = 0.3  # Hough segments shorter than this share of the mask's extent: ignored
 
 
@@ -68,6 +70,24 @@ def chromosome_mask(light_image):
         return dark.astype(bool)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     return labels == largest
+
+
+def body_mask(image):
+    """The chromosome's mask on a white-background image: pixels darker than ``WHITE_LEVEL``,
+    closed (3 x 3), largest 8-connected component, holes filled. An image with hardly any
+    white (under ``MIN_WHITE`` of its pixels: no white background) falls back to Otsu's
+    ``chromosome_mask``."""
+    if np.mean(image >= WHITE_LEVEL) < MIN_WHITE:
+        return chromosome_mask(image)
+    dark = np.pad((image < WHITE_LEVEL).astype(np.uint8), 1)  # closing adds nothing at a border
+    dark = cv2.morphologyEx(dark, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))[1:-1, 1:-1]
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    if count <= 1:
+        return np.zeros(image.shape, dtype=bool)
+    mask = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    cv2.floodFill(outside, None, (0, 0), 2)
+    return outside[1:-1, 1:-1] != 2
 
 
 def grain(light_image, mask):

@@ -50,12 +50,10 @@ import numpy as np
 
 from vfinfer.model.classes import TYPE_NAMES
 from vfinfer.tools.synthesis.cells import CHROMOSOME_FACTS
-from vfinfer.util.geometry import chromosome_mask
+from vfinfer.util.geometry import body_mask
 
 KINDS = ("del", "dup", "inv", "t", "i")
-WHITE_LEVEL = 254  # darker than this is chromosome (pki3 and synthetic backgrounds are 255)
 BACKGROUND = 255
-MIN_WHITE = 0.02  # an image with less white than this share has no white background
 REFINE_WINDOW = 0.08  # centromere search, +- this share of the length around the estimate
 CONSTRICTION = 0.9  # a centromere row is narrower than this times the median width
 CAP_WIDTHS = 0.5  # rows of an end cap, in median chromosome widths
@@ -148,24 +146,6 @@ class Aberration:
 
 
 # -- the axis profile ---------------------------------------------------------------------------
-def body_mask(image):
-    """The chromosome's mask on a white-background image: pixels darker than ``WHITE_LEVEL``,
-    closed (3 x 3), largest 8-connected component, holes filled. An image with hardly any
-    white (under ``MIN_WHITE`` of its pixels: no white background) falls back to Otsu's
-    ``chromosome_mask``."""
-    if np.mean(image >= WHITE_LEVEL) < MIN_WHITE:
-        return chromosome_mask(image)
-    dark = np.pad((image < WHITE_LEVEL).astype(np.uint8), 1)  # closing adds nothing at a border
-    dark = cv2.morphologyEx(dark, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))[1:-1, 1:-1]
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
-    if count <= 1:
-        return np.zeros(image.shape, dtype=bool)
-    mask = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
-    cv2.floodFill(outside, None, (0, 0), 2)
-    return outside[1:-1, 1:-1] != 2
-
-
 def _smooth(values, sigma):
     """A 1-D Gaussian smoothing with the ends held (edge padding)."""
     radius = max(1, int(3 * sigma))

@@ -124,7 +124,7 @@ def _copies(cells, count, seed):
     return plan
 
 
-class _Cell:
+class SourceCell:
     """A source cell's chromosomes, their axis profiles measured when first asked for."""
 
     def __init__(self, items):
@@ -151,10 +151,10 @@ class _Cell:
 
 
 def _aberrate(items, rng, kinds, sizes, per_cell, cell):
-    """(the cell's ``_Cell``, ``{index in the cell: Aberration}``) for ``per_cell``
+    """(the cell's ``SourceCell``, ``{index in the cell: Aberration}``) for ``per_cell``
     aberrations, each of a kind drawn from ``kinds``; a cell without room for one raises a
     ValueError naming it."""
-    source, changed = _Cell(items), {}
+    source, changed = SourceCell(items), {}
     for _ in range(per_cell):
         kind = kinds[int(rng.integers(len(kinds)))]
         made = _one(source, changed, kind, rng, sizes)

@@ -1,0 +1,77 @@
+"""Figures of the structural score: ROC AUC, the threshold for a specificity, sensitivity per
+kind and size bin. Pure numpy; ``benchmarks/structural_eval.py`` uses them too."""
+
+import numpy as np
+
+SIZE_BINS = (("5-10%", 0.05, 0.10), (">=10%", 0.10, 1.01))
+
+
+def roc_auc(scores, labels):
+    """The area under the ROC curve (Mann-Whitney U, ties counted half); nan without both
+    classes."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    pos, neg = labels.sum(), (~labels).sum()
+    if not pos or not neg:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(sorted_scores[np.r_[False, np.diff(sorted_scores) == 0]]):
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def threshold_for_specificity(normal_scores, specificity):
+    """The lowest threshold at which at most ``1 - specificity`` of ``normal_scores`` score
+    at or above it (a chromosome is flagged when its score >= the threshold)."""
+    ordered = np.sort(np.asarray(normal_scores, np.float64))[::-1]
+    if not len(ordered):
+        raise ValueError("no normal chromosomes to choose a threshold on")
+    allowed = int(np.floor((1.0 - specificity) * len(ordered) + 1e-9))
+    if allowed >= len(ordered):
+        return float(ordered[-1])
+    return float(np.nextafter(np.float32(ordered[allowed]), np.float32(np.inf)))
+
+
+def _rate(flags):
+    return round(float(np.mean(flags)), 4) if len(flags) else None
+
+
+def sensitivity_table(scores, kinds, sizes, threshold):
+    """Sensitivity of aberrant chromosomes at ``threshold``: per kind, per size bin
+    (``SIZE_BINS``; isochromosomes have an arm's size) and per kind and bin, with counts."""
+    scores, sizes = np.asarray(scores), np.asarray(sizes)
+    kinds = np.asarray(kinds)
+    flagged = scores >= threshold
+    table = {"by_kind": {}, "by_size": {}, "by_kind_and_size": {}}
+    for kind in sorted(set(kinds.tolist())):
+        at = kinds == kind
+        table["by_kind"][kind] = {"n": int(at.sum()), "sensitivity": _rate(flagged[at])}
+    for name, lo, hi in SIZE_BINS:
+        at = (sizes >= lo) & (sizes < hi)
+        table["by_size"][name] = {"n": int(at.sum()), "sensitivity": _rate(flagged[at]),
+                                  "auc_vs_normals": None}
+        for kind in sorted(set(kinds.tolist())):
+            both = at & (kinds == kind)
+            if both.any():
+                table["by_kind_and_size"][f"{kind} {name}"] = {
+                    "n": int(both.sum()), "sensitivity": _rate(flagged[both])}
+    return table
+
+
+def validation_figures(scores, examples, threshold):
+    """AUC, specificity and sensitivity (overall, per kind, per size bin) of ``Examples``."""
+    labels = examples.label.astype(bool)
+    normal, aberrant = scores[~labels], scores[labels]
+    kinds = [k for k, lab in zip(examples.kind, labels) if lab]
+    table = sensitivity_table(aberrant, kinds, examples.size[labels], threshold)
+    for name, lo, hi in SIZE_BINS:
+        at = (examples.size[labels] >= lo) & (examples.size[labels] < hi)
+        table["by_size"][name]["auc_vs_normals"] = round(roc_auc(
+            np.r_[normal, aberrant[at]], np.r_[np.zeros(len(normal)), np.ones(at.sum())]), 4)
+    return {"threshold": threshold, "n_normal": int(len(normal)),
+            "n_aberrant": int(len(aberrant)), "auc": round(roc_auc(scores, labels), 4),
+            "specificity": round(float(np.mean(normal < threshold)), 4),
+            "sensitivity": round(float(np.mean(aberrant >= threshold)), 4), **table}

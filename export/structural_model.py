@@ -1,0 +1,63 @@
+"""The structural-score network (``vfinfer.pipeline.structural`` describes its inputs).
+
+Four conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) on the H x W darkness canvas,
+global average and max pooling, then the condition (24-way one-hot of the called type and the
+log relative length) concatenated before two fully connected layers; the output ``score`` is
+the sigmoid of one logit: the probability that the chromosome is aberrant.
+"""
+
+import torch
+from torch import nn
+
+from vfinfer.pipeline.structural import COND_SIZE
+
+DEFAULT_WIDTHS = (16, 32, 48, 64)
+DEFAULT_HIDDEN = 64
+DEFAULT_HEIGHT, DEFAULT_WIDTH = 96, 32
+
+
+class StructuralNet(nn.Module):
+    """``forward(image, cond) -> logit`` (N,); ``score`` is its sigmoid (N, 1)."""
+
+    def __init__(self, widths=DEFAULT_WIDTHS, hidden=DEFAULT_HIDDEN, height=DEFAULT_HEIGHT,
+                 width=DEFAULT_WIDTH):
+        super().__init__()
+        self.widths, self.hidden = tuple(int(w) for w in widths), int(hidden)
+        self.height, self.width = int(height), int(width)
+        layers, channels = [], 1
+        for out in self.widths:
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(2 * channels + COND_SIZE, self.hidden),
+                                  nn.ReLU(inplace=True), nn.Dropout(0.2),
+                                  nn.Linear(self.hidden, self.hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(self.hidden, 1))
+
+    def forward(self, image, cond):
+        """The logit of each chromosome, shape (N,)."""
+        x = self.features(image)
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), cond], dim=1)
+        return self.head(pooled)[:, 0]
+
+    def score(self, image, cond):
+        """The probability of an aberration, shape (N, 1) (the exported output)."""
+        return torch.sigmoid(self.forward(image, cond))[:, None]
+
+    def spec(self):
+        """The constructor's arguments, for the checkpoint."""
+        return {"widths": list(self.widths), "hidden": self.hidden, "height": self.height,
+                "width": self.width}
+
+
+class StructuralExport(nn.Module):
+    """The graph that is exported: ``(image, cond) -> score``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image, cond):
+        """``StructuralNet.score``."""
+        return self.net.score(image, cond)

@@ -1,0 +1,183 @@
+"""Trainer of the structural score (``vfinfer train-structural``).
+
+    from vfinfer_export.structural_train import train_structural
+    train_structural("../shared/data/pki3", "runs/structural", labels_csv="train.csv")
+
+The labelled cells are split by slide: ``val_share`` of the slides are held out for
+validation. Training examples (``structural_data``): the normal chromosomes of the training
+cells and synthetic aberrations of them, made once before the first epoch; validation
+examples likewise from the held-out slides with another seed. Each epoch shuffles the
+examples and flips each canvas left-right at random with a random gain on its darkness;
+binary cross-entropy, Adam, cosine decay of the learning rate to 5 %.
+
+Each epoch writes ``OUT/last.pt`` (atomic) and ``OUT/history.json``. The end chooses the
+threshold: the lowest score that flags at most ``1 - specificity`` of the normal validation
+chromosomes, records the validation figures at it, and writes ``OUT/structural.pt``
+(``save_structural``), which ``vfinfer export-structural`` adds to a model directory.
+"""
+
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from vfinfer.io.labels import read_labels
+from vfinfer.util.atomic import write_atomic
+
+from .structural_data import ExampleOptions, make_examples, split_cells
+from .structural_metrics import threshold_for_specificity, validation_figures
+from .structural_model import StructuralNet
+
+SPECIFICITY = 0.99
+BATCH = 128
+
+
+def _stderr(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def save_structural(net, path, extra=None):
+    """Write a checkpoint: weights, the network's spec and ``extra`` (threshold, records)."""
+    buffer = io.BytesIO()
+    torch.save({"state_dict": net.state_dict(), "spec": net.spec(), **(extra or {})}, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_structural(path):
+    """(StructuralNet in eval mode, the checkpoint dict) of ``save_structural``'s file."""
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+        net = StructuralNet(**payload["spec"])
+        net.load_state_dict(payload["state_dict"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a structural-score checkpoint ({exc})") from None
+    return net.eval(), payload
+
+
+def predict(net, canvas, cond, batch=512):
+    """Scores (N,) float32 of uint8 canvases and conditions, in eval mode, no gradients."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(canvas), batch):
+            x = _darkness(canvas[start:start + batch])
+            out.append(torch.sigmoid(net(x, torch.from_numpy(cond[start:start + batch]))))
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def _darkness(canvas):
+    x = torch.from_numpy(canvas).float()
+    return ((255.0 - x) / 255.0)[:, None]
+
+
+def _batches(examples, rng):
+    """Shuffled training batches: (image, cond, label) tensors, flipped left-right and with a
+    gain on the darkness at random."""
+    order = rng.permutation(len(examples))
+    for start in range(0, len(order), BATCH):
+        idx = order[start:start + BATCH]
+        x = _darkness(examples.canvas[idx])
+        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+        x[flip] = x[flip].flip(-1)
+        gain = torch.from_numpy(rng.uniform(0.8, 1.2, len(idx)).astype(np.float32))
+        x = (x * gain[:, None, None, None]).clamp(0, 1)
+        yield x, torch.from_numpy(examples.cond[idx]), torch.from_numpy(examples.label[idx])
+
+
+def _epoch(net, optimizer, examples, rng, step, total, lr):
+    """One pass over the examples; returns (mean loss, steps done)."""
+    net.train()
+    losses = []
+    for x, cond, y in _batches(examples, rng):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
+        loss = F.binary_cross_entropy_with_logits(net(x, cond), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        step += 1
+    return float(np.mean(losses)), step
+
+
+def _data(data_dir, labels_csv, seed, val_share, options, workers, log):
+    """(train examples, validation examples, the data record)."""
+    labels = read_labels(data_dir, labels_csv)
+    train_cells, val_cells = split_cells(labels, val_share, seed)
+    started = time.perf_counter()
+    train = make_examples(train_cells, seed, options, workers)
+    val_options = ExampleOptions(**{**options.__dict__, "normals_per_cell": 0})
+    val = make_examples(val_cells, seed + 1000, val_options, workers)
+    log(f"examples made in {time.perf_counter() - started:.0f} s: train {train.counts()}, "
+        f"validation {val.counts()}")
+    slides = {lab.cell: lab.slide or lab.cell for lab in labels}
+    record = {
+        "data_dir": str(data_dir), "labels": str(labels_csv or "labels.csv"),
+        "split": f"by slide, {val_share:.0%} of the slides held out for validation",
+        "train_cells": len(train_cells), "val_cells": len(val_cells),
+        "train_slides": len({slides[c] for c in train_cells}),
+        "val_slides": sorted({slides[c] for c in val_cells}),
+        "train_examples": train.counts(), "val_examples": val.counts(),
+        "aberrations": {"kinds": list(options.kinds), "size_min": options.size_min,
+                        "size_max": options.size_max,
+                        "made_by": "vfinfer.tools.synthesis.structural (draw_aberration)",
+                        "per_cell": options.aberrant_per_cell},
+        "normals_per_cell": options.normals_per_cell or "all",
+    }
+    return train, val, record
+
+
+def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threads=0,
+                     val_share=0.15, options=None, lr=2e-3, net=None, log=_stderr):
+    """Train, choose the threshold, write ``OUT/structural.pt``; returns its path."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    net = net or StructuralNet()
+    options = options or ExampleOptions(net.height, net.width)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val, record = _data(data_dir, labels_csv, seed, val_share, options,
+                               max(1, int(threads or 1)), log)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+    rng, step, history = np.random.default_rng(seed), 0, []
+    total = epochs * math.ceil(len(train) / BATCH)
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        loss, step = _epoch(net, optimizer, train, rng, step, total, lr)
+        scores = predict(net, val.canvas, val.cond)
+        figures = validation_figures(scores, val, threshold_for_specificity(
+            scores[val.label == 0], SPECIFICITY))
+        history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_auc": figures["auc"],
+                        "val_sensitivity": figures["sensitivity"],
+                        "seconds": round(time.perf_counter() - started, 1)})
+        log(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, validation AUC {figures['auc']:.4f}, "
+            f"sensitivity at {SPECIFICITY:.0%} specificity {figures['sensitivity']:.3f} "
+            f"({time.perf_counter() - started:.0f} s)")
+        save_structural(net, out / "last.pt", {"epoch": epoch + 1})
+        write_atomic(out / "history.json", json.dumps(history, indent=1).encode())
+    return _finish(net, out, val, record, history, {"epochs": epochs, "seed": seed,
+                                                    "threads": threads, "lr": lr,
+                                                    "seconds": round(time.perf_counter()
+                                                                     - started, 1)}, log)
+
+
+def _finish(net, out, val, record, history, run, log):
+    """Choose the threshold on the validation normals, write ``structural.pt``."""
+    scores = predict(net, val.canvas, val.cond)
+    threshold = threshold_for_specificity(scores[val.label == 0], SPECIFICITY)
+    figures = validation_figures(scores, val, threshold)
+    log(f"threshold {threshold:.6f} (target specificity {SPECIFICITY:.0%}): validation "
+        f"specificity {figures['specificity']:.4f}, sensitivity {figures['sensitivity']:.4f}, "
+        f"AUC {figures['auc']:.4f}")
+    path = out / "structural.pt"
+    save_structural(net, path, {
+        "threshold": threshold, "target_specificity": SPECIFICITY, "validation": figures,
+        "training": {**record, **run, "history": history}})
+    return path

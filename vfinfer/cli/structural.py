@@ -1,0 +1,81 @@
+"""The structural-score commands: train-structural, export-structural (docs/structural.md).
+
+Both need the export extra (PyTorch), imported only when they run.
+"""
+
+from pathlib import Path
+
+import click
+
+from vfinfer.cli.group import main
+from vfinfer.cli.options import fail, one_line_errors
+
+
+def _structural_side(module):
+    """``vfinfer_export.<module>`` (PyTorch side), or one line saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"vfinfer_export.{module}")
+    except ImportError as exc:
+        fail(f"this command needs the export extra ({exc.name} is missing): "
+             "pip install torch==2.13.0 && pip install -e '.[export]'")
+
+
+@main.command("train-structural")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--labels", "labels_csv", default=None, type=click.Path(path_type=Path),
+              help="Labels CSV of normal cells (default: DATA_DIR/labels.csv); its slides are "
+                   "split for validation.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder: last.pt, history.json and structural.pt.")
+@click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
+              help="PyTorch threads and example-making processes (0: PyTorch's default, "
+                   "one process).")
+@click.option("--normals-per-cell", default=30, show_default=True, type=click.IntRange(min=0),
+              help="Normal chromosomes drawn per training cell (0: all).")
+@click.option("--aberrant-per-cell", default=20, show_default=True,
+              type=click.IntRange(min=1), help="Synthetic aberrations made per cell.")
+@click.option("--size-min", default=0.05, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--size-max", default=0.4, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@one_line_errors
+def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
+                     aberrant_per_cell, size_min, size_max):
+    """Train the structural score on labelled normal cells against synthetic aberrations of
+    their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
+    normal chromosomes of held-out slides)."""
+    if size_min > size_max:
+        fail(f"--size-min {size_min} is above --size-max {size_max}")
+    train = _structural_side("structural_train")
+    from vfinfer_export.structural_data import ExampleOptions
+    from vfinfer_export.structural_model import StructuralNet
+
+    net = StructuralNet()
+    options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
+                             normals_per_cell=normals_per_cell,
+                             aberrant_per_cell=aberrant_per_cell)
+    path = train.train_structural(data_dir, out_dir, labels_csv=labels_csv, epochs=epochs,
+                                  seed=seed, threads=threads, options=options, net=net)
+    click.echo(f"wrote {path}")
+
+
+@main.command("export-structural")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Classifier model directory to add structural.onnx and the manifest's "
+                   "structural section to.")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="ONNX Runtime threads for the parity check.")
+@one_line_errors
+def export_structural(checkpoint, model_dir, threads):
+    """Export a structural-score checkpoint to ONNX with a parity check, into a classifier
+    model directory (structural.onnx and the manifest's structural section)."""
+    if not checkpoint.is_file():
+        fail(f"{checkpoint}: checkpoint file not found")
+    export = _structural_side("structural_export")
+    section = export.export_structural(checkpoint, model_dir, threads=threads, log=click.echo)
+    click.echo(f"added {section['file']} to {model_dir} (threshold {section['threshold']:.6f})")

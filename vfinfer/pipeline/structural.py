@@ -1,0 +1,116 @@
+"""The per-chromosome structural score (docs/structural.md, "The score").
+
+A small network of its own (``structural.onnx``, recorded in the model manifest's
+``structural`` section by ``vfinfer export-structural``) looks at each upright cut-out and the
+type the classifier called for it, and gives the probability that the chromosome carries a
+structural aberration (a deletion, duplication, inversion, translocation or isochromosome of a
+visible size). A chromosome scoring at or above the manifest's threshold is flagged for review.
+
+Its inputs, made here for training (``vfinfer_export.structural_train``) and inference alike:
+
+- ``image`` (N, 1, H, W) float32: the light-background cut-out turned q-arm down (by the
+  called polarity, when the model calls polarity), its pixels outside the chromosome's mask
+  (``vfinfer.util.geometry.body_mask``) set to white, cropped to the mask, scaled to fit an
+  H x W canvas keeping its aspect, centred on white; values are darkness, (255 - x) / 255;
+- ``cond`` (N, 25) float32: the called type as a 24-way one-hot, then log(length / the
+  cell's median length), the length being the mask's height (so the score sees whether a
+  chromosome is longer or shorter than its type should be in this cell).
+"""
+
+import math
+
+import cv2
+import numpy as np
+
+from vfinfer.model.classes import N_TYPES
+from vfinfer.util.geometry import body_mask
+
+COND_SIZE = N_TYPES + 1  # one-hot type, log relative length
+BACKGROUND = 255
+
+
+def structural_crop(light_image):
+    """The chromosome of a light-background uint8 cut-out: white outside its mask, cropped
+    to the mask's bounding box (the image as given when no mask is found)."""
+    mask = body_mask(light_image)
+    if not mask.any():
+        return np.ascontiguousarray(light_image)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    clean = np.where(mask, light_image, BACKGROUND).astype(np.uint8)
+    return np.ascontiguousarray(clean[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+
+
+def fit_canvas(crop, height, width):
+    """``crop`` scaled to fit ``height`` x ``width`` keeping its aspect, centred on white."""
+    h, w = crop.shape
+    scale = min(height / h, width / w)
+    size = (max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale))))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(crop, size, interpolation=interpolation)
+    out = np.full((height, width), BACKGROUND, dtype=np.uint8)
+    top, left = (height - size[1]) // 2, (width - size[0]) // 2
+    out[top:top + size[1], left:left + size[0]] = scaled
+    return out
+
+
+def structural_inputs(images, types, height, width, flip=None):
+    """The ``image`` and ``cond`` inputs (module doc) of one cell's cut-outs.
+
+    ``images``: light-background uint8 cut-outs, upright; ``types``: 0-based types (called,
+    or labelled in training); ``flip``: per image, True to turn it upside down first (called
+    q-arm up). The median length is taken over these images: pass one cell at a time.
+    """
+    if len(images) != len(types):
+        raise ValueError(f"{len(images)} images but {len(types)} types")
+    flip = [False] * len(images) if flip is None else list(flip)
+    crops = [structural_crop(img[::-1] if f else img) for img, f in zip(images, flip)]
+    canvases = np.stack([fit_canvas(c, height, width) for c in crops]) if crops else \
+        np.zeros((0, height, width), np.uint8)
+    return darkness(canvases), conditions(types, [c.shape[0] for c in crops])
+
+
+def darkness(canvases):
+    """uint8 canvases (N, H, W) -> the ``image`` input (N, 1, H, W) float32."""
+    return ((BACKGROUND - canvases.astype(np.float32)) / BACKGROUND)[:, None]
+
+
+def conditions(types, lengths, median=None):
+    """The ``cond`` input: one-hot ``types`` and log(length / ``median``) (the lengths'
+    median when None)."""
+    cond = np.zeros((len(types), COND_SIZE), dtype=np.float32)
+    if not len(types):
+        return cond
+    cond[np.arange(len(types)), np.asarray(types, dtype=np.int64)] = 1.0
+    median = float(np.median(lengths)) if median is None else float(median)
+    cond[:, N_TYPES] = [math.log(max(n, 1) / max(median, 1.0)) for n in lengths]
+    return cond
+
+
+class StructuralScorer:
+    """The structural graph of a model directory on ONNX Runtime (CPU).
+
+    ``section``: the manifest's ``structural`` record (``file``, ``input``, ``threshold``);
+    ``runner_factory(path)``: a ``GraphRunner`` for the graph file (``OrtRunner``).
+    """
+
+    def __init__(self, model_dir, section, runner_factory):
+        from pathlib import Path
+
+        self.section = section
+        self.threshold = float(section["threshold"])
+        self.height = int(section["input"]["height"])
+        self.width = int(section["input"]["width"])
+        self.runner = runner_factory(Path(model_dir) / section["file"])
+
+    def scores(self, images, types, flip=None):
+        """The score of each cut-out of one cell (float32 (N,), 0..1)."""
+        image, cond = structural_inputs(images, types, self.height, self.width, flip)
+        if not len(image):
+            return np.zeros(0, np.float32)
+        return self.runner.infer({"image": image, "cond": cond})["score"].reshape(-1)
+
+    def close(self):
+        """Release the session."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.close()
