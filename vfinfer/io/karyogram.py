@@ -52,9 +52,12 @@ TEXT_SCALE, TEXT_THICK = 0.55, 1
 MARK_SCALE, MARK_THICK = 0.6, 2
 
 LEGEND_TEXT = "low-confidence call (type or orientation uncertain): please check"
+STRUCTURAL_TEXT = "possible structural abnormality (structural score at or above threshold): review"
+TRIANGLE = 7  # half width of the structural mark, px
 
 
-def render_karyogram(images, types, polarities, low_confidence, title="", notes=()):
+def render_karyogram(images, types, polarities, low_confidence, title="", notes=(),
+                     structural=None):
     """Arrange chromosome cut-outs into a karyogram picture.
 
     images: list of 2-D uint8 grayscale cut-outs (white background, dark chromosome).
@@ -64,9 +67,16 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
         legend line at the bottom.
     title: text of the top line (e.g. "case_01   47,XY,+21"); notes: lines (warnings)
         printed at the bottom, wrapped to the picture width.
+    structural: bool per image (None: none), chromosomes flagged by the structural score;
+        each gets a red triangle pointing down at its top left corner, explained in a legend
+        line.
     Returns an H x W x 3 uint8 BGR image.  Raises ValueError on inconsistent input.
     """
     images, types, polarities, flags = _validate(images, types, polarities, low_confidence)
+    marks = [False] * len(images) if structural is None else [bool(f) for f in structural]
+    if len(marks) != len(images):
+        raise ValueError(f"render_karyogram: got {len(images)} images but {len(marks)} "
+                         "structural flags")
     title = _ascii(title or "")
     notes = [_ascii(n) for n in ([notes] if isinstance(notes, str) else list(notes or ()))]
 
@@ -90,7 +100,7 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
     width = max(MIN_WIDTH, max(row_required) + 2 * MARGIN)
     row_tops, row_heights, rows_end = _row_geometry(chroms, slots, _title_height(title))
 
-    footer = _footer_lines(any(flags), notes, width)
+    footer = _footer_lines(any(flags), notes, width, any(marks))
     footer_h = _footer_height(footer)
     height = rows_end + footer_h + 16
 
@@ -103,6 +113,9 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
     for i, flag in enumerate(flags):
         if flag:
             _draw_marker(canvas, *placed[i])
+    for i, mark in enumerate(marks):
+        if mark:
+            _draw_structural_mark(canvas, placed[i][0], placed[i][1] - MARK_PAD - 2)
 
     _draw_footer(canvas, footer, height - footer_h - 16)
     return canvas
@@ -251,6 +264,13 @@ def _draw_marker(canvas, x, y, w, h):
                 cv2.LINE_AA)
 
 
+def _draw_structural_mark(canvas, x, y):
+    """A filled red triangle pointing down at (x, y): the structural score's flag."""
+    points = np.array([[x, y], [x - TRIANGLE, y - 2 * TRIANGLE], [x + TRIANGLE, y - 2 * TRIANGLE]],
+                      np.int32)
+    cv2.fillConvexPoly(canvas, points, RED, cv2.LINE_AA)
+
+
 # ----------------------------------------------------------------------------- text
 
 
@@ -307,12 +327,14 @@ def _wrap(text, max_w, scale=TEXT_SCALE, thick=TEXT_THICK):
     return lines or [""]
 
 
-def _footer_lines(legend, notes, width):
-    """[(kind, text)] with kind 'legend' or 'note'."""
+def _footer_lines(legend, notes, width, structural=False):
+    """[(kind, text)] with kind 'legend', 'structural' or 'note'."""
     max_w = width - 2 * MARGIN
     lines = []
     if legend:
         lines.append(("legend", LEGEND_TEXT))
+    if structural:
+        lines.append(("structural", STRUCTURAL_TEXT))
     for note in notes:
         if not note:
             continue
@@ -345,6 +367,10 @@ def _draw_footer(canvas, lines, top):
             cv2.rectangle(canvas, (x, y - th - 2), (x + 14, y + 3), RED, 2)
             cv2.putText(canvas, "?", (x + 18, y), FONT, TEXT_SCALE, RED, 2, cv2.LINE_AA)
             x += 18 + cv2.getTextSize("?", FONT, TEXT_SCALE, 2)[0][0] + 8
+            text = "= " + text
+        elif kind == "structural":
+            _draw_structural_mark(canvas, x + TRIANGLE, y + 2)
+            x += 2 * TRIANGLE + 8
             text = "= " + text
         cv2.putText(canvas, text, (x, y), FONT, TEXT_SCALE, BLACK, TEXT_THICK, cv2.LINE_AA)
         y += step

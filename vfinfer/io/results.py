@@ -53,8 +53,10 @@ def karyogram_png(result, images):
         [c["low_confidence"] for c in chromosomes],
         title=f"{result['case']}   {summary_of(result)}",
         notes=result["warnings"],
+        structural=[c.get("structural", {}).get("flagged", False) for c in chromosomes],
     )
-    if not any(c["low_confidence"] for c in chromosomes):
+    if not any(c["low_confidence"] or c.get("structural", {}).get("flagged")
+               for c in chromosomes):
         picture = picture[:, :, 0]  # no red frame: the picture is gray, one channel is enough
     return encode_png(picture, FAST_PNG, "the karyogram")
 

@@ -174,6 +174,25 @@ class Manifest:
         return self.data.get("domain_segmented") or (domain if fitted else None)
 
     @property
+    def structural(self) -> Optional[dict[str, Any]]:
+        """The structural score's section (``vfinfer export-structural``), or None."""
+        return self.data.get("structural")
+
+    def structural_path(self) -> Path:
+        """The structural score's graph file, its sha256 checked against the section's;
+        ModelDirError when the section, the file or its sha256 do not fit."""
+        section = self.structural
+        if not section or not section.get("file") or "threshold" not in section:
+            raise ModelDirError(f"{self.path}: no usable 'structural' section")
+        path = self.model_dir / section["file"]
+        if not path.is_file():
+            raise ModelDirError(f"{path}: structural graph listed in the manifest is missing")
+        if section.get("sha256") and sha256_file(path) != section["sha256"]:
+            raise ModelDirError(f"{path}: sha256 differs from the manifest's structural "
+                                "section; export it again (vfinfer export-structural)")
+        return path
+
+    @property
     def path(self) -> Path:
         """The ``manifest.json`` file."""
         return self.model_dir / MANIFEST_NAME

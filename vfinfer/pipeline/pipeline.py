@@ -31,10 +31,12 @@ from vfinfer.calls.auto import AUTO, choose_dispatch
 from vfinfer.calls.dispatch import argmax_types, dispatch
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.verdict import judge
+from vfinfer.model.classes import Q_ARM_DOWN
 from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline.network import Clock, run_network_batched
 from vfinfer.pipeline.preprocess import batch_of, normalize_batch
 from vfinfer.pipeline.result import abnormality_section, assemble_result
+from vfinfer.pipeline.structural import StructuralScorer
 from vfinfer.pipeline.tta import add_views, merge_views
 from vfinfer.util.geometry import to_convention
 from vfinfer.util.images import to_gray8
@@ -168,6 +170,19 @@ class Pipeline:
                                        precision=precision)
         limit = self.backend.max_batch
         self.batch_size = min(batch_size or limit or DEFAULT_BATCH, limit or 1 << 30)
+        self.structural = self._structural_scorer(threads)
+
+    def _structural_scorer(self, threads):
+        """The structural score's runner when the manifest has a ``structural`` section
+        (``vfinfer.pipeline.structural``; always ONNX Runtime on the CPU: it is small), else
+        None."""
+        section = self.manifest.structural
+        if section is None:
+            return None
+        from vfinfer.backends.ort import OrtRunner
+
+        path = self.manifest.structural_path()
+        return StructuralScorer(section, lambda _: OrtRunner(path, threads=threads))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -176,6 +191,9 @@ class Pipeline:
         backend, self.backend = self.backend, None
         if backend is not None:
             backend.close()
+        structural, self.structural = self.structural, None
+        if structural is not None:
+            structural.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -319,11 +337,28 @@ class Pipeline:
         probs = outputs["type_probs"]
         calls = self._dispatch(probs)
         clock.lap("dispatch")
-        timing["total"] += timing["dispatch"]
+        structural = self._structural_scores(case, outputs, calls[0])
+        if structural is not None:
+            clock.lap("structural")
+        timing["total"] += timing["dispatch"] + timing.get("structural", 0.0)
         verdict = judge(probs, self.manifest.threshold, case.facts, self.manifest.domain,
                         self.force_karyotype, self.dispatch_mode, self.manifest.segmented_domain)
         return assemble_result(self.manifest, self.backend.describe(), self.dispatch_mode,
-                               case, outputs, calls, verdict, timing, self.auto_reason)
+                               case, outputs, calls, verdict, timing, self.auto_reason,
+                               structural)
+
+    def _structural_scores(self, case, outputs, types):
+        """The structural score of each chromosome of ``case`` conditioned on its called
+        ``types`` (after dispatch), turned q-arm down by the called polarity when the model
+        calls polarity; None without a structural score."""
+        if self.structural is None:
+            return None
+        images = case.display or [to_convention(img, self.config.background, "light")
+                                  for img in case.images]
+        flip = None
+        if self.manifest.polarity_trained:
+            flip = outputs["polarity_probs"].argmax(1) != Q_ARM_DOWN
+        return self.structural.scores(images, types, flip)
 
     def _dispatch(self, probs):
         """(types after dispatch, karyotype, warnings, abnormality section or None)."""

@@ -6,13 +6,16 @@ import numpy as np
 from vfinfer.calls.dispatch import argmax_types
 
 POLARITY_NOT_CALLED = "not called"
+NOT_SCREENED = ("structural abnormalities not screened: the model has no structural score "
+                "(vfinfer export-structural)")
 
 
 def assemble_result(manifest, backend, dispatch_mode, case, outputs, calls, verdict, timing,
-                    auto_reason=None):
+                    auto_reason=None, structural=None):
     """``calls``: (types, karyotype, warnings, abnormality or None) of the dispatch;
     ``verdict``: ``vfinfer.calls.verdict.judge``'s section; ``auto_reason``: why
-    ``--dispatch auto`` chose ``dispatch_mode`` (the result's ``dispatch_auto_reason``)."""
+    ``--dispatch auto`` chose ``dispatch_mode`` (the result's ``dispatch_auto_reason``);
+    ``structural``: the structural score of each chromosome (None: not screened)."""
     types, karyotype, warnings, abnormality = calls
     warnings = list(warnings)
     if not verdict["karyotyped"]:
@@ -21,6 +24,9 @@ def assemble_result(manifest, backend, dispatch_mode, case, outputs, calls, verd
     elif verdict["limits"] is None or verdict["forced"]:
         warnings.append(verdict["text"])
     warnings += _input_warnings(case, manifest)
+    rows = chromosome_rows(manifest, case, outputs, types)
+    section, flagged = structural_section(manifest, rows, structural)
+    warnings += flagged
     result = {
         "case": case.name,
         "model": manifest.summary(),
@@ -32,7 +38,8 @@ def assemble_result(manifest, backend, dispatch_mode, case, outputs, calls, verd
         "verdict": verdict,
         "warnings": warnings,
         "timing_ms": {k: round(v, 3) for k, v in timing.items()},
-        "chromosomes": chromosome_rows(manifest, case, outputs, types),
+        "chromosomes": rows,
+        "structural": section,
     }
     if abnormality is not None:
         result["abnormality"] = abnormality
@@ -66,6 +73,26 @@ def chromosome_rows(manifest, case, outputs, types):
             **facts,
         })
     return rows
+
+
+def structural_section(manifest, rows, scores):
+    """Adds ``structural`` ({score, flagged}) to each chromosome row; returns the result's
+    ``structural`` section and one warning per flagged chromosome (its called type and file,
+    never an ISCN notation). ``scores`` None: the section says the cell was not screened."""
+    if scores is None:
+        return {"screened": False, "note": NOT_SCREENED}, []
+    record = manifest.structural
+    threshold = float(record["threshold"])
+    warnings = []
+    for row, score in zip(rows, scores):
+        flagged = bool(score >= threshold)
+        row["structural"] = {"score": round(float(score), 6), "flagged": flagged}
+        if flagged:
+            warnings.append(f"possible structural abnormality of chromosome {row['type']} "
+                            f"({row['file']}, structural score {float(score):.3f}): review")
+    return {"screened": True, "threshold": threshold,
+            "flagged": sum(r["structural"]["flagged"] for r in rows),
+            "target_specificity": record.get("target_specificity")}, warnings
 
 
 def abnormality_section(found, params_note):

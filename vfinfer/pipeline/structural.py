@@ -87,20 +87,19 @@ def conditions(types, lengths, median=None):
 
 
 class StructuralScorer:
-    """The structural graph of a model directory on ONNX Runtime (CPU).
+    """The structural graph of a model directory.
 
     ``section``: the manifest's ``structural`` record (``file``, ``input``, ``threshold``);
-    ``runner_factory(path)``: a ``GraphRunner`` for the graph file (``OrtRunner``).
+    ``runner_factory(file)``: a ``GraphRunner`` (``vfinfer.backends.ort.OrtRunner``) for the
+    section's graph file.
     """
 
-    def __init__(self, model_dir, section, runner_factory):
-        from pathlib import Path
-
+    def __init__(self, section, runner_factory):
         self.section = section
         self.threshold = float(section["threshold"])
         self.height = int(section["input"]["height"])
         self.width = int(section["input"]["width"])
-        self.runner = runner_factory(Path(model_dir) / section["file"])
+        self.runner = runner_factory(section["file"])
 
     def scores(self, images, types, flip=None):
         """The score of each cut-out of one cell (float32 (N,), 0..1)."""

@@ -1,0 +1,115 @@
+"""ONNX export of the structural score into a classifier model directory
+(``vfinfer export-structural``).
+
+Writes ``structural.onnx`` (inputs ``image`` (N, 1, H, W) and ``cond`` (N, 25), output
+``score`` (N, 1), N dynamic; ``vfinfer.pipeline.structural``) beside the classifier's graphs
+and a ``structural`` section into its ``manifest.json``: the graph's file, sha256 and tensors,
+the input layout, the threshold with the validation figures it was chosen on, how the network
+was trained, and the parity of ONNX Runtime against PyTorch on random inputs of
+``PARITY_BATCHES`` (max abs error of the score, tolerance ``PROBABILITY_TOLERANCE``, and the
+share of chromosomes flagged alike at the threshold). Nothing in the directory changes unless
+every check passes; an existing section and graph are replaced.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from vfinfer.backends.ort import make_session
+from vfinfer.model.manifest import load_manifest, sha256_file, write_json_atomic
+from vfinfer.pipeline.structural import COND_SIZE
+from vfinfer.tools.precision.onnx_graph import io_records
+
+from .onnx_export import PROBABILITY_TOLERANCE, ExportError, _export_graph, producer_versions
+from .structural_model import StructuralExport
+from .structural_train import load_structural
+
+GRAPH_FILE = "structural.onnx"
+PARITY_BATCHES = (1, 7, 46)
+
+
+def random_inputs(net, batch, seed=0):
+    """Random (image, cond) of ``batch`` chromosomes: darkness in 0..1, a one-hot type and a
+    log relative length."""
+    rng = np.random.default_rng([seed, batch])
+    image = rng.random((batch, 1, net.height, net.width)).astype(np.float32)
+    cond = np.zeros((batch, COND_SIZE), np.float32)
+    cond[np.arange(batch), rng.integers(0, COND_SIZE - 1, batch)] = 1.0
+    cond[:, -1] = rng.normal(0.0, 0.4, batch)
+    return image, cond
+
+
+def check_parity(net, path, threshold, batches=PARITY_BATCHES, threads=0):
+    """ONNX Runtime against PyTorch on ``random_inputs`` of each batch size: max abs error of
+    the score and the share of chromosomes on the same side of ``threshold``."""
+    session = make_session(path, threads)
+    report = {}
+    for batch in batches:
+        image, cond = random_inputs(net, batch)
+        with torch.no_grad():
+            ref = net.score(torch.from_numpy(image), torch.from_numpy(cond)).numpy()
+        got = session.run(["score"], {"image": image, "cond": cond})[0]
+        report[f"batch_{batch}"] = {
+            "max_abs": float(np.abs(got - ref).max()),
+            "agreement": float(np.mean((got >= threshold) == (ref >= threshold)))}
+    return report
+
+
+def structural_section(net, payload, path, checkpoint, parity):
+    """The manifest's ``structural`` section (module doc)."""
+    inputs, outputs = io_records(onnx.load(str(path)))
+    training = dict(payload.get("training") or {})
+    return {
+        "file": GRAPH_FILE, "sha256": sha256_file(path), "inputs": inputs, "outputs": outputs,
+        "input": {"height": net.height, "width": net.width,
+                  "image": "light-background cut-out turned q-arm down by the called polarity, "
+                           "white outside its mask, cropped to the mask, fitted into height x "
+                           "width keeping aspect, centred on white; (255 - x) / 255",
+                  "cond": "24-way one-hot of the called type, then log(mask height / the "
+                          "cell's median mask height)"},
+        "threshold": float(payload["threshold"]),
+        "flag": "score >= threshold",
+        "target_specificity": payload.get("target_specificity"),
+        "validation": payload.get("validation"),
+        "training": training,
+        "network": {**net.spec(), "parameters": int(sum(p.numel() for p in net.parameters()))},
+        "parity": {"batches": parity, "tolerance_abs": PROBABILITY_TOLERANCE},
+        "producer": producer_versions(),
+        "source": {"kind": "checkpoint", "path": str(checkpoint),
+                   "sha256": sha256_file(checkpoint)},
+    }
+
+
+def export_structural(checkpoint, model_dir, threads=0, log=print):
+    """Add ``checkpoint``'s network to ``model_dir`` (module doc); returns the section."""
+    manifest = load_manifest(model_dir)
+    net, payload = load_structural(checkpoint)
+    if "threshold" not in payload:
+        raise ExportError(f"{checkpoint}: no threshold (an unfinished run's last.pt?); export "
+                          "the structural.pt that 'vfinfer train-structural' writes at the end")
+    model_dir = Path(model_dir)
+    tmp = model_dir / f".{GRAPH_FILE}.tmp"
+    try:
+        image, cond = random_inputs(net, 2)
+        _export_graph(StructuralExport(net).eval(),
+                      (torch.from_numpy(image), torch.from_numpy(cond)),
+                      (["image", "cond"], ["score"]), tmp)
+        parity = check_parity(net, tmp, float(payload["threshold"]), threads=threads)
+        log("parity (ONNX Runtime vs PyTorch): " + ", ".join(
+            f"{k}: max abs {v['max_abs']:.1e}, agreement {v['agreement']:.2%}"
+            for k, v in parity.items()))
+        worst = max(v["max_abs"] for v in parity.values())
+        if worst > PROBABILITY_TOLERANCE:
+            raise ExportError(f"parity check failed: max abs error {worst:.2e} > "
+                              f"{PROBABILITY_TOLERANCE:.0e}")
+        section = structural_section(net, payload, tmp, checkpoint, parity)
+        os.replace(tmp, model_dir / GRAPH_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    data = manifest.data
+    data["structural"] = section
+    write_json_atomic(manifest.path, data)
+    return section
