@@ -35,6 +35,11 @@ def threshold_for_specificity(normal_scores, specificity):
     return float(np.nextafter(np.float32(ordered[allowed]), np.float32(np.inf)))
 
 
+def _rounded(value):
+    """``value`` rounded to 4 places, None for nan (JSON has no nan)."""
+    return None if value != value else round(float(value), 4)
+
+
 def _rate(flags):
     return round(float(np.mean(flags)), 4) if len(flags) else None
 
@@ -69,9 +74,9 @@ def validation_figures(scores, examples, threshold):
     table = sensitivity_table(aberrant, kinds, examples.size[labels], threshold)
     for name, lo, hi in SIZE_BINS:
         at = (examples.size[labels] >= lo) & (examples.size[labels] < hi)
-        table["by_size"][name]["auc_vs_normals"] = round(roc_auc(
-            np.r_[normal, aberrant[at]], np.r_[np.zeros(len(normal)), np.ones(at.sum())]), 4)
+        table["by_size"][name]["auc_vs_normals"] = _rounded(roc_auc(
+            np.r_[normal, aberrant[at]], np.r_[np.zeros(len(normal)), np.ones(at.sum())]))
     return {"threshold": threshold, "n_normal": int(len(normal)),
-            "n_aberrant": int(len(aberrant)), "auc": round(roc_auc(scores, labels), 4),
+            "n_aberrant": int(len(aberrant)), "auc": _rounded(roc_auc(scores, labels)),
             "specificity": round(float(np.mean(normal < threshold)), 4),
             "sensitivity": round(float(np.mean(aberrant >= threshold)), 4), **table}

@@ -157,7 +157,8 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
         history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_auc": figures["auc"],
                         "val_sensitivity": figures["sensitivity"],
                         "seconds": round(time.perf_counter() - started, 1)})
-        log(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, validation AUC {figures['auc']:.4f}, "
+        log(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, validation AUC "
+            f"{figures['auc'] or 0:.4f}, "
             f"sensitivity at {SPECIFICITY:.0%} specificity {figures['sensitivity']:.3f} "
             f"({time.perf_counter() - started:.0f} s)")
         save_structural(net, out / "last.pt", {"epoch": epoch + 1})
@@ -175,7 +176,7 @@ def _finish(net, out, val, record, history, run, log):
     figures = validation_figures(scores, val, threshold)
     log(f"threshold {threshold:.6f} (target specificity {SPECIFICITY:.0%}): validation "
         f"specificity {figures['specificity']:.4f}, sensitivity {figures['sensitivity']:.4f}, "
-        f"AUC {figures['auc']:.4f}")
+        f"AUC {figures['auc'] or 0:.4f}")
     path = out / "structural.pt"
     save_structural(net, path, {
         "threshold": threshold, "target_specificity": SPECIFICITY, "validation": figures,

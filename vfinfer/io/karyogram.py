@@ -73,10 +73,7 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
     Returns an H x W x 3 uint8 BGR image.  Raises ValueError on inconsistent input.
     """
     images, types, polarities, flags = _validate(images, types, polarities, low_confidence)
-    marks = [False] * len(images) if structural is None else [bool(f) for f in structural]
-    if len(marks) != len(images):
-        raise ValueError(f"render_karyogram: got {len(images)} images but {len(marks)} "
-                         "structural flags")
+    marks = _structural_marks(structural, len(images))
     title = _ascii(title or "")
     notes = [_ascii(n) for n in ([notes] if isinstance(notes, str) else list(notes or ()))]
 
@@ -189,6 +186,15 @@ def _validate(images, types, polarities, low_confidence):
         out_types.append(ti)
         out_pol.append(int(p))
     return out_images, out_types, out_pol, [bool(f) for f in flags]
+
+
+def _structural_marks(structural, n):
+    """One bool per image from ``structural`` (None: no marks); ValueError on a count other
+    than ``n``."""
+    marks = [False] * n if structural is None else [bool(f) for f in structural]
+    if len(marks) != n:
+        raise ValueError(f"render_karyogram: got {n} images but {len(marks)} structural flags")
+    return marks
 
 
 def _as_gray(img, i):

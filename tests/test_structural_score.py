@@ -1,0 +1,276 @@
+"""The structural score: its metrics, training on synthetic chromosomes, the ONNX export with
+parity and the manifest section, the runtime's scores, flags and warnings, the karyogram's
+mark, "not screened" without the section, and ``vfinfer run`` end to end. Synthetic
+chromosomes only; the network is tiny so that everything runs in seconds."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vfinfer.cli import main
+from vfinfer.io.karyogram import render_karyogram
+from vfinfer.model.classes import type_index
+from vfinfer.model.manifest import ModelDirError, demo_model_dir, sha256_file
+from vfinfer.pipeline import Pipeline
+from vfinfer.pipeline.result import NOT_SCREENED
+from vfinfer.pipeline.structural import fit_canvas, structural_crop, structural_inputs
+from vfinfer.tools.synthesis.cells import render_chromosome, write_cases
+from vfinfer.util.images import read_gray8
+
+ISCN_MARKS = ("del(", "dup(", "inv(", "t(", "i(", "der(")
+
+
+def _red(picture):
+    """Pixels drawn in the karyogram's red (BGR 0, 0, 255, anti-aliased)."""
+    if picture.ndim == 2:
+        return np.zeros(picture.shape, bool)
+    b, g, r = (picture[..., k].astype(int) for k in range(3))
+    return (r > 200) & (g < 80) & (b < 80)
+
+
+# -- pure functions -----------------------------------------------------------------------------
+def test_auc_and_threshold_for_specificity():
+    metrics = pytest.importorskip("vfinfer_export.structural_metrics")
+    labels = np.r_[np.zeros(5), np.ones(5)]
+    assert metrics.roc_auc(np.arange(10.0), labels) == 1.0
+    assert metrics.roc_auc(-np.arange(10.0), labels) == 0.0
+    assert metrics.roc_auc(np.ones(10), labels) == 0.5
+    normals = np.linspace(0, 1, 200).astype(np.float32)  # scores are float32
+    threshold = metrics.threshold_for_specificity(normals, 0.99)
+    assert (normals >= threshold).sum() == 2  # 1 % of 200
+    third = np.sort(normals)[-3]
+    assert 0 < threshold - third < 1e-6  # the lowest such threshold: just above the third
+
+
+def test_inputs_crop_fit_and_condition():
+    image = render_chromosome(4, np.random.default_rng(0))
+    padded = np.pad(image, 20, constant_values=255)
+    padded[2, 2] = 0  # a speck outside the chromosome is whitened by the mask
+    crop = structural_crop(padded)
+    assert crop.shape[0] <= image.shape[0] and crop.shape[1] <= image.shape[1]  # no speck
+    assert crop.min() < 200 and (crop[0] < 255).any() and (crop[-1] < 255).any()
+    canvas = fit_canvas(crop, 48, 16)
+    assert canvas.shape == (48, 16) and canvas.dtype == np.uint8
+    long = cv2.resize(image, (image.shape[1], 2 * image.shape[0]))  # twice its length
+    x, cond = structural_inputs([image, long, image], [4, 4, 4], 48, 16)
+    assert x.shape == (3, 1, 48, 16) and cond.shape == (3, 25)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x[0, 0, 0, 0] == 0.0  # white is 0
+    assert (cond[:, 4] == 1).all() and cond[:, :24].sum() == 3
+    assert cond[1, 24] == pytest.approx(np.log(2.0), abs=0.05) and cond[0, 24] == 0.0
+
+
+def test_karyogram_marks_flagged_chromosome():
+    rng = np.random.default_rng(1)
+    images = [render_chromosome(t, rng) for t in (0, 0, 4, 4)]
+    types, polarities, low = [0, 0, 4, 4], [1] * 4, [False] * 4
+    plain = render_karyogram(images, types, polarities, low)
+    marked = render_karyogram(images, types, polarities, low, structural=[False, False, True,
+                                                                        False])
+    assert not _red(plain).any()
+    red = _red(marked)
+    assert red.sum() > 50
+    ys, xs = np.nonzero(red[:plain.shape[0] - 200])  # the body: the marks, not the legend
+    assert xs.max() > plain.shape[1] * 0.6  # chromosome 5 sits in the right group of row 1
+    with pytest.raises(ValueError, match="structural flags"):
+        render_karyogram(images, types, polarities, low, structural=[True])
+
+
+def test_model_without_section_is_not_screened():
+    rng = np.random.default_rng(2)
+    images = [render_chromosome(t % 24, rng) for t in range(10)]
+    with Pipeline(demo_model_dir(), backend="ort") as pipe:
+        assert pipe.structural is None
+        result = pipe.run_case(images)
+    assert result["structural"] == {"screened": False, "note": NOT_SCREENED}
+    assert all("structural" not in row for row in result["chromosomes"])
+
+
+# -- trained and exported -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    """Two slides of synthetic normal cells."""
+    folder = tmp_path_factory.mktemp("cells")
+    write_cases("46,XY", folder, seed=11, cases=2)
+    write_cases("46,XX", folder, seed=12, cases=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(cells, tmp_path_factory):
+    """A tiny structural net trained for one epoch on the synthetic cells."""
+    pytest.importorskip("torch")
+    from vfinfer_export.structural_data import ExampleOptions
+    from vfinfer_export.structural_model import StructuralNet
+    from vfinfer_export.structural_train import train_structural
+
+    net = StructuralNet(widths=(4, 8), hidden=8, height=32, width=16)
+    options = ExampleOptions(32, 16, normals_per_cell=12, aberrant_per_cell=4)
+    out = tmp_path_factory.mktemp("run")
+    path = train_structural(cells, out, epochs=1, seed=0, threads=1, val_share=0.5,
+                            options=options, net=net, log=lambda _: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(trained, tmp_path_factory):
+    """A copy of the demo model with the structural score added."""
+    from vfinfer_export.structural_export import export_structural
+
+    folder = tmp_path_factory.mktemp("model") / "demo"
+    shutil.copytree(demo_model_dir(), folder)
+    export_structural(trained, folder, threads=1, log=lambda _: None)
+    return folder
+
+
+def _with_threshold(model, tmp_path, threshold):
+    folder = tmp_path / "forced"
+    shutil.copytree(model, folder)
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    data["structural"]["threshold"] = threshold
+    path.write_text(json.dumps(data))
+    return folder
+
+
+def test_training_writes_threshold_and_validation(trained):
+    from vfinfer_export.structural_train import load_structural
+
+    net, payload = load_structural(trained)
+    val = payload["validation"]
+    assert 0.0 <= payload["threshold"] <= 1.0 and payload["target_specificity"] == 0.99
+    assert val["n_normal"] > 0 and val["n_aberrant"] > 0
+    assert val["specificity"] >= 0.99 or val["n_normal"] < 100
+    normals_flagged = round((1 - val["specificity"]) * val["n_normal"])
+    assert normals_flagged <= int(0.01 * val["n_normal"])
+    training = payload["training"]
+    assert training["val_cells"] == 1 and training["train_cells"] == 2
+    assert training["aberrations"]["size_min"] == 0.05 and len(training["history"]) == 1
+    assert net.spec() == {"widths": [4, 8], "hidden": 8, "height": 32, "width": 16}
+
+
+def test_export_parity_and_manifest_section(model, trained):
+    import onnxruntime as ort
+    import torch
+
+    from vfinfer_export.structural_export import random_inputs
+    from vfinfer_export.structural_train import load_structural
+
+    section = json.loads((model / "manifest.json").read_text())["structural"]
+    net, payload = load_structural(trained)
+    assert section["file"] == "structural.onnx"
+    assert section["sha256"] == sha256_file(model / "structural.onnx")
+    assert section["threshold"] == payload["threshold"]
+    assert section["validation"] == payload["validation"]
+    assert section["input"]["height"] == 32 and section["input"]["width"] == 16
+    assert [i["name"] for i in section["inputs"]] == ["image", "cond"]
+    assert set(section["parity"]["batches"]) == {"batch_1", "batch_7", "batch_46"}
+    for record in section["parity"]["batches"].values():
+        assert record["max_abs"] <= 1e-4 and record["agreement"] == 1.0
+    session = ort.InferenceSession(str(model / "structural.onnx"))
+    image, cond = random_inputs(net, 13, seed=5)
+    got = session.run(["score"], {"image": image, "cond": cond})[0]
+    with torch.no_grad():
+        ref = net.score(torch.from_numpy(image), torch.from_numpy(cond)).numpy()
+    assert got.shape == (13, 1) and np.abs(got - ref).max() < 1e-4
+
+
+def test_export_refuses_unfinished_checkpoint(trained, tmp_path):
+    from vfinfer_export.onnx_export import ExportError
+    from vfinfer_export.structural_export import export_structural
+
+    folder = tmp_path / "demo"
+    shutil.copytree(demo_model_dir(), folder)
+    with pytest.raises(ExportError, match="no threshold"):
+        export_structural(trained.parent / "last.pt", folder, log=lambda _: None)
+    assert not (folder / "structural.onnx").exists()
+    assert "structural" not in json.loads((folder / "manifest.json").read_text())
+
+
+def _cell_images(cells):
+    case = sorted(p for p in cells.iterdir() if p.is_dir())[0]
+    files = sorted(case.glob("*.png"))
+    return [read_gray8(f) for f in files], [f.name for f in files]
+
+
+def test_runtime_scores_conditioned_on_called_type(model, cells, trained):
+    import torch
+
+    from vfinfer_export.structural_train import load_structural
+
+    images, files = _cell_images(cells)
+    with Pipeline(model, backend="ort") as pipe:
+        result = pipe.run_case(images, files=files)
+        threshold = pipe.structural.threshold
+    rows = result["chromosomes"]
+    scores = np.array([row["structural"]["score"] for row in rows])
+    assert result["structural"]["screened"] is True and result["structural"]["threshold"] == \
+        threshold
+    assert all(row["structural"]["flagged"] == (row["structural"]["score"] >= threshold)
+               for row in rows)
+    assert "structural" in result["timing_ms"]
+    types = [type_index(row["type"]) for row in rows]
+    x, cond = structural_inputs(images, types, 32, 16)  # demo model: polarity q-arm down
+    net, _ = load_structural(trained)
+    with torch.no_grad():
+        ref = net.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
+    np.testing.assert_allclose(scores, ref, atol=1e-5)
+    other = [(t + 1) % 24 for t in types]  # another type: another score
+    with torch.no_grad():
+        moved = net.score(torch.from_numpy(x), torch.from_numpy(
+            structural_inputs(images, other, 32, 16)[1])).numpy()[:, 0]
+    assert np.abs(moved - scores).max() > 1e-4
+
+
+def test_flag_above_threshold_warns(model, cells, tmp_path):
+    images, files = _cell_images(cells)
+    with Pipeline(model, backend="ort") as pipe:
+        scores = [r["structural"]["score"] for r in pipe.run_case(images, files=files)
+                  ["chromosomes"]]
+    top = np.sort(scores)
+    assert top[-2] - top[-3] > 1e-5  # scores of a trained net differ
+    threshold = float(top[-3] + top[-2]) / 2  # the two highest scores reach it
+    with Pipeline(_with_threshold(model, tmp_path, threshold), backend="ort") as pipe:
+        result = pipe.run_case(images, files=files)
+    flagged = [r for r in result["chromosomes"] if r["structural"]["flagged"]]
+    assert len(flagged) == 2 and result["structural"]["flagged"] == 2
+    notes = [w for w in result["warnings"] if w.startswith("possible structural abnormality")]
+    assert len(notes) == 2
+    for row, note in zip(flagged, notes):
+        assert f"of chromosome {row['type']} ({row['file']}," in note and note.endswith("review")
+    assert not any(mark in w for w in result["warnings"] for mark in ISCN_MARKS)
+
+
+def test_changed_graph_is_refused(model, tmp_path):
+    folder = tmp_path / "changed"
+    shutil.copytree(model, folder)
+    with open(folder / "structural.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelDirError, match="sha256 differs"):
+        Pipeline(folder, backend="ort")
+
+
+def test_cli_export_and_run_end_to_end(trained, cells, tmp_path):
+    folder = tmp_path / "demo"
+    shutil.copytree(demo_model_dir(), folder)
+    runner = CliRunner()
+    done = runner.invoke(main, ["export-structural", str(trained), "--model", str(folder)])
+    assert done.exit_code == 0, done.output
+    assert "parity (ONNX Runtime vs PyTorch)" in done.output and "added structural.onnx" in \
+        done.output
+    forced = _with_threshold(folder, tmp_path, 0.0)  # every chromosome flagged
+    case = sorted(p for p in cells.iterdir() if p.is_dir())[0]
+    out = tmp_path / "out"
+    done = runner.invoke(main, ["run", str(case), "--model", str(forced), "--out", str(out),
+                                "--backend", "ort"])
+    assert done.exit_code == 0, done.output
+    result = json.loads((out / case.name / "result.json").read_text())
+    assert all(row["structural"]["flagged"] for row in result["chromosomes"])
+    picture = cv2.imread(str(out / case.name / "karyogram.png"), cv2.IMREAD_UNCHANGED)
+    assert picture.ndim == 3 and _red(picture).sum() > 46 * 20
+    missing = runner.invoke(main, ["export-structural", str(tmp_path / "nope.pt"), "--model",
+                                   str(folder)])
+    assert missing.exit_code != 0 and "checkpoint file not found" in missing.output
