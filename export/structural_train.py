@@ -28,10 +28,10 @@ import torch
 from torch.nn import functional as F
 
 from vfinfer.io.labels import read_labels
+from vfinfer.tools.evaluation.structural import threshold_for_specificity, validation_figures
 from vfinfer.util.atomic import write_atomic
 
 from .structural_data import ExampleOptions, make_examples, split_cells
-from .structural_metrics import threshold_for_specificity, validation_figures
 from .structural_model import StructuralNet
 
 SPECIFICITY = 0.99

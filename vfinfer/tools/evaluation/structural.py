@@ -1,5 +1,6 @@
 """Figures of the structural score: ROC AUC, the threshold for a specificity, sensitivity per
-kind and size bin. Pure numpy; ``benchmarks/structural_eval.py`` uses them too."""
+kind and size bin (pure numpy): used by ``vfinfer train-structural`` and
+``benchmarks/structural_eval.py``."""
 
 import numpy as np
 
