@@ -5,10 +5,11 @@
 
 The labelled cells are split by slide: ``val_share`` of the slides are held out for
 validation. Training examples (``structural_data``): the normal chromosomes of the training
-cells and synthetic aberrations of them, made once before the first epoch; validation
-examples likewise from the held-out slides with another seed. Each epoch shuffles the
-examples and flips each canvas left-right at random with a random gain on its darkness;
-binary cross-entropy, Adam, cosine decay of the learning rate to 5 %.
+cells and synthetic aberrations of them, made anew for each epoch (seed + epoch: other
+aberrations, other normals drawn); validation examples likewise from the held-out slides,
+once, with another seed. Each epoch shuffles the examples and flips each canvas left-right
+at random with a random gain on its darkness; binary cross-entropy, Adam, cosine decay of the
+learning rate to 5 %.
 
 Each epoch writes ``OUT/last.pt`` (atomic) and ``OUT/history.json``. The end chooses the
 threshold: the lowest score that flags at most ``1 - specificity`` of the normal validation
@@ -107,7 +108,7 @@ def _epoch(net, optimizer, examples, rng, step, total, lr):
 
 
 def _data(data_dir, labels_csv, seed, val_share, options, workers, log):
-    """(train examples, validation examples, the data record)."""
+    """(train cells, their first epoch's examples, validation examples, the data record)."""
     labels = read_labels(data_dir, labels_csv)
     train_cells, val_cells = split_cells(labels, val_share, seed)
     started = time.perf_counter()
@@ -130,7 +131,7 @@ def _data(data_dir, labels_csv, seed, val_share, options, workers, log):
                         "per_cell": options.aberrant_per_cell},
         "normals_per_cell": options.normals_per_cell or "all",
     }
-    return train, val, record
+    return train_cells, train, val, record
 
 
 def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threads=0,
@@ -143,13 +144,16 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
     options = options or ExampleOptions(net.height, net.width)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, val, record = _data(data_dir, labels_csv, seed, val_share, options,
-                               max(1, int(threads or 1)), log)
+    workers = max(1, int(threads or 1))
+    train_cells, train, val, record = _data(data_dir, labels_csv, seed, val_share, options,
+                                            workers, log)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     rng, step, history = np.random.default_rng(seed), 0, []
     total = epochs * math.ceil(len(train) / BATCH)
     started = time.perf_counter()
     for epoch in range(epochs):
+        if epoch:  # new aberrations (and normals drawn) each epoch
+            train = make_examples(train_cells, seed + epoch, options, workers)
         loss, step = _epoch(net, optimizer, train, rng, step, total, lr)
         scores = predict(net, val.canvas, val.cond)
         figures = validation_figures(scores, val, threshold_for_specificity(
