@@ -130,9 +130,9 @@ def pr_png(scores, positive, threshold, title, size=560):
     if at:
         cv2.circle(img, xy(recall[at - 1], precision[at - 1]), 6, (30, 120, 230), 2,
                    cv2.LINE_AA)
-    for text, org in ((title, (margin, 30)), ("recall (sensitivity)", (margin + size // 2 - 70,
+    for text, org in ((title, (margin, 20)), ("recall (sensitivity)", (margin + size // 2 - 70,
                                                                        top + size + 48)),
-                      ("precision", (5, top - 10))):
+                      ("precision", (5, top - 6))):
         cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.5, (40, 40, 40), 1, cv2.LINE_AA)
     return encode_png(img, what="the PR curve")
 
