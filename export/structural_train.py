@@ -20,6 +20,7 @@ chromosomes, records the validation figures at it, and writes ``OUT/structural.p
 import io
 import json
 import math
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -56,8 +57,10 @@ def load_structural(path):
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
         net = StructuralNet(**payload["spec"])
         net.load_state_dict(payload["state_dict"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a structural-score checkpoint ({exc})") from None
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError,
+            pickle.UnpicklingError) as exc:
+        reason = str(exc).split(".")[0]
+        raise ValueError(f"{path}: not a structural-score checkpoint ({reason})") from None
     return net.eval(), payload
 
 
@@ -142,11 +145,11 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
     torch.manual_seed(seed)
     net = net or StructuralNet()
     options = options or ExampleOptions(net.height, net.width)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     workers = max(1, int(threads or 1))
     train_cells, train, val, record = _data(data_dir, labels_csv, seed, val_share, options,
                                             workers, log)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     rng, step, history = np.random.default_rng(seed), 0, []
     total = epochs * math.ceil(len(train) / BATCH)

@@ -274,3 +274,7 @@ def test_cli_export_and_run_end_to_end(trained, cells, tmp_path):
     missing = runner.invoke(main, ["export-structural", str(tmp_path / "nope.pt"), "--model",
                                    str(folder)])
     assert missing.exit_code != 0 and "checkpoint file not found" in missing.output
+    (tmp_path / "not.pt").write_text("{}")
+    bad = runner.invoke(main, ["export-structural", str(tmp_path / "not.pt"), "--model",
+                               str(folder)])
+    assert bad.exit_code == 1 and "not a structural-score checkpoint" in bad.output
