@@ -136,6 +136,7 @@ def _with_threshold(model, tmp_path, threshold):
     return folder
 
 
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_training_writes_threshold_and_validation(trained):
     from vfinfer_export.structural_train import load_structural
 
@@ -152,6 +153,7 @@ def test_training_writes_threshold_and_validation(trained):
     assert net.spec() == {"widths": [4, 8], "hidden": 8, "height": 32, "width": 16}
 
 
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_export_parity_and_manifest_section(model, trained):
     import onnxruntime as ort
     import torch
@@ -178,6 +180,7 @@ def test_export_parity_and_manifest_section(model, trained):
     assert got.shape == (13, 1) and np.abs(got - ref).max() < 1e-4
 
 
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_export_refuses_unfinished_checkpoint(trained, tmp_path):
     from vfinfer_export.onnx_export import ExportError
     from vfinfer_export.structural_export import export_structural
@@ -196,6 +199,7 @@ def _cell_images(cells):
     return [read_gray8(f) for f in files], [f.name for f in files]
 
 
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_runtime_scores_conditioned_on_called_type(model, cells, trained):
     import torch
 
@@ -225,6 +229,7 @@ def test_runtime_scores_conditioned_on_called_type(model, cells, trained):
     assert np.abs(moved - scores).max() > 1e-4
 
 
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_flag_above_threshold_warns(model, cells, tmp_path):
     images, files = _cell_images(cells)
     with Pipeline(model, backend="ort") as pipe:
@@ -244,6 +249,7 @@ def test_flag_above_threshold_warns(model, cells, tmp_path):
     assert not any(mark in w for w in result["warnings"] for mark in ISCN_MARKS)
 
 
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_changed_graph_is_refused(model, tmp_path):
     folder = tmp_path / "changed"
     shutil.copytree(model, folder)
@@ -253,6 +259,7 @@ def test_changed_graph_is_refused(model, tmp_path):
         Pipeline(folder, backend="ort")
 
 
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_cli_export_and_run_end_to_end(trained, cells, tmp_path):
     folder = tmp_path / "demo"
     shutil.copytree(demo_model_dir(), folder)
