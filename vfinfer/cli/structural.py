@@ -22,6 +22,26 @@ def _structural_side(module):
              "pip install torch==2.13.0 && pip install -e '.[export]'")
 
 
+def _canvas(_ctx, _param, value):
+    try:
+        height, width = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give HEIGHTxWIDTH, e.g. 96x32") from None
+    if height < 16 or width < 16:
+        raise click.BadParameter(f"{value!r}: at least 16x16")
+    return height, width
+
+
+def _widths(_ctx, _param, value):
+    try:
+        widths = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give channel counts, e.g. 16,32,48,64") from None
+    if not widths or min(widths) < 1:
+        raise click.BadParameter(f"{value!r}: give positive channel counts")
+    return widths
+
+
 @main.command("train-structural")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_csv", default=None, type=click.Path(path_type=Path),
@@ -42,9 +62,13 @@ def _structural_side(module):
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.option("--size-max", default=0.4, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--canvas", default="96x32", show_default=True, callback=_canvas,
+              help="HEIGHTxWIDTH of the canvas each chromosome is fitted into.")
+@click.option("--widths", default="16,32,48,64", show_default=True, callback=_widths,
+              help="Channels of the conv blocks (each halves the canvas).")
 @one_line_errors
 def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
-                     aberrant_per_cell, size_min, size_max):
+                     aberrant_per_cell, size_min, size_max, canvas, widths):
     """Train the structural score on labelled normal cells against synthetic aberrations of
     their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
     normal chromosomes of held-out slides)."""
@@ -54,7 +78,7 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
     from vfinfer_export.structural_data import ExampleOptions
     from vfinfer_export.structural_model import StructuralNet
 
-    net = StructuralNet()
+    net = StructuralNet(widths=widths, height=canvas[0], width=canvas[1])
     options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
                              normals_per_cell=normals_per_cell,
                              aberrant_per_cell=aberrant_per_cell)
