@@ -3,6 +3,7 @@ parity and the manifest section, the runtime's scores, flags and warnings, the k
 mark, "not screened" without the section, and ``vfinfer run`` end to end. Synthetic
 chromosomes only; the network is tiny so that everything runs in seconds."""
 
+import csv
 import json
 import shutil
 
@@ -87,6 +88,10 @@ def test_model_without_section_is_not_screened():
         result = pipe.run_case(images)
     assert result["structural"] == {"screened": False, "note": NOT_SCREENED}
     assert all("structural" not in row for row in result["chromosomes"])
+    from vfinfer.io.results import result_csv
+
+    table = list(csv.DictReader(result_csv(result).splitlines()))
+    assert table[0]["structural_score"] == "" and table[0]["structural_flagged"] == ""
 
 
 # -- trained and exported -----------------------------------------------------------------------
@@ -276,6 +281,11 @@ def test_cli_export_and_run_end_to_end(trained, cells, tmp_path):
     assert done.exit_code == 0, done.output
     result = json.loads((out / case.name / "result.json").read_text())
     assert all(row["structural"]["flagged"] for row in result["chromosomes"])
+    with open(out / case.name / "result.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["structural_flagged"] for r in table] == ["1"] * len(table)
+    assert [float(r["structural_score"]) for r in table] == [
+        row["structural"]["score"] for row in result["chromosomes"]]
     picture = cv2.imread(str(out / case.name / "karyogram.png"), cv2.IMREAD_UNCHANGED)
     assert picture.ndim == 3 and _red(picture).sum() > 46 * 20
     missing = runner.invoke(main, ["export-structural", str(tmp_path / "nope.pt"), "--model",

@@ -18,7 +18,7 @@ from vfinfer.util.images import FAST_PNG, encode_png
 RESULT_FILES = ("result.json", "result.csv", "karyogram.png", "overlay.png")
 CSV_COLUMNS = ("file", "type", "type_prob", "type_before_dispatch", "low_confidence",
                "polarity", "polarity_prob", "top2", "top2_prob", "box_x0", "box_y0",
-               "box_x1", "box_y1")
+               "box_x1", "box_y1", "structural_score", "structural_flagged")
 
 
 
@@ -33,9 +33,12 @@ def result_csv(result):
     writer.writerow(CSV_COLUMNS)
     for c in result["chromosomes"]:
         second = c["top3"][1] if len(c["top3"]) > 1 else ["", ""]
+        structural = c.get("structural")  # empty columns: not screened
         writer.writerow([c["file"], c["type"], c["type_prob"], c["type_before_dispatch"],
                          int(c["low_confidence"]), c["polarity"], c["polarity_prob"],
-                         second[0], second[1], *c["box"]])
+                         second[0], second[1], *c["box"],
+                         structural["score"] if structural else "",
+                         int(structural["flagged"]) if structural else ""])
     return buffer.getvalue()
 
 
