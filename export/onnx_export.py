@@ -52,6 +52,18 @@ class ExportError(RuntimeError):
     """Export or its checks failed; nothing was written at the destination."""
 
 
+def require_parity(parity, log, agreement=".4%"):
+    """Log one graph's parity ({shape or batch: {max_abs, agreement}}) and raise
+    ``ExportError`` when its worst max abs error is above ``PROBABILITY_TOLERANCE``."""
+    log("parity (ONNX Runtime vs PyTorch): " + ", ".join(
+        f"{k}: max abs {v['max_abs']:.1e}, agreement {v['agreement']:{agreement}}"
+        for k, v in parity.items()))
+    worst = max(v["max_abs"] for v in parity.values())
+    if worst > PROBABILITY_TOLERANCE:
+        raise ExportError(f"parity check failed: max abs error {worst:.2e} > "
+                          f"{PROBABILITY_TOLERANCE:.0e}")
+
+
 class _GExport(nn.Module):
     def __init__(self, gnet):
         super().__init__()

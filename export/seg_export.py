@@ -41,6 +41,7 @@ from .onnx_export import (
     _prepare_destination,
     _publish,
     producer_versions,
+    require_parity,
 )
 from .op_audit import audit_problems, op_audit
 from .seg_model import SegExport, macs_per_pixel
@@ -190,13 +191,7 @@ def export_seg(net, out_dir, source, training=None, overwrite=False, threads=0,
         if problems:
             raise ExportError("; ".join(problems))
         parity = check_parity(net, path, threads)
-        log("parity (ONNX Runtime vs PyTorch): " + ", ".join(
-            f"{k}: max abs {v['max_abs']:.1e}, agreement {v['agreement']:.4%}"
-            for k, v in parity.items()))
-        worst = max(v["max_abs"] for v in parity.values())
-        if worst > PROBABILITY_TOLERANCE:
-            raise ExportError(f"parity check failed: max abs error {worst:.2e} > "
-                              f"{PROBABILITY_TOLERANCE:.0e}")
+        require_parity(parity, log)
         fp16_record = _fp16_graph(path, tmp / "seg_fp16.onnx",
                                   _calibration_feeds(calib_images, spec))
         log(f"FP16 graph: {len(fp16_record['kept_fp32'])} nodes kept FP32, max abs vs FP32 "

@@ -23,7 +23,13 @@ from vfinfer.model.manifest import load_manifest, sha256_file, write_json_atomic
 from vfinfer.pipeline.structural import COND_SIZE
 from vfinfer.tools.precision.onnx_graph import io_records
 
-from .onnx_export import PROBABILITY_TOLERANCE, ExportError, _export_graph, producer_versions
+from .onnx_export import (
+    PROBABILITY_TOLERANCE,
+    ExportError,
+    _export_graph,
+    producer_versions,
+    require_parity,
+)
 from .structural_model import StructuralExport
 from .structural_train import load_structural
 
@@ -98,13 +104,7 @@ def export_structural(checkpoint, model_dir, threads=0, log=print):
                       (torch.from_numpy(image), torch.from_numpy(cond)),
                       (["image", "cond"], ["score"]), tmp)
         parity = check_parity(net, tmp, float(payload["threshold"]), threads=threads)
-        log("parity (ONNX Runtime vs PyTorch): " + ", ".join(
-            f"{k}: max abs {v['max_abs']:.1e}, agreement {v['agreement']:.2%}"
-            for k, v in parity.items()))
-        worst = max(v["max_abs"] for v in parity.values())
-        if worst > PROBABILITY_TOLERANCE:
-            raise ExportError(f"parity check failed: max abs error {worst:.2e} > "
-                              f"{PROBABILITY_TOLERANCE:.0e}")
+        require_parity(parity, log, agreement=".2%")
         section = structural_section(net, payload, tmp, checkpoint, parity)
         os.replace(tmp, model_dir / GRAPH_FILE)
     finally:

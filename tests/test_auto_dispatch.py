@@ -113,7 +113,7 @@ def test_demo_model_calls_the_trisomy_with_auto(tmp_path):
     assert done.exit_code == 0, done.output
     lines = done.output.splitlines()
     assert lines[1] == ("dispatch optimal (auto: uncalibrated default parameters, exact "
-                        "karyotypes none 0.80 / paper 0.90 / optimal 1.00 on its 40 "
+                        "karyotypes none 0.90 / paper 0.90 / optimal 1.00 on its 40 "
                         "validation cells)")
     assert f"{case.name}: 47 chromosomes, 47,XY,+21," in done.output
     result = json.loads((tmp_path / "out" / case.name / "result.json").read_text())

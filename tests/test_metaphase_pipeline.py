@@ -2,6 +2,8 @@
 segmentation model and the demo classifier through the runtime, no torch loaded, an image
 without chromosomes, threads sharing one pipeline."""
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -10,13 +12,24 @@ import pytest
 
 from vfinfer.calls.karyotype import parse_karyotype
 from vfinfer.calls.verdict import SEGMENTED_NOT_FITTED
+from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline.metaphase import MetaphasePipeline, NoChromosomesError
 from vfinfer.tools.synthesis.metaphases import render_metaphase
 
 
+def cut_out_figures_only(tmp_path):
+    """A copy of the demo classifier without its figures on segmented cells."""
+    model = tmp_path / "cut-outs-only"
+    shutil.copytree(demo_model_dir(), model)
+    data = json.loads((model / "manifest.json").read_text())
+    del data["domain_segmented"]
+    (model / "manifest.json").write_text(json.dumps(data))
+    return model
+
+
 def test_metaphase_to_result_through_the_runtime(tmp_path):
     image, _ = render_metaphase(7, "47,XY,+21", background="light")
-    with MetaphasePipeline() as mp:
+    with MetaphasePipeline(cut_out_figures_only(tmp_path)) as mp:
         result = mp.run_image(image, name="meta")
     assert result["segmentation"]["found"] == result["n_chromosomes"] >= 30
     first = result["chromosomes"][0]
@@ -24,8 +37,8 @@ def test_metaphase_to_result_through_the_runtime(tmp_path):
     x0, y0, x1, y1 = first["segment"]["box"]
     assert 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
     assert len(first["segment"]["polygon"]) >= 3
-    # the demo classifier's domain figures come from ready-made cut-outs: on segmented ones
-    # it withholds the karyotype, with that reason alone
+    # a classifier whose domain figures come from ready-made cut-outs only: on segmented
+    # ones it withholds the karyotype, with that reason alone
     verdict = result["verdict"]
     assert result["karyotype"] is None and verdict["karyotyped"] is False
     assert verdict["reasons"] == [SEGMENTED_NOT_FITTED]
@@ -43,6 +56,24 @@ def test_metaphase_to_result_through_the_runtime(tmp_path):
     withheld = verdict["withheld_karyotype"]  # what the dispatch called, for a reviewer
     assert parse_karyotype(withheld) is not None and withheld.split(",")[0].isdigit()
     assert {"segmentation", "instances", "cutouts"} <= set(result["timing_ms"])
+
+
+def test_the_demo_classifier_judges_segmented_cells_by_their_own_figures():
+    """The bundled demo classifier carries figures of segmented synthetic cells
+    (domain_segmented): a metaphase like them is karyotyped, and the verdict says by what."""
+    manifest = load_manifest(demo_model_dir())
+    assert manifest.segmented_domain["fitted_on"]["segmented"] is True
+    assert manifest.domain["fitted_on"]["segmented"] is False
+    image, _ = render_metaphase(7, "47,XY,+21", background="light")
+    with MetaphasePipeline() as mp:
+        result = mp.run_image(image, name="meta")
+    verdict = result["verdict"]
+    assert verdict["limits"] == manifest.segmented_domain["limits"]
+    assert SEGMENTED_NOT_FITTED not in verdict["reasons"]
+    assert verdict["karyotyped"] == (not verdict["reasons"])
+    if verdict["karyotyped"]:
+        assert verdict["text"] == "karyotyped: the cell is like the model's in-domain " \
+                                  "segmented cells"
 
 
 def test_runtime_path_loads_no_torch(tmp_path):

@@ -56,7 +56,7 @@ def test_domain_is_stored_with_its_limits(fitted):
 
 def test_in_domain_cells_are_karyotyped_and_a_trisomy_is_kept(fitted):
     model, _, (normal, trisomy) = fitted
-    with Pipeline(model) as pipe:
+    with Pipeline(model, dispatch_mode="optimal") as pipe:
         results = [pipe.run_case(read_case(d)[0], name=d.name) for d in (normal, trisomy)]
     assert [r["verdict"]["karyotyped"] for r in results] == [True, True]
     assert results[0]["karyotype"] == "46,XX" and results[1]["karyotype"] == "47,XY,+21"
@@ -207,7 +207,7 @@ def test_domain_with_labels_records_exact_karyotypes(fitted, tmp_path):
                           labels_csv=normal.parent / "labels.csv")
     exact = domain["karyotype_exact"]
     assert exact["cells"] == 2 and set(exact) == {"none", "paper", "optimal", "cells"}
-    assert exact["paper"] == 1.0  # the demo model calls 46,XX and 47,XY,+21 right
+    assert exact["optimal"] == 1.0  # the demo model calls 46,XX and 47,XY,+21 right
 
 
 def test_segmented_cells_need_a_domain_fitted_on_segmented_cells(fitted, tmp_path):
@@ -291,7 +291,7 @@ def test_metaphase_run_without_domain_figures_is_not_karyotyped(tmp_path):
     model = tmp_path / "plain"
     shutil.copytree(demo_model_dir(), model)
     data = json.loads((model / "manifest.json").read_text())
-    del data["domain"]
+    del data["domain"], data["domain_segmented"]
     (model / "manifest.json").write_text(json.dumps(data))
     image = demo_model_dir().parents[1] / "examples" / "metaphase-46XY.png"
     out = tmp_path / "out"

@@ -19,8 +19,9 @@ in-domain validation cells, stored in its manifest by ``vfinfer domain``
 * ``median_grain``: the median ``grain`` of the chromosomes (``vfinfer.util.geometry``: the
   mean difference between neighbouring pixels inside a chromosome, gray levels). Limit: the
   largest median seen times ``GRAIN_FACTOR``. A texture of noise is grainier than any banded
-  chromosome, and a network may still call it with confidence (the demo model named 46 blobs
-  of noise chromosome 6 at probability 0.99), so confidence alone cannot refuse it.
+  chromosome, and a network may still call it with confidence (a demo model trained on
+  synthetic cells called 46 blobs of random texture all chromosome 12, at a median
+  probability of 0.996), so confidence alone cannot refuse it.
 
 None of them depends on how many chromosomes were found or which types they got, so a real
 trisomy or loss is never suppressed by the verdict (measured on pki3's abnormal cells: README).
@@ -34,9 +35,9 @@ of mostly segmented cut-outs is refused unless ``vfinfer domain`` was run on seg
 (its manifest's ``domain_segmented`` section, or a ``domain`` section fitted on segmented
 cells: ``domain["fitted_on"]["segmented"]``); when it was, segmented cells are judged by the
 figures of segmented cells (``domain_for``), ready-made cut-outs by the ``domain`` section. A
-model without domain figures has not been checked
-on them either (on held-out metaphases a plain export reported 16 karyotypes, 15 of them wrong),
-so it refuses such cells too (``SEGMENTED_NO_DOMAIN``).
+model without domain figures has not been checked on them either (on held-out metaphases a
+plain export reported 16 karyotypes, 15 of them wrong), so it refuses such cells too
+(``SEGMENTED_NO_DOMAIN``).
 
 A model without domain figures (a fresh export, before ``vfinfer domain``) cannot be compared
 with its own cells, so one model-independent floor stands in: a cell is refused when more than
@@ -167,9 +168,10 @@ def _model_reasons(domain, dispatch_mode):
               and value >= MIN_EXACT_KARYOTYPES]
     advice = (f"--dispatch {max(better)[1]} got {max(better)[0]:.0%} right" if better
               else "the model needs more training or data")
+    cells = ("labelled in-domain segmented cells" if domain.get("fitted_on", {}).get("segmented")
+             else "labelled in-domain cells")
     return [f"this model's karyotypes with --dispatch {dispatch_mode} are not reliable: only "
-            f"{share:.0%} of its {exact.get('cells')} labelled in-domain cells came out exactly "
-            f"right; {advice}"]
+            f"{share:.0%} of its {exact.get('cells')} {cells} came out exactly right; {advice}"]
 
 
 def verdict_limits(domain):
