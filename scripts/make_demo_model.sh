@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo model (vfinfer/demo_model/) and the example cells (examples/) from
 # synthetic data only: no real-patient image is used. Takes about 40 minutes on 2 CPU cores.
-# Usage: scripts/make_demo_model.sh [WORK_DIR]   (needs: pip install -e ".[export]")
+# Usage: scripts/make_demo_model.sh [WORK_DIR]   (needs: pip install -e ".[export]"); then
+# scripts/make_demo_seg_model.sh, which adds this model's figures on segmented cells.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/vfinfer-demo}
@@ -29,7 +30,7 @@ if [ ! -f "$work/domain/labels.csv" ]; then
 fi
 vfinfer domain "$work"/domain/*/ --model vfinfer/demo_model --labels "$work/domain/labels.csv"
 
-rm -rf examples && mkdir examples
+rm -rf examples/syn* examples/labels.csv && mkdir -p examples
 vfinfer synth --karyotype "46,XX" --seed 9001 --out examples
 vfinfer synth --karyotype "47,XY,+21" --seed 9002 --out examples
 vfinfer synth --karyotype "45,X" --seed 9003 --out examples
