@@ -17,8 +17,8 @@ import numpy as np
 
 from vfinfer.io.labels import by_cell, cell_slides
 from vfinfer.pipeline.structural import conditions, fit_canvas, structural_crop
-from vfinfer.tools.synthesis.structural import KINDS, draw_aberration
-from vfinfer.tools.synthesis.structural_cases import SourceCell
+from vfinfer.tools.synthesis.structural import KINDS
+from vfinfer.tools.synthesis.structural_cases import SourceCell, draw_one
 
 MAX_TRIES = 20  # chromosomes and sizes tried per aberration
 
@@ -71,29 +71,14 @@ def split_cells(labels, val_share, seed):
 
 
 def _aberrations(source, rng, options):
-    """[(Aberration, its normal cell's index)] for up to ``aberrant_per_cell`` draws."""
-    made, used = [], set()
-    free = [i for i in range(len(source.items)) if source.changeable(i)]
+    """Up to ``aberrant_per_cell`` ``Aberration``s of the cell, each of a kind drawn from
+    ``options.kinds`` on chromosomes not changed before (``structural_cases.draw_one``)."""
+    changed = {}
     for _ in range(options.aberrant_per_cell):
         kind = options.kinds[int(rng.integers(len(options.kinds)))]
-        for _ in range(MAX_TRIES):
-            pool = [i for i in free if i not in used]
-            if not pool:
-                return made
-            first = pool[int(rng.integers(len(pool)))]
-            picked = [first]
-            if kind == "t":
-                others = [i for i in pool if source.items[i].type != source.items[first].type]
-                if not others:
-                    break
-                picked.append(others[int(rng.integers(len(others)))])
-            result = draw_aberration(kind, [source.profile(i) for i in picked], rng,
-                                     options.size_min, options.size_max)
-            if result:
-                used.update(picked)
-                made += [(a, i) for a, i in zip(result, picked)]
-                break
-    return made
+        changed.update(draw_one(source, changed, kind, rng,
+                                (options.size_min, options.size_max), MAX_TRIES) or {})
+    return list(changed.values())
 
 
 def cell_examples(name, items, seed, options):
@@ -106,7 +91,7 @@ def cell_examples(name, items, seed, options):
     if options.normals_per_cell and options.normals_per_cell < len(crops):
         chosen = sorted(rng.choice(len(crops), options.normals_per_cell, replace=False))
     pairs = [(crops[i], items[i].type, "", 0.0) for i in chosen]
-    for aberration, _ in _aberrations(source, rng, options):
+    for aberration in _aberrations(source, rng, options):
         pairs.append((structural_crop(aberration.image), aberration.chromosome_type - 1,
                       aberration.kind, aberration.size))
     canvas = np.stack([fit_canvas(c, options.height, options.width) for c, *_ in pairs])

@@ -157,7 +157,7 @@ def _aberrate(items, rng, kinds, sizes, per_cell, cell):
     source, changed = SourceCell(items), {}
     for _ in range(per_cell):
         kind = kinds[int(rng.integers(len(kinds)))]
-        made = _one(source, changed, kind, rng, sizes)
+        made = draw_one(source, changed, kind, rng, sizes)
         if made is None:
             raise ValueError(f"cell {cell}: no unchanged, straight, q-arm-down chromosome has "
                              f"room for a {kind} of size {sizes[0]}-{sizes[1]}")
@@ -165,10 +165,11 @@ def _aberrate(items, rng, kinds, sizes, per_cell, cell):
     return source, changed
 
 
-def _one(source, changed, kind, rng, sizes):
-    """``{index: Aberration}`` of one aberration of ``kind``, tried on up to ``MAX_TRIES``
+def draw_one(source, changed, kind, rng, sizes, tries=MAX_TRIES):
+    """``{index: Aberration}`` of one aberration of ``kind`` (``sizes``: min, max) on
+    chromosomes of the ``SourceCell`` not in ``changed``, tried on up to ``tries``
     chromosomes and sizes, or None."""
-    for _ in range(MAX_TRIES):
+    for _ in range(tries):
         picked = _pick(source, changed, kind, rng)
         if picked is None:
             return None
@@ -220,5 +221,5 @@ def _write_csv(path, header, rows):
     write_atomic(path, buf.getvalue().encode())
 
 
-__all__ = ["MAX_TRIES", "STRAIGHT_LIMIT", "STRUCTURAL_HEADER", "check_options",
+__all__ = ["MAX_TRIES", "STRAIGHT_LIMIT", "STRUCTURAL_HEADER", "check_options", "draw_one",
            "write_structural_cases"]
