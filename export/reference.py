@@ -96,12 +96,3 @@ class EagerTimer:
     def describe(self):
         return {"torch": torch.__version__, "threads": torch.get_num_threads(),
                 "weights": self.weights}
-
-
-def time_reference_pipeline(manifest, cases, threads, warmup_s, batch_size):
-    """Milliseconds per case of the eager pipeline on ``cases`` (lists of images), one after
-    the other after ``warmup_s`` seconds on the first: ``{"times_ms", "torch", "threads",
-    "weights"}``."""
-    timer = EagerTimer(manifest, threads, batch_size)
-    timer.warm_up(cases[0], warmup_s)
-    return {"times_ms": [timer(images) for images in cases], **timer.describe()}
