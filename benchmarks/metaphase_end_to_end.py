@@ -42,11 +42,13 @@ from split_metaphases import case_of  # noqa: E402
 
 from vfinfer.calls.karyotype import karyotype_summary, parse_karyotype  # noqa: E402
 from vfinfer.io.labelme import (  # noqa: E402
+    LabelmeError,
     list_labelme,
     polygon_masks,
     read_labelme,
     read_names,
 )
+from vfinfer.io.labelme import polygon_types as type_names_of  # noqa: E402
 from vfinfer.model.classes import TYPE_NAMES  # noqa: E402
 from vfinfer.pipeline import Pipeline  # noqa: E402
 from vfinfer.pipeline.metaphase import (  # noqa: E402
@@ -125,21 +127,15 @@ def classify(pipeline, segmenter, image, name):
     return result, segmented.cutouts
 
 
-def typed_polygons(metaphase):
-    """The polygons' types from their labels (``vfinfer synth-metaphase``'s labelling)."""
-    unknown = sorted({label for label in metaphase.labels if label not in TYPE_NAMES})
-    if unknown:
-        sys.exit(f"{metaphase.path}: polygon labels {unknown} are not type names; "
-                 "give --polygon-labels")
-    return list(metaphase.labels)
-
-
 def one_image(pipeline, segmenter, path, cases, polygon_types):
     """One metaphase's row; ``cases`` None: its polygons are labelled with their types."""
     metaphase = read_labelme(path)
     masks = polygon_masks(metaphase.polygons, metaphase.image.shape)
     if cases is None:
-        cell_images, types = [], typed_polygons(metaphase)
+        try:
+            cell_images, types = [], type_names_of(metaphase)
+        except LabelmeError as exc:
+            sys.exit(f"{exc}; give --polygon-labels")
         polygon_types = {path.name: types}
         truth = karyotype_summary([TYPE_NAMES.index(t) for t in types])[0]
     else:

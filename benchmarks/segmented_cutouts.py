@@ -44,6 +44,7 @@ from split_metaphases import case_of  # noqa: E402
 from vfinfer.io.labelme import (  # noqa: E402
     list_labelme,
     polygon_masks,
+    polygon_types,
     read_labelme,
     read_names,
 )
@@ -60,7 +61,7 @@ def cut_labelled(path, types, out_dir, slide):
     """Write the labelled polygons of one metaphase as cut-outs; their label rows. ``types``
     None: the polygons' own labels."""
     metaphase = read_labelme(path)
-    types = metaphase.labels if types is None else types
+    types = polygon_types(metaphase) if types is None else types
     background = detect_background(metaphase.image)
     masks = polygon_masks(metaphase.polygons, metaphase.image.shape)
     rows = []

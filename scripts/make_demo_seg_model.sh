@@ -36,13 +36,13 @@ python - "$work" <<'PY'
 import sys
 from pathlib import Path
 from vfinfer.calls.karyotype import karyotype_summary
-from vfinfer.io.labelme import read_labelme
+from vfinfer.io.labelme import polygon_types, read_labelme
 from vfinfer.model.classes import TYPE_NAMES
 from vfinfer.tools.evaluation.domain import domain_lines, store_domain
 
 work = Path(sys.argv[1])
 cells = sorted(p for p in (work / "segmented").iterdir() if p.is_dir())
-truth = {cell.name: karyotype_summary([TYPE_NAMES.index(t) for t in read_labelme(
-    work / "domain" / f"{cell.name}.json").labels])[0] for cell in cells}
+truth = {cell.name: karyotype_summary([TYPE_NAMES.index(t) for t in polygon_types(
+    read_labelme(work / "domain" / f"{cell.name}.json"))])[0] for cell in cells}
 print("\n".join(domain_lines(store_domain("vfinfer/demo_model", cells, labels_csv=truth))))
 PY

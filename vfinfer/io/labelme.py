@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vfinfer.model.classes import TYPE_NAMES
 from vfinfer.util.atomic import write_atomic
 from vfinfer.util.images import ImageReadError, _PathError, decode_gray8, encode_png, read_gray8
 
@@ -120,6 +121,16 @@ def read_names(path):
     the ``--list`` of the segmentation commands and the split files."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def polygon_types(metaphase):
+    """The type name (``1``-``22``, ``X``, ``Y``) of each polygon of ``metaphase``, from its
+    labels (``vfinfer synth-metaphase`` labels each polygon with its chromosome's type);
+    ``LabelmeError`` naming the file when a label is not a type name."""
+    unknown = sorted({str(label) for label in metaphase.labels if label not in TYPE_NAMES})
+    if unknown:
+        raise LabelmeError(metaphase.path, f"polygon labels {unknown} are not type names")
+    return list(metaphase.labels)
 
 
 def list_labelme(data_dir):
