@@ -19,9 +19,8 @@ in-domain validation cells, stored in its manifest by ``vfinfer domain``
 * ``median_grain``: the median ``grain`` of the chromosomes (``vfinfer.util.geometry``: the
   mean difference between neighbouring pixels inside a chromosome, gray levels). Limit: the
   largest median seen times ``GRAIN_FACTOR``. A texture of noise is grainier than any banded
-  chromosome, and a network may still call it with confidence (a demo model trained on
-  synthetic cells called 46 blobs of random texture all chromosome 12, at a median
-  probability of 0.996), so confidence alone cannot refuse it.
+  chromosome, and a network may still call it with confidence, so confidence alone cannot
+  be relied on to refuse it (``benchmarks/cell_grain.py``: cells' median grains).
 
 None of them depends on how many chromosomes were found or which types they got, so a real
 trisomy or loss is never suppressed by the verdict (measured on pki3's abnormal cells: README).
