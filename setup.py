@@ -8,7 +8,8 @@ setup(
     packages=find_packages(include=["vfinfer", "vfinfer.*"]) + ["vfinfer_export"],
     package_dir={"vfinfer_export": "export"},
     package_data={"vfinfer": ["demo_model/*.onnx", "demo_model/*.json",
-                              "demo_seg_model/*.onnx", "demo_seg_model/*.json"]},
+                              "demo_seg_model/*.onnx", "demo_seg_model/*.json",
+                              "serve/static/*.html"]},
     install_requires=[
         "numpy>=1.23",
         "opencv-python-headless>=4.8",

@@ -59,6 +59,7 @@ import torch
 from torch.nn import functional as F
 
 from vfinfer.io.labels import labels_path, read_labels
+from vfinfer.io.review import reviewed_labels
 from vfinfer.model.config import ModelConfig
 from vfinfer.model.config import preset as preset_config
 
@@ -307,7 +308,7 @@ def _fmt(value, spec):
 def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=None,
           batch_size=DEFAULT_BATCH, lr=DEFAULT_LR, lr_schedule="cosine", val_fraction=0.15,
           seed=0, resume=False, threads=None, limit=None, log=None, augment="paper",
-          balance=False, keep_best=False, init=None, device="cpu"):
+          balance=False, keep_best=False, init=None, device="cpu", corrections=()):
     """Train a Varifocal-Net with the four-step strategy; return the Path of OUT/model.pt.
 
     ``data_dir``: folder of the labels and images; ``labels``: the labels CSV (default
@@ -324,6 +325,8 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     sampling (``vfinfer_export.data.balanced_order``); ``keep_best``: each step ends on its best
     validation epoch; ``init``: a checkpoint or exported model directory whose weights the run
     starts from (both ``vfinfer_export.recipe``). ``device``: cpu | cuda | auto (module doc).
+    ``corrections``: directories of reviewed cases whose corrected calls are added to the
+    training data (``vfinfer.io.review.reviewed_labels``).
     """
     log = log or _stderr
     device = TrainDevice(device)  # before any work: --device cuda without CUDA fails here
@@ -339,6 +342,7 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
               "init": resolve_init(init) if init and not resuming else None}
     options = _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule,
                            val_fraction, seed, limit, recipe)
+    options["corrections"] = [str(path) for path in corrections]
     state, options = _resume(resume, last_path, options, epochs, log)
     config = ModelConfig.from_dict(options["config"])
     _seed_everything(options["seed"])
@@ -456,12 +460,13 @@ def _resume(resume, last_path, options, epochs, log):
         state = _load_resume(last_path)
         stored = {**RECIPE_DEFAULTS, "real_augment": REAL_AUGMENT,
                   **state["extra"]["options"]}
-        free = ("epochs", "data_dir", "labels", "init")
+        free = ("epochs", "data_dir", "labels", "init", "corrections")
         changed = sorted(k for k in options if k not in free and options[k] != stored.get(k))
         if changed:
             log(f"resume: using the checkpoint's {', '.join(changed)} (differ from the call)")
         return state, {**stored, "epochs": options["epochs"] if epochs else stored["epochs"],
-                       "data_dir": options["data_dir"], "labels": options["labels"]}
+                       "data_dir": options["data_dir"], "labels": options["labels"],
+                       "corrections": options["corrections"]}
     if resume:
         log(f"resume: {last_path} not found, starting a new run")
     return None, options
@@ -471,6 +476,10 @@ def _datasets(data_dir, labels, options, config, threads, state, last_path, log)
     """Training and validation sets, split by slide, and the split itself."""
     seed = options["seed"]
     records = read_labels(data_dir, labels)
+    for reviewed in options["corrections"]:
+        added = reviewed_labels(reviewed)
+        log(f"data: {len(added)} reviewed chromosome images from {reviewed}")
+        records += added
     if options["limit"] is not None and options["limit"] < len(records):
         keep = sorted(random.Random(seed).sample(range(len(records)), options["limit"]))
         records = [records[i] for i in keep]

@@ -26,6 +26,10 @@ from vfinfer.cli.options import (
               type=click.Path(path_type=Path), help="Results go to OUT/<case>/.")
 @dispatch_option()
 @click.option("--no-karyogram", is_flag=True, help="Skip karyogram.png.")
+@click.option("--keep-images", is_flag=True,
+              help="Also write the images as classified to OUT/<case>/images/ (a metaphase's "
+                   "cut-outs and the image itself): what the review page (vfinfer serve "
+                   "--cases OUT) and training on reviewed cases need.")
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
 @click.option("--patient-from", "patient_from", default=None, metavar="REGEX",
               help="Group cases by patient: the first group of REGEX in the case name (else "
@@ -45,7 +49,7 @@ from vfinfer.cli.options import (
 @seg_model_option
 @one_line_errors
 def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, dispatch_mode,
-        no_karyogram, overwrite, patient_from, sample_sheet, ray_address, ray_actors,
+        no_karyogram, keep_images, overwrite, patient_from, sample_sheet, ray_address, ray_actors,
         background, force_karyotype, seg_model):
     """Classify the chromosomes of each CASE_DIR (one cell per directory of cut-outs). A
     metaphase image file in place of a directory is segmented first (--seg-model) and
@@ -71,10 +75,12 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
                    echo=click.echo, progress=progress_bar, background=background,
                    force_karyotype=force_karyotype)
     if ray_address is not None:
+        if keep_images:
+            usage("--keep-images is not available with --ray (run those cases without it)")
         failed = _import_ray_run()(case_dirs, address=ray_address, actors=ray_actors,
                                    **options)
     else:
-        failed = run_cases(case_dirs, seg_model=seg_model, **options)
+        failed = run_cases(case_dirs, seg_model=seg_model, keep_images=keep_images, **options)
     if grouping:
         _write_patients(out_dir, names, sheet, patient_from, failed, overwrite)
     if failed:

@@ -69,6 +69,10 @@ def limit_options(command):
 @click.option("--token-file", type=click.Path(path_type=Path), default=None,
               help="File holding the token clients send as 'Authorization: Bearer <token>' "
                    "(health endpoints stay open for probes).")
+@click.option("--cases", "cases_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None,
+              help="Directory of reviewable cases (vfinfer run --keep-images output): serves "
+                   "the review page /review and /v1/cases, and keeps uploaded cases there.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0, 10_000),
               help="How long the dynamic batcher gathers concurrent cells.")
 @click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
@@ -78,12 +82,12 @@ def limit_options(command):
 @seg_model_option
 @one_line_errors
 def serve(model_dir, backend, precision, threads, batch_size, dispatch_mode, host, port,
-          token_file, max_wait_ms, max_batch, queue_size, timeout_s, max_body_mb, max_images,
-          max_pixels, max_request_pixels, max_inflight_mb, body_timeout, header_timeout,
-          allow_hosts,
+          token_file, cases_dir, max_wait_ms, max_batch, queue_size, timeout_s, max_body_mb,
+          max_images, max_pixels, max_request_pixels, max_inflight_mb, body_timeout,
+          header_timeout, allow_hosts,
           background, force_karyotype, seg_model):
     """Serve the model over HTTP: POST /v1/cells, /v1/cells:batch, /v1/metaphase, health,
-    /metrics."""
+    /metrics; with --cases, the review page /review."""
     server, limits_class = _import_server()
     if not server.is_loopback(host) and token_file is None:
         usage(f"--host {host} is not a loopback address: give --token-file so that only "
@@ -96,6 +100,7 @@ def serve(model_dir, backend, precision, threads, batch_size, dispatch_mode, hos
                           queue_size=queue_size, timeout_s=timeout_s)
     server.serve(host=host, port=port, token=token, limits=limits, max_wait_ms=max_wait_ms,
                  max_batch=max_batch, echo=click.echo, allow_hosts=allow_hosts,
+                 cases_dir=cases_dir,
                  model_dir=model_dir, backend=backend, threads=threads,
                  batch_size=batch_size, dispatch_mode=dispatch_mode, precision=precision,
                  background=background, force_karyotype=force_karyotype,

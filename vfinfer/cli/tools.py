@@ -192,12 +192,17 @@ def recipe_options(command):
               type=click.Choice(["none", "principal-axis", "hough"]),
               help="Turn every cut-out upright and crop it before the canvas, in training and "
                    "(recorded in the model) at run time: for cut-outs at any angle.")
+@click.option("--add-corrections", "corrections", multiple=True,
+              type=click.Path(path_type=Path, file_okay=False),
+              help="A directory of reviewed cases (vfinfer serve --cases, or vfinfer run "
+                   "--keep-images then reviewed) whose corrected calls join the training "
+                   "data (repeatable).")
 @recipe_options
 @device_option
 @one_line_errors
 def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
           epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit,
-          rotate_crop, size_norm, augment, balance, keep_best, init, device):
+          rotate_crop, corrections, size_norm, augment, balance, keep_best, init, device):
     """Train a model with the paper's four-step strategy (section II-C)."""
     import_export_side()
     device = training_device(device)
@@ -215,7 +220,8 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
                               batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                               val_fraction=val_fraction, seed=seed, resume=resume,
                               threads=threads, limit=limit, augment=augment, balance=balance,
-                              keep_best=keep_best, init=init, device=device)
+                              keep_best=keep_best, init=init, device=device,
+                              corrections=corrections)
     click.echo(f"wrote {model_path} in {(time.perf_counter() - started) / 60:.1f} min; export "
                f"it with: vfinfer export {model_path} --out engines/{preset}")
 
@@ -243,16 +249,30 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
               help="Abnormal cells simulated per normal cell for separate sensitivity "
                    "figures (gain, loss, sex variant in turn); 0: none.")
 @dispatch_option(" The figures cover all three modes; this one's verdict is counted.")
+@click.option("--reviewed", is_flag=True,
+              help="DATA_DIR holds reviewed cases (vfinfer serve --cases): score the model "
+                   "against their corrected calls instead of a labels CSV.")
 @one_line_errors
 def eval_(data_dir, labels_csv, model_dir, backend, precision, threads, batch_size, json_path,
-          flip_half, seed, patient_from, sample_sheet, simulate_per_cell, dispatch_mode):
+          flip_half, seed, patient_from, sample_sheet, simulate_per_cell, dispatch_mode,
+          reviewed):
     """Measure a model on labelled cells: Acc., F1, Acc. per Case (-D) as in the paper, and
     argmax / Algorithm 1 / optimal dispatch per cell and per patient."""
     from vfinfer.tools.evaluation.evaluate import evaluate
     from vfinfer.tools.evaluation.records import roc_paths, save_eval
     from vfinfer.tools.evaluation.report import format_report
 
-    results = evaluate(data_dir, labels_csv, model_dir=model_dir, backend=backend,
+    given = click.get_current_context().get_parameter_source("labels_csv")
+    if reviewed and given == click.core.ParameterSource.COMMANDLINE:
+        usage("give either --reviewed or --labels, not both")
+    labels = None
+    if reviewed:
+        from vfinfer.io.review import reviewed_labels
+
+        labels = reviewed_labels(data_dir)
+    results = evaluate(data_dir, None if reviewed else labels_csv, labels=labels,
+                       model_dir=model_dir,
+                       backend=backend,
                        threads=threads, batch_size=batch_size, precision=precision,
                        flip_half=flip_half, seed=seed, log=_log, patient_from=patient_from,
                        sample_sheet=sample_sheet, simulate=simulate_per_cell,

@@ -91,7 +91,10 @@ def write_case(out_root, result, images=None, overwrite=False, extra_files=None)
     temps = {}
     try:
         for name, data in files.items():
-            fd, temps[name] = tempfile.mkstemp(dir=case_dir, prefix=f".{name}.", suffix=".tmp")
+            target = case_dir / name  # a name may sit in a sub-folder (images/...)
+            target.parent.mkdir(exist_ok=True)
+            fd, temps[name] = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                               suffix=".tmp")
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

@@ -83,7 +83,7 @@ def load_case(case_dir, out_dir, overwrite, pipeline, segmenter=None):
     return LoadedCase(name, prepared, ignored)
 
 
-def save_result(case, result, out_dir, karyogram, overwrite):
+def save_result(case, result, out_dir, karyogram, overwrite, keep_images=False):
     """Write one result; returns (status, line). Never raises: a failure is that case's."""
     if case.ignored:
         shown = ", ".join(case.ignored[:5]) + (" ..." if len(case.ignored) > 5 else "")
@@ -91,6 +91,8 @@ def save_result(case, result, out_dir, karyogram, overwrite):
         result["warnings"].append(f"ignored {len(case.ignored)} non-image entries: {shown}")
     try:
         extra = _metaphase_extras(case, result)
+        if keep_images:
+            extra.update(kept_images(case))
         target = write_case(out_dir, result, case.images if karyogram else None, overwrite,
                             extra)
     except ResultExistsError as exc:
@@ -112,6 +114,15 @@ def _metaphase_extras(case, result):
     return {"overlay.png": result_overlay(result, case.segmented)}
 
 
+def kept_images(case):
+    """{"images/<name>": PNG} of the images as classified, and a metaphase's own image."""
+    from vfinfer.io.review import image_files
+
+    segmented = case.segmented
+    return image_files(case.prepared.files, case.images,
+                       None if segmented is None else segmented.gray)
+
+
 def case_line(result):
     """``case: 46 chromosomes, 46,XY, 0 warnings, 108 ms``, or the verdict's reasons."""
     n_warn = len(result["warnings"])
@@ -127,10 +138,12 @@ def case_line(result):
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="auto", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=print, progress=None, background="auto",
-              force_karyotype=False, seg_model=None):
+              force_karyotype=False, seg_model=None, keep_images=False):
     """Run every case; returns the names of the cases that failed (``run_with`` says what
     ``echo`` and ``progress`` are). Metaphase image files among ``case_dirs`` are segmented
-    by ``seg_model`` (a segmentation model directory, "classical", or None: the demo)."""
+    by ``seg_model`` (a segmentation model directory, "classical", or None: the demo).
+    ``keep_images``: also write the images as classified to OUT/<case>/images/ (what the
+    review page needs, ``vfinfer.io.review``)."""
     check_case_names(case_dirs)
     segmenter = None
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
@@ -146,7 +159,7 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
             echo(f"segmentation {segmenter.describe().get('dir', 'classical')}")
         try:
             counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite,
-                                      echo, progress, segmenter)
+                                      echo, progress, segmenter, keep_images)
         finally:
             if segmenter is not None:
                 segmenter.close()
@@ -163,7 +176,7 @@ def check_case_names(case_dirs):
 
 
 def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo=print,
-             progress=None, segmenter=None):
+             progress=None, segmenter=None, keep_images=False):
     """The cases through an open pipeline, reading, inference and writing overlapped.
 
     ``echo`` prints one line per case, in case order; ``progress(total)`` (optional) returns
@@ -171,6 +184,7 @@ def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo
     Returns ({"ok": n, "skipped": n, "failed": n}, names of the failed cases).
     """
     run = _BatchRun(pipeline, out_dir, karyogram, overwrite, echo)
+    run.keep_images = keep_images
     with ThreadPoolExecutor(1, "vfinfer-read") as reader, \
             ThreadPoolExecutor(1, "vfinfer-write") as writer:
         run.writer = writer
@@ -212,6 +226,7 @@ class _BatchRun:
         self.pending = []  # (LoadedCase, report slot) waiting for an engine batch
         self.reports = deque()  # [name, Future of (status, line)]; None until inferred
         self.writer = None
+        self.keep_images = False
 
     def add(self, name, loaded):
         """A case read by the reader: a LoadedCase, or a (status, line) already settled."""
@@ -235,7 +250,7 @@ class _BatchRun:
                 slot[1] = _settled("failed", f"{case.name}: failed: {_one_line(result)}")
             else:
                 slot[1] = self.writer.submit(save_result, case, result, self.out_dir,
-                                             self.karyogram, self.overwrite)
+                                             self.karyogram, self.overwrite, self.keep_images)
         self.pending.clear()
         self.report_done(wait_for=WRITE_BEHIND)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from vfinfer.segment.instances import Instance
 from vfinfer.segment.review import review_flags
 from vfinfer.util.geometry import (
     hough_angle,
@@ -85,3 +86,13 @@ def make_cutouts(gray, instances, background, method):
     for cut, flags in zip(cutouts, review_flags(cutouts, gray.shape)):
         cut.review = flags
     return cutouts
+
+
+def joined_cutout(gray, polygons, background, method="principal-axis"):
+    """The cut-out of one chromosome that segmentation found as several pieces: the union of
+    the pieces' ``polygons`` (each [[x, y], ...] in ``gray``), cut like any instance."""
+    union = np.zeros(gray.shape, np.uint8)
+    for polygon in polygons:
+        cv2.fillPoly(union, [np.asarray(polygon, np.int32).reshape(-1, 1, 2)], 1)
+    piece = Instance.from_full_mask(union.astype(bool), 1.0)
+    return make_cutout(gray, piece, background, method, 0).image

@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from vfinfer import __version__
 from vfinfer.io.results import karyogram_png
+from vfinfer.io.review import ReviewStore, image_files
 from vfinfer.serve.batcher import Batcher, QueueFull
 from vfinfer.serve.guards import (
     ARRIVED,
@@ -56,8 +57,11 @@ from vfinfer.serve.limits import (
     bad_input,
     check_name,
     measure_parts,
+    media_type,
+    require_json,
 )
 from vfinfer.serve.metrics import CountRequests, Metrics
+from vfinfer.serve.review import add_review_routes
 from vfinfer.serve.schemas import (
     ERROR_RESPONSES,
     REQUEST_MODELS,
@@ -83,14 +87,17 @@ def _json_response(error):
 
 
 def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
-               segmenter=None, hosts=None):
+               segmenter=None, hosts=None, cases_dir=None):
     """The FastAPI app around an open pipeline (and ``segmenter``, a
     ``vfinfer.segment.segmenter.Segmenter`` for ``/v1/metaphase``); the batcher stops when
-    the app shuts down (the caller closes the pipeline and the segmenter). ``hosts``: the
-    Host names it answers to (default: the loopback names)."""
+    the app shuts down (the caller closes the pipeline and the segmenter). ``token``: one
+    token, or ``{name: token}``; ``hosts``: the Host names it answers to (default: the
+    loopback names); ``cases_dir``: the cases the review page opens and keeps (None: no
+    review, ``vfinfer.serve.review``)."""
     limits = limits or Limits()
     state = ServerState(pipeline, limits, token, max_wait_ms, max_batch)
     state.segmenter = segmenter
+    state.review_store = None if cases_dir is None else ReviewStore(cases_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -118,7 +125,10 @@ def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
 class ServerState:
     def __init__(self, pipeline, limits, token, max_wait_ms, max_batch):
         self.pipeline, self.limits = pipeline, limits
-        self.token = token.encode() if token else None
+        if isinstance(token, str):
+            token = {"token": token}
+        self.tokens = {name: value.encode() for name, value in (token or {}).items()}
+        self.token = bool(self.tokens)  # routes depend on require_token when True
         self.batcher = Batcher(pipeline, max_wait_ms=max_wait_ms, max_batch=max_batch,
                                queue_size=limits.queue_size)
         self.metrics = Metrics(lambda: self.batcher.depth)
@@ -131,15 +141,18 @@ class ServerState:
         self.metrics.errors.labels(code).inc()
 
     def check_token(self, credentials):
-        """ApiError 401 unless the bearer ``credentials`` carry the server's token (none
-        needed when the server has no token)."""
-        if self.token is None:
-            return
+        """The name of the token the bearer ``credentials`` carry (None when the server has
+        no token); ApiError 401 unless they carry one of the server's tokens."""
+        if not self.tokens:
+            return None
         given = credentials.credentials.strip().encode() if credentials else b""
-        if not hmac.compare_digest(given, self.token):
+        names = [name for name, token in self.tokens.items()
+                 if hmac.compare_digest(given, token)]  # every token compared: constant time
+        if not names:
             raise ApiError(401, "unauthorized", "missing or wrong token (send "
                            "'Authorization: Bearer <token>')",
                            headers={"WWW-Authenticate": "Bearer"})
+        return names[0]
 
     async def token_first(self, request, error):
         """``error``, or the 401 that comes before it when the route needs a token the
@@ -162,8 +175,9 @@ class ServerState:
 async def require_token(
         request: Request,
         credentials: Annotated[Optional[HTTPAuthorizationCredentials], Depends(bearer)]):
-    """The dependency of every route but health: ``Authorization: Bearer <token>``."""
-    request.app.state.vfinfer.check_token(credentials)
+    """The dependency of every route but health: ``Authorization: Bearer <token>``; the
+    token's name goes to ``request.state.token_name``."""
+    request.state.token_name = request.app.state.vfinfer.check_token(credentials)
 
 
 def public_model(summary):
@@ -172,19 +186,6 @@ def public_model(summary):
     if source.get("path"):
         source["path"] = Path(source["path"]).name
     return {**summary, "dir": Path(summary["dir"]).name, "source": source}
-
-
-def media_type(request):
-    """The request's media type, lower case, without parameters."""
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def require_json(request: Request):
-    """A dependency: 415 unless the body is declared as JSON."""
-    content_type = media_type(request)
-    if content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", f"content type {content_type!r}: send "
-                       "multipart/form-data (field 'images') or application/json")
 
 
 def _add_error_handlers(app, state):
@@ -262,6 +263,7 @@ def _add_routes(app, state):
 
     _add_cell_routes(api, state)
     _add_metaphase_route(api, state)
+    add_review_routes(app, api, state, review_upload(state))
     app.include_router(api)
 
 
@@ -319,6 +321,49 @@ def _add_metaphase_route(api, state):
             png = await run_in_threadpool(result_overlay, result, held["segmented"])
             result["overlay_png"] = base64.b64encode(png).decode("ascii")
         return result
+
+
+def review_upload(state):
+    """The review page's upload: ``async (request, metaphase) -> (result, {name: bytes})``, a
+    cell (or a metaphase image) classified like ``/v1/cells`` (``/v1/metaphase``) with the
+    files a reviewable case keeps."""
+    async def upload(request, metaphase):
+        started = arrival(request)
+        name, parts, _ = await read_cell_request(request, state.limits)
+        held = {}
+        if not metaphase:
+            decode = lambda *args: held.setdefault("prepared", decode_cell(*args))  # noqa: E731
+        elif state.segmenter is None:
+            raise ApiError(404, "no_segmenter", "this server has no segmentation model "
+                           "(start it with --seg-model)")
+        elif len(parts) != 1:
+            raise bad_input(f"{name}: send exactly one metaphase image (got {len(parts)})")
+        else:
+            def decode(*args):
+                return held.setdefault("prepared", decode_metaphase(*args, held))
+        result = await classify(state, name, parts, False, started, decode=decode)
+        return result, await run_in_threadpool(reviewable_files, state, result, held)
+
+    return upload
+
+
+def reviewable_files(state, result, held):
+    """{name: bytes} of a classified upload: karyogram, overlay, report and its images."""
+    from vfinfer.io.report import report_html
+    from vfinfer.pipeline.metaphase import attach_segmentation, result_overlay
+
+    prepared, segmented = held["prepared"], held.get("segmented")
+    files = {}
+    if segmented is not None:
+        attach_segmentation(result, segmented, state.segmenter)
+        files["overlay.png"] = result_overlay(result, segmented)
+    images = prepared.display or prepared.images
+    files["karyogram.png"] = karyogram_png(result, images)
+    files.update(image_files(prepared.files, images,
+                             None if segmented is None else segmented.gray))
+    files["report.html"] = report_html(result, files["karyogram.png"],
+                                       files.get("overlay.png")).encode("utf-8")
+    return files
 
 
 def arrival(request):

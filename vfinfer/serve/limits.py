@@ -10,6 +10,8 @@ time ran out). ``docs/serving.md`` lists every limit and its default.
 
 from dataclasses import asdict, dataclass
 
+from starlette.requests import Request
+
 from vfinfer.util.image_header import HeaderError, image_size
 
 
@@ -88,3 +90,16 @@ def check_name(name, what, limits):
         raise bad_input(f"{what} is {len(name)} characters long, over the limit of "
                         f"{limits.max_name_chars}")
     return name
+
+
+def media_type(request):
+    """The request's media type, lower case, without parameters."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def require_json(request: Request):
+    """A dependency: 415 unless the body is declared as JSON."""
+    content_type = media_type(request)
+    if content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", f"content type {content_type!r}: send "
+                       "multipart/form-data (field 'images') or application/json")

@@ -76,7 +76,34 @@ class BatchRequest(BaseModel):
                                                "'karyogram_png'")
 
 
-REQUEST_MODELS = (ImagePart, Cell, CellRequest, BatchRequest)
+class ChromosomeCorrection(BaseModel):
+    """What the reviewer says about one chromosome (fields left out stay as called)."""
+
+    model_config = {"extra": "forbid"}
+    index: int = Field(ge=0, description="the chromosome's position in the result (0-based)")
+    type: Optional[str] = Field(None, description="1-22, X or Y")
+    polarity: Optional[str] = Field(None, description="'q-arm down' or 'q-arm up'")
+    deleted: bool = Field(False, description="not a chromosome (debris, a nucleus, a copy)")
+    joined_into: Optional[int] = Field(
+        None, ge=0, description="this object is a piece of chromosome <joined_into>")
+    structural: Optional[str] = Field(
+        None, max_length=60, examples=["del(5)(q31)"],
+        description="a structural change seen on it, in ISCN ('' clears one)")
+
+
+class CorrectionsRequest(BaseModel):
+    """A review save: every correction of the case against its original result."""
+
+    model_config = {"extra": "forbid"}
+    reviewer: str = Field(min_length=1, max_length=100, description="who reviewed the case")
+    base_revision: Optional[int] = Field(
+        None, ge=0, description="the revision the corrections were made on (0: the original); "
+                                "a case saved since is refused with 409")
+    corrections: List[ChromosomeCorrection] = Field(max_length=1000)
+
+
+REQUEST_MODELS = (ImagePart, Cell, CellRequest, BatchRequest, ChromosomeCorrection,
+                  CorrectionsRequest)
 
 
 class ErrorDetail(BaseModel):

@@ -27,16 +27,32 @@ def is_loopback(host):
 
 
 def read_token(path):
-    """The token in a file (surrounding whitespace stripped); one-line errors."""
+    """The tokens in a file: one bare token (named ``token``), or one ``NAME TOKEN`` per line
+    (the name is what the review's audit trail records); ``{name: token}``. One-line errors:
+    an unreadable file, a token under 16 characters, a name given twice."""
     path = Path(path)
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        lines = path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the token file ({exc})") from None
-    if len(token) < 16:
-        raise ValueError(f"{path}: the token must be at least 16 characters "
-                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
-    return token
+    tokens = {}
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) > 2:
+            raise ValueError(f"{path}, line {number}: expected 'TOKEN' or 'NAME TOKEN'")
+        name, token = fields if len(fields) == 2 else ("token", fields[0])
+        if name in tokens:
+            raise ValueError(f"{path}, line {number}: the name {name!r} is given twice")
+        if len(token) < 16:
+            raise ValueError(f"{path}, line {number}: the token must be at least 16 "
+                             "characters (e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe())')")
+        tokens[name] = token
+    if not tokens:
+        raise ValueError(f"{path}: no token in the file")
+    return tokens
 
 
 def bind(host, port):
@@ -55,10 +71,12 @@ def bind(host, port):
 
 
 def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
-          max_batch=8, echo=print, seg_model=None, allow_hosts=(), **pipeline_options):
+          max_batch=8, echo=print, seg_model=None, allow_hosts=(), cases_dir=None,
+          **pipeline_options):
     """Run the server until SIGTERM / Ctrl-C. ``pipeline_options`` go to ``Pipeline``;
     ``seg_model`` (a directory, "classical" or None: the demo) serves ``/v1/metaphase``;
-    ``allow_hosts``: Host names it answers to besides ``host`` and the loopback names."""
+    ``allow_hosts``: Host names it answers to besides ``host`` and the loopback names;
+    ``cases_dir``: the review page's cases (created if missing; None: no review page)."""
     import uvicorn
 
     from vfinfer.serve.app import create_app
@@ -68,6 +86,12 @@ def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
     if not is_loopback(host) and not token:
         raise ValueError(f"binding to {host} (not loopback) needs a token: --token-file FILE")
     limits = limits or Limits()
+    if cases_dir is not None:
+        try:
+            Path(cases_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{cases_dir}: cannot use it as the cases directory ({exc})") \
+                from None
     sock = bind(host, port)
     from vfinfer.segment.segmenter import Segmenter
 
@@ -75,7 +99,7 @@ def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
     with sock, Pipeline(**pipeline_options) as pipeline, contextlib.closing(segmenter):
         app = create_app(pipeline, limits, token=token, max_wait_ms=max_wait_ms,
                          max_batch=max_batch, segmenter=segmenter,
-                         hosts=allowed_hosts(host, allow_hosts))
+                         hosts=allowed_hosts(host, allow_hosts), cases_dir=cases_dir)
         config = uvicorn.Config(app, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=int(limits.timeout_s) + 5,
                                 http=guarded_protocol(limits.header_timeout_s,
@@ -85,6 +109,8 @@ def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
         echo(f"serving {pipeline.manifest.model_dir} ({pipeline.config.preset}), backend "
              f"{pipeline.backend.name}, on http://{shown}:{sock.getsockname()[1]} "
              f"(API page /docs{', token required' if token else ''})")
+        if cases_dir is not None:
+            echo(f"review page /review, cases in {cases_dir}")
         echo(f"dispatch {pipeline.dispatch_mode} ({pipeline.dispatch_reason})")
         # uvicorn re-raises the signal it caught once it has shut down; with this handler in
         # place that ends here, so the pipeline is closed and the exit code is 0

@@ -58,7 +58,7 @@ from vfinfer.tools.evaluation.simulate import simulate_abnormal
 def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
              batch_size=None, flip_half=False, seed=0, log=print, patient_from=None,
              sample_sheet=None, optimal_params=None, simulate=3, precision=None,
-             dispatch_mode="auto"):
+             dispatch_mode="auto", labels=None):
     """Run the model over every labelled image and compute the paper's metrics.
 
     One ``Pipeline`` (dispatch off) gives the type and polarity probabilities; dispatch
@@ -72,11 +72,14 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     run (fp32, fp16, int8, bf16 as ``Pipeline``), so reduced precisions are measured too.
     ``dispatch_mode``: the dispatch whose verdict is counted (``auto``: the one ``vfinfer
     run`` would choose, ``vfinfer.calls.auto``); the metrics cover all three modes anyway.
+    ``labels``: ``Label`` records to use instead of the labels CSV (reviewed cases,
+    ``vfinfer.io.review.reviewed_labels``).
     """
     if patient_from is not None and sample_sheet is not None:
         raise ValueError("give either patient_from or sample_sheet, not both")
     started = time.perf_counter()
-    labels = read_labels(data_dir, labels_csv)
+    given_labels = labels is not None
+    labels = labels if given_labels else read_labels(data_dir, labels_csv)
     cells = by_cell(labels)
     rows, case_ids, true_type, true_pol, flipped = labelled_rows(cells, flip_half, seed)
     n = len(rows)
@@ -99,7 +102,9 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     results["optimal"] = _optimal_metrics(results["cells"], case_ids, true_type, type_probs,
                                           threshold, optimal, groups, how, simulate, slides)
     results.update({
-        "data_dir": str(data_dir), "labels": str(labels_path(data_dir, labels_csv)),
+        "data_dir": str(data_dir),
+        "labels": "reviewed cases" if labels_csv is None and given_labels
+        else str(labels_path(data_dir, labels_csv)),
         "n_cells": len(cells), "n_images": n,
         "flip_half": bool(flip_half), "seed": int(seed) if flip_half else None,
         "n_flipped": int(flipped.sum()),
