@@ -25,7 +25,8 @@ setup(
                    "pycocotools>=2.0.7"],
         "gpu": ["tensorrt>=10.0", "cuda-python>=12.6.1"],
         "openvino": ["openvino>=2024.0"],
-        "dev": ["pytest>=8", "ruff>=0.5"],
+        # tritonclient: the tests' Open Inference Protocol client (tests/test_oip.py)
+        "dev": ["pytest>=8", "ruff>=0.5", "tritonclient[http]>=2.40"],
         # vfinfer serve (vfinfer.serve) and its client (vfinfer.client)
         # (pydantic 2.7: the request models' per-field number-to-string coercion)
         "serve": ["fastapi>=0.110", "pydantic>=2.7", "uvicorn>=0.27",
