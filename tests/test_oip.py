@@ -301,6 +301,8 @@ def test_limits_and_token_answer_in_the_protocol_shape(connect, cell):
     busy = small.post(INFER, json=json_request(cell[:2]))  # no memory budget at all
     assert "busy" in protocol_error(busy, 503) and busy.headers["retry-after"] == "1"
     assert "Host" in protocol_error(small.get("/v2", headers={"Host": "evil.example"}), 400)
+    late = connect(Limits(timeout_s=0))  # no time at all to answer
+    assert "no answer within" in protocol_error(late.post(INFER, json=json_request(cell)), 504)
     guarded = connect(token=TOKEN)
     assert "token" in protocol_error(guarded.post(INFER, json=json_request(cell[:2])), 401)
     for path in ("/v2", f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/ready"):
