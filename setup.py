@@ -26,8 +26,9 @@ setup(
                    "pycocotools>=2.0.7"],
         "gpu": ["tensorrt>=10.0", "cuda-python>=12.6.1"],
         "openvino": ["openvino>=2024.0"],
-        # the review page's browser tests drive Debian's chromium through selenium
-        "dev": ["pytest>=8", "ruff>=0.5", "selenium>=4.20"],
+        # the tests' clients: selenium drives Debian's chromium on the review page,
+        # tritonclient speaks the Open Inference Protocol (tests/test_oip.py)
+        "dev": ["pytest>=8", "ruff>=0.5", "selenium>=4.20", "tritonclient[http]>=2.40"],
         # vfinfer serve (vfinfer.serve) and its client (vfinfer.client)
         # (pydantic 2.7: the request models' per-field number-to-string coercion)
         "serve": ["fastapi>=0.110", "pydantic>=2.7", "uvicorn>=0.27",

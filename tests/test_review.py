@@ -236,6 +236,7 @@ def test_token_files_name_their_tokens(tmp_path):
 def test_train_adds_the_reviewed_cases(store, tmp_path):
     pytest.importorskip("torch", reason="the export extra (torch) is not installed")
     from tiny import TINY
+
     from vfinfer_export.train import SPLIT_FILE, train
 
     store.save(TRISOMY, [Correction(46, deleted=True)], "r")

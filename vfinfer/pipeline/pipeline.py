@@ -71,6 +71,8 @@ class PreparedCase:
     preprocess_ms: float
     facts: list[dict[str, Any]] = field(default_factory=list)  # per image: background, tilt
     display: list[np.ndarray] = field(default_factory=list)  # normalized, light background
+    # the result gets ``type_probabilities``: (N, 24) probabilities in class order, unrounded
+    with_probabilities: bool = False
 
 
 class Pipeline:
@@ -343,9 +345,12 @@ class Pipeline:
         timing["total"] += timing["dispatch"] + timing.get("structural", 0.0)
         verdict = judge(probs, self.manifest.threshold, case.facts, self.manifest.domain,
                         self.force_karyotype, self.dispatch_mode, self.manifest.segmented_domain)
-        return assemble_result(self.manifest, self.backend.describe(), self.dispatch_mode,
-                               case, outputs, calls, verdict, timing, self.auto_reason,
-                               structural)
+        result = assemble_result(self.manifest, self.backend.describe(), self.dispatch_mode,
+                                 case, outputs, calls, verdict, timing, self.auto_reason,
+                                 structural)
+        if case.with_probabilities:
+            result["type_probabilities"] = np.asarray(probs, np.float32).tolist()
+        return result
 
     def _structural_scores(self, case, outputs, types):
         """The structural score of each chromosome of ``case`` conditioned on its called

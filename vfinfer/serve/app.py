@@ -94,6 +94,8 @@ def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
     token, or ``{name: token}``; ``hosts``: the Host names it answers to (default: the
     loopback names); ``cases_dir``: the cases the review page opens and keeps (None: no
     review, ``vfinfer.serve.review``)."""
+    from vfinfer.serve.oip import OipErrors  # it imports this module
+
     limits = limits or Limits()
     state = ServerState(pipeline, limits, token, max_wait_ms, max_batch)
     state.segmenter = segmenter
@@ -118,6 +120,7 @@ def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
     app.add_middleware(InFlight, limit=limits.max_requests, open_paths=OPEN_PATHS, count=count)
     app.add_middleware(HostGuard, allowed_hosts=hosts or allowed_hosts("127.0.0.1"),
                        count=count)
+    app.add_middleware(OipErrors)  # outside the guards: their refusals in the v2 shape too
     app.add_middleware(CountRequests, metrics=state.metrics)
     return app
 
@@ -264,6 +267,9 @@ def _add_routes(app, state):
     _add_cell_routes(api, state)
     _add_metaphase_route(api, state)
     add_review_routes(app, api, state, review_upload(state))
+    from vfinfer.serve.oip import add_oip_routes  # it imports this module
+
+    add_oip_routes(api, state)
     app.include_router(api)
 
 

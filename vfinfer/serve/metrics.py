@@ -56,8 +56,7 @@ class CountRequests:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        path = path if path in KNOWN_PATHS else "other"
+        path = path_label(scope.get("path", ""))
         started, status = time.perf_counter(), [500]
 
         async def send_counted(message):
@@ -70,3 +69,17 @@ class CountRequests:
         finally:
             self.metrics.requests.labels(path, str(status[0])).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+
+def path_label(path):
+    """The ``path`` label of a request: a known path, an Open Inference Protocol route with
+    the model's name left out, or "other"."""
+    if path in KNOWN_PATHS:
+        return path
+    if path == "/v2":
+        return path
+    if path.startswith("/v2/models/"):
+        suffix = path.rsplit("/", 1)[-1]
+        return "/v2/models/{name}/" + suffix if suffix in ("infer", "ready") \
+            else "/v2/models/{name}"
+    return "other"
