@@ -3,6 +3,7 @@ page, uploads, files, saves, and the server's token, limits and bad-input behavi
 them."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,24 @@ def test_without_a_cases_directory_there_is_no_review():
         with TestClient(app, raise_server_exceptions=False) as client:
             answer = client.get("/v1/cases")
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "no_cases"
+
+
+def test_concurrent_saves_of_one_case_one_wins(served):
+    client, cases = served
+    files, _ = trisomy_parts()
+    assert client.post("/v1/cases", files=files, data={"name": "race"},
+                       headers=ALICE).status_code == 200
+    bodies = [{"reviewer": who, "base_revision": 0,
+               "corrections": [{"index": 0, "type": kind}]} for who, kind in (("a", "5"),
+                                                                            ("b", "6"))]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda body: post_corrections(client, body, case="race"),
+                                bodies))
+    assert sorted(answer.status_code for answer in answers) == [200, 409]
+    winner = bodies[[answer.status_code for answer in answers].index(200)]
+    saved = json.loads((cases / "race" / "review" / "result.json").read_text())
+    assert saved["review"]["revision"] == 1 and saved["review"]["reviewer"] == winner["reviewer"]
+    assert saved["chromosomes"][0]["type"] == winner["corrections"][0]["type"]
+    audit = (cases / "race" / "review" / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(line)["reviewer"] for line in audit] == [winner["reviewer"]]
+    assert not list((cases / "race").rglob("*.tmp"))
