@@ -1,4 +1,5 @@
-"""Writing one case's results: result.json, result.csv and karyogram.png in OUT/<case>/.
+"""Writing one case's results: result.json, result.csv, karyogram.png and report.html in
+OUT/<case>/.
 
 Every file is written under a temporary name in the same directory and renamed into place,
 so a crash never leaves half a file; an existing result is kept unless overwrite is asked.
@@ -12,15 +13,14 @@ import tempfile
 from pathlib import Path
 
 from vfinfer.io.karyogram import render_karyogram
+from vfinfer.io.report import REPORT_NAME, report_html
 from vfinfer.model.classes import type_index
 from vfinfer.util.images import FAST_PNG, encode_png
 
-RESULT_FILES = ("result.json", "result.csv", "karyogram.png", "overlay.png")
+RESULT_FILES = ("result.json", "result.csv", "karyogram.png", "overlay.png", REPORT_NAME)
 CSV_COLUMNS = ("file", "type", "type_prob", "type_before_dispatch", "low_confidence",
                "polarity", "polarity_prob", "top2", "top2_prob", "box_x0", "box_y0",
                "box_x1", "box_y1", "structural_score", "structural_flagged")
-
-
 
 
 class ResultExistsError(FileExistsError):
@@ -68,9 +68,11 @@ def existing_result(case_dir):
     return [name for name in RESULT_FILES if (Path(case_dir) / name).exists()]
 
 
-def write_case(out_root, result, images=None, overwrite=False, extra_files=None):
+def write_case(out_root, result, images=None, overwrite=False, extra_files=None,
+               report=False):
     """Write the files of one case; returns the case's output directory. ``extra_files``:
-    {name: bytes} written with them (a metaphase's ``overlay.png``).
+    {name: bytes} written with them (a metaphase's ``overlay.png``); ``report``: also the
+    case report, report.html (``vfinfer.io.report``), with the karyogram and overlay inline.
 
     Everything is encoded first and written under temporary names, then renamed into place
     with result.json last, so a failure leaves either the old set or the new one, never a
@@ -86,6 +88,9 @@ def write_case(out_root, result, images=None, overwrite=False, extra_files=None)
         files["karyogram.png"] = karyogram_png(result, images)
     files.update(extra_files or {})
     files["result.csv"] = result_csv(result).encode("utf-8")
+    if report:
+        files[REPORT_NAME] = report_html(result, files.get("karyogram.png"),
+                                         files.get("overlay.png")).encode("utf-8")
     files["result.json"] = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode()
     case_dir.mkdir(parents=True, exist_ok=True)
     temps = {}
@@ -97,8 +102,9 @@ def write_case(out_root, result, images=None, overwrite=False, extra_files=None)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(temps[name], 0o644)
-        if images is None and (case_dir / "karyogram.png").exists():
-            (case_dir / "karyogram.png").unlink()  # a stale picture would contradict the result
+        for stale in ("karyogram.png", REPORT_NAME):  # would contradict the new result
+            if stale not in files and (case_dir / stale).exists():
+                (case_dir / stale).unlink()
         for name in files:  # result.json last
             os.replace(temps.pop(name), case_dir / name)
     finally:

@@ -83,8 +83,9 @@ def load_case(case_dir, out_dir, overwrite, pipeline, segmenter=None):
     return LoadedCase(name, prepared, ignored)
 
 
-def save_result(case, result, out_dir, karyogram, overwrite):
-    """Write one result; returns (status, line). Never raises: a failure is that case's."""
+def save_result(case, result, out_dir, karyogram, overwrite, report=True):
+    """Write one result (with report.html unless ``report`` is False); returns (status,
+    line). Never raises: a failure is that case's."""
     if case.ignored:
         shown = ", ".join(case.ignored[:5]) + (" ..." if len(case.ignored) > 5 else "")
         result["ignored_files"] = case.ignored
@@ -92,7 +93,7 @@ def save_result(case, result, out_dir, karyogram, overwrite):
     try:
         extra = _metaphase_extras(case, result)
         target = write_case(out_dir, result, case.images if karyogram else None, overwrite,
-                            extra)
+                            extra, report)
     except ResultExistsError as exc:
         return "skipped", f"{case.name}: skipped, {exc}"
     except OSError as exc:
@@ -127,10 +128,11 @@ def case_line(result):
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="auto", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=print, progress=None, background="auto",
-              force_karyotype=False, seg_model=None):
+              force_karyotype=False, seg_model=None, report=True):
     """Run every case; returns the names of the cases that failed (``run_with`` says what
     ``echo`` and ``progress`` are). Metaphase image files among ``case_dirs`` are segmented
-    by ``seg_model`` (a segmentation model directory, "classical", or None: the demo)."""
+    by ``seg_model`` (a segmentation model directory, "classical", or None: the demo);
+    ``report``: write each case's report.html too."""
     check_case_names(case_dirs)
     segmenter = None
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
@@ -146,7 +148,7 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
             echo(f"segmentation {segmenter.describe().get('dir', 'classical')}")
         try:
             counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite,
-                                      echo, progress, segmenter)
+                                      echo, progress, segmenter, report)
         finally:
             if segmenter is not None:
                 segmenter.close()
@@ -163,14 +165,15 @@ def check_case_names(case_dirs):
 
 
 def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo=print,
-             progress=None, segmenter=None):
+             progress=None, segmenter=None, report=True):
     """The cases through an open pipeline, reading, inference and writing overlapped.
 
     ``echo`` prints one line per case, in case order; ``progress(total)`` (optional) returns
     a context manager whose ``update(1)`` is called per case read (the CLI's progress bar).
+    ``report``: write each case's report.html with its other files.
     Returns ({"ok": n, "skipped": n, "failed": n}, names of the failed cases).
     """
-    run = _BatchRun(pipeline, out_dir, karyogram, overwrite, echo)
+    run = _BatchRun(pipeline, out_dir, karyogram, overwrite, echo, report)
     with ThreadPoolExecutor(1, "vfinfer-read") as reader, \
             ThreadPoolExecutor(1, "vfinfer-write") as writer:
         run.writer = writer
@@ -204,9 +207,9 @@ class _BatchRun:
     """The state of one ``run_with``: cases waiting for the engines and reports waiting to
     be printed in case order."""
 
-    def __init__(self, pipeline, out_dir, karyogram, overwrite, echo):
+    def __init__(self, pipeline, out_dir, karyogram, overwrite, echo, report=True):
         self.pipeline, self.out_dir, self.echo = pipeline, out_dir, echo
-        self.karyogram, self.overwrite = karyogram, overwrite
+        self.karyogram, self.overwrite, self.report = karyogram, overwrite, report
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self.failed = []
         self.pending = []  # (LoadedCase, report slot) waiting for an engine batch
@@ -235,7 +238,7 @@ class _BatchRun:
                 slot[1] = _settled("failed", f"{case.name}: failed: {_one_line(result)}")
             else:
                 slot[1] = self.writer.submit(save_result, case, result, self.out_dir,
-                                             self.karyogram, self.overwrite)
+                                             self.karyogram, self.overwrite, self.report)
         self.pending.clear()
         self.report_done(wait_for=WRITE_BEHIND)
 
