@@ -9,13 +9,15 @@ setup(
     package_dir={"vfinfer_export": "export"},
     package_data={"vfinfer": ["demo_model/*.onnx", "demo_model/*.json",
                               "demo_seg_model/*.onnx", "demo_seg_model/*.json",
-                              "serve/static/*.html"]},
+                              "serve/static/*.html"],
+                  "vfinfer.io": ["templates/*.j2"]},
     install_requires=[
         "numpy>=1.23",
         "opencv-python-headless>=4.8",
         "onnxruntime>=1.17",
         "click>=8.1",
         "scipy>=1.10",  # optimal dispatch (linear_sum_assignment)
+        "jinja2>=3.1",  # the case report, OUT/<case>/report.html
     ],
     extras_require={
         # torch>=2.4 is met by the 2.13.0 CPU wheel when it is installed first (see README)

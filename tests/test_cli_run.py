@@ -84,7 +84,7 @@ def test_second_run_leaves_results_untouched(tmp_path, model_dir, case_dirs):
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     written = {p: p.read_bytes() for p in out.glob("*/*")}
-    assert len(written) == 3 * len(case_dirs)
+    assert len(written) == 4 * len(case_dirs)  # result.json, .csv, karyogram, report
     second = CliRunner().invoke(main, args + ["--no-karyogram"])
     assert second.exit_code == 0
     assert second.output.count("already holds results") == len(case_dirs)

@@ -48,6 +48,7 @@ def test_ray_run_matches_vfinfer_run(local_ray, tmp_path, case_dirs, model_dir):
     for case in case_dirs:
         assert calls(tmp_path / "ray", case.name) == calls(plain, case.name)
         assert (tmp_path / "ray" / case.name / "karyogram.png").stat().st_size > 0
+        assert case.name in (tmp_path / "ray" / case.name / "report.html").read_text()
     again = []
     assert run_on_ray(case_dirs, model_dir=model_dir, out_dir=tmp_path / "ray",
                       echo=again.append) == []

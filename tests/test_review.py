@@ -208,7 +208,7 @@ def test_eval_reviewed_scores_against_the_corrections(store):
         scores[name] = json.loads((store.root / f"{name}.json").read_text())
     got = scores["reviewed"]
     want = [c for c in scores["labelled"]["cells"] if c["cell"] == TRISOMY][0]
-    assert got["n_images"] == 47 and got["labels"] == "reviewed cases"
+    assert got["n_images"] == 47 and got["labels"] == "given labels"
     assert got["cells"][0]["type_accuracy"] == pytest.approx(
         want["type_accuracy"] - 1 / 47, abs=1e-3)
 
@@ -247,3 +247,19 @@ def test_train_adds_the_reviewed_cases(store, tmp_path):
     assert any(f"46 reviewed chromosome images from {store.root}" in line for line in lines)
     split = json.loads((tmp_path / "run" / SPLIT_FILE).read_text())
     assert f"{store.root.name}/{TRISOMY}" in split["train"] + split["validation"]
+
+
+def test_a_reviewed_case_is_never_run_over(store):
+    store.save(TRISOMY, [Correction(0, type="1")], "r")
+    again = CliRunner().invoke(main, ["run", str(EXAMPLES / TRISOMY), "--out", str(store.root),
+                                      "--overwrite", "--threads", "1"])
+    assert again.exit_code == 0 and "holds a review of its result" in again.output
+    assert store.open(TRISOMY).reviewed()["chromosomes"][0]["type"] == "1"
+
+
+def test_an_overwrite_without_images_removes_the_old_ones(classified, tmp_path):
+    shutil.copytree(classified, tmp_path / "out")
+    again = CliRunner().invoke(main, ["run", str(EXAMPLES / TRISOMY), "--out",
+                                      str(tmp_path / "out"), "--overwrite", "--threads", "1"])
+    assert again.exit_code == 0, again.output
+    assert not (tmp_path / "out" / TRISOMY / "images").exists()

@@ -1,4 +1,4 @@
-"""``vfinfer run`` and ``vfinfer env``: the runtime's commands."""
+"""``vfinfer run``, ``vfinfer report`` and ``vfinfer env``: the runtime's commands."""
 
 import sys
 from pathlib import Path
@@ -26,6 +26,8 @@ from vfinfer.cli.options import (
               type=click.Path(path_type=Path), help="Results go to OUT/<case>/.")
 @dispatch_option()
 @click.option("--no-karyogram", is_flag=True, help="Skip karyogram.png.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write OUT/<case>/report.html, the case report to read or print on A4.")
 @click.option("--keep-images", is_flag=True,
               help="Also write the images as classified to OUT/<case>/images/ (a metaphase's "
                    "cut-outs and the image itself): what the review page (vfinfer serve "
@@ -49,22 +51,14 @@ from vfinfer.cli.options import (
 @seg_model_option
 @one_line_errors
 def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, dispatch_mode,
-        no_karyogram, keep_images, overwrite, patient_from, sample_sheet, ray_address, ray_actors,
-        background, force_karyotype, seg_model):
+        no_karyogram, report, keep_images, overwrite, patient_from, sample_sheet, ray_address,
+        ray_actors, background, force_karyotype, seg_model):
     """Classify the chromosomes of each CASE_DIR (one cell per directory of cut-outs). A
     metaphase image file in place of a directory is segmented first (--seg-model) and
     also gets OUT/<image>/overlay.png."""
-    from vfinfer.io.runner import case_name, is_metaphase, run_cases
+    from vfinfer.io.runner import case_name, run_cases
 
-    if ray_address is not None and Path(ray_address).is_dir():
-        usage(f"--ray {ray_address}: that is a directory; put --ray after the case "
-              "directories, or give the cluster's address")
-    if ray_actors and ray_address is None:
-        usage("--ray-actors needs --ray")
-    if ray_address is not None and any(is_metaphase(d) for d in case_dirs):
-        usage("--ray runs case directories; segment metaphase images first with "
-              "'vfinfer segment' (or run them without --ray)")
-
+    _check_ray_options(case_dirs, ray_address, ray_actors)
     names = [case_name(d) for d in case_dirs]
     grouping = patient_from is not None or sample_sheet is not None
     sheet = _patient_grouping(names, sample_sheet, patient_from, dispatch_mode, model_dir) \
@@ -73,7 +67,7 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
                    dispatch_mode=dispatch_mode, karyogram=not no_karyogram, threads=threads,
                    batch_size=batch_size, overwrite=overwrite, precision=precision,
                    echo=click.echo, progress=progress_bar, background=background,
-                   force_karyotype=force_karyotype)
+                   force_karyotype=force_karyotype, report=report)
     if ray_address is not None:
         if keep_images:
             usage("--keep-images is not available with --ray (run those cases without it)")
@@ -85,6 +79,20 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
         _write_patients(out_dir, names, sheet, patient_from, failed, overwrite)
     if failed:
         sys.exit(EXIT_FAILED)
+
+
+def _check_ray_options(case_dirs, ray_address, ray_actors):
+    """Usage errors for --ray and --ray-actors that cannot be run as given."""
+    from vfinfer.io.runner import is_metaphase
+
+    if ray_address is not None and Path(ray_address).is_dir():
+        usage(f"--ray {ray_address}: that is a directory; put --ray after the case "
+              "directories, or give the cluster's address")
+    if ray_actors and ray_address is None:
+        usage("--ray-actors needs --ray")
+    if ray_address is not None and any(is_metaphase(d) for d in case_dirs):
+        usage("--ray runs case directories; segment metaphase images first with "
+              "'vfinfer segment' (or run them without --ray)")
 
 
 def _patient_grouping(names, sample_sheet, patient_from, dispatch_mode, model_dir):
@@ -127,6 +135,35 @@ def _write_patients(out_dir, names, sheet, patient_from, failed, overwrite):
     click.echo(f"{len(patients)} patient(s): {n_clone} with an abnormal clone, "
                f"{n_non_clonal} with non-clonal findings only or besides; "
                "patient.json in OUT/<patient>/")
+
+
+@main.command("report")
+@click.argument("case_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.html.")
+@one_line_errors
+def report_command(case_dirs, overwrite):
+    """Write OUT/<case>/report.html again for each case directory that 'vfinfer run'
+    wrote, from its files (result.json, karyogram.png, overlay.png, and audit.jsonl of a
+    review). One line per case; a case that fails does not stop the others."""
+    from vfinfer.io.report import write_report
+
+    counts = {"written": 0, "skipped": 0, "failed": 0}
+    for case_dir in case_dirs:
+        try:
+            target = write_report(case_dir, overwrite)
+        except FileExistsError as exc:
+            counts["skipped"] += 1
+            click.echo(f"{case_dir}: skipped, {exc}")
+        except Exception as exc:  # this case's files only; the others go on
+            counts["failed"] += 1
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            click.echo(f"{case_dir}: failed: {text}")
+        else:
+            counts["written"] += 1
+            click.echo(f"{case_dir}: report -> {target}")
+    click.echo(", ".join(f"{n} {what}" for what, n in counts.items()))
+    if counts["failed"]:
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()

@@ -162,6 +162,13 @@ def recipe_options(command):
     return command
 
 
+corrections_option = click.option(
+    "--add-corrections", "corrections", multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A directory of reviewed cases (vfinfer serve --cases, or vfinfer run --keep-images "
+         "then reviewed) whose corrected calls join the training data (repeatable).")
+
+
 # -- train --------------------------------------------------------------------------------------
 @main.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
@@ -192,11 +199,7 @@ def recipe_options(command):
               type=click.Choice(["none", "principal-axis", "hough"]),
               help="Turn every cut-out upright and crop it before the canvas, in training and "
                    "(recorded in the model) at run time: for cut-outs at any angle.")
-@click.option("--add-corrections", "corrections", multiple=True,
-              type=click.Path(path_type=Path, file_okay=False),
-              help="A directory of reviewed cases (vfinfer serve --cases, or vfinfer run "
-                   "--keep-images then reviewed) whose corrected calls join the training "
-                   "data (repeatable).")
+@corrections_option
 @recipe_options
 @device_option
 @one_line_errors

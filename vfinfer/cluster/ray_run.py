@@ -36,11 +36,12 @@ LOCAL = "local"  # --ray with no address: a Ray instance on this machine
 class CellWorker:
     """One Ray actor: a Pipeline built once, one cell per record."""
 
-    def __init__(self, pipeline_options, out_dir, karyogram, overwrite):
+    def __init__(self, pipeline_options, out_dir, karyogram, overwrite, report=True):
         from vfinfer.pipeline import Pipeline
 
         self.pipeline = Pipeline(**pipeline_options)
         self.out_dir, self.karyogram, self.overwrite = out_dir, karyogram, overwrite
+        self.report = report
 
     def __call__(self, batch):
         statuses, lines = [], []
@@ -57,7 +58,8 @@ class CellWorker:
         ((case, result),) = infer_cases(self.pipeline, [loaded])
         if isinstance(result, Exception):
             return "failed", f"{case.name}: failed: {' '.join(str(result).split())}"
-        return save_result(case, result, self.out_dir, self.karyogram, self.overwrite)
+        return save_result(case, result, self.out_dir, self.karyogram, self.overwrite,
+                           self.report)
 
 
 def start_ray(address, num_cpus=None):
@@ -92,7 +94,7 @@ def actor_plan(actors, threads):
 def run_on_ray(case_dirs, address=LOCAL, actors=0, model_dir=None, backend="auto",
                out_dir="vfinfer-results", dispatch_mode="auto", karyogram=True, threads=0,
                batch_size=None, overwrite=False, precision=None, echo=print, progress=None,
-               num_cpus=None, background="auto", force_karyotype=False):
+               num_cpus=None, background="auto", force_karyotype=False, report=True):
     """``vfinfer.io.runner.run_cases`` on Ray; returns the names of the failed cells."""
     import ray
 
@@ -116,7 +118,7 @@ def run_on_ray(case_dirs, address=LOCAL, actors=0, model_dir=None, backend="auto
                      "batch_size": batch_size, "dispatch_mode": dispatch_mode,
                      "precision": precision, "background": background,
                      "force_karyotype": force_karyotype},
-                    (os.path.abspath(out_dir), karyogram, overwrite))
+                    (os.path.abspath(out_dir), karyogram, overwrite, report))
     finally:
         if started:
             ray.shutdown()

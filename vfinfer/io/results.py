@@ -1,4 +1,5 @@
-"""Writing one case's results: result.json, result.csv and karyogram.png in OUT/<case>/.
+"""Writing one case's results: result.json, result.csv, karyogram.png and report.html in
+OUT/<case>/.
 
 Every file is written under a temporary name in the same directory and renamed into place,
 so a crash never leaves half a file; an existing result is kept unless overwrite is asked.
@@ -8,19 +9,21 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from vfinfer.io.karyogram import render_karyogram
+from vfinfer.io.report import REPORT_NAME, report_html
 from vfinfer.model.classes import type_index
 from vfinfer.util.images import FAST_PNG, encode_png
 
-RESULT_FILES = ("result.json", "result.csv", "karyogram.png", "overlay.png")
+REVIEW_DIR = "review"  # a person's review of the result (vfinfer.io.review)
+IMAGES_DIR = "images"  # the images as classified (vfinfer run --keep-images)
+RESULT_FILES = ("result.json", "result.csv", "karyogram.png", "overlay.png", REPORT_NAME)
 CSV_COLUMNS = ("file", "type", "type_prob", "type_before_dispatch", "low_confidence",
                "polarity", "polarity_prob", "top2", "top2_prob", "box_x0", "box_y0",
                "box_x1", "box_y1", "structural_score", "structural_flagged")
-
-
 
 
 class ResultExistsError(FileExistsError):
@@ -68,24 +71,49 @@ def existing_result(case_dir):
     return [name for name in RESULT_FILES if (Path(case_dir) / name).exists()]
 
 
-def write_case(out_root, result, images=None, overwrite=False, extra_files=None):
+def check_target(case_dir, overwrite):
+    """ResultExistsError when ``case_dir`` holds a result and ``overwrite`` is not asked, or
+    a person's review of it (``review/``, never replaced: it describes that result)."""
+    if (Path(case_dir) / REVIEW_DIR).exists():
+        raise ResultExistsError(f"{case_dir}: holds a review of its result ({REVIEW_DIR}/); "
+                                "left untouched (move the case away to run it again)")
+    found = existing_result(case_dir)
+    if found and not overwrite:
+        raise ResultExistsError(f"{case_dir}: already holds {', '.join(found)}; "
+                                "left untouched (pass --overwrite to replace)")
+
+
+def remove_stale(case_dir, files):
+    """Remove the outputs of an earlier result that ``files`` (the new set) does not
+    replace: they would contradict it."""
+    for stale in ("karyogram.png", REPORT_NAME):
+        if stale not in files and (case_dir / stale).exists():
+            (case_dir / stale).unlink()
+    images = case_dir / IMAGES_DIR
+    if images.is_dir() and not any(name.startswith(f"{IMAGES_DIR}/") for name in files):
+        shutil.rmtree(images)
+
+
+def write_case(out_root, result, images=None, overwrite=False, extra_files=None,
+               report=False):
     """Write the files of one case; returns the case's output directory. ``extra_files``:
-    {name: bytes} written with them (a metaphase's ``overlay.png``).
+    {name: bytes} written with them (a metaphase's ``overlay.png``); ``report``: also the
+    case report, report.html (``vfinfer.io.report``), with the karyogram and overlay inline.
 
     Everything is encoded first and written under temporary names, then renamed into place
     with result.json last, so a failure leaves either the old set or the new one, never a
     file of each that the JSON does not describe.
     """
     case_dir = Path(out_root) / result["case"]
-    found = existing_result(case_dir)
-    if found and not overwrite:
-        raise ResultExistsError(f"{case_dir}: already holds {', '.join(found)}; "
-                                "left untouched (pass --overwrite to replace)")
+    check_target(case_dir, overwrite)
     files = {}
     if images is not None:
         files["karyogram.png"] = karyogram_png(result, images)
     files.update(extra_files or {})
     files["result.csv"] = result_csv(result).encode("utf-8")
+    if report:
+        files[REPORT_NAME] = report_html(result, files.get("karyogram.png"),
+                                         files.get("overlay.png")).encode("utf-8")
     files["result.json"] = (json.dumps(result, indent=2, ensure_ascii=False) + "\n").encode()
     case_dir.mkdir(parents=True, exist_ok=True)
     temps = {}
@@ -100,8 +128,7 @@ def write_case(out_root, result, images=None, overwrite=False, extra_files=None)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(temps[name], 0o644)
-        if images is None and (case_dir / "karyogram.png").exists():
-            (case_dir / "karyogram.png").unlink()  # a stale picture would contradict the result
+        remove_stale(case_dir, files)
         for name in files:  # result.json last
             os.replace(temps.pop(name), case_dir / name)
     finally:

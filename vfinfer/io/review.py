@@ -28,13 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vfinfer.calls.karyotype import karyotype_summary
-from vfinfer.io.results import karyogram_png, result_csv
+from vfinfer.io.results import IMAGES_DIR, REVIEW_DIR, karyogram_png, result_csv
 from vfinfer.model.classes import POLARITY_NAMES, TYPE_NAMES, type_index
 from vfinfer.util.atomic import write_atomic
 from vfinfer.util.images import ImageReadError, encode_png, read_gray8
 
-REVIEW_DIR = "review"
-IMAGES_DIR = "images"
 AUDIT_FILE = "audit.jsonl"
 METAPHASE_IMAGE = "metaphase.png"
 FIELDS = ("type", "polarity", "deleted", "joined_into", "structural")

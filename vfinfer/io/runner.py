@@ -83,8 +83,10 @@ def load_case(case_dir, out_dir, overwrite, pipeline, segmenter=None):
     return LoadedCase(name, prepared, ignored)
 
 
-def save_result(case, result, out_dir, karyogram, overwrite, keep_images=False):
-    """Write one result; returns (status, line). Never raises: a failure is that case's."""
+def save_result(case, result, out_dir, karyogram, overwrite, report=True, keep_images=False):
+    """Write one result (with report.html unless ``report`` is False, and the images as
+    classified with ``keep_images``); returns (status, line). Never raises: a failure is
+    that case's."""
     if case.ignored:
         shown = ", ".join(case.ignored[:5]) + (" ..." if len(case.ignored) > 5 else "")
         result["ignored_files"] = case.ignored
@@ -94,7 +96,7 @@ def save_result(case, result, out_dir, karyogram, overwrite, keep_images=False):
         if keep_images:
             extra.update(kept_images(case))
         target = write_case(out_dir, result, case.images if karyogram else None, overwrite,
-                            extra)
+                            extra, report)
     except ResultExistsError as exc:
         return "skipped", f"{case.name}: skipped, {exc}"
     except OSError as exc:
@@ -138,12 +140,12 @@ def case_line(result):
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="auto", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=print, progress=None, background="auto",
-              force_karyotype=False, seg_model=None, keep_images=False):
+              force_karyotype=False, seg_model=None, report=True, keep_images=False):
     """Run every case; returns the names of the cases that failed (``run_with`` says what
     ``echo`` and ``progress`` are). Metaphase image files among ``case_dirs`` are segmented
-    by ``seg_model`` (a segmentation model directory, "classical", or None: the demo).
-    ``keep_images``: also write the images as classified to OUT/<case>/images/ (what the
-    review page needs, ``vfinfer.io.review``)."""
+    by ``seg_model`` (a segmentation model directory, "classical", or None: the demo);
+    ``report``: write each case's report.html too; ``keep_images``: also write the images
+    as classified to OUT/<case>/images/ (what the review page needs, ``vfinfer.io.review``)."""
     check_case_names(case_dirs)
     segmenter = None
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
@@ -159,7 +161,7 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
             echo(f"segmentation {segmenter.describe().get('dir', 'classical')}")
         try:
             counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite,
-                                      echo, progress, segmenter, keep_images)
+                                      echo, progress, segmenter, report, keep_images)
         finally:
             if segmenter is not None:
                 segmenter.close()
@@ -176,14 +178,15 @@ def check_case_names(case_dirs):
 
 
 def run_with(pipeline, case_dirs, out_dir, karyogram=True, overwrite=False, echo=print,
-             progress=None, segmenter=None, keep_images=False):
+             progress=None, segmenter=None, report=True, keep_images=False):
     """The cases through an open pipeline, reading, inference and writing overlapped.
 
     ``echo`` prints one line per case, in case order; ``progress(total)`` (optional) returns
     a context manager whose ``update(1)`` is called per case read (the CLI's progress bar).
+    ``report``: write each case's report.html with its other files.
     Returns ({"ok": n, "skipped": n, "failed": n}, names of the failed cases).
     """
-    run = _BatchRun(pipeline, out_dir, karyogram, overwrite, echo)
+    run = _BatchRun(pipeline, out_dir, karyogram, overwrite, echo, report)
     run.keep_images = keep_images
     with ThreadPoolExecutor(1, "vfinfer-read") as reader, \
             ThreadPoolExecutor(1, "vfinfer-write") as writer:
@@ -218,9 +221,9 @@ class _BatchRun:
     """The state of one ``run_with``: cases waiting for the engines and reports waiting to
     be printed in case order."""
 
-    def __init__(self, pipeline, out_dir, karyogram, overwrite, echo):
+    def __init__(self, pipeline, out_dir, karyogram, overwrite, echo, report=True):
         self.pipeline, self.out_dir, self.echo = pipeline, out_dir, echo
-        self.karyogram, self.overwrite = karyogram, overwrite
+        self.karyogram, self.overwrite, self.report = karyogram, overwrite, report
         self.counts = {"ok": 0, "skipped": 0, "failed": 0}
         self.failed = []
         self.pending = []  # (LoadedCase, report slot) waiting for an engine batch
@@ -250,7 +253,8 @@ class _BatchRun:
                 slot[1] = _settled("failed", f"{case.name}: failed: {_one_line(result)}")
             else:
                 slot[1] = self.writer.submit(save_result, case, result, self.out_dir,
-                                             self.karyogram, self.overwrite, self.keep_images)
+                                             self.karyogram, self.overwrite, self.report,
+                                             self.keep_images)
         self.pending.clear()
         self.report_done(wait_for=WRITE_BEHIND)
 

@@ -243,6 +243,25 @@ class Manifest:
             "preset": self.data.get("preset"),
             "source": self.data.get("source", {}),
             "gnet_sha256": self.data["graphs"].get("gnet", {}).get("sha256"),
+            "training": self.training_summary(),
+        }
+
+    def training_summary(self) -> Optional[dict[str, Any]]:
+        """What the model was trained on, as its manifest records it (None when it records
+        nothing): the data directory by name (no file system path, so a server may show it),
+        the training and validation slides, whether polarity was trained, and how many
+        in-domain cells the verdict's figures were fitted on."""
+        training = self.data.get("training") or {}
+        fitted = (self.domain or {}).get("fitted_on") or {}
+        if not training and not fitted:
+            return None
+        data_dir = training.get("data_dir")
+        return {
+            "data": Path(data_dir).name if data_dir else None,
+            "train_slides": training.get("train_slides"),
+            "val_slides": training.get("val_slides"),
+            "polarity": training.get("polarity"),
+            "domain_cells": fitted.get("cells"),
         }
 
 

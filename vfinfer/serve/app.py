@@ -354,8 +354,7 @@ def review_upload(state):
 
 
 def reviewable_files(state, result, held):
-    """{name: bytes} of a classified upload: karyogram, overlay, report and its images."""
-    from vfinfer.io.report import report_html
+    """{name: bytes} of a classified upload: karyogram, overlay and its images."""
     from vfinfer.pipeline.metaphase import attach_segmentation, result_overlay
 
     prepared, segmented = held["prepared"], held.get("segmented")
@@ -367,8 +366,6 @@ def reviewable_files(state, result, held):
     files["karyogram.png"] = karyogram_png(result, images)
     files.update(image_files(prepared.files, images,
                              None if segmented is None else segmented.gray))
-    files["report.html"] = report_html(result, files["karyogram.png"],
-                                       files.get("overlay.png")).encode("utf-8")
     return files
 
 

@@ -173,7 +173,7 @@ def _store_case(store, result, files):
         raise bad_input(f"{name!r} cannot be a case name (no '/', no leading '.')")
     try:
         with store.lock(name):
-            write_case(store.root, result, extra_files=files)
+            write_case(store.root, result, extra_files=files, report=True)
     except ResultExistsError:
         raise ApiError(409, "case_exists", f"{name}: the server already keeps a case of "
                        "that name; choose another name") from None

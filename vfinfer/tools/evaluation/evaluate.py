@@ -55,6 +55,13 @@ from vfinfer.tools.evaluation.simulate import simulate_abnormal
 # --------------------------------------------------------------------------- evaluation
 
 
+def _labels(data_dir, labels_csv, given):
+    """(the labels, where they came from): ``given`` ones, else the labels CSV's."""
+    if given is not None:
+        return given, "given labels"
+    return read_labels(data_dir, labels_csv), str(labels_path(data_dir, labels_csv))
+
+
 def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=0,
              batch_size=None, flip_half=False, seed=0, log=print, patient_from=None,
              sample_sheet=None, optimal_params=None, simulate=3, precision=None,
@@ -78,8 +85,7 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     if patient_from is not None and sample_sheet is not None:
         raise ValueError("give either patient_from or sample_sheet, not both")
     started = time.perf_counter()
-    given_labels = labels is not None
-    labels = labels if given_labels else read_labels(data_dir, labels_csv)
+    labels, labels_source = _labels(data_dir, labels_csv, labels)
     cells = by_cell(labels)
     rows, case_ids, true_type, true_pol, flipped = labelled_rows(cells, flip_half, seed)
     n = len(rows)
@@ -102,9 +108,7 @@ def evaluate(data_dir, labels_csv=None, model_dir=None, backend="auto", threads=
     results["optimal"] = _optimal_metrics(results["cells"], case_ids, true_type, type_probs,
                                           threshold, optimal, groups, how, simulate, slides)
     results.update({
-        "data_dir": str(data_dir),
-        "labels": "reviewed cases" if labels_csv is None and given_labels
-        else str(labels_path(data_dir, labels_csv)),
+        "data_dir": str(data_dir), "labels": labels_source,
         "n_cells": len(cells), "n_images": n,
         "flip_half": bool(flip_half), "seed": int(seed) if flip_half else None,
         "n_flipped": int(flipped.sum()),
