@@ -263,3 +263,18 @@ def test_an_overwrite_without_images_removes_the_old_ones(classified, tmp_path):
                                       str(tmp_path / "out"), "--overwrite", "--threads", "1"])
     assert again.exit_code == 0, again.output
     assert not (tmp_path / "out" / TRISOMY / "images").exists()
+
+
+def test_a_withheld_karyotype_given_by_the_reviewer_is_reported(tmp_path):
+    """The demo metaphase's karyotype is withheld by the verdict; the reviewer's is shown."""
+    out = tmp_path / "out"
+    ran = CliRunner().invoke(main, ["run", str(EXAMPLES / "metaphase-46XY.png"), "--out",
+                                    str(out), "--keep-images", "--threads", "1"])
+    assert ran.exit_code == 0, ran.output
+    store = ReviewStore(out)
+    assert store.open("metaphase-46XY").original["karyotype"] is None
+    reviewed, _ = store.save("metaphase-46XY", [Correction(0, deleted=True)], "r")
+    assert reviewed["karyotype"] and reviewed["n_chromosomes"] == 47
+    report = (out / "metaphase-46XY" / "review" / "report.html").read_text()
+    assert f'<div class="karyotype">{reviewed["karyotype"]}</div>' in report
+    assert (out / "metaphase-46XY" / "review" / "karyogram.png").is_file()
