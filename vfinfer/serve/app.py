@@ -1,7 +1,10 @@
 """The HTTP API (FastAPI): one cell per ``POST /v1/cells``, several per ``/v1/cells:batch``,
 one metaphase image per ``POST /v1/metaphase`` (segmented first, when the server has a
-segmenter), health, model summary and Prometheus metrics. ``create_app(pipeline, ...)`` builds
-it around an open ``Pipeline``; ``vfinfer.serve.server`` runs it under uvicorn.
+segmenter), health, model summary and Prometheus metrics; the Open Inference Protocol's
+``/v2`` routes (``vfinfer.serve.oip``) and, with a cases directory, the review page and its
+routes (``vfinfer.serve.review``). ``create_app(pipeline, ...)`` builds it around an open
+``Pipeline``; ``vfinfer.serve.server`` runs it under uvicorn. Admission, decoding and the
+batcher, shared by all of them, are in ``vfinfer.serve.admission``.
 
 The JSON bodies are the pydantic models of ``vfinfer.serve.schemas`` (published on ``/docs``
 and ``/openapi.json``); a body that does not validate is a 422 in the project's error shape.
@@ -21,9 +24,6 @@ import contextlib
 import hmac
 import json
 import logging
-import time
-import uuid
-from pathlib import Path
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -38,9 +38,16 @@ from starlette.requests import ClientDisconnect
 from vfinfer import __version__
 from vfinfer.io.results import karyogram_png
 from vfinfer.io.review import ReviewStore, image_files
-from vfinfer.serve.batcher import Batcher, QueueFull
+from vfinfer.serve.admission import (
+    arrival,
+    classify,
+    decode_cell,
+    decode_metaphase,
+    public_model,
+    queue_full,
+)
+from vfinfer.serve.batcher import Batcher
 from vfinfer.serve.guards import (
-    ARRIVED,
     BodyGuard,
     BodyTimeout,
     HostGuard,
@@ -48,7 +55,6 @@ from vfinfer.serve.guards import (
     InFlight,
     Unexpected,
     allowed_hosts,
-    reservation,
 )
 from vfinfer.serve.limits import (
     ApiError,
@@ -56,11 +62,11 @@ from vfinfer.serve.limits import (
     Limits,
     bad_input,
     check_name,
-    measure_parts,
     media_type,
     require_json,
 )
 from vfinfer.serve.metrics import CountRequests, Metrics
+from vfinfer.serve.oip import OipErrors, add_oip_routes
 from vfinfer.serve.review import add_review_routes
 from vfinfer.serve.schemas import (
     ERROR_RESPONSES,
@@ -71,10 +77,8 @@ from vfinfer.serve.schemas import (
     CellRequest,
     describe,
 )
-from vfinfer.util.images import ImageReadError, decode_gray8
 
 OPEN_PATHS = ("/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready")
-RETRY_AFTER_S = "1"
 CLIENT_GONE = 499  # the status recorded for a request whose client hung up (nginx's)
 log = logging.getLogger("vfinfer.serve")
 bearer = HTTPBearer(auto_error=False, description="the server's token (vfinfer serve "
@@ -94,8 +98,6 @@ def create_app(pipeline, limits=None, token=None, max_wait_ms=5.0, max_batch=8,
     token, or ``{name: token}``; ``hosts``: the Host names it answers to (default: the
     loopback names); ``cases_dir``: the cases the review page opens and keeps (None: no
     review, ``vfinfer.serve.review``)."""
-    from vfinfer.serve.oip import OipErrors  # it imports this module
-
     limits = limits or Limits()
     state = ServerState(pipeline, limits, token, max_wait_ms, max_batch)
     state.segmenter = segmenter
@@ -183,14 +185,6 @@ async def require_token(
     request.state.token_name = request.app.state.vfinfer.check_token(credentials)
 
 
-def public_model(summary):
-    """A model summary without the server's file system: directory and checkpoint by name."""
-    source = dict(summary.get("source") or {})
-    if source.get("path"):
-        source["path"] = Path(source["path"]).name
-    return {**summary, "dir": Path(summary["dir"]).name, "source": source}
-
-
 def _add_error_handlers(app, state):
     @app.exception_handler(ApiError)
     async def api_error(_request, exc):
@@ -267,8 +261,6 @@ def _add_routes(app, state):
     _add_cell_routes(api, state)
     _add_metaphase_route(api, state)
     add_review_routes(app, api, state, review_upload(state))
-    from vfinfer.serve.oip import add_oip_routes  # it imports this module
-
     add_oip_routes(api, state)
     app.include_router(api)
 
@@ -369,11 +361,6 @@ def reviewable_files(state, result, held):
     return files
 
 
-def arrival(request):
-    """perf_counter() when ``BodyGuard`` saw the request come in (now, without it)."""
-    return request.scope.get(ARRIVED) or time.perf_counter()
-
-
 def _cell_body(model):
     """The OpenAPI request body of a route that reads JSON (``model``) or multipart itself."""
     form = {"type": "object", "required": ["images"], "properties": {
@@ -401,101 +388,6 @@ def _publish_request_models(app):
         return app.openapi_schema
 
     app.openapi = openapi
-
-
-def queue_full(detail):
-    return ApiError(503, "queue_full", f"server busy: {detail}; retry later",
-                    headers={"Retry-After": RETRY_AFTER_S})
-
-
-async def classify(state, name, parts, karyogram, started, raise_errors=True,
-                   decode=None):
-    """One cell through admission (its images' sizes from their headers against the limits
-    and the server's budget of decoded bytes), decode (``decode_cell``, or ``decode``), the
-    batcher and (optionally) the karyogram."""
-    try:
-        if isinstance(parts, ApiError):
-            raise parts
-        if state.batcher.depth >= state.limits.queue_size:  # before decoding anything
-            raise queue_full(f"{state.batcher.depth} cells are waiting")
-        held = reservation(measure_parts(parts, state.limits))
-        if not state.budget.try_acquire(held):
-            raise queue_full("the images of the requests in flight fill the server's memory "
-                             f"budget ({state.limits.max_inflight_mb} MB)")
-        try:
-            return await _classify_admitted(state, name, parts, karyogram, started, decode)
-        finally:
-            state.budget.release(held)
-    except ApiError as exc:
-        if raise_errors:
-            raise
-        state.count_error(exc.code)
-        return {"case": name, **exc.body()}
-
-
-async def _classify_admitted(state, name, parts, karyogram, started, decode):
-    prepared = await run_in_threadpool(decode or decode_cell, state, name, parts)
-    try:
-        future = state.batcher.submit(prepared)
-    except QueueFull as exc:
-        raise queue_full(str(exc)) from None
-    remaining = state.limits.timeout_s - (time.perf_counter() - started)
-    try:
-        result = await asyncio.wait_for(asyncio.wrap_future(future), max(remaining, 0))
-    except asyncio.TimeoutError:
-        raise ApiError(504, "timeout", f"no answer within {state.limits.timeout_s} s "
-                       "(the server is busy or the cell is large)") from None
-    except Exception:
-        request_id = uuid.uuid4().hex[:12]
-        log.exception("request %s: inference of %s failed", request_id, name)
-        raise ApiError(500, "inference_failed", f"{name}: inference failed (request id "
-                       f"{request_id}: the server's log has the details)") from None
-    result["model"] = public_model(result["model"])
-    if karyogram:
-        png = await run_in_threadpool(karyogram_png, result, prepared.images)
-        result["karyogram_png"] = base64.b64encode(png).decode("ascii")
-    return result
-
-
-def decode_cell(state, name, parts):
-    """(file, bytes) parts -> a PreparedCase; ApiError 422/413 naming the file."""
-    limits = state.limits
-    if not parts:
-        raise bad_input(f"{name}: no images (send one part per cut-out in the field 'images')")
-    if len(parts) > limits.max_images:
-        raise bad_input(f"{name}: {len(parts)} images, over the limit of {limits.max_images}")
-    images = [decode_part(data, file, limits) for file, data in parts]
-    files = [file for file, _ in parts]
-    try:
-        return state.pipeline.prepare(name, images, files)
-    except ValueError as exc:
-        raise bad_input(str(exc)) from None
-
-
-def decode_part(data, file, limits):
-    """One image's bytes -> 8-bit gray; ApiError 422 naming the file."""
-    try:
-        return decode_gray8(data, file, max_pixels=limits.max_pixels)
-    except ImageReadError as exc:
-        raise ApiError(422, "bad_image", str(exc), file) from None
-
-
-def decode_metaphase(state, name, parts, held):
-    """One metaphase part -> segmented (kept in ``held``) -> a PreparedCase of its cut-outs;
-    ApiError 422/413 naming the file."""
-    from vfinfer.pipeline.metaphase import NoChromosomesError, prepare_metaphase
-    from vfinfer.segment.model import ImageTooLargeError
-
-    file, data = parts[0]
-    image = decode_part(data, file, state.limits)
-    try:
-        held["segmented"], prepared = prepare_metaphase(state.pipeline, state.segmenter, image,
-                                                        name)
-    except ImageTooLargeError as exc:
-        raise ApiError(413, "image_too_large", f"{file}: {exc}", file) from None
-    except NoChromosomesError as exc:
-        raise ApiError(422, "no_chromosomes", str(exc), file) from None
-    return prepared
 
 
 def _flag(value):

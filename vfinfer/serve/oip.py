@@ -7,7 +7,7 @@ Routes (``add_oip_routes``; behind the server's token and limits like ``/v1``):
 
 A cell is a ``BYTES`` input ``IMAGES`` of shape ``[N]``, one encoded image file per chromosome
 (and optionally ``FILES``, their names); it goes through the same admission, decoding and
-dynamic batcher as ``POST /v1/cells`` (``vfinfer.serve.app.classify``). The outputs are per
+dynamic batcher as ``POST /v1/cells`` (``vfinfer.serve.admission.classify``). The outputs are per
 chromosome (``TYPE``, ``TYPE_PROB``, ``PROBABILITIES`` [N, 24], ``POLARITY``,
 ``POLARITY_PROB``, ``LOW_CONFIDENCE``) and per cell (``KARYOTYPE``, ``RESULT_JSON``).
 
@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from vfinfer import __version__
-from vfinfer.serve.app import arrival, classify, decode_cell
+from vfinfer.serve.admission import arrival, classify, decode_cell
 from vfinfer.serve.limits import ApiError, bad_input, check_name
 
 PLATFORM = "vfinfer_varifocal"
