@@ -285,6 +285,19 @@ def _dict(value, what):
     return value
 
 
+def _named(entry, kind, known, seen):
+    """(entry, its name) of one requested input or output: a dict naming a tensor the model
+    has, not named before (``seen``)."""
+    entry = _dict(entry, f"each {kind}")
+    name = entry.get("name")
+    if name not in known:
+        raise bad_tensor(f"{kind} {name!r}: unknown; the model's {kind}s are "
+                         f"{', '.join(known)}")
+    if name in seen:
+        raise bad_tensor(f"{kind} {name!r} is given twice")
+    return entry, name
+
+
 def input_elements(inputs, binary, limits):
     """{input name: list of bytes elements}, each input checked against the model (name,
     datatype, shape) and its data against its shape; binary data is taken in input order and
@@ -294,13 +307,7 @@ def input_elements(inputs, binary, limits):
     known = {tensor.name: tensor for tensor in INPUTS}
     elements, offset = {}, 0
     for tensor in inputs:
-        tensor = _dict(tensor, "each input")
-        name = tensor.get("name")
-        if name not in known:
-            raise bad_tensor(f"input {name!r}: unknown; the model's inputs are "
-                             f"{', '.join(known)}")
-        if name in elements:
-            raise bad_tensor(f"input {name!r} is given twice")
+        tensor, name = _named(tensor, "input", known, elements)
         count = check_declared(tensor, known[name], limits)
         size = _dict(tensor.get("parameters"), f"{name}.parameters").get("binary_data_size")
         if size is not None:
@@ -433,13 +440,7 @@ def requested_outputs(outputs):
     known = [tensor.name for tensor in output_tensors(0)]
     wanted = []
     for output in outputs:
-        output = _dict(output, "each output")
-        name = output.get("name")
-        if name not in known:
-            raise bad_tensor(f"output {name!r}: unknown; the model's outputs are "
-                             f"{', '.join(known)}")
-        if any(name == seen for seen, _ in wanted):
-            raise bad_tensor(f"output {name!r} is asked for twice")
+        output, name = _named(output, "output", known, [seen for seen, _ in wanted])
         parameters = _dict(output.get("parameters"), f"{name}.parameters")
         if "class_count" in parameters:
             raise bad_tensor(f"{name}: the classification extension (class_count) is not "
