@@ -28,8 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vfinfer.calls.karyotype import karyotype_summary
+from vfinfer.io.report import report_html
 from vfinfer.io.results import IMAGES_DIR, REVIEW_DIR, karyogram_png, result_csv
 from vfinfer.model.classes import POLARITY_NAMES, TYPE_NAMES, type_index
+from vfinfer.segment.cutouts import joined_cutout
 from vfinfer.util.atomic import write_atomic
 from vfinfer.util.images import ImageReadError, encode_png, read_gray8
 
@@ -254,8 +256,11 @@ class ReviewedCase:
         path = self.review_dir / AUDIT_FILE
         if not path.exists():
             return []
-        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                 if line.strip()]
+        try:
+            lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise ReviewError(f"{path}: cannot read the audit trail ({exc})") from None
         last = self.revision()
         return [line for line in lines if line["revision"] <= last]
 
@@ -292,8 +297,6 @@ class ReviewedCase:
     def joined_image(self, parts, fallback):
         """The chromosome made of the segments ``parts``, cut from the metaphase image
         (``fallback`` when the case has no metaphase image or no polygons)."""
-        from vfinfer.segment.cutouts import joined_cutout
-
         metaphase = self.dir / IMAGES_DIR / METAPHASE_IMAGE
         rows = self.original["chromosomes"]
         polygons = [rows[i].get("segment", {}).get("polygon") for i in parts]
@@ -303,8 +306,6 @@ class ReviewedCase:
         return joined_cutout(read_gray8(metaphase), polygons, background)
 
     def report(self, reviewed, karyogram, audit):
-        from vfinfer.io.report import report_html
-
         overlay = self.dir / "overlay.png"
         return report_html(reviewed, karyogram,
                            overlay.read_bytes() if overlay.exists() else None, audit)
