@@ -75,9 +75,10 @@ def shots(tmp_path):
 def open_case(browser, url, name):
     browser.get(f"{url}/review")
     wait = WebDriverWait(browser, 30)
-    browser.find_element(By.ID, "reviewer").send_keys("Dr. Browser")
-    token = browser.find_element(By.ID, "token")
-    token.send_keys(TOKEN)
+    reviewer, token = browser.find_element(By.ID, "reviewer"), browser.find_element(By.ID, "token")
+    for field, text in ((reviewer, "Dr. Browser"), (token, TOKEN)):
+        field.clear()  # the page keeps both from the last visit
+        field.send_keys(text)
     browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", token)
     wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, f"button[data-case='{name}']")))
     browser.find_element(By.CSS_SELECTOR, f"button[data-case='{name}']").click()
@@ -133,3 +134,18 @@ def test_the_reviewed_report_prints_on_two_pages_at_most(served, tmp_path):
     pages = int(next(line.split()[-1] for line in info.splitlines()
                      if line.startswith("Pages:")))
     assert 1 <= pages <= 2
+
+
+def test_a_case_uploaded_on_the_page_opens(browser, served, tmp_path):
+    server, cases = served
+    open_case(browser, server.url, TRISOMY)
+    files = sorted((EXAMPLES / TRISOMY).glob("*.png"))
+    browser.find_element(By.ID, "upload-name").send_keys("from-the-page")
+    browser.find_element(By.ID, "upload-files").send_keys("\n".join(map(str, files)))
+    browser.find_element(By.ID, "upload-button").click()
+    WebDriverWait(browser, 60).until(
+        until.text_to_be_present_in_element((By.ID, "status"), "classified and kept"))
+    assert browser.find_element(By.ID, "case-name").text == "from-the-page"
+    assert browser.find_element(By.ID, "karyotype").text == "47,XY,+21"
+    assert len(list((cases / "from-the-page" / "images").glob("*.png"))) == 47
+    browser.save_screenshot(str(shots(tmp_path) / "review-uploaded.png"))
