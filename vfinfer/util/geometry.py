@@ -113,13 +113,26 @@ def _principal_axes(mask):
     return coords, values, vectors
 
 
+def _moment_axes(mask):
+    """(eigenvalues ascending, eigenvectors as columns) of the mask's pixel covariance (as
+    ``np.cov`` of its coordinates, from OpenCV's central moments: no coordinate arrays), or
+    None for fewer than 3 pixels."""
+    moments = cv2.moments(np.ascontiguousarray(mask, dtype=np.uint8), binaryImage=True)
+    n = moments["m00"]
+    if n < 3:
+        return None
+    covariance = np.array([[moments["mu20"], moments["mu11"]],
+                           [moments["mu11"], moments["mu02"]]]) / (n - 1)
+    return np.linalg.eigh(covariance)
+
+
 def principal_axis_angle(mask):
     """Tilt of the mask's long axis from vertical, degrees in (-90, 90] (positive: the top
     leans right in image coordinates), or None when the mask has no clear long axis."""
-    axes = _principal_axes(mask)
+    axes = _moment_axes(mask)
     if axes is None:
         return None
-    _, values, vectors = axes
+    values, vectors = axes
     if values[0] <= 0 and values[1] <= 0:
         return None
     if values[1] < MIN_ELONGATION ** 2 * max(values[0], 1e-9):
