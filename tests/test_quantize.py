@@ -399,3 +399,56 @@ def test_reduce_range_gives_7_bit_weights(tmp_path, reduce_range, limit):
     ints = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
             if t.data_type == TensorProto.INT8]
     assert ints and max(int(np.abs(a).max()) for a in ints) in range(limit - 1, limit + 1)
+
+
+def _figures(value):
+    return {**dict.fromkeys(FIGURES, 0), "images": 500, "type_argmax_agreement": value}
+
+
+@pytest.mark.parametrize("alone, mixed, want", [
+    ({"gnet": 0.98, "lnet": 0.999, "heads": 1.0}, {("lnet", "heads"): 0.997},
+     ["lnet", "heads"]),
+    ({"gnet": 0.98, "lnet": 0.99, "heads": 1.0}, {("heads",): 1.0}, ["heads"]),
+    ({"gnet": 0.98, "lnet": 0.999, "heads": 1.0},
+     {("lnet", "heads"): 0.994, ("lnet",): 0.996}, ["lnet"]),
+    ({"gnet": 0.98, "lnet": 0.99, "heads": 0.99}, {}, []),
+])
+def test_int8_for_the_graphs_that_keep_the_rule(alone, mixed, want):
+    """When INT8 for all three graphs misses the rule, the graphs that keep it (each alone
+    and together) run INT8 and the others FP32."""
+    built = {role: (f"{role}_int8", None) for role in ROLES}
+    fp32 = {role: f"{role}_fp32" for role in ROLES}
+    checked = []
+
+    def check(paths):
+        roles = tuple(role for role in ROLES if paths[role].endswith("_int8"))
+        checked.append(roles)
+        return _figures(mixed.get(roles, 0.9))
+
+    failed = {"meets_rule": False}
+    roles, figures = quantize.int8_roles(failed, {r: _figures(v) for r, v in alone.items()},
+                                         built, fp32, check, 0.995, lambda *a: None)
+    assert roles == want
+    assert (figures is None) == (not want)
+    assert all(alone[role] >= 0.995 for tried in checked for role in tried)
+    assert quantize.int8_roles({"meets_rule": True}, {}, built, fp32, check, 0.995,
+                               print) == (list(ROLES), None)
+
+
+@pytest.mark.slow
+def test_a_partial_int8_model_runs_those_graphs_only(int8_dir, cases, fresh_copy):
+    out, _audit, _lines = int8_dir
+    copy = fresh_copy(out, "partial")
+    data = json.loads((copy / "manifest.json").read_text())
+    data["int8_audit"].update(usable=True, int8_roles=["lnet", "heads"])
+    (copy / "manifest.json").write_text(json.dumps(data))
+    images, _, _ = read_case(cases[2])
+    with Pipeline(copy, backend="ort", precision="int8") as pipe:
+        got = pipe.infer(images)
+        assert pipe.backend.describe()["int8_graphs"] == ["lnet", "heads"]
+    manifest = load_manifest(copy)
+    mixed = {"gnet": manifest.graph_path("gnet"), "lnet": manifest.graph_path("lnet", "int8"),
+             "heads": manifest.graph_path("heads", "int8")}
+    checked = agreement.network_outputs(mixed, images, manifest.config)
+    for key in ("type_probs", "polarity_probs", "loc", "boxes"):
+        np.testing.assert_allclose(got[key], checked[key], rtol=1e-5, atol=1e-6)

@@ -81,10 +81,20 @@ def create(manifest, threads=0, device="cpu", precision="fp32"):
             raise BackendError("ONNX Runtime here has no CUDA execution provider "
                                "(install onnxruntime-gpu on a machine with an NVIDIA GPU)")
         providers = CUDA
-    paths = {role: manifest.graph_path(role, precision) for role in GRAPH_ROLES}
+    reduced = int8_roles(manifest.data) if precision == "int8" else GRAPH_ROLES
+    paths = {role: manifest.graph_path(role, precision if role in reduced else "fp32")
+             for role in GRAPH_ROLES}
     backend = backend_from_paths(paths, threads, providers)
     used = backend.gnet.session.get_providers()[0]
     backend.name = "onnxruntime-cuda" if used == "CUDAExecutionProvider" else "onnxruntime-cpu"
     backend.details = {"provider": used, "threads": threads or "default",
                        "precision": precision, "onnxruntime": ort.__version__}
+    if precision == "int8":
+        backend.details["int8_graphs"] = list(reduced)
     return backend
+
+
+def int8_roles(manifest_data):
+    """The graphs the INT8 audit lets run in INT8 (all three for an audit from before partial
+    INT8 existed); the others run FP32."""
+    return tuple(manifest_data["int8_audit"].get("int8_roles", GRAPH_ROLES))

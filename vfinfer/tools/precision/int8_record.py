@@ -69,7 +69,10 @@ def record_int8(model_dir, data, data_in, found, settings):
     chosen, min_agreement = found["chosen"], settings["min_type_agreement"]
     n_holdout = len(data_in["holdout"][0])
     usable, reason = int8_usable(chosen["agreement"], min_agreement)
-    warnings = agreement_warnings(chosen["agreement"], min_agreement)
+    if not usable and found["int8_roles"]:
+        usable, reason = True, partial_reason(found, reason, min_agreement)
+    warnings = agreement_warnings(found["subset_agreement"] or chosen["agreement"],
+                                  min_agreement)
     if n_holdout < SMALL_HOLDOUT:
         warnings.append(f"only {n_holdout} holdout images: one disagreement is "
                         f"{1 / max(n_holdout, 1):.2%}, too coarse for the "
@@ -87,6 +90,16 @@ def record_int8(model_dir, data, data_in, found, settings):
     data["int8_audit"] = _audit(data_in, found, calibration, usable, reason, warnings,
                                 settings)
     write_manifest(model_dir, data)
+
+
+def partial_reason(found, whole, min_agreement):
+    """Why only some graphs run in INT8: the mix's agreement and the whole set's."""
+    roles = found["int8_roles"]
+    kept = [role for role in GRAPH_ROLES if role not in roles]
+    figure = found["subset_agreement"]["type_argmax_agreement"]
+    return (f"INT8 for {' and '.join(roles)} only, {' and '.join(kept)} in FP32: type argmax "
+            f"agreement with FP32 {figure:.2%} on {found['subset_agreement']['images']} "
+            f"holdout images (required: >= {min_agreement:.1%}); all graphs in INT8: {whole}")
 
 
 def _audit(data_in, found, calibration, usable, reason, warnings, settings):
@@ -113,7 +126,9 @@ def _audit(data_in, found, calibration, usable, reason, warnings, settings):
         "holdout": {"case_dirs": [str(d) for d in data_in["holdout_dirs"]],
                     "images": len(data_in["holdout"][0]), "split": data_in["split"],
                     **data_in["disjoint"]},
-        "agreement": chosen["agreement"],
+        "int8_roles": found["int8_roles"],
+        "agreement": found["subset_agreement"] or chosen["agreement"],
+        "all_graphs_agreement": chosen["agreement"],
         "warnings": warnings,
         "kept_fp32_rule": chosen["kept_fp32_rule"],
         "per_graph_agreement": found["per_graph"],

@@ -221,6 +221,15 @@ def _search(tmp, pre_models, pre_paths, feeds, methods, check, min_type_agreemen
     return attempts, best
 
 
+def mix_ms(timed, roles):
+    """Median ms of the three graphs with ``roles`` in INT8 and the rest in FP32."""
+    return sum(timed[role]["int8" if role in roles else "fp32"]["median_ms"]
+               for role in GRAPH_ROLES)
+
+
+PARTIAL_ROLES = (("lnet", "heads"), ("lnet",), ("heads",))  # tried in order: most time first
+
+
 def remove_int8_graphs(model_dir):
     """Drop the INT8 graphs, their manifest entries and the audit."""
     remove_precision_graphs(model_dir, "int8")
@@ -291,6 +300,8 @@ def _quantize_and_check(model_dir, tmp, data_in, settings, log):
         per_graph[role] = {k: figures[k] for k in (
             "type_argmax_agreement", "polarity_argmax_agreement", "box_iou_mean",
             "box_iou_min", "prob_max_abs_diff")}
+    roles, subset_agreement = int8_roles(chosen, per_graph, built, fp32_paths, check,
+                                         settings["min_type_agreement"], log)
     latency = None
     if settings["latency_threads"]:
         log("timing FP32 vs INT8 graphs (ONNX Runtime CPU, batch "
@@ -299,7 +310,27 @@ def _quantize_and_check(model_dir, tmp, data_in, settings, log):
                                   threads=tuple(settings["latency_threads"]),
                                   repeats=settings["latency_repeats"])
     return {"attempts": attempts, "chosen": chosen, "per_graph": per_graph,
-            "latency": latency, "fp32_paths": fp32_paths}
+            "latency": latency, "fp32_paths": fp32_paths, "int8_roles": roles,
+            "subset_agreement": subset_agreement}
+
+
+def int8_roles(chosen, per_graph, built, fp32_paths, check, min_type_agreement, log):
+    """(the graphs to run in INT8, the agreement of that mix or None): all three when the
+    chosen attempt meets the rule; else the first of ``PARTIAL_ROLES`` whose graphs each
+    pass alone and that passes together (the rest in FP32); else none."""
+    if chosen["meets_rule"]:
+        return list(GRAPH_ROLES), None
+    for roles in PARTIAL_ROLES:
+        if any(per_graph[role]["type_argmax_agreement"] < min_type_agreement
+               for role in roles):
+            continue
+        figures = check({r: (built[r][0] if r in roles else fp32_paths[r])
+                         for r in GRAPH_ROLES})
+        log(f"  INT8 {' + '.join(roles)} only, the rest FP32: "
+            + format_agreement(figures, "int8", "holdout images"))
+        if int8_usable(figures, min_type_agreement)[0]:
+            return list(roles), figures
+    return [], None
 
 
 def _log_outcome(audit, found, log):
@@ -312,6 +343,9 @@ def _log_outcome(audit, found, log):
             log(f"  {key.replace('_', ' ')}: FP32 {total['fp32_median_ms']:.1f} ms, INT8 "
                 f"{total['int8_median_ms']:.1f} ms per {LATENCY_BATCH} chromosomes "
                 f"(x{total['speedup']:.2f})")
+            if 0 < len(found["int8_roles"]) < len(GRAPH_ROLES):
+                log(f"    as used (INT8 {' + '.join(found['int8_roles'])}): "
+                    f"{mix_ms(latency[key], found['int8_roles']):.1f} ms")
         if latency["busy"]:
             log(f"  note: {latency['note']}")
     for note in audit["warnings"]:
