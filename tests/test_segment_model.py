@@ -53,3 +53,19 @@ def test_sixteen_bit_image_is_segmented(demo_segmenter):
     wide = image.astype(np.uint16) * 200  # a 16-bit camera image
     found = demo_segmenter.segment(wide)
     assert len(found.instances) >= 0.7 * len(masks)
+
+
+def test_level_quantile_is_numpys_percentile():
+    """The histogram quantile of the segmentation input's normalization gives numpy's
+    numbers exactly (median and the 99.5th percentile, linear interpolation, float32)."""
+    from vfinfer.segment.model import level_quantile
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, tuple(rng.integers(1, 90, 2)), dtype=np.uint8)
+              for _ in range(200)]
+    images += [np.full((4, 6), 7, np.uint8), np.array([[200]], np.uint8),
+               np.repeat(np.arange(256, dtype=np.uint8), 3).reshape(24, 32)]
+    for image in images:
+        as_float = image.astype(np.float32)
+        assert level_quantile(image, 0.5) == float(np.median(as_float))
+        assert level_quantile(image, 0.995) == float(np.percentile(as_float, 99.5))
