@@ -278,3 +278,13 @@ def test_a_withheld_karyotype_given_by_the_reviewer_is_reported(tmp_path):
     report = (out / "metaphase-46XY" / "review" / "report.html").read_text()
     assert f'<div class="karyotype">{reviewed["karyotype"]}</div>' in report
     assert (out / "metaphase-46XY" / "review" / "karyogram.png").is_file()
+
+
+def test_the_reviewed_report_shows_what_changed(store):
+    reviewed, _ = store.save(TRISOMY, [Correction(1, joined_into=2),
+                                       Correction(5, type="X", polarity="q-arm up")], "r")
+    assert reviewed["chromosomes"][5]["reviewed"]["type"]["to"] == "X"
+    assert reviewed["n_chromosomes"] == 46
+    report = (store.root / TRISOMY / "review" / "report.html").read_text()
+    assert "part of #" in report and "46 (1 removed by the reviewer" in report
+    assert "type " + reviewed["chromosomes"][5]["reviewed"]["type"]["from"] + "\u2192X" in report

@@ -30,7 +30,7 @@ SHA_SHOWN = 12  # hex digits of the G-Net sha256 in the report
 REQUIRED_KEYS = ("case", "chromosomes", "karyotype", "verdict", "warnings")
 POLARITY_MARKS = {"q-arm down": "down", "q-arm up": "up"}
 FIELD_NAMES = {"type": "type", "polarity": "polarity", "deleted": "removed",
-               "joined": "joined", "structural": "structural flag"}
+               "joined_into": "part of #", "structural": "structural change"}
 
 
 class ReportError(ValueError):
@@ -197,10 +197,15 @@ def segmentation_text(section):
 
 
 def split_removed(chromosomes):
-    """(kept, removed): (index, chromosome) pairs; removed ones the reviewer deleted."""
-    kept = [(i, c) for i, c in enumerate(chromosomes) if not c.get("deleted")]
-    removed = [(i, c) for i, c in enumerate(chromosomes) if c.get("deleted")]
+    """(kept, removed): (index, chromosome) pairs; removed ones the reviewer deleted or
+    joined into another chromosome (``vfinfer.io.review``)."""
+    kept = [(i, c) for i, c in enumerate(chromosomes) if not is_removed(c)]
+    removed = [(i, c) for i, c in enumerate(chromosomes) if is_removed(c)]
     return kept, removed
+
+
+def is_removed(chromosome):
+    return bool(chromosome.get("deleted")) or "joined_into" in chromosome
 
 
 def call_flags(chromosome):

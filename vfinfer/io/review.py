@@ -114,23 +114,25 @@ def check_corrections(result, corrections):
 
 
 def corrected_rows(result, corrections):
-    """The chromosome rows with ``corrections`` applied: each changed field in place and its
-    original value under ``reviewed[field]``; removed objects keep their row, marked."""
+    """The chromosome rows with ``corrections`` applied: each changed field in place and
+    ``reviewed[field]`` = ``{"from", "to"}``; removed objects keep their row, marked."""
     rows = copy.deepcopy(result["chromosomes"])
     for fix in corrections:
-        row, before = rows[fix.index], {}
+        row, changed = rows[fix.index], {}
         for field, value in (("type", fix.type), ("polarity", fix.polarity)):
             if value is not None and value != row[field]:
-                before[field] = row[field]
+                changed[field] = {"from": row[field], "to": value}
                 row[field] = value
         if fix.deleted:
-            row["deleted"], before["deleted"] = True, False
+            row["deleted"], changed["deleted"] = True, {"from": False, "to": True}
         if fix.joined_into is not None:
-            row["joined_into"], before["joined_into"] = fix.joined_into, None
+            row["joined_into"] = fix.joined_into
+            changed["joined_into"] = {"from": None, "to": fix.joined_into}
         if fix.structural:
-            row["structural_change"], before["structural"] = fix.structural.strip(), None
-        if before:
-            row["reviewed"] = before
+            row["structural_change"] = fix.structural.strip()
+            changed["structural"] = {"from": None, "to": row["structural_change"]}
+        if changed:
+            row["reviewed"] = changed
     return rows
 
 
