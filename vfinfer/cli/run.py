@@ -14,6 +14,7 @@ from vfinfer.cli.options import (
     one_line_errors,
     progress_bar,
     seg_model_option,
+    seg_precision_option,
     usage,
     verdict_options,
 )
@@ -49,10 +50,11 @@ from vfinfer.cli.options import (
               help="Pipelines (Ray actors) with --ray (0: one per 2 CPUs of the cluster).")
 @verdict_options
 @seg_model_option
+@seg_precision_option
 @one_line_errors
 def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, dispatch_mode,
         no_karyogram, report, keep_images, overwrite, patient_from, sample_sheet, ray_address,
-        ray_actors, background, force_karyotype, seg_model):
+        ray_actors, background, force_karyotype, seg_model, seg_precision):
     """Classify the chromosomes of each CASE_DIR (one cell per directory of cut-outs). A
     metaphase image file in place of a directory is segmented first (--seg-model) and
     also gets OUT/<image>/overlay.png."""
@@ -74,7 +76,8 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
         failed = _import_ray_run()(case_dirs, address=ray_address, actors=ray_actors,
                                    **options)
     else:
-        failed = run_cases(case_dirs, seg_model=seg_model, keep_images=keep_images, **options)
+        failed = run_cases(case_dirs, seg_model=seg_model, seg_precision=seg_precision,
+                           keep_images=keep_images, **options)
     if grouping:
         _write_patients(out_dir, names, sheet, patient_from, failed, overwrite)
     if failed:

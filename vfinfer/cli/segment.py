@@ -15,6 +15,7 @@ from vfinfer.cli.options import (
     import_export_side,
     one_line_errors,
     seg_model_option,
+    seg_precision_option,
     training_device,
 )
 
@@ -32,6 +33,7 @@ def _read_names(list_path):
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @seg_model_option
+@seg_precision_option
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),
               help="Classifier whose rotate-and-crop the cut-outs follow (default: the demo).")
 @click.option("--out", "out_dir", default="vfinfer-segments", show_default=True,
@@ -41,7 +43,8 @@ def _read_names(list_path):
               type=click.Choice(["auto", "light", "dark"]), help="The images' background.")
 @click.option("--overwrite", is_flag=True, help="Replace existing OUT/<image>/ directories.")
 @one_line_errors
-def segment(images, seg_model, model_dir, out_dir, threads, background, overwrite):
+def segment(images, seg_model, seg_precision, model_dir, out_dir, threads, background,
+            overwrite):
     """Cut the chromosomes out of each metaphase IMAGE (an image file, or a labelme JSON
     file's image): OUT/<image>/ is a case directory (cut-outs plus segmentation/ with masks,
     boxes and an overlay) to check, correct and 'vfinfer run'."""
@@ -53,7 +56,7 @@ def segment(images, seg_model, model_dir, out_dir, threads, background, overwrit
     from vfinfer.util.images import ImageReadError
 
     rotate_crop = load_manifest(model_dir or demo_model_dir()).config.rotate_crop
-    segmenter = Segmenter(seg_model, threads=threads)
+    segmenter = Segmenter(seg_model, threads=threads, precision=seg_precision)
     click.echo(f"segmentation {segmenter.describe().get('dir', 'classical')}; cut-outs turned "
                f"upright ({rotate_crop if rotate_crop != 'none' else 'principal-axis'})")
     failed = 0
@@ -77,13 +80,14 @@ def segment(images, seg_model, model_dir, out_dir, threads, background, overwrit
 @main.command("eval-seg")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @seg_model_option
+@seg_precision_option
 @click.option("--list", "list_path", type=click.Path(path_type=Path),
               help="Text file of the JSON names to evaluate (default: every *.json).")
 @click.option("--threads", default=0, type=click.IntRange(min=0), help="CPU threads.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the figures as JSON here.")
 @one_line_errors
-def eval_seg(data_dir, seg_model, list_path, threads, json_path):
+def eval_seg(data_dir, seg_model, seg_precision, list_path, threads, json_path):
     """Measure a segmentation model (or 'classical') on labelme metaphases: COCO AP50, AP75,
     mAP, precision and recall at IoU 0.5, chromosomes found, time per image."""
     try:
@@ -97,7 +101,7 @@ def eval_seg(data_dir, seg_model, list_path, threads, json_path):
         save_seg_report,
     )
 
-    segmenter = Segmenter(seg_model, threads=threads)
+    segmenter = Segmenter(seg_model, threads=threads, precision=seg_precision)
     report = evaluate_segmentation(data_dir, segmenter, _read_names(list_path), log=_log)
     click.echo(format_seg_report(report))
     if json_path is not None:
@@ -193,3 +197,34 @@ def synth_metaphase(out_dir, count, seed, karyotypes, background):
     paths = write_metaphases(out_dir, seed, count, tuple(karyotypes) or DEMO_KARYOTYPES,
                              background)
     click.echo(f"wrote {len(paths)} metaphases to {out_dir}")
+
+
+@main.command("quantize-seg")
+@click.argument("seg_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--calib", "calib_paths", multiple=True, required=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A metaphase (image or labelme JSON) to calibrate on (repeat the option).")
+@click.option("--holdout", "holdout_dir", required=True,
+              type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Labelled metaphases (labelme JSON) not used to calibrate: FP32 and INT8 "
+                   "mask AP are measured on them.")
+@click.option("--method", default="entropy", show_default=True,
+              type=click.Choice(["minmax", "percentile", "entropy"]))
+@click.option("--max-ap-drop", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Points of AP50 and of mAP the INT8 graph may lose.")
+@click.option("--threads", default=0, type=click.IntRange(min=0), help="CPU threads.")
+@one_line_errors
+def quantize_seg(seg_dir, calib_paths, holdout_dir, method, max_ap_drop, threads):
+    """Add a static INT8 graph to a segmentation model directory, checked by mask AP on
+    held-out labelled metaphases against FP32 (run it with --seg-precision int8)."""
+    try:
+        import onnx  # noqa: F401
+        import pycocotools  # noqa: F401
+    except ImportError:
+        fail("quantize-seg needs onnx and pycocotools: pip install -e '.[tools]'")
+    from vfinfer.tools.precision.quantize_seg import quantize_seg_model_dir
+
+    audit = quantize_seg_model_dir(seg_dir, calib_paths, holdout_dir, method=method,
+                                   threads=threads, max_ap_drop=max_ap_drop, log=_log)
+    if not audit["usable"]:
+        sys.exit(EXIT_FAILED)

@@ -11,6 +11,7 @@ from vfinfer.cli.options import (
     model_options,
     one_line_errors,
     seg_model_option,
+    seg_precision_option,
     usage,
     verdict_options,
 )
@@ -80,12 +81,13 @@ def limit_options(command):
 @limit_options
 @verdict_options
 @seg_model_option
+@seg_precision_option
 @one_line_errors
 def serve(model_dir, backend, precision, threads, batch_size, dispatch_mode, host, port,
           token_file, cases_dir, max_wait_ms, max_batch, queue_size, timeout_s, max_body_mb,
           max_images, max_pixels, max_request_pixels, max_inflight_mb, body_timeout,
           header_timeout, allow_hosts,
-          background, force_karyotype, seg_model):
+          background, force_karyotype, seg_model, seg_precision):
     """Serve the model over HTTP: POST /v1/cells, /v1/cells:batch, /v1/metaphase, health,
     /metrics; with --cases, the review page /review."""
     server, limits_class = _import_server()
@@ -104,4 +106,4 @@ def serve(model_dir, backend, precision, threads, batch_size, dispatch_mode, hos
                  model_dir=model_dir, backend=backend, threads=threads,
                  batch_size=batch_size, dispatch_mode=dispatch_mode, precision=precision,
                  background=background, force_karyotype=force_karyotype,
-                 seg_model=seg_model)
+                 seg_model=seg_model, seg_precision=seg_precision)

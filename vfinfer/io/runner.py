@@ -140,12 +140,14 @@ def case_line(result):
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="auto", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=print, progress=None, background="auto",
-              force_karyotype=False, seg_model=None, report=True, keep_images=False):
+              force_karyotype=False, seg_model=None, report=True, keep_images=False,
+              seg_precision="fp32"):
     """Run every case; returns the names of the cases that failed (``run_with`` says what
     ``echo`` and ``progress`` are). Metaphase image files among ``case_dirs`` are segmented
     by ``seg_model`` (a segmentation model directory, "classical", or None: the demo);
     ``report``: write each case's report.html too; ``keep_images``: also write the images
-    as classified to OUT/<case>/images/ (what the review page needs, ``vfinfer.io.review``)."""
+    as classified to OUT/<case>/images/ (what the review page needs, ``vfinfer.io.review``);
+    ``seg_precision``: the segmentation graph (fp32, or int8 once checked)."""
     check_case_names(case_dirs)
     segmenter = None
     with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
@@ -157,8 +159,9 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
         if any(is_metaphase(d) for d in case_dirs):
             from vfinfer.segment.segmenter import Segmenter
 
-            segmenter = Segmenter(seg_model, threads=threads)
-            echo(f"segmentation {segmenter.describe().get('dir', 'classical')}")
+            segmenter = Segmenter(seg_model, threads=threads, precision=seg_precision)
+            echo(f"segmentation {segmenter.describe().get('dir', 'classical')}"
+                 + (f" ({seg_precision})" if seg_precision != "fp32" else ""))
         try:
             counts, failed = run_with(pipeline, case_dirs, out_dir, karyogram, overwrite,
                                       echo, progress, segmenter, report, keep_images)

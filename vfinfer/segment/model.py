@@ -126,6 +126,16 @@ class SegModel:
                                 f"(available: {', '.join(sorted(self.data['graphs']))})")
         return self.model_dir / entry["file"]
 
+    def check_int8(self):
+        """SegModelError unless ``vfinfer quantize-seg`` found the INT8 graph usable."""
+        audit = self.data.get("int8_audit")
+        if not isinstance(audit, dict):
+            raise SegModelError(f"{self.model_dir}: no checked INT8 segmentation graph; make "
+                                "one with 'vfinfer quantize-seg'")
+        if audit.get("usable") is not True:
+            raise SegModelError(f"{self.model_dir}: the INT8 segmentation graph is marked "
+                                f"unusable: {audit.get('reason', 'no reason recorded')}")
+
     def describe(self) -> dict[str, Any]:
         return {"dir": str(self.model_dir), "kind": "network",
                 "trained_on": self.data.get("training", {}).get("data")}

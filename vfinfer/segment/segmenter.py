@@ -69,7 +69,8 @@ class Segmenter:
     """See the module doc. ``model``: a segmentation model directory, ``"classical"``, or
     None for the bundled demo model."""
 
-    def __init__(self, model=None, backend="ort", threads=0, precision="fp32"):
+    def __init__(self, model=None, backend="ort", threads=0, precision="fp32",
+                 check_audit=True):
         if backend not in SEG_BACKENDS:
             raise BackendError(f"unknown segmentation backend {backend!r}: choose one of "
                                f"{', '.join(SEG_BACKENDS)}")
@@ -80,14 +81,19 @@ class Segmenter:
             self.model, self.runner, self.params = None, None, ClassicalParams()
             return
         self.model = load_seg_model(model or demo_seg_model_dir())
-        self.params = self.model.params
+        if precision == "int8" and check_audit:
+            self.model.check_int8()
+        self.params, self.precision = self.model.params, precision
         self.runner = _runner(self.model, backend, threads, precision)
 
     def describe(self):
         if self.classical:
             return {"kind": CLASSICAL, "method": "Otsu threshold + distance-transform "
                                                 "watershed (no training)"}
-        return self.model.describe()
+        described = self.model.describe()
+        if self.precision != "fp32":
+            described["precision"] = self.precision
+        return described
 
     def maps(self, gray, background="auto"):
         """(3, H, W) float32 probabilities of the network for a gray uint8 image."""

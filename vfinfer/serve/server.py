@@ -72,9 +72,10 @@ def bind(host, port):
 
 def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
           max_batch=8, echo=print, seg_model=None, allow_hosts=(), cases_dir=None,
-          **pipeline_options):
+          seg_precision="fp32", **pipeline_options):
     """Run the server until SIGTERM / Ctrl-C. ``pipeline_options`` go to ``Pipeline``;
-    ``seg_model`` (a directory, "classical" or None: the demo) serves ``/v1/metaphase``;
+    ``seg_model`` (a directory, "classical" or None: the demo) serves ``/v1/metaphase``, its
+    ``seg_precision`` graph (fp32, or int8 once ``vfinfer quantize-seg`` checked it);
     ``allow_hosts``: Host names it answers to besides ``host`` and the loopback names;
     ``cases_dir``: the review page's cases (created if missing; None: no review page)."""
     import uvicorn
@@ -95,7 +96,8 @@ def serve(host="127.0.0.1", port=8000, token=None, limits=None, max_wait_ms=5.0,
     sock = bind(host, port)
     from vfinfer.segment.segmenter import Segmenter
 
-    segmenter = Segmenter(seg_model, threads=pipeline_options.get("threads", 0))
+    segmenter = Segmenter(seg_model, threads=pipeline_options.get("threads", 0),
+                          precision=seg_precision)
     with sock, Pipeline(**pipeline_options) as pipeline, contextlib.closing(segmenter):
         app = create_app(pipeline, limits, token=token, max_wait_ms=max_wait_ms,
                          max_batch=max_batch, segmenter=segmenter,

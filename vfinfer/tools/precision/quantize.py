@@ -154,17 +154,20 @@ def preprocess_graph(source, out_path):
 
 
 def quantize_graph(pre_path, out_path, feeds, method, kept, batch=CALIB_BATCH,
-                   reduce_range=False):
+                   reduce_range=False, reader=None):
     """``quantize_static`` (QDQ, per-channel) of a pre-processed graph; ``reduce_range``: 7-bit
     weights, which ONNX Runtime recommends for CPUs without VNNI, where its U8S8 kernels add
-    pairs of products in 16 bits (VPMADDUBSW) and can saturate."""
+    pairs of products in 16 bits (VPMADDUBSW) and can saturate. ``reader``: a calibration
+    data reader to use instead of batches of ``feeds``."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     extra = {"CalibStridedMinMax": 1}  # one batch per collect_data call, any method
     if method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
     with _quiet_quantizer(), redirect_stdout(io.StringIO()):  # the calibrators print progress
-        quantize_static(str(pre_path), str(out_path), _feed_reader(feeds, batch),
+        if reader is None:
+            reader = _feed_reader(feeds, batch)
+        quantize_static(str(pre_path), str(out_path), reader,
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(OP_TYPES_TO_QUANTIZE),
