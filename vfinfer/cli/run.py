@@ -60,7 +60,7 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
     also gets OUT/<image>/overlay.png."""
     from vfinfer.io.runner import case_name, run_cases
 
-    _check_ray_options(case_dirs, ray_address, ray_actors)
+    _check_ray_options(case_dirs, ray_address, ray_actors, keep_images)
     names = [case_name(d) for d in case_dirs]
     grouping = patient_from is not None or sample_sheet is not None
     sheet = _patient_grouping(names, sample_sheet, patient_from, dispatch_mode, model_dir) \
@@ -71,8 +71,6 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
                    echo=click.echo, progress=progress_bar, background=background,
                    force_karyotype=force_karyotype, report=report)
     if ray_address is not None:
-        if keep_images:
-            usage("--keep-images is not available with --ray (run those cases without it)")
         failed = _import_ray_run()(case_dirs, address=ray_address, actors=ray_actors,
                                    **options)
     else:
@@ -84,10 +82,12 @@ def run(case_dirs, model_dir, backend, precision, threads, batch_size, out_dir, 
         sys.exit(EXIT_FAILED)
 
 
-def _check_ray_options(case_dirs, ray_address, ray_actors):
+def _check_ray_options(case_dirs, ray_address, ray_actors, keep_images):
     """Usage errors for --ray and --ray-actors that cannot be run as given."""
     from vfinfer.io.runner import is_metaphase
 
+    if keep_images and ray_address is not None:
+        usage("--keep-images is not available with --ray (run those cases without it)")
     if ray_address is not None and Path(ray_address).is_dir():
         usage(f"--ray {ray_address}: that is a directory; put --ray after the case "
               "directories, or give the cluster's address")
