@@ -1,6 +1,6 @@
 """Time per metaphase by stage: segmentation network, instance step, cut-outs, classification.
 
-    python benchmarks/metaphase_speed.py --images 20 --threads 2 \
+    python benchmarks/metaphase_speed.py --images 20 --threads 2 [--seg-precision int8] \
         --json benchmarks/results/metaphase_speed_demo.json
     python benchmarks/metaphase_speed.py --data ../shared/data/bioimlab/metaphases \
         --list SEGSPLIT/test.txt --model CLASSIFIER --seg-model SEGMODEL --threads 2 --json ...
@@ -55,17 +55,19 @@ def main():
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--model", type=Path)
     parser.add_argument("--seg-model")
+    parser.add_argument("--seg-precision", default="fp32", choices=("fp32", "int8"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     images = images_from(args)
     with MetaphasePipeline(args.model, seg_model=args.seg_model, threads=args.threads,
-                           backend="ort") as mp:
+                           backend="ort", seg_precision=args.seg_precision) as mp:
         timed(mp, images[0])  # warm-up
         rows = [timed(mp, image) for image in images[1:]]
     report = {
         "command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
         "images": len(rows), "image_size": list(images[1].shape), "threads": args.threads,
+        "seg_precision": args.seg_precision,
         "chromosomes_median": float(np.median([r["chromosomes"] for r in rows])),
         "ms": {s: percentiles([r[s] for r in rows], digits=1) for s in STAGES},
     }
