@@ -6,9 +6,9 @@
         --list SEGSPLIT/test.txt --model CLASSIFIER --seg-model SEGMODEL --threads 2 --json ...
 
 Without ``--data`` the images are synthetic metaphases (``vfinfer synth-metaphase``, light
-background, 1024 x 768, seeds 5000...) and the models the bundled demo ones. One untimed
-warm-up image first; median and p90 over the images; ``classification`` is the classifier's
-whole pipeline (normalize, G-Net, crop, L-Net, heads, dispatch, verdict).
+background, 1024 x 768 or ``--size``, seeds 5000...) and the models the bundled demo ones.
+One untimed warm-up image first; median and p90 over the images; ``classification`` is the
+classifier's whole pipeline (normalize, G-Net, crop, L-Net, heads, dispatch, verdict).
 """
 
 import argparse
@@ -31,7 +31,9 @@ def images_from(args):
     if args.data is None:
         from vfinfer.tools.synthesis.metaphases import render_metaphase
 
-        return [render_metaphase(5000 + k, "46,XY")[0] for k in range(args.images + 1)]
+        size = tuple(int(v) for v in args.size.split("x")) if args.size else None
+        extra = {"size": size[::-1]} if size else {}  # --size is W x H, render takes (H, W)
+        return [render_metaphase(5000 + k, "46,XY", **extra)[0] for k in range(args.images + 1)]
     names = read_names(args.list) if args.list else sorted(
         p.name for p in args.data.glob("*.json"))
     return [read_labelme(args.data / n).image for n in names[:args.images + 1]]
@@ -56,6 +58,7 @@ def main():
     parser.add_argument("--model", type=Path)
     parser.add_argument("--seg-model")
     parser.add_argument("--seg-precision", default="fp32", choices=("fp32", "int8"))
+    parser.add_argument("--size", help="synthetic metaphases of WIDTHxHEIGHT (default 1024x768)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
