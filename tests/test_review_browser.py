@@ -23,6 +23,10 @@ from serving import Server
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
                                 "(pip install -e '.[dev]')")
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as until  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
@@ -72,6 +76,16 @@ def shots(tmp_path):
     return folder
 
 
+def clicked(browser, selector):
+    """Click the element if it is there: the case list is drawn again when the token changes,
+    so an element found a moment ago may be gone (the wait tries again)."""
+    try:
+        browser.find_element(By.CSS_SELECTOR, selector).click()
+    except (NoSuchElementException, StaleElementReferenceException):
+        return False
+    return True
+
+
 def open_case(browser, url, name):
     browser.get(f"{url}/review")
     wait = WebDriverWait(browser, 30)
@@ -80,8 +94,7 @@ def open_case(browser, url, name):
         field.clear()  # the page keeps both from the last visit
         field.send_keys(text)
     browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", token)
-    wait.until(until.element_to_be_clickable((By.CSS_SELECTOR, f"button[data-case='{name}']")))
-    browser.find_element(By.CSS_SELECTOR, f"button[data-case='{name}']").click()
+    wait.until(lambda b: clicked(b, f"button[data-case='{name}']"))
     wait.until(until.presence_of_element_located((By.ID, "type-0")))
     wait.until(lambda b: b.execute_script(
         "return document.getElementById('karyogram').naturalWidth") > 0)
