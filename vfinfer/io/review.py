@@ -28,14 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vfinfer.calls.karyotype import karyotype_summary
-from vfinfer.io.report import report_html
+from vfinfer.io.report import AUDIT_NAME, ReportError, read_audit, report_html
 from vfinfer.io.results import IMAGES_DIR, REVIEW_DIR, karyogram_png, result_csv
 from vfinfer.model.classes import POLARITY_NAMES, TYPE_NAMES, type_index
 from vfinfer.segment.cutouts import joined_cutout
 from vfinfer.util.atomic import write_atomic
 from vfinfer.util.images import ImageReadError, encode_png, read_gray8
 
-AUDIT_FILE = "audit.jsonl"
+AUDIT_FILE = AUDIT_NAME  # the report reads the trail from the same file
 METAPHASE_IMAGE = "metaphase.png"
 FIELDS = ("type", "polarity", "deleted", "joined_into", "structural")
 MAX_STRUCTURAL_CHARS = 60
@@ -248,22 +248,20 @@ class ReviewedCase:
         path = self.review_dir / "result.json"
         return read_json(path, "reviewed result") if path.exists() else None
 
-    def revision(self):
-        reviewed = self.reviewed()
+    def revision(self, reviewed=None):
+        """The revision of the last complete save (0: none); ``reviewed``: that save's result
+        when the caller has read it already."""
+        reviewed = reviewed or self.reviewed()
         return reviewed["review"]["revision"] if reviewed else 0
 
-    def audit(self):
-        """The audit lines of the complete saves (a line past the last complete save is
-        what a save that did not finish left)."""
-        path = self.review_dir / AUDIT_FILE
-        if not path.exists():
-            return []
+    def audit(self, last=None):
+        """The audit lines of the complete saves, up to revision ``last`` (default: the last
+        complete save; a line past it is what a save that did not finish left)."""
         try:
-            lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-                     if line.strip()]
-        except (OSError, ValueError) as exc:
-            raise ReviewError(f"{path}: cannot read the audit trail ({exc})") from None
-        last = self.revision()
+            lines = read_audit(self.review_dir / AUDIT_FILE)
+        except ReportError as exc:
+            raise ReviewError(str(exc)) from None
+        last = self.revision() if last is None else last
         return [line for line in lines if line["revision"] <= last]
 
     def images(self):
@@ -317,16 +315,17 @@ class ReviewedCase:
         ``base_revision`` (None: on whatever is saved); returns (reviewed result, audit
         line). ReviewConflict when the case was saved since ``base_revision``; the caller
         holds the case's lock (``ReviewStore``)."""
-        current = self.revision()
+        saved = self.reviewed()
+        current = self.revision(saved)
         if base_revision is not None and base_revision != current:
             raise ReviewConflict(f"{self.dir.name}: saved as revision {current} since "
                                  f"revision {base_revision} was opened; reload the case")
-        previous = self.reviewed() or self.original
+        previous = saved or self.original
         when = now_iso()
         reviewed = apply_corrections(self.original, corrections, reviewer, current + 1, when)
         line = {"revision": current + 1, "time": when, "reviewer": reviewer, "token": token,
                 "changes": changes_between(previous["chromosomes"], reviewed["chromosomes"])}
-        audit = self.audit() + [line]
+        audit = self.audit(current) + [line]
         karyogram = self.picture(reviewed)
         files = {"result.csv": result_csv({**reviewed, "chromosomes": kept(
                      reviewed["chromosomes"])}).encode("utf-8"),
