@@ -11,13 +11,16 @@ conditioned on the called type.
 2. ``--copies`` copies of each cell with ``--per-cell`` aberrations each
    (``vfinfer.tools.synthesis.structural_cases``, fixed ``--seed``, all kinds, segment sizes
    ``--size-min..--size-max`` of the length), written to a temporary folder: the score of each
-   aberrant chromosome (the unchanged chromosomes of the copies are left out: they are the
-   normals of step 1).
+   aberrant chromosome. The unchanged chromosomes of the copies are not among the normals of
+   step 1; their flags are reported apart (all of them, and the *partners*: those of the type
+   of an aberrant chromosome of their copy, which a score that compares homologues sees
+   beside an aberrant copy), with the copies in which only aberrant chromosomes are flagged.
 3. ROC AUC (aberrant vs normal chromosomes; overall, per size bin and per kind), sensitivity
    at the manifest's threshold per kind, per size bin (5-10 %, >= 10 %) and both; the targets
    of the issue beside them. The threshold is the manifest's: nothing is tuned here.
 
-Writes the JSON and, beside it, ``structural_roc.png`` and ``structural_pr.png``.
+Writes the JSON and, beside it, ``<name>_roc.png`` and ``<name>_pr.png`` (``<name>``: the
+JSON's name without ``_eval``).
 """
 
 import argparse
@@ -63,7 +66,8 @@ def score_cells(pipe, data_dir, labels_csv):
 
 
 def aberrant_scores(pipe, args, tmp):
-    """The scores of the aberrant chromosomes of the copies, with their truth rows."""
+    """(the scores of the aberrant chromosomes of the copies with their truth rows, the
+    figures of their unchanged chromosomes: ``copy_figures``)."""
     out = Path(tmp) / "structural"
     n_cells = len(by_cell(read_labels(args.data_dir, args.labels)))
     write_structural_cases(args.data_dir, out, seed=args.seed, labels_csv=args.labels,
@@ -76,7 +80,28 @@ def aberrant_scores(pipe, args, tmp):
     for row in truth:
         score, called, labelled = scores[(row["cell"], row["file"])]
         rows.append({**row, "score": score, "called_type": called, "labelled_type": labelled})
-    return rows
+    return rows, copy_figures(scores, rows, pipe.structural.threshold)
+
+
+def copy_figures(scores, aberrant, threshold):
+    """Flags among the unchanged chromosomes of the copies: all, the partners (module doc),
+    and the share of copies where every flag is on an aberrant chromosome."""
+    changed = {(r["cell"], r["file"]) for r in aberrant}
+    changed_types = {(r["cell"], r["labelled_type"]) for r in aberrant}
+    unchanged = {k: v for k, v in scores.items() if k not in changed}
+    partner = [k for k, (_, _, labelled) in unchanged.items() if (k[0], labelled)
+               in changed_types]
+    others_flagged = {cell for (cell, _), (s, _, _) in unchanged.items() if s >= threshold}
+    copies = {cell for cell, _ in scores}
+
+    def rate(keys):
+        return round(float(np.mean([unchanged[k][0] >= threshold for k in keys])), 4) \
+            if keys else None
+
+    return {"unchanged": len(unchanged), "unchanged_flagged": rate(list(unchanged)),
+            "partners": len(partner), "partners_flagged": rate(partner),
+            "copies": len(copies), "copies_only_aberrant_flagged": round(
+                1 - len(others_flagged) / max(len(copies), 1), 4)}
 
 
 def figures(normal, aberrant, threshold):
@@ -172,34 +197,37 @@ def main(argv=None):
         threshold = pipe.structural.threshold
         normal, any_flagged = score_cells(pipe, args.data_dir, args.labels)
         with tempfile.TemporaryDirectory() as tmp:
-            aberrant = aberrant_scores(pipe, args, tmp)
+            aberrant, copies = aberrant_scores(pipe, args, tmp)
     report["data"] = {"cells": len(any_flagged), "copies_per_cell": args.copies,
                       "aberrations_per_copy": args.per_cell, "seed": args.seed,
                       "sizes": [args.size_min, args.size_max], "kinds": list(KINDS)}
     report["chromosomes"] = figures(normal, aberrant, threshold)
     report["normal_cells"] = {"n": len(any_flagged), "share_any_flagged": round(
         float(np.mean(list(any_flagged.values()))), 4)}
+    report["aberrant_copies"] = copies
     report["targets"] = targets_met(report)
     report["seconds"] = round(time.perf_counter() - started, 1)
-    _plots(args.json.parent, normal, aberrant, threshold)
+    _plots(args.json, normal, aberrant, threshold)
     save(report, args.json)
     print(f"AUC {report['chromosomes']['auc']}, specificity "
           f"{report['chromosomes']['specificity']}, sensitivity by size "
           f"{ {k: v['sensitivity'] for k, v in report['chromosomes']['by_size'].items()} }, "
-          f"normal cells with a flag {report['normal_cells']['share_any_flagged']}")
+          f"normal cells with a flag {report['normal_cells']['share_any_flagged']}, "
+          f"partners of aberrant chromosomes flagged {copies['partners_flagged']}")
     for name, entry in report["targets"].items():
         print(f"  {name}: target {entry['target']}, measured {entry['measured']}, "
               f"{'met' if entry['met'] else 'NOT met'}")
 
 
-def _plots(folder, normal, aberrant, threshold):
+def _plots(json_path, normal, aberrant, threshold):
     scores = np.r_[[s for s, _, _ in normal.values()], [r["score"] for r in aberrant]]
     positive = np.r_[np.zeros(len(normal)), np.ones(len(aberrant))].astype(bool)
+    folder, name = json_path.parent, json_path.stem.replace("_eval", "")
     folder.mkdir(parents=True, exist_ok=True)
     curve = roc_curve(scores, positive)
-    write_atomic(folder / "structural_roc.png", roc_png(
+    write_atomic(folder / f"{name}_roc.png", roc_png(
         {"chromosomes": curve}, threshold, "structural score: aberrant vs normal chromosomes"))
-    write_atomic(folder / "structural_pr.png", pr_png(
+    write_atomic(folder / f"{name}_pr.png", pr_png(
         scores, positive, threshold, "structural score: precision / recall"))
 
 

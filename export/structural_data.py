@@ -8,6 +8,12 @@ derivatives are examples), segment sizes uniform in ``size_min..size_max`` of th
 Aberrant chromosomes are measured against the median length of their normal cell. Every
 example goes through ``vfinfer.pipeline.structural`` exactly as at run time (crop to the mask,
 fit the canvas, condition on the labelled type and the log relative length).
+
+With ``homologue`` each example also carries its homologue (``with_homologues``): normal
+chromosomes their normal partner; aberrant ones the other copy of their type in the cell as
+changed, which is normal because at most one chromosome of a type is changed per cell; and
+the normal partners of aberrant chromosomes are examples too (label 0, their homologue the
+aberrant copy), so that the score learns which copy of an unlike pair is the changed one.
 """
 
 from concurrent.futures import ProcessPoolExecutor
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vfinfer.io.labels import by_cell, cell_slides
-from vfinfer.pipeline.structural import conditions, fit_canvas, structural_crop
+from vfinfer.pipeline.structural import conditions, fit_canvas, structural_crop, with_homologues
 from vfinfer.tools.synthesis.structural import KINDS
 from vfinfer.tools.synthesis.structural_cases import SourceCell, draw_one
 
@@ -34,11 +40,13 @@ class ExampleOptions:
     size_max: float = 0.4
     normals_per_cell: int = 0  # 0: every chromosome of the cell
     aberrant_per_cell: int = 8
+    homologue: bool = False  # pair each chromosome with its homologue (module doc)
 
 
 @dataclass
 class Examples:
-    """Arrays of examples: ``canvas`` (N, H, W) uint8, ``cond`` (N, 25) float32, ``label``
+    """Arrays of examples: ``canvas`` (N, H, W) uint8 ((N, 2, H, W) with the homologue),
+    ``cond`` (N, 25) float32 ((N, 27) with the homologue), ``label``
     (N,) 1 = aberrant, ``kind`` ("" for normal), ``size`` (0 for normal), ``cell``."""
 
     canvas: np.ndarray
@@ -71,34 +79,85 @@ def split_cells(labels, val_share, seed):
 
 
 def _aberrations(source, rng, options):
-    """Up to ``aberrant_per_cell`` ``Aberration``s of the cell, each of a kind drawn from
-    ``options.kinds`` on chromosomes not changed before (``structural_cases.draw_one``)."""
-    changed = {}
+    """``{index in the cell: Aberration}`` of up to ``aberrant_per_cell`` aberrations, each of
+    a kind drawn from ``options.kinds`` on chromosomes not changed before
+    (``structural_cases.draw_one``); with ``homologue``, at most one chromosome per type."""
+    changed, blocked = {}, {}
+    types = [item.type for item in source.items]
     for _ in range(options.aberrant_per_cell):
         kind = options.kinds[int(rng.integers(len(options.kinds)))]
-        changed.update(draw_one(source, changed, kind, rng,
-                                (options.size_min, options.size_max), MAX_TRIES) or {})
-    return list(changed.values())
+        made = draw_one(source, blocked, kind, rng, (options.size_min, options.size_max),
+                        MAX_TRIES) or {}
+        changed.update(made)
+        blocked.update(made)
+        if options.homologue:
+            blocked.update({i: None for i, t in enumerate(types)
+                            if t in {types[j] for j in made}})
+    return changed
 
 
 def cell_examples(name, items, seed, options):
     """The ``Examples`` of one cell (module doc); deterministic given ``seed`` and ``name``."""
     rng = np.random.default_rng([seed, *name.encode()])
     source = SourceCell(items)
-    crops = [structural_crop(img) for img in source.images]
-    median = float(np.median([c.shape[0] for c in crops]))
-    chosen = range(len(crops))
-    if options.normals_per_cell and options.normals_per_cell < len(crops):
-        chosen = sorted(rng.choice(len(crops), options.normals_per_cell, replace=False))
-    pairs = [(crops[i], items[i].type, "", 0.0) for i in chosen]
-    for aberration in _aberrations(source, rng, options):
-        pairs.append((structural_crop(aberration.image), aberration.chromosome_type - 1,
-                      aberration.kind, aberration.size))
-    canvas = np.stack([fit_canvas(c, options.height, options.width) for c, *_ in pairs])
-    cond = conditions([t for _, t, _, _ in pairs], [c.shape[0] for c, *_ in pairs], median)
-    return Examples(canvas, cond, np.array([k != "" for *_, k, _ in pairs], np.float32),
-                    [k for *_, k, _ in pairs], np.array([s for *_, s in pairs], np.float32),
-                    [name] * len(pairs))
+    cell = _Cell([structural_crop(img) for img in source.images], [it.type for it in items])
+    median = float(np.median(cell.lengths))
+    chosen = range(len(cell.crops))
+    if options.normals_per_cell and options.normals_per_cell < len(cell.crops):
+        chosen = sorted(rng.choice(len(cell.crops), options.normals_per_cell, replace=False))
+    changed = _aberrations(source, rng, options)
+    aberrant = cell.changed_by(changed)
+    picks = [(cell, i, "", 0.0) for i in chosen]
+    picks += [(aberrant, i, a.kind, a.size) for i, a in sorted(changed.items())]
+    if options.homologue:
+        picks += [(aberrant, i, "", 0.0) for i in aberrant.partners(changed)]
+    canvas, cond = _inputs(picks, median, options)
+    kinds = [k for *_, k, _ in picks]
+    return Examples(canvas, cond, np.array([k != "" for k in kinds], np.float32), kinds,
+                    np.array([s for *_, s in picks], np.float32), [name] * len(picks))
+
+
+@dataclass
+class _Cell:
+    """One cell's cropped chromosomes and their types (0-based)."""
+
+    crops: list
+    types: list
+
+    @property
+    def lengths(self):
+        return [c.shape[0] for c in self.crops]
+
+    def changed_by(self, aberrations):
+        """The cell with the chromosomes of ``{index: Aberration}`` replaced."""
+        crops, types = list(self.crops), list(self.types)
+        for i, aberration in aberrations.items():
+            crops[i] = structural_crop(aberration.image)
+            types[i] = aberration.chromosome_type - 1
+        return _Cell(crops, types)
+
+    def partners(self, changed):
+        """Unchanged chromosomes of the types of the ``changed`` indices."""
+        kinds = {self.types[i] for i in changed}
+        return [i for i, t in enumerate(self.types) if t in kinds and i not in changed]
+
+    def canvases(self, options):
+        return np.stack([fit_canvas(c, options.height, options.width) for c in self.crops])
+
+
+def _inputs(picks, median, options):
+    """(canvas, cond) of ``(cell, index, kind, size)`` picks; each cell's chromosomes are
+    paired with their homologues in that cell when ``options.homologue``."""
+    done = {}
+    for cell in {id(c): c for c, *_ in picks}.values():
+        canvases = cell.canvases(options)
+        cond = conditions(cell.types, cell.lengths, median)
+        if options.homologue:
+            canvases, extra = with_homologues(canvases, cell.types, cell.lengths, median)
+            cond = np.concatenate([cond, extra], axis=1)
+        done[id(cell)] = canvases, cond
+    canvas = np.stack([done[id(c)][0][i] for c, i, *_ in picks])
+    return canvas, np.stack([done[id(c)][1][i] for c, i, *_ in picks])
 
 
 def _cell_job(job):

@@ -1,7 +1,7 @@
 """ONNX export of the structural score into a classifier model directory
 (``vfinfer export-structural``).
 
-Writes ``structural.onnx`` (inputs ``image`` (N, 1, H, W) and ``cond`` (N, 25), output
+Writes ``structural.onnx`` (inputs ``image`` (N, C, H, W) and ``cond`` (N, 25 or 27), output
 ``score`` (N, 1), N dynamic; ``vfinfer.pipeline.structural``) beside the classifier's graphs
 and a ``structural`` section into its ``manifest.json``: the graph's file, sha256 and tensors,
 the input layout, the threshold with the validation figures it was chosen on, how the network
@@ -19,8 +19,8 @@ import onnx
 import torch
 
 from vfinfer.backends.ort import make_session
+from vfinfer.model.classes import N_TYPES
 from vfinfer.model.manifest import load_manifest, sha256_file, write_json_atomic
-from vfinfer.pipeline.structural import COND_SIZE
 from vfinfer.tools.precision.onnx_graph import io_records
 
 from .onnx_export import (
@@ -34,6 +34,9 @@ from .structural_model import StructuralExport
 from .structural_train import load_structural
 
 GRAPH_FILE = "structural.onnx"
+HOMOLOGUE_NOTE = ("; with the homologue: 1 when the called type has another copy in the cell, "
+                  "then log(its mask height / the median); image channel 1: that copy's "
+                  "canvas (of several, the one differing least; white when none)")
 PARITY_BATCHES = (1, 7, 46)
 
 
@@ -41,10 +44,10 @@ def random_inputs(net, batch, seed=0):
     """Random (image, cond) of ``batch`` chromosomes: darkness in 0..1, a one-hot type and a
     log relative length."""
     rng = np.random.default_rng([seed, batch])
-    image = rng.random((batch, 1, net.height, net.width)).astype(np.float32)
-    cond = np.zeros((batch, COND_SIZE), np.float32)
-    cond[np.arange(batch), rng.integers(0, COND_SIZE - 1, batch)] = 1.0
-    cond[:, -1] = rng.normal(0.0, 0.4, batch)
+    image = rng.random((batch, net.channels, net.height, net.width)).astype(np.float32)
+    cond = np.zeros((batch, net.cond_size), np.float32)
+    cond[np.arange(batch), rng.integers(0, N_TYPES, batch)] = 1.0
+    cond[:, N_TYPES:] = rng.normal(0.0, 0.4, (batch, net.cond_size - N_TYPES))
     return image, cond
 
 
@@ -70,12 +73,13 @@ def structural_section(net, payload, path, checkpoint, parity):
     training = dict(payload.get("training") or {})
     return {
         "file": GRAPH_FILE, "sha256": sha256_file(path), "inputs": inputs, "outputs": outputs,
-        "input": {"height": net.height, "width": net.width,
+        "input": {"height": net.height, "width": net.width, "homologue": net.homologue,
                   "image": "light-background cut-out turned q-arm down by the called polarity, "
                            "white outside its mask, cropped to the mask, fitted into height x "
                            "width keeping aspect, centred on white; (255 - x) / 255",
                   "cond": "24-way one-hot of the called type, then log(mask height / the "
-                          "cell's median mask height)"},
+                          "cell's median mask height)" + (HOMOLOGUE_NOTE if net.homologue
+                                                          else "")},
         "threshold": float(payload["threshold"]),
         "flag": "score >= threshold",
         "target_specificity": payload.get("target_specificity"),

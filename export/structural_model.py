@@ -1,36 +1,50 @@
 """The structural-score network (``vfinfer.pipeline.structural`` describes its inputs).
 
 Four conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool) on the H x W darkness canvas,
-global average and max pooling, then the condition (24-way one-hot of the called type and the
-log relative length) concatenated before two fully connected layers; the output ``score`` is
-the sigmoid of one logit: the probability that the chromosome is aberrant.
+then ``pool``: ``global`` average and max pooling over the whole map, or ``rows``: the
+average over the width of each row of the last map, kept in order from the p-arm end to the
+q-arm end (H / 16 rows), so that the head sees the order of the bands along the chromosome,
+which deletions, duplications, inversions and translocations change. The condition (24-way
+one-hot of the called type and the log relative length) is concatenated before two fully
+connected layers; the output ``score`` is the sigmoid of one logit: the probability that the
+chromosome is aberrant. With
+``homologue``, the canvas has a second channel (the homologue's) and the condition two more
+values.
 """
 
 import torch
 from torch import nn
 
-from vfinfer.pipeline.structural import COND_SIZE
+from vfinfer.pipeline.structural import cond_size
 
 DEFAULT_WIDTHS = (16, 32, 48, 64)
 DEFAULT_HIDDEN = 64
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 96, 32
+POOLS = ("global", "rows")
 
 
 class StructuralNet(nn.Module):
     """``forward(image, cond) -> logit`` (N,); ``score`` is its sigmoid (N, 1)."""
 
     def __init__(self, widths=DEFAULT_WIDTHS, hidden=DEFAULT_HIDDEN, height=DEFAULT_HEIGHT,
-                 width=DEFAULT_WIDTH):
+                 width=DEFAULT_WIDTH, homologue=False, pool="global"):
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self.pool = pool
         self.widths, self.hidden = tuple(int(w) for w in widths), int(hidden)
         self.height, self.width = int(height), int(width)
-        layers, channels = [], 1
+        self.homologue = bool(homologue)
+        self.channels, self.cond_size = 1 + self.homologue, cond_size(self.homologue)
+        layers, channels = [], self.channels
         for out in self.widths:
             layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
                        nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = out
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(2 * channels + COND_SIZE, self.hidden),
+        self.rows = self.height // 2 ** len(self.widths)
+        pooled = 2 * channels if pool == "global" else channels * self.rows
+        self.head = nn.Sequential(nn.Linear(pooled + self.cond_size, self.hidden),
                                   nn.ReLU(inplace=True), nn.Dropout(0.2),
                                   nn.Linear(self.hidden, self.hidden), nn.ReLU(inplace=True),
                                   nn.Linear(self.hidden, 1))
@@ -38,7 +52,10 @@ class StructuralNet(nn.Module):
     def forward(self, image, cond):
         """The logit of each chromosome, shape (N,)."""
         x = self.features(image)
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), cond], dim=1)
+        if self.pool == "rows":
+            pooled = torch.cat([x.mean(dim=3).flatten(1), cond], dim=1)
+        else:
+            pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), cond], dim=1)
         return self.head(pooled)[:, 0]
 
     def score(self, image, cond):
@@ -47,8 +64,11 @@ class StructuralNet(nn.Module):
 
     def spec(self):
         """The constructor's arguments, for the checkpoint."""
-        return {"widths": list(self.widths), "hidden": self.hidden, "height": self.height,
+        spec = {"widths": list(self.widths), "hidden": self.hidden, "height": self.height,
                 "width": self.width}
+        spec.update({"homologue": True} if self.homologue else {})
+        spec.update({"pool": self.pool} if self.pool != "global" else {})
+        return spec
 
 
 class StructuralExport(nn.Module):

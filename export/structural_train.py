@@ -76,21 +76,24 @@ def predict(net, canvas, cond, batch=512):
 
 
 def _darkness(canvas):
-    x = torch.from_numpy(canvas).float()
-    return ((255.0 - x) / 255.0)[:, None]
+    """uint8 canvases (N, H, W) or (N, C, H, W) -> darkness (N, C, H, W)."""
+    x = (255.0 - torch.from_numpy(canvas).float()) / 255.0
+    return x[:, None] if x.ndim == 3 else x
 
 
 def _batches(examples, rng):
-    """Shuffled training batches: (image, cond, label) tensors, flipped left-right and with a
-    gain on the darkness at random."""
+    """Shuffled training batches: (image, cond, label) tensors, each channel (the chromosome,
+    its homologue) flipped left-right and given a gain on its darkness at random, on its
+    own."""
     order = rng.permutation(len(examples))
     for start in range(0, len(order), BATCH):
         idx = order[start:start + BATCH]
         x = _darkness(examples.canvas[idx])
-        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
-        x[flip] = x[flip].flip(-1)
-        gain = torch.from_numpy(rng.uniform(0.8, 1.2, len(idx)).astype(np.float32))
-        x = (x * gain[:, None, None, None]).clamp(0, 1)
+        n, channels = x.shape[:2]
+        flip = torch.from_numpy(rng.random((n, channels)) < 0.5)
+        x = torch.where(flip[:, :, None, None], x.flip(-1), x)
+        gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, channels)).astype(np.float32))
+        x = (x * gain[:, :, None, None]).clamp(0, 1)
         yield x, torch.from_numpy(examples.cond[idx]), torch.from_numpy(examples.label[idx])
 
 
@@ -133,6 +136,7 @@ def _data(data_dir, labels_csv, seed, val_share, options, workers, log):
                         "made_by": "vfinfer.tools.synthesis.structural (draw_aberration)",
                         "per_cell": options.aberrant_per_cell},
         "normals_per_cell": options.normals_per_cell or "all",
+        "homologue": options.homologue,
     }
     return train_cells, train, val, record
 
@@ -144,7 +148,9 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     net = net or StructuralNet()
-    options = options or ExampleOptions(net.height, net.width)
+    options = options or ExampleOptions(net.height, net.width, homologue=net.homologue)
+    if options.homologue != net.homologue:
+        raise ValueError("the examples and the network disagree on the homologue channel")
     workers = max(1, int(threads or 1))
     train_cells, train, val, record = _data(data_dir, labels_csv, seed, val_share, options,
                                             workers, log)

@@ -120,6 +120,32 @@ def test_calls_from_optimal_dispatch_results():
     assert all("margin" in c for c in patient["cells"])
 
 
+def _screened(flagged_types, karyotype="46,XY"):
+    """A per-cell result dict of a model with the structural score, the given types flagged."""
+    rows = [{"type": str(t), "structural": {"score": 0.1, "flagged": False}}
+            for t in range(1, 23)]
+    rows += [{"type": t, "structural": {"score": 0.9, "flagged": True}} for t in flagged_types]
+    return {"karyotype": karyotype, "structural": {"screened": True},
+            "chromosomes": rows}
+
+
+def test_structural_flags_of_one_type_in_two_cells_are_a_possible_clone():
+    results = {"a": _screened(["5"]), "b": _screened(["5", "9"]), "c": _screened([]),
+               "d": {"karyotype": "46,XY", "structural": {"screened": False}}}
+    found = patient_karyotype(results)
+    section = found["structural"]
+    assert section["screened"] and section["n_screened"] == 3
+    assert section["flagged"] == {"5": ["a", "b"], "9": ["b"]}
+    assert [c["chromosome"] for c in section["clones"]] == ["5"]
+    assert found["karyotype"] == "46,XY[4]"  # never in the notation
+    assert any("possible structural clone: chromosome 5 flagged in 2 of 3 screened cells"
+               in w for w in found["warnings"])
+    alone = patient_karyotype({"a": _screened(["9"]), "b": _screened([])})
+    assert alone["structural"]["clones"] == [] and alone["warnings"] == []
+    plain = patient_karyotype({"a": "46,XY"})["structural"]
+    assert not plain["screened"] and plain["clones"] == []
+
+
 # --------------------------------------------------------------------------- grouping
 
 

@@ -274,7 +274,7 @@ def test_a_withheld_karyotype_given_by_the_reviewer_is_reported(tmp_path):
     store = ReviewStore(out)
     assert store.open("metaphase-46XY").original["karyotype"] is None
     reviewed, _ = store.save("metaphase-46XY", [Correction(0, deleted=True)], "r")
-    assert reviewed["karyotype"] and reviewed["n_chromosomes"] == 47
+    assert reviewed["karyotype"] and reviewed["n_chromosomes"] == 45  # 46 found, one removed
     report = (out / "metaphase-46XY" / "review" / "report.html").read_text()
     assert f'<div class="karyotype">{reviewed["karyotype"]}</div>' in report
     assert (out / "metaphase-46XY" / "review" / "karyogram.png").is_file()

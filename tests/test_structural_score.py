@@ -18,7 +18,12 @@ from vfinfer.model.classes import type_index
 from vfinfer.model.manifest import ModelDirError, demo_model_dir, sha256_file
 from vfinfer.pipeline import Pipeline
 from vfinfer.pipeline.result import NOT_SCREENED
-from vfinfer.pipeline.structural import fit_canvas, structural_crop, structural_inputs
+from vfinfer.pipeline.structural import (
+    fit_canvas,
+    homologues,
+    structural_crop,
+    structural_inputs,
+)
 from vfinfer.tools.synthesis.cells import render_chromosome, write_cases
 from vfinfer.util.images import read_gray8
 
@@ -62,6 +67,53 @@ def test_inputs_crop_fit_and_condition():
     assert 0.0 <= x.min() and x.max() <= 1.0 and x[0, 0, 0, 0] == 0.0  # white is 0
     assert (cond[:, 4] == 1).all() and cond[:, :24].sum() == 3
     assert cond[1, 24] == pytest.approx(np.log(2.0), abs=0.05) and cond[0, 24] == 0.0
+
+
+def test_homologue_is_the_nearest_other_copy_of_the_type():
+    rng = np.random.default_rng(3)
+    canvases = rng.integers(0, 255, (5, 8, 4)).astype(np.uint8)
+    canvases[3] = canvases[0] // 2 + 100  # nearer to 0 than 1 is
+    assert homologues(canvases, [2, 2, 7, 2, 5]).tolist() == [3, 3, -1, 0, -1]
+    assert homologues(canvases[:0], []).tolist() == []
+
+
+def test_homologue_inputs_pair_each_chromosome_with_its_copy():
+    rng = np.random.default_rng(4)
+    a, b, x = (render_chromosome(t, rng) for t in (4, 4, 22))
+    short = a[: a.shape[0] // 2]
+    x_single, cond_single = structural_inputs([a, b, x, short], [4, 4, 22, 9], 48, 16)
+    x_pair, cond_pair = structural_inputs([a, b, x, short], [4, 4, 22, 9], 48, 16,
+                                          homologue=True)
+    assert x_pair.shape == (4, 2, 48, 16) and cond_pair.shape == (4, 27)
+    np.testing.assert_array_equal(x_pair[:, :1], x_single)  # channel 0 as without
+    np.testing.assert_array_equal(cond_pair[:, :25], cond_single)
+    np.testing.assert_array_equal(x_pair[0, 1], x_single[1, 0])  # 5 <-> 5
+    np.testing.assert_array_equal(x_pair[1, 1], x_single[0, 0])
+    assert not x_pair[2, 1].any() and not x_pair[3, 1].any()  # single copies: white
+    assert cond_pair[:2, 25].tolist() == [1, 1] and cond_pair[2:, 25].tolist() == [0, 0]
+    assert cond_pair[0, 26] == cond_single[1, 24] and cond_pair[2, 26] == 0
+
+
+def test_homologue_examples_hold_the_partners_of_aberrant_chromosomes(cells):
+    from vfinfer.io.labels import by_cell, read_labels
+    from vfinfer_export.structural_data import ExampleOptions, cell_examples
+
+    name, items = sorted(by_cell(read_labels(cells)).items())[0]
+    options = ExampleOptions(32, 16, normals_per_cell=0, aberrant_per_cell=6, homologue=True)
+    examples = cell_examples(name, items, 0, options)
+    aberrant = examples.label == 1
+    assert examples.canvas.shape[1:] == (2, 32, 16) and examples.cond.shape[1] == 27
+    assert 0 < aberrant.sum() <= 8  # at most one chromosome per type (t: two)
+    types = examples.cond[:, :24].argmax(1)
+    assert len(set(types[aberrant].tolist())) == aberrant.sum()  # one per type
+    partners = np.flatnonzero(~aberrant)[len(items):]  # after the cell's normals
+    assert len(partners) > 0 and set(types[partners]) <= set(types[aberrant])
+    for i in partners:  # a partner's homologue is the aberrant copy of its type
+        j = np.flatnonzero(aberrant & (types == types[i]))[0]
+        np.testing.assert_array_equal(examples.canvas[i, 1], examples.canvas[j, 0])
+    single = cell_examples(name, items, 0, ExampleOptions(32, 16, normals_per_cell=0,
+                                                          aberrant_per_cell=6))
+    assert single.canvas.ndim == 3 and len(single) == len(items) + single.label.sum()
 
 
 def test_karyogram_marks_flagged_chromosome():
@@ -129,6 +181,26 @@ def model(trained, tmp_path_factory):
     shutil.copytree(demo_model_dir(), folder)
     export_structural(trained, folder, threads=1, log=lambda _: None)
     return folder
+
+
+@pytest.fixture(scope="module")
+def homologue_model(cells, tmp_path_factory):
+    """A copy of the demo model with a tiny structural net that sees the homologue."""
+    pytest.importorskip("torch")
+    from vfinfer_export.structural_data import ExampleOptions
+    from vfinfer_export.structural_export import export_structural
+    from vfinfer_export.structural_model import StructuralNet
+    from vfinfer_export.structural_train import train_structural
+
+    net = StructuralNet(widths=(4, 8), hidden=8, height=32, width=16, homologue=True)
+    options = ExampleOptions(32, 16, normals_per_cell=12, aberrant_per_cell=4, homologue=True)
+    path = train_structural(cells, tmp_path_factory.mktemp("run"), epochs=1, seed=0,
+                            threads=1, val_share=0.5, options=options, net=net,
+                            log=lambda _: None)
+    folder = tmp_path_factory.mktemp("model") / "demo"
+    shutil.copytree(demo_model_dir(), folder)
+    export_structural(path, folder, threads=1, log=lambda _: None)
+    return folder, path
 
 
 def _with_threshold(model, tmp_path, threshold):
@@ -232,6 +304,28 @@ def test_runtime_scores_conditioned_on_called_type(model, cells, trained):
         moved = net.score(torch.from_numpy(x), torch.from_numpy(
             structural_inputs(images, other, 32, 16)[1])).numpy()[:, 0]
     assert np.abs(moved - scores).max() > 1e-4
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_homologue_score_runtime_matches_reference(homologue_model, cells):
+    import torch
+
+    from vfinfer_export.structural_train import load_structural
+
+    folder, checkpoint = homologue_model
+    section = json.loads((folder / "manifest.json").read_text())["structural"]
+    assert section["input"]["homologue"] is True and section["network"]["homologue"] is True
+    assert [i["shape"][1] for i in section["inputs"]] == [2, 27]
+    images, files = _cell_images(cells)
+    with Pipeline(folder, backend="ort") as pipe:
+        rows = pipe.run_case(images, files=files)["chromosomes"]
+    types = [type_index(row["type"]) for row in rows]
+    x, cond = structural_inputs(images, types, 32, 16, homologue=True)
+    net, payload = load_structural(checkpoint)
+    assert payload["training"]["homologue"] is True
+    with torch.no_grad():
+        ref = net.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
+    np.testing.assert_allclose([row["structural"]["score"] for row in rows], ref, atol=1e-5)
 
 
 @pytest.mark.slow  # trains and exports a tiny network (a few seconds)

@@ -27,6 +27,12 @@ Simplifications: clones are groups of identical karyotypes (a sideline that shar
 stemline's change and adds one more, such as 48,XY,+8,+21 next to 47,XY,+21, is its own
 group); structural changes and chimerism (``//``) are not described. Every abnormal clone
 comes with a warning that it needs review by a cytogeneticist.
+
+Structural flags (per-cell result dicts of a model with the structural score,
+docs/structural.md): a chromosome type flagged in at least ``MIN_CELLS_STRUCTURAL`` cells is a
+*possible structural clone* (ISCN: the same structural change in two cells), reported in the
+``structural`` section with a warning, never in the notation: a flag names no change, so two
+flags of one type are not known to be the same change.
 """
 
 import re
@@ -48,6 +54,7 @@ __all__ = [
 ]
 
 MIN_CELLS_GAIN = 2
+MIN_CELLS_STRUCTURAL = 2
 MIN_CELLS_LOSS = 3
 NORMAL = ("46,XX", "46,XY")
 RULES = (f"ISCN clone rules: the same gain in at least {MIN_CELLS_GAIN} cells, the same loss "
@@ -167,6 +174,10 @@ def patient_karyotype(calls, patient=None):
     total = len(cells)
     warnings = [f"abnormal clone {e['karyotype']} ({', '.join(e['changes'])}) in "
                 f"{e['n_cells']} of {total} cells: {REVIEW_NOTE}" for e in clones]
+    structural = structural_clones(calls)
+    warnings += [f"possible structural clone: chromosome {e['chromosome']} flagged in "
+                 f"{e['n_cells']} of {structural['n_screened']} screened cells: review"
+                 for e in structural["clones"]]
     notes = []
     if non_clonal:
         shown = "; ".join(f"{e['karyotype']} in {e['n_cells']} cell(s)" for e in non_clonal)
@@ -184,8 +195,32 @@ def patient_karyotype(calls, patient=None):
         "patient": None if patient is None else str(patient), "n_cells": total,
         "karyotype": notation, "abnormal": bool(clones), "reference": reference,
         "lines": lines, "non_clonal": non_clonal, "unusable": unusable, "cells": cells,
-        "warnings": warnings, "notes": notes, "rules": RULES,
+        "warnings": warnings, "notes": notes, "rules": RULES, "structural": structural,
     }
+
+
+def structural_clones(calls):
+    """The ``structural`` section: the cells screened (results with a screened structural
+    score), per chromosome type the cells in which one of its copies was flagged, and the
+    types flagged in at least ``MIN_CELLS_STRUCTURAL`` cells (module doc)."""
+    screened, flagged = [], {}
+    for cell, value in calls.items():
+        section = value.get("structural") if isinstance(value, Mapping) else None
+        if not (isinstance(section, Mapping) and section.get("screened")):
+            continue
+        screened.append(str(cell))
+        types = {row.get("type") for row in value.get("chromosomes") or []
+                 if isinstance(row, Mapping) and (row.get("structural") or {}).get("flagged")}
+        for name in sorted(t for t in types if t is not None):
+            flagged.setdefault(str(name), []).append(str(cell))
+    order = {name: i for i, name in enumerate(TYPE_NAMES)}
+    by_type = dict(sorted(flagged.items(), key=lambda kv: order.get(kv[0], len(order))))
+    clones = [{"chromosome": name, "n_cells": len(cells), "cells": cells}
+              for name, cells in by_type.items() if len(cells) >= MIN_CELLS_STRUCTURAL]
+    return {"screened": bool(screened), "n_screened": len(screened), "flagged": by_type,
+            "clones": clones,
+            "rule": f"a chromosome type flagged in at least {MIN_CELLS_STRUCTURAL} cells: a "
+                    "possible structural clone, for review (not in the karyotype)"}
 
 
 def _usable_cells(calls):

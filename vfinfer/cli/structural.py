@@ -66,9 +66,16 @@ def _widths(_ctx, _param, value):
               help="HEIGHTxWIDTH of the canvas each chromosome is fitted into.")
 @click.option("--widths", default="16,32,48,64", show_default=True, callback=_widths,
               help="Channels of the conv blocks (each halves the canvas).")
+@click.option("--homologue/--no-homologue", default=False, show_default=True,
+              help="Show the score each chromosome's homologue too (the other copy of its "
+                   "type in the cell) and train on unlike pairs.")
+@click.option("--pool", default="global", show_default=True,
+              type=click.Choice(["global", "rows"]),
+              help="global: average and max over the last feature map; rows: each row's "
+                   "average kept in order along the chromosome (the order of its bands).")
 @one_line_errors
 def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
-                     aberrant_per_cell, size_min, size_max, canvas, widths):
+                     aberrant_per_cell, size_min, size_max, canvas, widths, homologue, pool):
     """Train the structural score on labelled normal cells against synthetic aberrations of
     their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
     normal chromosomes of held-out slides)."""
@@ -78,10 +85,11 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
     from vfinfer_export.structural_data import ExampleOptions
     from vfinfer_export.structural_model import StructuralNet
 
-    net = StructuralNet(widths=widths, height=canvas[0], width=canvas[1])
+    net = StructuralNet(widths=widths, height=canvas[0], width=canvas[1], homologue=homologue,
+                        pool=pool)
     options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
                              normals_per_cell=normals_per_cell,
-                             aberrant_per_cell=aberrant_per_cell)
+                             aberrant_per_cell=aberrant_per_cell, homologue=homologue)
     path = train.train_structural(data_dir, out_dir, labels_csv=labels_csv, epochs=epochs,
                                   seed=seed, threads=threads, options=options, net=net)
     click.echo(f"wrote {path}")

@@ -127,6 +127,8 @@ def patients_from_results(out_dir, cases, sample_sheet=None, pattern=None, echo=
             continue
         n, n_nc = found["n_cells"], len(found["non_clonal"])
         extra = f"; {n_nc} non-clonal finding{'s' if n_nc != 1 else ''}" if n_nc else ""
+        shown = ", ".join(e["chromosome"] for e in found["structural"]["clones"])
+        extra += f"; possible structural clone of chromosome {shown}: review" if shown else ""
         echo(f"patient {patient}: {found['karyotype'] or 'no karyotype'} "
              f"({n} cell{'s' if n != 1 else ''}{extra}) -> {target}")
         out.append(found)

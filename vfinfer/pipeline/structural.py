@@ -15,6 +15,13 @@ Its inputs, made here for training (``vfinfer_export.structural_train``) and inf
 - ``cond`` (N, 25) float32: the called type as a 24-way one-hot, then log(length / the
   cell's median length), the length being the mask's height (so the score sees whether a
   chromosome is longer or shorter than its type should be in this cell).
+
+A score trained with the homologue (manifest ``input.homologue``, ``train-structural
+--homologue``) also sees the chromosome's homologue, as a cytogeneticist compares the two
+copies of a pair: ``image`` (N, 2, H, W) has the canvas of the other chromosome of the same
+called type in channel 1 (of several, the one whose canvas differs least; white when the type
+has no other copy), and ``cond`` (N, 27) two more values: 1 when there is a homologue, and
+log(its length / the cell's median length).
 """
 
 import math
@@ -26,7 +33,13 @@ from vfinfer.model.classes import N_TYPES
 from vfinfer.util.geometry import body_mask
 
 COND_SIZE = N_TYPES + 1  # one-hot type, log relative length
+HOMOLOGUE_COND = 2  # has a homologue, its log relative length
 BACKGROUND = 255
+
+
+def cond_size(homologue):
+    """The width of ``cond``: 25, or 27 with the homologue."""
+    return COND_SIZE + (HOMOLOGUE_COND if homologue else 0)
 
 
 def structural_crop(light_image):
@@ -53,12 +66,13 @@ def fit_canvas(crop, height, width):
     return out
 
 
-def structural_inputs(images, types, height, width, flip=None):
+def structural_inputs(images, types, height, width, flip=None, homologue=False):
     """The ``image`` and ``cond`` inputs (module doc) of one cell's cut-outs.
 
     ``images``: light-background uint8 cut-outs, upright; ``types``: 0-based types (called,
     or labelled in training); ``flip``: per image, True to turn it upside down first (called
-    q-arm up). The median length is taken over these images: pass one cell at a time.
+    q-arm up); ``homologue``: add each chromosome's homologue (module doc). The median length
+    is taken over these images: pass one cell at a time.
     """
     if len(images) != len(types):
         raise ValueError(f"{len(images)} images but {len(types)} types")
@@ -66,12 +80,50 @@ def structural_inputs(images, types, height, width, flip=None):
     crops = [structural_crop(img[::-1] if f else img) for img, f in zip(images, flip)]
     canvases = np.stack([fit_canvas(c, height, width) for c in crops]) if crops else \
         np.zeros((0, height, width), np.uint8)
-    return darkness(canvases), conditions(types, [c.shape[0] for c in crops])
+    lengths = [c.shape[0] for c in crops]
+    cond = conditions(types, lengths)
+    if not homologue:
+        return darkness(canvases), cond
+    paired, extra = with_homologues(canvases, types, lengths)
+    return darkness(paired), np.concatenate([cond, extra], axis=1)
+
+
+def homologues(canvases, types):
+    """For each chromosome, the index of its homologue: of the others of the same type, the
+    one whose canvas differs least (mean absolute difference); -1 when there is none."""
+    types = np.asarray(types)
+    flat = canvases.reshape(len(canvases), int(np.prod(canvases.shape[1:]))).astype(np.int16)
+    partner = np.full(len(types), -1, dtype=np.int64)
+    for i in range(len(types)):
+        others = np.flatnonzero(types == types[i])
+        others = others[others != i]
+        if len(others):
+            distance = np.abs(flat[others] - flat[i]).mean(axis=1)
+            partner[i] = others[int(np.argmin(distance))]
+    return partner
+
+
+def with_homologues(canvases, types, lengths, median=None):
+    """(uint8 canvases (N, 2, H, W): each chromosome and its homologue, white when it has
+    none; the two extra ``cond`` columns (N, 2)) of one cell (module doc). ``median``: the
+    cell's median length (that of ``lengths`` when None)."""
+    partner = homologues(canvases, types)
+    has = partner >= 0
+    second = np.full_like(canvases, BACKGROUND)
+    second[has] = canvases[partner[has]]
+    median = float(np.median(lengths)) if median is None and len(lengths) else median
+    extra = np.zeros((len(types), HOMOLOGUE_COND), dtype=np.float32)
+    extra[has, 0] = 1.0
+    extra[has, 1] = [math.log(max(lengths[p], 1) / max(float(median), 1.0))
+                     for p in partner[has]]
+    return np.stack([canvases, second], axis=1), extra
 
 
 def darkness(canvases):
-    """uint8 canvases (N, H, W) -> the ``image`` input (N, 1, H, W) float32."""
-    return ((BACKGROUND - canvases.astype(np.float32)) / BACKGROUND)[:, None]
+    """uint8 canvases (N, H, W) or (N, C, H, W) -> the ``image`` input (N, C, H, W) float32
+    (C = 1 for the former)."""
+    x = (BACKGROUND - canvases.astype(np.float32)) / BACKGROUND
+    return x[:, None] if x.ndim == 3 else x
 
 
 def conditions(types, lengths, median=None):
@@ -99,11 +151,13 @@ class StructuralScorer:
         self.threshold = float(section["threshold"])
         self.height = int(section["input"]["height"])
         self.width = int(section["input"]["width"])
+        self.homologue = bool(section["input"].get("homologue", False))
         self.runner = runner_factory(section["file"])
 
     def scores(self, images, types, flip=None):
         """The score of each cut-out of one cell (float32 (N,), 0..1)."""
-        image, cond = structural_inputs(images, types, self.height, self.width, flip)
+        image, cond = structural_inputs(images, types, self.height, self.width, flip,
+                                        self.homologue)
         if not len(image):
             return np.zeros(0, np.float32)
         return self.runner.infer({"image": image, "cond": cond})["score"].reshape(-1)

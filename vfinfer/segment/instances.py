@@ -9,7 +9,10 @@
 3. Each overlap region joins the pieces that meet it in pairs: two arms that leave it on
    opposite sides (their directions from its centre at least ``PAIR_COS`` apart) and lie
    along one line (each arm's long axis pointing at the overlap and the two axes parallel,
-   cosines >= ``PAIR_COS``) are one chromosome crossing the other. Every piece that meets the
+   cosines >= ``PAIR_COS``) are one chromosome crossing the other. A short arm (its long
+   axis under ``SHORT_ARM`` times its width: the end of a chromosome just past a crossing)
+   has no direction of its own: only its side of the overlap and the other arm's axis count.
+   Pairs are taken best first (the mean of the cosines that count). Every piece that meets the
    overlap (paired or not: a chromosome ending on another) gets its pixels, so an overlap
    pixel belongs to two instances. An overlap region that meets no piece is an instance.
 4. Instances smaller than ``min_area`` pixels are debris and dropped; each instance's score
@@ -26,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 PAIR_COS = 0.8
+SHORT_ARM = 2.0  # length / width (the square root of the moments' eigenvalue ratio)
 
 SQUARE = np.ones((3, 3), np.uint8)  # the 8-neighbourhood of one growth step
 
@@ -100,7 +104,8 @@ def _grow(labels, allowed, steps):
 
 
 def _moments(labels):
-    """Per label: centroid (x, y) and unit long axis (x, y), from the second moments."""
+    """Per label: centroid (x, y), unit long axis (x, y) and elongation (length / width,
+    the square root of the eigenvalue ratio), from the second moments."""
     n = int(labels.max()) + 1
     flat = labels.ravel()
     where = np.flatnonzero(flat)  # the labelled pixels only: each label's sums are the same
@@ -116,33 +121,46 @@ def _moments(labels):
     cyy = total(ys * ys) / count - my * my
     cxy = total(xs * ys) / count - mx * my
     angle = 0.5 * np.arctan2(2 * cxy, cxx - cyy)  # the long axis of the covariance ellipse
-    return np.stack([mx, my], 1), np.stack([np.cos(angle), np.sin(angle)], 1)
+    spread = np.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
+    big, small = (cxx + cyy) / 2 + spread, np.maximum((cxx + cyy) / 2 - spread, 1e-6)
+    elongation = np.sqrt(np.maximum(big, 0) / small)
+    return np.stack([mx, my], 1), np.stack([np.cos(angle), np.sin(angle)], 1), elongation
 
 
 def _pairs(pieces, centre, moments):
     """Pairs of piece labels that continue each other through an overlap at ``centre``."""
-    centres, axes = moments
+    centres, axes, elongation = moments
     arms = {}
     for label in pieces:
         away = centres[label] - centre
         norm = np.linalg.norm(away)
         if norm > 0:
-            arms[label] = (axes[label], away / norm)
+            arms[label] = (axes[label], away / norm, elongation[label] >= SHORT_ARM)
     candidates = []
     labels_list = sorted(arms)
     for i, p in enumerate(labels_list):
         for q in labels_list[i + 1:]:
-            (ap, up), (aq, uq) = arms[p], arms[q]
-            cosines = (-float(up @ uq), abs(float(ap @ up)), abs(float(aq @ uq)),
-                       abs(float(ap @ aq)))
+            cosines = _arm_cosines(arms[p], arms[q])
             if min(cosines) >= PAIR_COS:
-                candidates.append((-sum(cosines), p, q))
+                candidates.append((-float(np.mean(cosines)), p, q))
     paired, pairs = set(), []
     for _, p, q in sorted(candidates):
         if p not in paired and q not in paired:
             paired.update((p, q))
             pairs.append((p, q))
     return pairs
+
+
+def _arm_cosines(arm_p, arm_q):
+    """The cosines that decide whether two arms (axis, unit direction from the overlap,
+    elongated) continue each other: opposite sides, each elongated arm's axis pointing at
+    the overlap, and both axes parallel when both are elongated (module doc, step 3)."""
+    (ap, up, long_p), (aq, uq, long_q) = arm_p, arm_q
+    cosines = [-float(up @ uq)]
+    cosines += [abs(float(ap @ up))] if long_p else []
+    cosines += [abs(float(aq @ uq))] if long_q else []
+    cosines += [abs(float(ap @ aq))] if long_p and long_q else []
+    return cosines
 
 
 def _grown(box, shape, by):
