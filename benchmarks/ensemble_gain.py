@@ -1,7 +1,8 @@
 """What averaging the type probabilities of several exported models would gain, measured
 before building it into the runtime: type accuracy without dispatch (per chromosome, the
-argmax of the 24 probabilities) of each model and of their mean, on the same held-out cells,
-and each model's inference time per chromosome (the ensemble costs their sum).
+argmax of the 24 probabilities) of each model and of their mean, on the same held-out cells.
+No time is taken here: the ensemble would run every model on every chromosome, so its network
+time is the sum of the models' (``vfinfer bench`` measures one).
 
     python benchmarks/ensemble_gain.py ../shared/data/pki3 --labels /path/to/test.csv \\
         --model MODEL_A --model MODEL_B --json benchmarks/results/pki3_ensemble_gain.json
@@ -12,7 +13,6 @@ with each other, not with ``vfinfer eval --flip-half``'s.
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +26,15 @@ from bench_common import command, machine, save  # noqa: E402
 
 
 def model_probabilities(model, cells, threads):
-    """(type probabilities (N, 24) of every chromosome of ``cells`` in order, ms per
-    chromosome in the engines)."""
-    probs, seconds = [], 0.0
+    """Type probabilities (N, 24) of every chromosome of ``cells``, in order."""
+    probs = []
     with Pipeline(model, backend="ort", threads=threads) as pipe:
         for name, items in cells:
             case = pipe.prepare(name, [read_gray8(item.path) for item in items])
             case.with_probabilities = True
-            started = time.perf_counter()
             result = pipe.run_cases([case])[0]
-            seconds += time.perf_counter() - started
             probs.append(np.asarray(result["type_probabilities"], np.float64))
-    stacked = np.concatenate(probs)
-    return stacked, 1000.0 * seconds / len(stacked)
+    return np.concatenate(probs)
 
 
 def main(argv=None):
@@ -58,21 +54,17 @@ def main(argv=None):
               "n_images": int(len(truth)), "models": []}
     total = 0.0
     for model in args.model:
-        probs, ms = model_probabilities(model, cells, args.threads)
+        probs = model_probabilities(model, cells, args.threads)
         total = total + probs
         report["models"].append({"model": str(model), "accuracy": round(float(np.mean(
-            probs.argmax(1) == truth)), 5), "ms_per_chromosome": round(ms, 3)})
+            probs.argmax(1) == truth)), 5)})
     mean = total / len(args.model)
-    report["ensemble"] = {
-        "accuracy": round(float(np.mean(mean.argmax(1) == truth)), 5),
-        "ms_per_chromosome": round(sum(m["ms_per_chromosome"] for m in report["models"]), 3),
-        "rule": "mean of the models' type probabilities, then the argmax"}
+    report["ensemble"] = {"accuracy": round(float(np.mean(mean.argmax(1) == truth)), 5),
+                          "rule": "mean of the models' type probabilities, then the argmax"}
     save(report, args.json)
     for entry in report["models"]:
-        print(f"{entry['model']}: {100 * entry['accuracy']:.2f} % "
-              f"({entry['ms_per_chromosome']:.2f} ms per chromosome)")
-    print(f"mean of {len(args.model)}: {100 * report['ensemble']['accuracy']:.2f} % "
-          f"({report['ensemble']['ms_per_chromosome']:.2f} ms per chromosome)")
+        print(f"{entry['model']}: {100 * entry['accuracy']:.2f} %")
+    print(f"mean of {len(args.model)}: {100 * report['ensemble']['accuracy']:.2f} %")
 
 
 if __name__ == "__main__":

@@ -389,3 +389,26 @@ def test_cli_export_and_run_end_to_end(trained, cells, tmp_path):
     bad = runner.invoke(main, ["export-structural", str(tmp_path / "not.pt"), "--model",
                                str(folder)])
     assert bad.exit_code == 1 and "not a structural-score checkpoint" in bad.output
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_eval_structural_reports_kinds_sizes_and_curves(model, cells, tmp_path):
+    out = tmp_path / "eval" / "screen.json"
+    done = CliRunner().invoke(main, ["eval-structural", str(cells), "--model", str(model),
+                                     "--copies", "1", "--per-cell", "2", "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    report = json.loads(out.read_text())
+    chrom = report["chromosomes"]
+    assert chrom["n_normal"] == sum(1 for _ in cells.glob("*/*.png"))
+    assert chrom["n_aberrant"] >= 2 * 3  # 2 per copy of 3 cells (a translocation gives two)
+    assert set(chrom["by_size"]) == {"5-10%", ">=10%"} and chrom["by_kind"]
+    assert sum(v["n"] for v in chrom["by_kind"].values()) == chrom["n_aberrant"]
+    assert 0.0 <= chrom["auc"] <= 1.0 and report["normal_cells"]["n"] == 3
+    assert report["aberrant_copies"]["copies"] == 3
+    for name in ("roc", "pr"):
+        picture = cv2.imread(str(out.with_name(f"screen_{name}.png")))
+        assert picture is not None and picture.shape[0] > 400
+    assert "sensitivity by kind" in done.output
+    plain = CliRunner().invoke(main, ["eval-structural", str(cells), "--model",
+                                      str(demo_model_dir()), "--json", str(tmp_path / "x.json")])
+    assert plain.exit_code == 1 and "has no structural score" in plain.output

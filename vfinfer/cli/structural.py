@@ -1,8 +1,10 @@
-"""The structural-score commands: train-structural, export-structural (docs/structural.md).
+"""The structural-score commands: train-structural, export-structural, eval-structural
+(docs/structural.md).
 
-Both need the export extra (PyTorch), imported only when they run.
+The first two need the export extra (PyTorch), imported only when they run.
 """
 
+import json
 from pathlib import Path
 
 import click
@@ -111,3 +113,65 @@ def export_structural(checkpoint, model_dir, threads):
     export = _structural_side("structural_export")
     section = export.export_structural(checkpoint, model_dir, threads=threads, log=click.echo)
     click.echo(f"added {section['file']} to {model_dir} (threshold {section['threshold']:.6f})")
+
+
+@main.command("eval-structural")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--labels", "labels_csv", default=None, type=click.Path(path_type=Path),
+              help="Labels CSV of held-out normal cells (default: DATA_DIR/labels.csv).")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Model directory with a structural score (vfinfer export-structural).")
+@click.option("--copies", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Aberrant copies made of each cell.")
+@click.option("--per-cell", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Aberrations per copy.")
+@click.option("--size-min", default=0.05, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--size-max", default=0.4, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--seed", default=2024, show_default=True, type=click.IntRange(min=0))
+@click.option("--threads", default=0, type=click.IntRange(min=0), help="CPU threads.")
+@click.option("--json", "json_path", required=True, type=click.Path(path_type=Path),
+              help="Write the figures here, the ROC and PR curves next to it as "
+                   "<stem>_roc.png and <stem>_pr.png.")
+@one_line_errors
+def eval_structural(data_dir, labels_csv, model_dir, copies, per_cell, size_min, size_max, seed,
+                    threads, json_path):
+    """Measure a model's structural score on held-out normal cells and synthetic aberrations
+    of them: AUC, specificity and sensitivity at the manifest's threshold, per kind and size,
+    normal cells with a flag."""
+    if size_min > size_max:
+        fail(f"--size-min {size_min} is above --size-max {size_max}")
+    from vfinfer.pipeline import Pipeline
+    from vfinfer.tools.evaluation.structural_screen import ScreenOptions, evaluate_structural
+    from vfinfer.util.atomic import write_atomic
+
+    options = ScreenOptions(copies, per_cell, size_min, size_max, seed)
+    with Pipeline(model_dir, backend="ort", threads=threads) as pipe:
+        if pipe.structural is None:
+            fail(f"{model_dir}: the model has no structural score (vfinfer export-structural)")
+        report, plots = evaluate_structural(pipe, data_dir, labels_csv, options)
+    report["model"] = str(model_dir)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(json_path, (json.dumps(report, indent=1) + "\n").encode())
+    for name, picture in plots.items():
+        write_atomic(json_path.with_name(f"{json_path.stem}_{name}.png"), picture)
+    for line in structural_lines(report):
+        click.echo(line)
+    click.echo(f"wrote {json_path} and its _roc.png, _pr.png")
+
+
+def structural_lines(report):
+    """The report's summary lines."""
+    chrom, copies = report["chromosomes"], report["aberrant_copies"]
+    sizes = ", ".join(f"{name} {v['sensitivity']} (AUC {v['auc_vs_normals']})"
+                      for name, v in chrom["by_size"].items())
+    kinds = ", ".join(f"{kind} {v['sensitivity']}" for kind, v in chrom["by_kind"].items())
+    return [f"{chrom['n_normal']} normal and {chrom['n_aberrant']} aberrant chromosomes: AUC "
+            f"{chrom['auc']}, at threshold {chrom['threshold']:.4f} specificity "
+            f"{chrom['specificity']}, sensitivity {chrom['sensitivity']}",
+            f"sensitivity by size: {sizes}", f"sensitivity by kind: {kinds}",
+            f"normal cells with a flag: {report['normal_cells']['share_any_flagged']} of "
+            f"{report['normal_cells']['n']}; in the aberrant copies, partners flagged "
+            f"{copies['partners_flagged']}, other unchanged chromosomes flagged "
+            f"{copies['unchanged_flagged']}"]

@@ -1,4 +1,5 @@
-"""Pictures of evaluation figures: the confusion heat map and ROC curves (OpenCV only)."""
+"""Pictures of evaluation figures: the confusion heat map, ROC and precision-recall curves
+(OpenCV only)."""
 
 import cv2
 import numpy as np
@@ -199,3 +200,33 @@ def roc_png(curves, threshold=None, title=None, size=560):
         _text(img, f"circles: threshold {threshold:g}", (xy(0.38, 0)[0] + 30, legend_y), 0.45,
               (120, 120, 120))
     return encode_png(img, what="the ROC curve")
+
+
+def pr_png(scores, positive, threshold, title, size=560):
+    """Precision against recall (sensitivity) as PNG bytes, the point of flagging at
+    ``threshold`` circled (precision at the mix of ``positive`` given, not at a clinical
+    prevalence)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    hits = np.asarray(positive, bool)[order]
+    tp = np.cumsum(hits)
+    recall, precision = tp / max(hits.sum(), 1), tp / np.arange(1, len(hits) + 1)
+    margin, top = 70, 50
+    img = np.full((top + size + 60, margin + size + 20, 3), 255, np.uint8)
+
+    def xy(r, p):
+        return int(round(margin + r * size)), int(round(top + (1 - p) * size))
+
+    cv2.rectangle(img, xy(0, 1), xy(1, 0), (120, 120, 120), 1)
+    for k in range(0, 11, 2):
+        _text(img, f"{k / 10:.1f}", (xy(k / 10, 0)[0] - 10, top + size + 20), 0.45)
+        _text(img, f"{k / 10:.1f}", (margin - 40, xy(0, k / 10)[1] + 5), 0.45)
+    line = np.array([xy(r, p) for r, p in zip(recall, precision)], np.int32)
+    cv2.polylines(img, [line], False, (180, 90, 20), 2, cv2.LINE_AA)
+    at = int(np.sum(np.asarray(scores) >= threshold))
+    if at:
+        cv2.circle(img, xy(recall[at - 1], precision[at - 1]), 6, (30, 120, 230), 2,
+                   cv2.LINE_AA)
+    _text(img, title, (margin, 20), 0.5)
+    _centered(img, "recall (sensitivity)", margin + size / 2, top + size + 44, 0.5)
+    _text(img, "precision", (5, top - 6), 0.5)
+    return encode_png(img, what="the PR curve")

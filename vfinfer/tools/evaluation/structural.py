@@ -1,6 +1,6 @@
 """Figures of the structural score: ROC AUC, the threshold for a specificity, sensitivity per
 kind and size bin (numpy, SciPy's ranks): used by ``vfinfer train-structural`` and
-``benchmarks/structural_eval.py``."""
+``vfinfer eval-structural`` (``structural_screen``)."""
 
 import numpy as np
 
