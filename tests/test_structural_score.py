@@ -307,6 +307,31 @@ def test_runtime_scores_conditioned_on_called_type(model, cells, trained):
 
 
 @pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_size_normalized_model_scores_the_cut_outs_unscaled(model, trained, cells, tmp_path):
+    """The score was trained on cut-outs as they are: a model that size-normalizes its
+    classifier's input still gives the score the unscaled cut-outs."""
+    import torch
+
+    from vfinfer_export.structural_train import load_structural
+
+    folder = tmp_path / "size-norm"
+    shutil.copytree(model, folder)
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    data["config"]["size_norm"] = 30.0  # every cell scaled well away from 1
+    path.write_text(json.dumps(data))
+    images, files = _cell_images(cells)
+    with Pipeline(folder, backend="ort") as pipe:
+        rows = pipe.run_case(images, files=files)["chromosomes"]
+    types = [type_index(row["type"]) for row in rows]
+    x, cond = structural_inputs(images, types, 32, 16)
+    net, _ = load_structural(trained)
+    with torch.no_grad():
+        ref = net.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
+    np.testing.assert_allclose([row["structural"]["score"] for row in rows], ref, atol=1e-5)
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_homologue_score_runtime_matches_reference(homologue_model, cells):
     import torch
 

@@ -34,7 +34,12 @@ from vfinfer.calls.verdict import judge
 from vfinfer.model.classes import Q_ARM_DOWN
 from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline.network import Clock, run_network_batched
-from vfinfer.pipeline.preprocess import batch_of, normalize_batch
+from vfinfer.pipeline.preprocess import (
+    batch_of,
+    normalize_batch,
+    normalize_each,
+    size_normalize,
+)
 from vfinfer.pipeline.result import abnormality_section, assemble_result
 from vfinfer.pipeline.structural import StructuralScorer
 from vfinfer.pipeline.tta import add_views, merge_views
@@ -71,6 +76,9 @@ class PreparedCase:
     preprocess_ms: float
     facts: list[dict[str, Any]] = field(default_factory=list)  # per image: background, tilt
     display: list[np.ndarray] = field(default_factory=list)  # normalized, light background
+    # light background, turned by rotate-and-crop, not size-normalized (the structural
+    # score's input, as its training saw the cut-outs); the display images without size_norm
+    upright: list[np.ndarray] = field(default_factory=list)
     # the result gets ``type_probabilities``: (N, 24) probabilities in class order, unrounded
     with_probabilities: bool = False
 
@@ -264,11 +272,14 @@ class Pipeline:
         if len(files) != len(images):
             raise ValueError(f"{name}: {len(images)} images but {len(files)} file names")
         gray = [to_gray8(np.asarray(img), f) for img, f in zip(images, files)]
-        normalized, facts = normalize_batch(gray, self.config, self.background)
+        upright, facts = normalize_each(gray, self.config, self.background)
+        normalized = size_normalize(upright, facts, self.config)
         g_input = batch_of(normalized, self.config)
         display = [to_convention(img, self.config.background, "light") for img in normalized]
+        upright = display if not self.config.size_norm else [
+            to_convention(img, self.config.background, "light") for img in upright]
         return PreparedCase(name, gray, files, g_input, (time.perf_counter() - started) * 1000,
-                            facts, display)
+                            facts, display, upright=upright)
 
     def run_case(self, images: Sequence[np.ndarray], name: str = "case",
                  files: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -358,8 +369,8 @@ class Pipeline:
         calls polarity; None without a structural score."""
         if self.structural is None:
             return None
-        images = case.display or [to_convention(img, self.config.background, "light")
-                                  for img in case.images]
+        images = case.upright or case.display or [
+            to_convention(img, self.config.background, "light") for img in case.images]
         flip = None
         if self.manifest.polarity_trained:
             flip = outputs["polarity_probs"].argmax(1) != Q_ARM_DOWN

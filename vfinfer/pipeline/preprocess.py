@@ -54,11 +54,17 @@ def preprocess(image, config):
     return zscore(to_canvas(image, config))
 
 
-def normalize_batch(images, config, background="auto", cells=None):
-    """``vfinfer.util.geometry.normalize_cutout`` of each image, then ``size_normalize``
-    -> (images, facts). ``cells``: the cell of each image (None: all are one cell)."""
+def normalize_each(images, config, background="auto"):
+    """``vfinfer.util.geometry.normalize_cutout`` of each image -> (images, facts): in the
+    model's background convention, turned by rotate-and-crop, not yet size-normalized."""
     pairs = [normalize_cutout(image, config, background) for image in images]
-    normalized, facts = [p[0] for p in pairs], [p[1] for p in pairs]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def normalize_batch(images, config, background="auto", cells=None):
+    """``normalize_each``, then ``size_normalize`` -> (images, facts). ``cells``: the cell of
+    each image (None: all are one cell)."""
+    normalized, facts = normalize_each(images, config, background)
     return size_normalize(normalized, facts, config, cells), facts
 
 
