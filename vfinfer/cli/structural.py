@@ -163,7 +163,8 @@ def eval_structural(data_dir, labels_csv, model_dir, copies, per_cell, size_min,
 
 def structural_lines(report):
     """The report's summary lines."""
-    chrom, copies = report["chromosomes"], report["aberrant_copies"]
+    chrom, copies, cells = report["chromosomes"], report["aberrant_copies"], \
+        report["normal_cells"]
     sizes = ", ".join(f"{name} {v['sensitivity']} (AUC {v['auc_vs_normals']})"
                       for name, v in chrom["by_size"].items())
     kinds = ", ".join(f"{kind} {v['sensitivity']}" for kind, v in chrom["by_kind"].items())
@@ -174,4 +175,7 @@ def structural_lines(report):
             f"normal cells with a flag: {report['normal_cells']['share_any_flagged']} of "
             f"{report['normal_cells']['n']}; in the aberrant copies, partners flagged "
             f"{copies['partners_flagged']}, other unchanged chromosomes flagged "
-            f"{copies['unchanged_flagged']}"]
+            f"{copies['unchanged_flagged']}",
+            f"at a threshold flagging 1 in 20 of these normal cells "
+            f"({cells['threshold_for_cell_specificity']:.4f}): sensitivity "
+            f"{cells['sensitivity_there']}, >= 10 % {cells['sensitivity_ge_10pct_there']}"]

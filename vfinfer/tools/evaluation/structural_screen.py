@@ -15,7 +15,9 @@ cells, each scored by the full pipeline (``vfinfer run``'s), so conditioned on t
    aberrant chromosomes the classifier called as their own type or as another: the score is
    conditioned on the called type), sensitivity at the manifest's threshold per kind, per size
    bin (5-10 %, >= 10 %) and both. The threshold is the manifest's: nothing is tuned on these
-   cells.
+   cells. Beside it, what a cell-level operating point would give: the threshold at which 1
+   in 20 of these normal cells has a flag, and the sensitivity at it (read off the test
+   cells themselves, so a figure of what is possible, not a threshold to ship).
 """
 
 import csv
@@ -29,10 +31,17 @@ from vfinfer.io.labels import by_cell, read_labels
 from vfinfer.model.classes import type_index
 from vfinfer.tools.evaluation.dispatch_figures import roc_curve
 from vfinfer.tools.evaluation.plots import pr_png, roc_png
-from vfinfer.tools.evaluation.structural import SIZE_BINS, roc_auc, sensitivity_table
+from vfinfer.tools.evaluation.structural import (
+    SIZE_BINS,
+    roc_auc,
+    sensitivity_table,
+    threshold_for_specificity,
+)
 from vfinfer.tools.synthesis.structural import KINDS
 from vfinfer.tools.synthesis.structural_cases import write_structural_cases
 from vfinfer.util.images import read_gray8
+
+CELL_SPECIFICITY = 0.95  # 1 in 20 normal cells with a flag
 
 
 @dataclass
@@ -133,6 +142,22 @@ def chromosome_figures(normal, aberrant, threshold):
             "aberrant_called_as_their_type": round(float(np.mean(own)), 4), **table}
 
 
+def cell_operating_point(normal, aberrant, specificity):
+    """The threshold at which at most ``1 - specificity`` of the normal cells have a flag
+    (each cell judged by its highest score), and the sensitivity there: all aberrant
+    chromosomes and those of >= 10 % of the length."""
+    highest = {}
+    for (cell, _), (score, _, _) in normal.items():
+        highest[cell] = max(score, highest.get(cell, 0.0))
+    threshold = threshold_for_specificity(list(highest.values()), specificity)
+    scores = np.array([r["score"] for r in aberrant])
+    large = np.array([float(r["size"]) >= 0.10 for r in aberrant], bool)
+    return {"cell_specificity": specificity, "threshold_for_cell_specificity": threshold,
+            "sensitivity_there": round(float(np.mean(scores >= threshold)), 4),
+            "sensitivity_ge_10pct_there": round(float(np.mean(scores[large] >= threshold)), 4)
+            if large.any() else None}
+
+
 def evaluate_structural(pipe, data_dir, labels_csv, options=None):
     """The report (module doc) of an open ``Pipeline`` with a structural score, and the
     plots' PNG bytes ``{"roc": ..., "pr": ...}``."""
@@ -150,7 +175,8 @@ def evaluate_structural(pipe, data_dir, labels_csv, options=None):
                  "kinds": list(KINDS)},
         "chromosomes": chromosome_figures(normal, aberrant, threshold),
         "normal_cells": {"n": len(any_flagged), "share_any_flagged": round(
-            float(np.mean(list(any_flagged.values()))), 4)},
+            float(np.mean(list(any_flagged.values()))), 4),
+            **cell_operating_point(normal, aberrant, CELL_SPECIFICITY)},
         "aberrant_copies": copies}
     return report, _plots(normal, aberrant, threshold)
 
