@@ -116,6 +116,21 @@ def test_homologue_examples_hold_the_partners_of_aberrant_chromosomes(cells):
     assert single.canvas.ndim == 3 and len(single) == len(items) + single.label.sum()
 
 
+def test_cell_operating_point_flags_one_normal_cell_in_twenty():
+    from vfinfer.tools.evaluation.structural_screen import cell_operating_point
+
+    tops = np.linspace(0.05, 0.9, 20, dtype=np.float32)  # each normal cell's highest score
+    normal = {(f"c{k}", "top"): (float(t), 0, 0) for k, t in enumerate(tops)}
+    normal.update({(f"c{k}", "low"): (0.01, 0, 0) for k in range(20)})
+    aberrant = [{"score": 0.95, "size": 0.2}, {"score": 0.86, "size": 0.3},
+                {"score": 0.5, "size": 0.06}]
+    point = cell_operating_point(normal, aberrant, 0.95)
+    threshold = point["threshold_for_cell_specificity"]
+    assert tops[-2] < threshold <= tops[-1] + 1e-6  # the top cell alone is flagged
+    assert point["sensitivity_there"] == pytest.approx(2 / 3, abs=1e-4)
+    assert point["sensitivity_ge_10pct_there"] == 1.0
+
+
 def test_karyogram_marks_flagged_chromosome():
     rng = np.random.default_rng(1)
     images = [render_chromosome(t, rng) for t in (0, 0, 4, 4)]
@@ -430,6 +445,7 @@ def test_eval_structural_reports_kinds_sizes_and_curves(model, cells, tmp_path):
     assert sum(v["n"] for v in chrom["by_kind"].values()) == chrom["n_aberrant"]
     assert 0.0 <= chrom["auc"] <= 1.0 and report["normal_cells"]["n"] == 3
     assert report["aberrant_copies"]["copies"] == 3
+    assert report["normal_cells"]["cell_specificity"] == 0.95
     for name in ("roc", "pr"):
         picture = cv2.imread(str(out.with_name(f"screen_{name}.png")))
         assert picture is not None and picture.shape[0] > 400
