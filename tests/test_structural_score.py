@@ -453,3 +453,22 @@ def test_eval_structural_reports_kinds_sizes_and_curves(model, cells, tmp_path):
     plain = CliRunner().invoke(main, ["eval-structural", str(cells), "--model",
                                       str(demo_model_dir()), "--json", str(tmp_path / "x.json")])
     assert plain.exit_code == 1 and "has no structural score" in plain.output
+
+
+@pytest.mark.slow  # trains a tiny network (a few seconds)
+def test_train_structural_command_defaults_to_row_pooling(cells, tmp_path):
+    pytest.importorskip("torch")
+    from vfinfer_export.structural_train import load_structural
+
+    args = ["train-structural", str(cells), "--epochs", "1", "--canvas", "32x16", "--widths",
+            "4,8", "--normals-per-cell", "12", "--aberrant-per-cell", "4", "--threads", "1"]
+    done = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "rows")])
+    assert done.exit_code == 0, done.output
+    net, payload = load_structural(tmp_path / "rows" / "structural.pt")
+    assert net.spec()["pool"] == "rows" and "homologue" not in net.spec()
+    paired = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "pairs"), "--homologue",
+                                       "--pool", "global"])
+    assert paired.exit_code == 0, paired.output
+    net, payload = load_structural(tmp_path / "pairs" / "structural.pt")
+    assert net.spec()["homologue"] is True and "pool" not in net.spec()
+    assert payload["training"]["homologue"] is True

@@ -51,7 +51,8 @@ def _widths(_ctx, _param, value):
                    "split for validation.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder: last.pt, history.json and structural.pt.")
-@click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=60, show_default=True, type=click.IntRange(min=1),
+              help="Passes, each over new aberrations (about 25 s each for pki3 on 2 cores).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
               help="PyTorch threads and example-making processes (0: PyTorch's default, "
@@ -71,7 +72,7 @@ def _widths(_ctx, _param, value):
 @click.option("--homologue/--no-homologue", default=False, show_default=True,
               help="Show the score each chromosome's homologue too (the other copy of its "
                    "type in the cell) and train on unlike pairs.")
-@click.option("--pool", default="global", show_default=True,
+@click.option("--pool", default="rows", show_default=True,
               type=click.Choice(["global", "rows"]),
               help="global: average and max over the last feature map; rows: each row's "
                    "average kept in order along the chromosome (the order of its bands).")
