@@ -138,26 +138,32 @@ class _Cell:
 
     def partners(self, changed):
         """Unchanged chromosomes of the types of the ``changed`` indices."""
-        kinds = {self.types[i] for i in changed}
-        return [i for i, t in enumerate(self.types) if t in kinds and i not in changed]
+        types = {self.types[i] for i in changed}
+        return [i for i, t in enumerate(self.types) if t in types and i not in changed]
 
-    def canvases(self, options):
-        return np.stack([fit_canvas(c, options.height, options.width) for c in self.crops])
+    def inputs(self, wanted, median, options):
+        """``{index: (canvas, cond)}`` of the ``wanted`` chromosomes; with the homologue,
+        every chromosome of the cell is fitted, to be paired."""
+        lengths = self.lengths
+        if not options.homologue:
+            canvases = [fit_canvas(self.crops[i], options.height, options.width) for i in wanted]
+            cond = conditions([self.types[i] for i in wanted], [lengths[i] for i in wanted],
+                              median)
+            return {i: (canvases[k], cond[k]) for k, i in enumerate(wanted)}
+        canvases = np.stack([fit_canvas(c, options.height, options.width) for c in self.crops])
+        paired, extra = with_homologues(canvases, self.types, lengths, median)
+        cond = np.concatenate([conditions(self.types, lengths, median), extra], axis=1)
+        return {i: (paired[i], cond[i]) for i in wanted}
 
 
 def _inputs(picks, median, options):
-    """(canvas, cond) of ``(cell, index, kind, size)`` picks; each cell's chromosomes are
-    paired with their homologues in that cell when ``options.homologue``."""
+    """(canvas, cond) of ``(cell, index, kind, size)`` picks (``_Cell.inputs``)."""
     done = {}
     for cell in {id(c): c for c, *_ in picks}.values():
-        canvases = cell.canvases(options)
-        cond = conditions(cell.types, cell.lengths, median)
-        if options.homologue:
-            canvases, extra = with_homologues(canvases, cell.types, cell.lengths, median)
-            cond = np.concatenate([cond, extra], axis=1)
-        done[id(cell)] = canvases, cond
-    canvas = np.stack([done[id(c)][0][i] for c, i, *_ in picks])
-    return canvas, np.stack([done[id(c)][1][i] for c, i, *_ in picks])
+        wanted = sorted({i for c, i, *_ in picks if c is cell})
+        done[id(cell)] = cell.inputs(wanted, median, options)
+    canvas = np.stack([done[id(c)][i][0] for c, i, *_ in picks])
+    return canvas, np.stack([done[id(c)][i][1] for c, i, *_ in picks])
 
 
 def _cell_job(job):
