@@ -42,6 +42,8 @@ def main(argv=None):
         sys.exit(f"error: cell {args.cell} has no straight, q-arm-down chromosome {args.type}")
     made = terminal_deletion(source.profile(chosen[0]), args.arm, args.size)
     folder = args.out / f"{args.cell}-del{args.type}{args.arm}"
+    if folder.exists():
+        sys.exit(f"error: {folder} exists: nothing was written (give a new --out)")
     folder.mkdir(parents=True)
     for k, item in enumerate(items):
         image = made.image if k == chosen[0] else read_gray8(item.path)

@@ -82,17 +82,16 @@ def _aberrations(source, rng, options):
     """``{index in the cell: Aberration}`` of up to ``aberrant_per_cell`` aberrations, each of
     a kind drawn from ``options.kinds`` on chromosomes not changed before
     (``structural_cases.draw_one``); with ``homologue``, at most one chromosome per type."""
-    changed, blocked = {}, {}
+    changed, blocked = {}, set()
     types = [item.type for item in source.items]
     for _ in range(options.aberrant_per_cell):
         kind = options.kinds[int(rng.integers(len(options.kinds)))]
         made = draw_one(source, blocked, kind, rng, (options.size_min, options.size_max),
                         MAX_TRIES) or {}
         changed.update(made)
-        blocked.update(made)
-        if options.homologue:
-            blocked.update({i: None for i, t in enumerate(types)
-                            if t in {types[j] for j in made}})
+        taken = {types[j] for j in made}
+        blocked |= {i for i, t in enumerate(types) if t in taken} if options.homologue \
+            else set(made)
     return changed
 
 

@@ -7,9 +7,8 @@ q-arm end (H / 16 rows), so that the head sees the order of the bands along the 
 which deletions, duplications, inversions and translocations change. The condition (24-way
 one-hot of the called type and the log relative length) is concatenated before two fully
 connected layers; the output ``score`` is the sigmoid of one logit: the probability that the
-chromosome is aberrant. With
-``homologue``, the canvas has a second channel (the homologue's) and the condition two more
-values.
+chromosome is aberrant. With ``homologue``, the canvas has a second channel (the homologue's)
+and the condition two more values.
 """
 
 import torch

@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from vfinfer.io.labels import read_labels
+from vfinfer.pipeline.structural import darkness
 from vfinfer.tools.evaluation.structural import threshold_for_specificity, validation_figures
 from vfinfer.util.atomic import write_atomic
 
@@ -64,21 +65,20 @@ def load_structural(path):
     return net.eval(), payload
 
 
+def _tensor_darkness(canvas):
+    """``vfinfer.pipeline.structural.darkness`` as a tensor (N, C, H, W)."""
+    return torch.from_numpy(darkness(canvas))
+
+
 def predict(net, canvas, cond, batch=512):
     """Scores (N,) float32 of uint8 canvases and conditions, in eval mode, no gradients."""
     net.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(canvas), batch):
-            x = _darkness(canvas[start:start + batch])
+            x = _tensor_darkness(canvas[start:start + batch])
             out.append(torch.sigmoid(net(x, torch.from_numpy(cond[start:start + batch]))))
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
-def _darkness(canvas):
-    """uint8 canvases (N, H, W) or (N, C, H, W) -> darkness (N, C, H, W)."""
-    x = (255.0 - torch.from_numpy(canvas).float()) / 255.0
-    return x[:, None] if x.ndim == 3 else x
 
 
 def _batches(examples, rng):
@@ -88,7 +88,7 @@ def _batches(examples, rng):
     order = rng.permutation(len(examples))
     for start in range(0, len(order), BATCH):
         idx = order[start:start + BATCH]
-        x = _darkness(examples.canvas[idx])
+        x = _tensor_darkness(examples.canvas[idx])
         n, channels = x.shape[:2]
         flip = torch.from_numpy(rng.random((n, channels)) < 0.5)
         x = torch.where(flip[:, :, None, None], x.flip(-1), x)

@@ -302,3 +302,18 @@ def test_metaphase_run_without_domain_figures_is_not_karyotyped(tmp_path):
            "metaphase, but this model has no domain figures" in done.output
     result = json.loads((out / "metaphase-46XY" / "result.json").read_text())
     assert result["karyotype"] is None and result["verdict"]["withheld_karyotype"]
+
+
+def test_quick_start_metaphase_gives_46_objects_and_is_46xy_when_forced(tmp_path):
+    """The README's quick-start metaphase: the demo segmentation finds its 46 chromosomes;
+    the verdict withholds the karyotype (the demo's segmented figures), and with
+    ``--force-karyotype`` the call is 46,XY."""
+    image = demo_model_dir().parents[1] / "examples" / "metaphase-46XY.png"
+    held = CliRunner().invoke(main, ["run", str(image), "--out", str(tmp_path / "held")])
+    assert held.exit_code == 0, held.output
+    assert "metaphase-46XY: 46 chromosomes, not karyotyped" in held.output
+    forced = CliRunner().invoke(main, ["run", str(image), "--out", str(tmp_path / "forced"),
+                                       "--force-karyotype"])
+    assert forced.exit_code == 0, forced.output
+    result = json.loads((tmp_path / "forced" / "metaphase-46XY" / "result.json").read_text())
+    assert result["n_chromosomes"] == 46 and result["karyotype"] == "46,XY"

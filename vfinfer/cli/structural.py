@@ -173,8 +173,8 @@ def structural_lines(report):
             f"{chrom['auc']}, at threshold {chrom['threshold']:.4f} specificity "
             f"{chrom['specificity']}, sensitivity {chrom['sensitivity']}",
             f"sensitivity by size: {sizes}", f"sensitivity by kind: {kinds}",
-            f"normal cells with a flag: {report['normal_cells']['share_any_flagged']} of "
-            f"{report['normal_cells']['n']}; in the aberrant copies, partners flagged "
+            f"normal cells with a flag: {cells['share_any_flagged']} of {cells['n']}; in the "
+            f"aberrant copies, partners flagged "
             f"{copies['partners_flagged']}, other unchanged chromosomes flagged "
             f"{copies['unchanged_flagged']}",
             f"at a threshold flagging 1 in 20 of these normal cells "

@@ -76,8 +76,9 @@ class PreparedCase:
     preprocess_ms: float
     facts: list[dict[str, Any]] = field(default_factory=list)  # per image: background, tilt
     display: list[np.ndarray] = field(default_factory=list)  # normalized, light background
-    # light background, turned by rotate-and-crop, not size-normalized (the structural
-    # score's input, as its training saw the cut-outs); the display images without size_norm
+    # light background, turned by rotate-and-crop, not size-normalized: the structural
+    # score's input, as its training saw the cut-outs; made only for a size-normalizing model
+    # with a structural score (otherwise ``display`` is that input)
     upright: list[np.ndarray] = field(default_factory=list)
     # the result gets ``type_probabilities``: (N, 24) probabilities in class order, unrounded
     with_probabilities: bool = False
@@ -276,8 +277,8 @@ class Pipeline:
         normalized = size_normalize(upright, facts, self.config)
         g_input = batch_of(normalized, self.config)
         display = [to_convention(img, self.config.background, "light") for img in normalized]
-        upright = display if not self.config.size_norm else [
-            to_convention(img, self.config.background, "light") for img in upright]
+        upright = [to_convention(img, self.config.background, "light") for img in upright] \
+            if self.structural is not None and self.config.size_norm else []
         return PreparedCase(name, gray, files, g_input, (time.perf_counter() - started) * 1000,
                             facts, display, upright=upright)
 

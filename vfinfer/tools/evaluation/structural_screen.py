@@ -69,11 +69,11 @@ def score_cells(pipe, data_dir, labels_csv):
     return scores, any_flagged
 
 
-def aberrant_scores(pipe, data_dir, labels_csv, options, tmp):
-    """(the scores of the aberrant chromosomes of the copies with their truth rows, the
-    figures of their unchanged chromosomes: ``copy_figures``)."""
+def aberrant_scores(pipe, data_dir, labels_csv, n_cells, options, tmp):
+    """(the scores of the aberrant chromosomes of the copies of the ``n_cells`` labelled
+    cells with their truth rows, the figures of their unchanged chromosomes:
+    ``copy_figures``)."""
     out = Path(tmp) / "structural"
-    n_cells = len(by_cell(read_labels(data_dir, labels_csv)))
     write_structural_cases(data_dir, out, seed=options.seed, labels_csv=labels_csv,
                            kinds=KINDS, size_min=options.size_min, size_max=options.size_max,
                            cells=options.copies * n_cells, per_cell=options.per_cell)
@@ -167,7 +167,8 @@ def evaluate_structural(pipe, data_dir, labels_csv, options=None):
     threshold = pipe.structural.threshold
     normal, any_flagged = score_cells(pipe, data_dir, labels_csv)
     with tempfile.TemporaryDirectory() as tmp:
-        aberrant, copies = aberrant_scores(pipe, data_dir, labels_csv, options, tmp)
+        aberrant, copies = aberrant_scores(pipe, data_dir, labels_csv, len(any_flagged),
+                                           options, tmp)
     report = {
         "data": {"data_dir": str(data_dir), "labels": str(labels_csv), "cells": len(any_flagged),
                  "copies_per_cell": options.copies, "aberrations_per_copy": options.per_cell,
