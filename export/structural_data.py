@@ -47,7 +47,8 @@ class ExampleOptions:
 class Examples:
     """Arrays of examples: ``canvas`` (N, H, W) uint8 ((N, 2, H, W) with the homologue),
     ``cond`` (N, 25) float32 ((N, 27) with the homologue), ``label``
-    (N,) 1 = aberrant, ``kind`` ("" for normal), ``size`` (0 for normal), ``cell``."""
+    (N,) 1 = aberrant, ``kind`` ("" for normal), ``size`` (0 for normal), ``cell``, ``arm``
+    (p, q or pq; "" for normal)."""
 
     canvas: np.ndarray
     cond: np.ndarray
@@ -55,6 +56,7 @@ class Examples:
     kind: list = field(default_factory=list)
     size: np.ndarray = None
     cell: list = field(default_factory=list)
+    arm: list = field(default_factory=list)
 
     def __len__(self):
         return len(self.label)
@@ -112,8 +114,9 @@ def cell_examples(name, items, seed, options):
         picks += [(aberrant, i, "", 0.0) for i in aberrant.partners(changed)]
     canvas, cond = _inputs(picks, median, options)
     kinds = [k for *_, k, _ in picks]
+    arms = [changed[i].arm if k else "" for _, i, k, _ in picks]
     return Examples(canvas, cond, np.array([k != "" for k in kinds], np.float32), kinds,
-                    np.array([s for *_, s in picks], np.float32), [name] * len(picks))
+                    np.array([s for *_, s in picks], np.float32), [name] * len(picks), arms)
 
 
 @dataclass
@@ -188,4 +191,5 @@ def join(parts):
                     np.concatenate([p.label for p in parts]),
                     [k for p in parts for k in p.kind],
                     np.concatenate([p.size for p in parts]),
-                    [c for p in parts for c in p.cell])
+                    [c for p in parts for c in p.cell],
+                    [a for p in parts for a in p.arm])

@@ -2,12 +2,14 @@
 (``vfinfer export-structural``).
 
 Writes ``structural.onnx`` (inputs ``image`` (N, C, H, W) and ``cond`` (N, 25 or 27), output
-``score`` (N, 1), N dynamic; ``vfinfer.pipeline.structural``) beside the classifier's graphs
+``score`` (N, 1), and ``arm`` (N, 3) with the arm head, N dynamic;
+``vfinfer.pipeline.structural``) beside the classifier's graphs
 and a ``structural`` section into its ``manifest.json``: the graph's file, sha256 and tensors,
 the input layout, the threshold with the validation figures it was chosen on, how the network
 was trained, and the parity of ONNX Runtime against PyTorch on random inputs of
-``PARITY_BATCHES`` (max abs error of the score, tolerance ``PROBABILITY_TOLERANCE``, and the
-share of chromosomes flagged alike at the threshold). Nothing in the directory changes unless
+``PARITY_BATCHES`` (max abs error of the score and the arm probabilities, tolerance
+``PROBABILITY_TOLERANCE``, the share of chromosomes flagged alike at the threshold, and with
+the arm head the share naming the same arm). Nothing in the directory changes unless
 every check passes; an existing section and graph are replaced.
 """
 
@@ -21,6 +23,7 @@ import torch
 from vfinfer.backends.ort import make_session
 from vfinfer.model.classes import N_TYPES
 from vfinfer.model.manifest import load_manifest, sha256_file, write_json_atomic
+from vfinfer.pipeline.structural import ARMS
 from vfinfer.tools.precision.onnx_graph import io_records
 
 from .onnx_export import (
@@ -51,19 +54,29 @@ def random_inputs(net, batch, seed=0):
     return image, cond
 
 
+def output_names(net):
+    """The graph's outputs: ``score``, and ``arm`` with the arm head."""
+    return ["score", "arm"] if net.arm_head else ["score"]
+
+
 def check_parity(net, path, threshold, batches=PARITY_BATCHES, threads=0):
     """ONNX Runtime against PyTorch on ``random_inputs`` of each batch size: max abs error of
-    the score and the share of chromosomes on the same side of ``threshold``."""
+    every output, the share of chromosomes on the same side of ``threshold`` and, with the arm
+    head, the share naming the same arm."""
     session = make_session(path, threads)
+    export = StructuralExport(net).eval()
     report = {}
     for batch in batches:
         image, cond = random_inputs(net, batch)
         with torch.no_grad():
-            ref = net.score(torch.from_numpy(image), torch.from_numpy(cond)).numpy()
-        got = session.run(["score"], {"image": image, "cond": cond})[0]
-        report[f"batch_{batch}"] = {
-            "max_abs": float(np.abs(got - ref).max()),
-            "agreement": float(np.mean((got >= threshold) == (ref >= threshold)))}
+            ref = export(torch.from_numpy(image), torch.from_numpy(cond))
+        ref = [t.numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
+        got = session.run(output_names(net), {"image": image, "cond": cond})
+        record = {"max_abs": max(float(np.abs(g - r).max()) for g, r in zip(got, ref)),
+                  "agreement": float(np.mean((got[0] >= threshold) == (ref[0] >= threshold)))}
+        if net.arm_head:
+            record["arm_agreement"] = float(np.mean(got[1].argmax(1) == ref[1].argmax(1)))
+        report[f"batch_{batch}"] = record
     return report
 
 
@@ -82,6 +95,9 @@ def structural_section(net, payload, path, checkpoint, parity):
                                                           else "")},
         "threshold": float(payload["threshold"]),
         "flag": "score >= threshold",
+        **({"arms": list(ARMS), "arm": "arm: probabilities of the change lying on the p arm, "
+                                       "the q arm, or both (meaningful on flagged ones)"}
+           if net.arm_head else {}),
         "target_specificity": payload.get("target_specificity"),
         "validation": payload.get("validation"),
         "training": training,
@@ -106,9 +122,12 @@ def export_structural(checkpoint, model_dir, threads=0, log=print):
         image, cond = random_inputs(net, 2)
         _export_graph(StructuralExport(net).eval(),
                       (torch.from_numpy(image), torch.from_numpy(cond)),
-                      (["image", "cond"], ["score"]), tmp)
+                      (["image", "cond"], output_names(net)), tmp)
         parity = check_parity(net, tmp, float(payload["threshold"]), threads=threads)
         require_parity(parity, log, agreement=".2%")
+        if net.arm_head:
+            log("arm output: same arm named on " + ", ".join(
+                f"{k}: {v['arm_agreement']:.2%}" for k, v in parity.items()))
         section = structural_section(net, payload, tmp, checkpoint, parity)
         os.replace(tmp, model_dir / GRAPH_FILE)
     finally:

@@ -8,13 +8,14 @@ which deletions, duplications, inversions and translocations change. The conditi
 one-hot of the called type and the log relative length) is concatenated before two fully
 connected layers; the output ``score`` is the sigmoid of one logit: the probability that the
 chromosome is aberrant. With ``homologue``, the canvas has a second channel (the homologue's)
-and the condition two more values.
+and the condition two more values. With ``arm_head``, a second linear layer on the same hidden
+features gives three logits for where the change lies (``vfinfer.pipeline.structural.ARMS``).
 """
 
 import torch
 from torch import nn
 
-from vfinfer.pipeline.structural import cond_size
+from vfinfer.pipeline.structural import ARMS, cond_size
 
 DEFAULT_WIDTHS = (16, 32, 48, 64)
 DEFAULT_HIDDEN = 64
@@ -26,7 +27,7 @@ class StructuralNet(nn.Module):
     """``forward(image, cond) -> logit`` (N,); ``score`` is its sigmoid (N, 1)."""
 
     def __init__(self, widths=DEFAULT_WIDTHS, hidden=DEFAULT_HIDDEN, height=DEFAULT_HEIGHT,
-                 width=DEFAULT_WIDTH, homologue=False, pool="global"):
+                 width=DEFAULT_WIDTH, homologue=False, pool="global", arm_head=False):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -47,15 +48,26 @@ class StructuralNet(nn.Module):
                                   nn.ReLU(inplace=True), nn.Dropout(0.2),
                                   nn.Linear(self.hidden, self.hidden), nn.ReLU(inplace=True),
                                   nn.Linear(self.hidden, 1))
+        self.arm_head = bool(arm_head)
+        self.arm = nn.Linear(self.hidden, len(ARMS)) if self.arm_head else None
 
-    def forward(self, image, cond):
-        """The logit of each chromosome, shape (N,)."""
+    def _hidden(self, image, cond):
+        """The features before the last layer of ``head``, (N, hidden)."""
         x = self.features(image)
         if self.pool == "rows":
             pooled = torch.cat([x.mean(dim=3).flatten(1), cond], dim=1)
         else:
             pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), cond], dim=1)
-        return self.head(pooled)[:, 0]
+        return self.head[:-1](pooled)
+
+    def forward(self, image, cond):
+        """The logit of each chromosome, shape (N,)."""
+        return self.head[-1](self._hidden(image, cond))[:, 0]
+
+    def forward_with_arm(self, image, cond):
+        """(logit (N,), arm logits (N, 3)); needs ``arm_head``."""
+        hidden = self._hidden(image, cond)
+        return self.head[-1](hidden)[:, 0], self.arm(hidden)
 
     def score(self, image, cond):
         """The probability of an aberration, shape (N, 1) (the exported output)."""
@@ -67,16 +79,21 @@ class StructuralNet(nn.Module):
                 "width": self.width}
         spec.update({"homologue": True} if self.homologue else {})
         spec.update({"pool": self.pool} if self.pool != "global" else {})
+        spec.update({"arm_head": True} if self.arm_head else {})
         return spec
 
 
 class StructuralExport(nn.Module):
-    """The graph that is exported: ``(image, cond) -> score``."""
+    """The graph that is exported: ``(image, cond) -> score``, and ``arm`` (the softmax of the
+    arm logits) with the arm head."""
 
     def __init__(self, net):
         super().__init__()
         self.net = net
 
     def forward(self, image, cond):
-        """``StructuralNet.score``."""
-        return self.net.score(image, cond)
+        """``StructuralNet.score`` (and the arm probabilities)."""
+        if not self.net.arm_head:
+            return self.net.score(image, cond)
+        logit, arm = self.net.forward_with_arm(image, cond)
+        return torch.sigmoid(logit)[:, None], torch.softmax(arm, dim=1)

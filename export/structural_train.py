@@ -9,7 +9,8 @@ cells and synthetic aberrations of them, made anew for each epoch (seed + epoch:
 aberrations, other normals drawn); validation examples likewise from the held-out slides,
 once, with another seed. Each epoch shuffles the examples and flips each canvas left-right
 at random with a random gain on its darkness; binary cross-entropy, Adam, cosine decay of the
-learning rate to 5 %.
+learning rate to 5 %. With the arm head, the loss adds ``ARM_WEIGHT`` times the cross-entropy
+of the arm logits on the aberrant examples (where the change lies: p, q or both arms).
 
 Each epoch writes ``OUT/last.pt`` (atomic) and ``OUT/history.json``. The end chooses the
 threshold: the lowest score that flags at most ``1 - specificity`` of the normal validation
@@ -30,7 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from vfinfer.io.labels import read_labels
-from vfinfer.pipeline.structural import darkness
+from vfinfer.pipeline.structural import ARMS, darkness
 from vfinfer.tools.evaluation.structural import threshold_for_specificity, validation_figures
 from vfinfer.util.atomic import write_atomic
 
@@ -39,6 +40,8 @@ from .structural_model import StructuralNet
 
 SPECIFICITY = 0.99
 BATCH = 128
+ARM_WEIGHT = 0.5
+NO_ARM = -1  # the arm target of a normal example (ignored by the loss)
 
 
 def _stderr(message):
@@ -72,13 +75,32 @@ def _tensor_darkness(canvas):
 
 def predict(net, canvas, cond, batch=512):
     """Scores (N,) float32 of uint8 canvases and conditions, in eval mode, no gradients."""
+    return predict_with_arm(net, canvas, cond, batch)[0]
+
+
+def predict_with_arm(net, canvas, cond, batch=512):
+    """(scores (N,), arm probabilities (N, 3) or None without the arm head), as ``predict``."""
     net.eval()
-    out = []
+    scores, arms = [], []
     with torch.no_grad():
         for start in range(0, len(canvas), batch):
             x = _tensor_darkness(canvas[start:start + batch])
-            out.append(torch.sigmoid(net(x, torch.from_numpy(cond[start:start + batch]))))
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+            c = torch.from_numpy(cond[start:start + batch])
+            if net.arm_head:
+                logit, arm = net.forward_with_arm(x, c)
+                arms.append(torch.softmax(arm, dim=1))
+            else:
+                logit = net(x, c)
+            scores.append(torch.sigmoid(logit))
+    if not scores:
+        return np.zeros(0, np.float32), (np.zeros((0, len(ARMS)), np.float32)
+                                         if net.arm_head else None)
+    return torch.cat(scores).numpy(), torch.cat(arms).numpy() if arms else None
+
+
+def arm_targets(arms):
+    """The index in ``ARMS`` of each example's arm, ``NO_ARM`` for a normal one (int64)."""
+    return np.array([ARMS.index(a) if a else NO_ARM for a in arms], np.int64)
 
 
 def _batches(examples, rng):
@@ -94,17 +116,29 @@ def _batches(examples, rng):
         x = torch.where(flip[:, :, None, None], x.flip(-1), x)
         gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, channels)).astype(np.float32))
         x = (x * gain[:, :, None, None]).clamp(0, 1)
-        yield x, torch.from_numpy(examples.cond[idx]), torch.from_numpy(examples.label[idx])
+        yield (x, torch.from_numpy(examples.cond[idx]), torch.from_numpy(examples.label[idx]),
+               torch.from_numpy(arm_targets([examples.arm[i] for i in idx])))
+
+
+def _loss(net, x, cond, y, arm):
+    """Binary cross-entropy of the score, plus the arm head's on the aberrant examples."""
+    if not net.arm_head:
+        return F.binary_cross_entropy_with_logits(net(x, cond), y)
+    logit, arm_logits = net.forward_with_arm(x, cond)
+    loss = F.binary_cross_entropy_with_logits(logit, y)
+    if (arm != NO_ARM).any():
+        loss = loss + ARM_WEIGHT * F.cross_entropy(arm_logits, arm, ignore_index=NO_ARM)
+    return loss
 
 
 def _epoch(net, optimizer, examples, rng, step, total, lr):
     """One pass over the examples; returns (mean loss, steps done)."""
     net.train()
     losses = []
-    for x, cond, y in _batches(examples, rng):
+    for x, cond, y, arm in _batches(examples, rng):
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
-        loss = F.binary_cross_entropy_with_logits(net(x, cond), y)
+        loss = _loss(net, x, cond, y, arm)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -164,11 +198,12 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
         if epoch:  # new aberrations (and normals drawn) each epoch
             train = make_examples(train_cells, seed + epoch, options, workers)
         loss, step = _epoch(net, optimizer, train, rng, step, total, lr)
-        scores = predict(net, val.canvas, val.cond)
+        scores, arms = predict_with_arm(net, val.canvas, val.cond)
         figures = validation_figures(scores, val, threshold_for_specificity(
-            scores[val.label == 0], SPECIFICITY))
+            scores[val.label == 0], SPECIFICITY), arms)
         history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_auc": figures["auc"],
                         "val_sensitivity": figures["sensitivity"],
+                        "val_arm_right": figures.get("arm", {}).get("right_of_flagged"),
                         "seconds": round(time.perf_counter() - started, 1)})
         log(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, validation AUC "
             f"{figures['auc'] or 0:.4f}, "
@@ -184,9 +219,9 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
 
 def _finish(net, out, val, record, history, run, log):
     """Choose the threshold on the validation normals, write ``structural.pt``."""
-    scores = predict(net, val.canvas, val.cond)
+    scores, arms = predict_with_arm(net, val.canvas, val.cond)
     threshold = threshold_for_specificity(scores[val.label == 0], SPECIFICITY)
-    figures = validation_figures(scores, val, threshold)
+    figures = validation_figures(scores, val, threshold, arms)
     log(f"threshold {threshold:.6f} (target specificity {SPECIFICITY:.0%}): validation "
         f"specificity {figures['specificity']:.4f}, sensitivity {figures['sensitivity']:.4f}, "
         f"AUC {figures['auc'] or 0:.4f}")

@@ -443,20 +443,23 @@ def test_eval_structural_reports_kinds_sizes_and_curves(model, cells, tmp_path):
     assert chrom["n_aberrant"] >= 2 * 3  # 2 per copy of 3 cells (a translocation gives two)
     assert set(chrom["by_size"]) == {"5-10%", ">=10%"} and chrom["by_kind"]
     assert sum(v["n"] for v in chrom["by_kind"].values()) == chrom["n_aberrant"]
+    assert set(chrom["by_group"]) == set("ABCDEFG")
+    assert sum(v["n_aberrant"] for v in chrom["by_group"].values()) == chrom["n_aberrant"]
+    assert sum(v["n_normal"] for v in chrom["by_group"].values()) == chrom["n_normal"]
     assert 0.0 <= chrom["auc"] <= 1.0 and report["normal_cells"]["n"] == 3
     assert report["aberrant_copies"]["copies"] == 3
     assert report["normal_cells"]["cell_specificity"] == 0.95
     for name in ("roc", "pr"):
         picture = cv2.imread(str(out.with_name(f"screen_{name}.png")))
         assert picture is not None and picture.shape[0] > 400
-    assert "sensitivity by kind" in done.output
+    assert "sensitivity by kind" in done.output and "sensitivity by group: A" in done.output
     plain = CliRunner().invoke(main, ["eval-structural", str(cells), "--model",
                                       str(demo_model_dir()), "--json", str(tmp_path / "x.json")])
     assert plain.exit_code == 1 and "has no structural score" in plain.output
 
 
 @pytest.mark.slow  # trains a tiny network (a few seconds)
-def test_train_structural_command_defaults_to_row_pooling(cells, tmp_path):
+def test_train_structural_command_defaults_to_row_pooling_and_the_arm(cells, tmp_path):
     pytest.importorskip("torch")
     from vfinfer_export.structural_train import load_structural
 
@@ -466,9 +469,134 @@ def test_train_structural_command_defaults_to_row_pooling(cells, tmp_path):
     assert done.exit_code == 0, done.output
     net, payload = load_structural(tmp_path / "rows" / "structural.pt")
     assert net.spec()["pool"] == "rows" and "homologue" not in net.spec()
+    assert net.spec()["arm_head"] is True
     paired = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "pairs"), "--homologue",
-                                       "--pool", "global"])
+                                       "--pool", "global", "--no-arm"])
     assert paired.exit_code == 0, paired.output
     net, payload = load_structural(tmp_path / "pairs" / "structural.pt")
     assert net.spec()["homologue"] is True and "pool" not in net.spec()
+    assert "arm_head" not in net.spec() and "arm" not in payload["validation"]
     assert payload["training"]["homologue"] is True
+
+
+# -- the arm output -----------------------------------------------------------------------------
+def test_arm_text_names_the_arm_only_when_clear():
+    from vfinfer.pipeline.result import ARM_CLEAR, arm_text
+
+    assert arm_text("q", 0.9) == "q arm" and arm_text("p", ARM_CLEAR) == "p arm"
+    assert arm_text("pq", 0.8) == "both arms (across the centromere)"
+    assert arm_text("q", ARM_CLEAR - 0.01) == "arm not clear"
+
+
+def test_arm_figures_count_the_flagged_ones():
+    from vfinfer.tools.evaluation.structural import arm_figures, arm_names
+
+    named = arm_names(np.array([[0.8, 0.1, 0.1], [0.1, 0.5, 0.4], [0.2, 0.2, 0.6],
+                                [0.1, 0.8, 0.1]]))
+    assert named == ["p", "q", "pq", "q"]
+    figures = arm_figures(named, ["p", "p", "pq", "q"], ["del", "del", "inv", "t"],
+                          [True, True, True, False], clear=[True, False, True, True])
+    assert figures["n_flagged"] == 3 and figures["right_of_flagged"] == round(2 / 3, 4)
+    assert figures["right_of_flagged_by_kind"] == {"del": 0.5, "inv": 1.0, "t": None}
+    assert figures["flagged_named"] == round(2 / 3, 4) and figures["right_of_named"] == 1.0
+
+
+def test_arm_targets_leave_normal_examples_out_of_the_loss():
+    pytest.importorskip("torch")
+    from vfinfer_export.structural_train import NO_ARM, arm_targets
+
+    assert arm_targets(["", "q", "pq", "p"]).tolist() == [NO_ARM, 1, 2, 0]
+
+
+@pytest.fixture(scope="module")
+def arm_model(cells, tmp_path_factory):
+    """A copy of the demo model with a tiny structural net with the arm head."""
+    pytest.importorskip("torch")
+    from vfinfer_export.structural_data import ExampleOptions
+    from vfinfer_export.structural_export import export_structural
+    from vfinfer_export.structural_model import StructuralNet
+    from vfinfer_export.structural_train import train_structural
+
+    net = StructuralNet(widths=(4, 8), hidden=8, height=32, width=16, pool="rows",
+                        arm_head=True)
+    options = ExampleOptions(32, 16, normals_per_cell=12, aberrant_per_cell=4)
+    path = train_structural(cells, tmp_path_factory.mktemp("run"), epochs=1, seed=0,
+                            threads=1, val_share=0.5, options=options, net=net,
+                            log=lambda _: None)
+    folder = tmp_path_factory.mktemp("model") / "demo"
+    shutil.copytree(demo_model_dir(), folder)
+    export_structural(path, folder, threads=1, log=lambda _: None)
+    return folder, path
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_arm_output_exported_with_parity_and_matches_reference(arm_model, cells):
+    import torch
+
+    from vfinfer_export.structural_model import StructuralExport
+    from vfinfer_export.structural_train import load_structural
+
+    folder, path = arm_model
+    net, payload = load_structural(path)
+    assert net.spec()["arm_head"] is True and "arm" in payload["validation"]
+    assert "val_arm_right" in payload["training"]["history"][0]
+    section = json.loads((folder / "manifest.json").read_text())["structural"]
+    assert [o["name"] for o in section["outputs"]] == ["score", "arm"]
+    assert section["arms"] == ["p", "q", "pq"]
+    assert all(v["arm_agreement"] == 1.0 for v in section["parity"]["batches"].values())
+    images, files = _cell_images(cells)
+    with Pipeline(folder, backend="ort") as pipe:
+        types = [type_index(r["type"]) for r in pipe.run_case(images, files=files)
+                 ["chromosomes"]]
+        scores, arms = pipe.structural.assess(images, types)
+    x, cond = structural_inputs(images, types, 32, 16)
+    with torch.no_grad():
+        ref_scores, ref_arms = StructuralExport(net)(torch.from_numpy(x),
+                                                    torch.from_numpy(cond))
+    np.testing.assert_allclose(scores, ref_scores.numpy()[:, 0], atol=1e-5)
+    np.testing.assert_allclose(arms, ref_arms.numpy(), atol=1e-5)
+    assert arms.shape == (len(images), 3) and np.allclose(arms.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_flagged_chromosomes_name_their_arm(arm_model, cells, tmp_path):
+    from vfinfer.io.results import result_csv
+    from vfinfer.pipeline.result import arm_text
+
+    images, files = _cell_images(cells)
+    with Pipeline(_with_threshold(arm_model[0], tmp_path, 0.0), backend="ort") as pipe:
+        result = pipe.run_case(images, files=files)
+    rows, warnings = result["chromosomes"], result["warnings"]
+    assert result["structural"]["arm_named"] is True
+    for row in rows:
+        where = arm_text(row["structural"]["arm"], row["structural"]["arm_prob"])
+        assert (f"possible structural abnormality of chromosome {row['type']}, {where} "
+                f"({row['file']}," in w for w in warnings) or pytest.fail(row["file"])
+    table = list(csv.DictReader(result_csv(result).splitlines()))
+    assert [r["structural_arm"] for r in table] == [r["structural"]["arm"] for r in rows]
+    with Pipeline(_with_threshold(arm_model[0], tmp_path / "none", 1.01), backend="ort") as pipe:
+        quiet = pipe.run_case(images, files=files)
+    assert not any("arm" in row["structural"] for row in quiet["chromosomes"])
+    assert not any("structural abnormality" in w for w in quiet["warnings"])
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_eval_structural_reports_the_named_arms(arm_model, cells, tmp_path):
+    folder = _with_threshold(arm_model[0], tmp_path, 0.0)  # every aberrant one flagged
+    out = tmp_path / "arm.json"
+    done = CliRunner().invoke(main, ["eval-structural", str(cells), "--model", str(folder),
+                                     "--copies", "1", "--per-cell", "2", "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    report = json.loads(out.read_text())
+    arm = report["arm"]
+    assert arm["n_flagged"] == report["chromosomes"]["n_aberrant"]
+    assert 0.0 <= arm["right_of_flagged"] <= 1.0 and set(arm["right_of_flagged_by_kind"]) == \
+        set(report["chromosomes"]["by_kind"])
+    assert "arm named right on" in done.output
+
+
+def test_denver_groups_cover_every_type_once():
+    from vfinfer.model.classes import DENVER_GROUPS, N_TYPES, denver_group
+
+    assert sum(len(m) for m in DENVER_GROUPS.values()) == N_TYPES
+    assert [denver_group(i) for i in (0, 4, 22, 12, 17, 19, 20, 23)] == list("ABCDEFGG")

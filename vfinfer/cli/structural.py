@@ -76,9 +76,13 @@ def _widths(_ctx, _param, value):
               type=click.Choice(["global", "rows"]),
               help="global: average and max over the last feature map; rows: each row's "
                    "average kept in order along the chromosome (the order of its bands).")
+@click.option("--arm/--no-arm", "arm_head", default=True, show_default=True,
+              help="A second output that names where the change lies (p arm, q arm, or "
+                   "both), trained on the aberrations' labels; the warnings name the arm.")
 @one_line_errors
 def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
-                     aberrant_per_cell, size_min, size_max, canvas, widths, homologue, pool):
+                     aberrant_per_cell, size_min, size_max, canvas, widths, homologue, pool,
+                     arm_head):
     """Train the structural score on labelled normal cells against synthetic aberrations of
     their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
     normal chromosomes of held-out slides)."""
@@ -89,7 +93,7 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
     from vfinfer_export.structural_model import StructuralNet
 
     net = StructuralNet(widths=widths, height=canvas[0], width=canvas[1], homologue=homologue,
-                        pool=pool)
+                        pool=pool, arm_head=arm_head)
     options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
                              normals_per_cell=normals_per_cell,
                              aberrant_per_cell=aberrant_per_cell, homologue=homologue)
@@ -169,14 +173,26 @@ def structural_lines(report):
     sizes = ", ".join(f"{name} {v['sensitivity']} (AUC {v['auc_vs_normals']})"
                       for name, v in chrom["by_size"].items())
     kinds = ", ".join(f"{kind} {v['sensitivity']}" for kind, v in chrom["by_kind"].items())
+    groups = ", ".join(f"{group} {v['sensitivity']}" for group, v in chrom["by_group"].items())
     return [f"{chrom['n_normal']} normal and {chrom['n_aberrant']} aberrant chromosomes: AUC "
             f"{chrom['auc']}, at threshold {chrom['threshold']:.4f} specificity "
             f"{chrom['specificity']}, sensitivity {chrom['sensitivity']}",
             f"sensitivity by size: {sizes}", f"sensitivity by kind: {kinds}",
+            f"sensitivity by group: {groups}",
             f"normal cells with a flag: {cells['share_any_flagged']} of {cells['n']}; in the "
             f"aberrant copies, partners flagged "
             f"{copies['partners_flagged']}, other unchanged chromosomes flagged "
             f"{copies['unchanged_flagged']}",
             f"at a threshold flagging 1 in 20 of these normal cells "
             f"({cells['threshold_for_cell_specificity']:.4f}): sensitivity "
-            f"{cells['sensitivity_there']}, >= 10 % {cells['sensitivity_ge_10pct_there']}"]
+            f"{cells['sensitivity_there']}, >= 10 % {cells['sensitivity_ge_10pct_there']}",
+            *_arm_lines(report.get("arm"))]
+
+
+def _arm_lines(arm):
+    """The arm output's line (none without it)."""
+    if not arm:
+        return []
+    return [f"arm named right on {arm['right_of_flagged']} of the {arm['n_flagged']} flagged "
+            f"aberrant chromosomes; their warnings name an arm on {arm['flagged_named']}, "
+            f"right on {arm['right_of_named']}"]

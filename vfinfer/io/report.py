@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jinja2
 
+from vfinfer.pipeline.result import arm_text
 from vfinfer.util.atomic import write_atomic
 
 REPORT_NAME = "report.html"
@@ -219,7 +220,9 @@ def call_flags(chromosome):
         flags.append(f"dispatch {before}\u2192{chromosome.get('type')}")
     structural = chromosome.get("structural") or {}
     if structural.get("flagged"):
-        flags.append(f"structural {structural.get('score', 0):.2f}")
+        where = (f", {arm_text(structural['arm'], structural.get('arm_prob', 0.0))}"
+                 if structural.get("arm") else "")
+        flags.append(f"structural {structural.get('score', 0):.2f}{where}")
     for flag in (chromosome.get("segment") or {}).get("review") or []:
         flags.append(f"{flag}?")
     return flags

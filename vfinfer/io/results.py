@@ -23,7 +23,7 @@ IMAGES_DIR = "images"  # the images as classified (vfinfer run --keep-images)
 RESULT_FILES = ("result.json", "result.csv", "karyogram.png", "overlay.png", REPORT_NAME)
 CSV_COLUMNS = ("file", "type", "type_prob", "type_before_dispatch", "low_confidence",
                "polarity", "polarity_prob", "top2", "top2_prob", "box_x0", "box_y0",
-               "box_x1", "box_y1", "structural_score", "structural_flagged")
+               "box_x1", "box_y1", "structural_score", "structural_flagged", "structural_arm")
 
 
 class ResultExistsError(FileExistsError):
@@ -41,7 +41,8 @@ def result_csv(result):
                          int(c["low_confidence"]), c["polarity"], c["polarity_prob"],
                          second[0], second[1], *c["box"],
                          structural["score"] if structural else "",
-                         int(structural["flagged"]) if structural else ""])
+                         int(structural["flagged"]) if structural else "",
+                         (structural or {}).get("arm", "")])
     return buffer.getvalue()
 
 

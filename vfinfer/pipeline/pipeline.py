@@ -365,9 +365,10 @@ class Pipeline:
         return result
 
     def _structural_scores(self, case, outputs, types):
-        """The structural score of each chromosome of ``case`` conditioned on its called
+        """(The structural score of each chromosome of ``case`` conditioned on its called
         ``types`` (after dispatch), turned q-arm down by the called polarity when the model
-        calls polarity; None without a structural score."""
+        calls polarity; the arm probabilities or None: ``StructuralScorer.assess``); None
+        without a structural score."""
         if self.structural is None:
             return None
         images = case.upright or case.display or [
@@ -375,7 +376,7 @@ class Pipeline:
         flip = None
         if self.manifest.polarity_trained:
             flip = outputs["polarity_probs"].argmax(1) != Q_ARM_DOWN
-        return self.structural.scores(images, types, flip)
+        return self.structural.assess(images, types, flip)
 
     def _dispatch(self, probs):
         """(types after dispatch, karyotype, warnings, abnormality section or None)."""

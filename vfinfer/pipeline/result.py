@@ -6,6 +6,8 @@ import numpy as np
 from vfinfer.calls.dispatch import argmax_types
 
 POLARITY_NOT_CALLED = "not called"
+ARM_CLEAR = 0.6  # the arm output's probability under which a warning names no arm
+ARM_WORDS = {"p": "p arm", "q": "q arm", "pq": "both arms (across the centromere)"}
 NOT_SCREENED = ("structural abnormalities not screened: the model has no structural score "
                 "(vfinfer export-structural)")
 
@@ -75,24 +77,43 @@ def chromosome_rows(manifest, case, outputs, types):
     return rows
 
 
-def structural_section(manifest, rows, scores):
-    """Adds ``structural`` ({score, flagged}) to each chromosome row; returns the result's
-    ``structural`` section and one warning per flagged chromosome (its called type and file,
-    never an ISCN notation). ``scores`` None: the section says the cell was not screened."""
-    if scores is None:
+def structural_section(manifest, rows, structural):
+    """Adds ``structural`` ({score, flagged}; for a flagged one with the arm output also
+    {arm, arm_prob}) to each chromosome row; returns the result's ``structural`` section and
+    one warning per flagged chromosome (its called type, the arm, the file; never an ISCN
+    notation). ``structural``: (scores, arm probabilities or None); None: the section says
+    the cell was not screened."""
+    if structural is None:
         return {"screened": False, "note": NOT_SCREENED}, []
+    scores, arm_probs = structural
     record = manifest.structural
-    threshold = float(record["threshold"])
+    threshold, arms = float(record["threshold"]), record.get("arms")
     warnings = []
-    for row, score in zip(rows, scores):
+    for i, (row, score) in enumerate(zip(rows, scores)):
         flagged = bool(score >= threshold)
         row["structural"] = {"score": round(float(score), 6), "flagged": flagged}
-        if flagged:
-            warnings.append(f"possible structural abnormality of chromosome {row['type']} "
-                            f"({row['file']}, structural score {float(score):.3f}): review")
+        if not flagged:
+            continue
+        where = ""
+        if arm_probs is not None:  # trained on aberrant examples: read on flagged ones only
+            best = int(np.argmax(arm_probs[i]))
+            row["structural"].update(arm=arms[best],
+                                     arm_prob=round(float(arm_probs[i][best]), 6))
+            where = ", " + arm_text(arms[best], float(arm_probs[i][best]))
+        warnings.append(f"possible structural abnormality of chromosome {row['type']}{where} "
+                        f"({row['file']}, structural score {float(score):.3f}): review")
     return {"screened": True, "threshold": threshold,
             "flagged": sum(r["structural"]["flagged"] for r in rows),
-            "target_specificity": record.get("target_specificity")}, warnings
+            "target_specificity": record.get("target_specificity"),
+            "arm_named": arm_probs is not None}, warnings
+
+
+def arm_text(arm, probability):
+    """Where a flagged change lies, in words: the arm the arm output names, or that it is not
+    clear when its probability is under ``ARM_CLEAR``."""
+    if probability < ARM_CLEAR:
+        return "arm not clear"
+    return ARM_WORDS.get(arm, f"{arm} arm")
 
 
 def abnormality_section(found, params_note):

@@ -22,6 +22,11 @@ copies of a pair: ``image`` (N, 2, H, W) has the canvas of the other chromosome 
 called type in channel 1 (of several, the one whose canvas differs least; white when the type
 has no other copy), and ``cond`` (N, 27) two more values: 1 when there is a homologue, and
 log(its length / the cell's median length).
+
+A score trained with the arm head (manifest ``outputs`` holds ``arm``, ``train-structural
+--arm``) has a second output, ``arm`` (N, 3): the probabilities of ``ARMS``, where the change
+lies on the upright chromosome (p arm, q arm, or both arms: a pericentric inversion). It is
+trained on the aberrant examples only, so on a normal chromosome it means nothing.
 """
 
 import math
@@ -32,6 +37,7 @@ import numpy as np
 from vfinfer.model.classes import N_TYPES
 from vfinfer.util.geometry import body_mask
 
+ARMS = ("p", "q", "pq")  # the arm output's classes: p arm, q arm, both (around the centromere)
 COND_SIZE = N_TYPES + 1  # one-hot type, log relative length
 HOMOLOGUE_COND = 2  # has a homologue, its log relative length
 BACKGROUND = 255
@@ -154,13 +160,22 @@ class StructuralScorer:
         self.homologue = bool(section["input"].get("homologue", False))
         self.runner = runner_factory(section["file"])
 
+        self.arms = tuple(section.get("arms") or ())  # empty: no arm output
+
     def scores(self, images, types, flip=None):
         """The score of each cut-out of one cell (float32 (N,), 0..1)."""
+        return self.assess(images, types, flip)[0]
+
+    def assess(self, images, types, flip=None):
+        """(the score of each cut-out of one cell (N,), the arm probabilities (N, 3) in
+        ``self.arms`` order, or None when the graph has no arm output)."""
         image, cond = structural_inputs(images, types, self.height, self.width, flip,
                                         self.homologue)
         if not len(image):
-            return np.zeros(0, np.float32)
-        return self.runner.infer({"image": image, "cond": cond})["score"].reshape(-1)
+            return np.zeros(0, np.float32), (np.zeros((0, len(self.arms)), np.float32)
+                                             if self.arms else None)
+        out = self.runner.infer({"image": image, "cond": cond})
+        return out["score"].reshape(-1), out["arm"] if self.arms else None
 
     def close(self):
         """Release the session."""

@@ -63,8 +63,32 @@ def sensitivity_table(scores, kinds, sizes, threshold):
     return table
 
 
-def validation_figures(scores, examples, threshold):
-    """AUC, specificity and sensitivity (overall, per kind, per size bin) of ``Examples``."""
+def arm_figures(named, true_arms, kinds, flagged, clear=None):
+    """How often the arm output names the changed arm (p, q or pq) of the flagged aberrant
+    chromosomes, overall and per kind (``named``: the arm named per aberrant chromosome, read
+    where ``flagged``); with ``clear`` (bool per chromosome: its warning names the arm), the
+    share of flagged ones named and how often those are right."""
+    flagged, kinds = np.asarray(flagged, bool), np.asarray(kinds, str)
+    right = np.array([f and n == t for n, t, f in zip(named, true_arms, flagged)], bool)
+    figures = {"n_flagged": int(flagged.sum()), "right_of_flagged": _rate(right[flagged]),
+               "right_of_flagged_by_kind": {k: _rate(right[flagged & (kinds == k)])
+                                            for k in sorted(set(kinds.tolist()))}}
+    if clear is not None:
+        clear = np.asarray(clear, bool) & flagged
+        figures.update(flagged_named=_rate(clear[flagged]), right_of_named=_rate(right[clear]))
+    return figures
+
+
+def arm_names(arm_probs):
+    """The arm (``ARMS``) each row of probabilities names."""
+    from vfinfer.pipeline.structural import ARMS
+
+    return [ARMS[i] for i in np.argmax(arm_probs, axis=1)] if len(arm_probs) else []
+
+
+def validation_figures(scores, examples, threshold, arm_probs=None):
+    """AUC, specificity and sensitivity (overall, per kind, per size bin) of ``Examples``;
+    with ``arm_probs`` (the arm head's), ``arm``: ``arm_figures`` of the aberrant ones."""
     labels = examples.label.astype(bool)
     normal, aberrant = scores[~labels], scores[labels]
     kinds = [k for k, lab in zip(examples.kind, labels) if lab]
@@ -73,7 +97,12 @@ def validation_figures(scores, examples, threshold):
         at = (examples.size[labels] >= lo) & (examples.size[labels] < hi)
         table["by_size"][name]["auc_vs_normals"] = _rounded(roc_auc(
             np.r_[normal, aberrant[at]], np.r_[np.zeros(len(normal)), np.ones(at.sum())]))
-    return {"threshold": threshold, "n_normal": int(len(normal)),
-            "n_aberrant": int(len(aberrant)), "auc": _rounded(roc_auc(scores, labels)),
-            "specificity": round(float(np.mean(normal < threshold)), 4),
-            "sensitivity": round(float(np.mean(aberrant >= threshold)), 4), **table}
+    figures = {"threshold": threshold, "n_normal": int(len(normal)),
+               "n_aberrant": int(len(aberrant)), "auc": _rounded(roc_auc(scores, labels)),
+               "specificity": round(float(np.mean(normal < threshold)), 4),
+               "sensitivity": round(float(np.mean(aberrant >= threshold)), 4), **table}
+    if arm_probs is not None:
+        figures["arm"] = arm_figures(arm_names(arm_probs[labels]),
+                                     [a for a, lab in zip(examples.arm, labels) if lab], kinds,
+                                     aberrant >= threshold)
+    return figures

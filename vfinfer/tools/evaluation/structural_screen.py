@@ -14,10 +14,14 @@ cells, each scored by the full pipeline (``vfinfer run``'s), so conditioned on t
 3. ROC AUC (aberrant vs normal chromosomes; overall, per size bin, per kind, and for the
    aberrant chromosomes the classifier called as their own type or as another: the score is
    conditioned on the called type), sensitivity at the manifest's threshold per kind, per size
-   bin (5-10 %, >= 10 %) and both. The threshold is the manifest's: nothing is tuned on these
-   cells. Beside it, what a cell-level operating point would give: the threshold at which 1
-   in 20 of these normal cells has a flag, and the sensitivity at it (read off the test
+   bin (5-10 %, >= 10 %) and both; per Denver group (A-G) of the labelled type, both figures
+   against that group's normal chromosomes, and its specificity. The threshold is the
+   manifest's: nothing is tuned on these cells. Beside it, what a cell-level operating point
+   would give: the threshold at which 1 in 20 of these normal cells has a flag, and the sensitivity at it (read off the test
    cells themselves, so a figure of what is possible, not a threshold to ship).
+4. With the arm output: how often the arm it names is the changed one (p, q, or both for a
+   pericentric inversion), over the aberrant chromosomes, the flagged ones and per kind, and
+   the share of flagged ones whose warning names an arm (probability >= ``ARM_CLEAR``).
 """
 
 import csv
@@ -28,11 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from vfinfer.io.labels import by_cell, read_labels
-from vfinfer.model.classes import type_index
+from vfinfer.model.classes import DENVER_GROUPS, denver_group, type_index
+from vfinfer.pipeline.result import ARM_CLEAR
 from vfinfer.tools.evaluation.dispatch_figures import roc_curve
 from vfinfer.tools.evaluation.plots import pr_png, roc_png
 from vfinfer.tools.evaluation.structural import (
     SIZE_BINS,
+    arm_figures,
     roc_auc,
     sensitivity_table,
     threshold_for_specificity,
@@ -57,7 +63,7 @@ class ScreenOptions:
 
 def score_cells(pipe, data_dir, labels_csv):
     """{(cell, file): (score, called type, labelled type)} and {cell: any flagged}."""
-    scores, any_flagged = {}, {}
+    scores, any_flagged, arms = {}, {}, {}
     for cell, items in by_cell(read_labels(data_dir, labels_csv)).items():
         files = [str(item.path.relative_to(Path(data_dir))) for item in items]
         result = pipe.run_case([read_gray8(item.path) for item in items], name=cell,
@@ -65,8 +71,10 @@ def score_cells(pipe, data_dir, labels_csv):
         for item, row in zip(items, result["chromosomes"]):
             scores[(cell, row["file"])] = (row["structural"]["score"],
                                            type_index(row["type"]), item.type)
+            arms[(cell, row["file"])] = (row["structural"].get("arm"),
+                                         row["structural"].get("arm_prob"))
         any_flagged[cell] = any(r["structural"]["flagged"] for r in result["chromosomes"])
-    return scores, any_flagged
+    return scores, any_flagged, arms
 
 
 def aberrant_scores(pipe, data_dir, labels_csv, n_cells, options, tmp):
@@ -77,13 +85,15 @@ def aberrant_scores(pipe, data_dir, labels_csv, n_cells, options, tmp):
     write_structural_cases(data_dir, out, seed=options.seed, labels_csv=labels_csv,
                            kinds=KINDS, size_min=options.size_min, size_max=options.size_max,
                            cells=options.copies * n_cells, per_cell=options.per_cell)
-    scores, _ = score_cells(pipe, out, "labels.csv")
+    scores, _, arms = score_cells(pipe, out, "labels.csv")
     with open(out / "structural.csv", newline="") as handle:
         truth = list(csv.DictReader(handle))
     rows = []
     for row in truth:
         score, called, labelled = scores[(row["cell"], row["file"])]
-        rows.append({**row, "score": score, "called_type": called, "labelled_type": labelled})
+        named, named_prob = arms[(row["cell"], row["file"])]
+        rows.append({**row, "score": score, "called_type": called, "labelled_type": labelled,
+                     "named_arm": named, "named_arm_prob": named_prob})
     return rows, copy_figures(scores, rows, pipe.structural.threshold)
 
 
@@ -114,7 +124,8 @@ def _auc_against(normal_scores, aberrant_scores, subset):
 
 
 def chromosome_figures(normal, aberrant, threshold):
-    """AUC, specificity, sensitivity, and both per kind and size bin (module doc, step 3)."""
+    """AUC, specificity, sensitivity, and both per kind, size bin and group (module doc, step
+    3)."""
     normal_scores = np.array([s for s, _, _ in normal.values()])
     ab_scores = np.array([r["score"] for r in aberrant])
     sizes = np.array([float(r["size"]) for r in aberrant])
@@ -133,6 +144,7 @@ def chromosome_figures(normal, aberrant, threshold):
                "auc_vs_normals": _auc_against(normal_scores, ab_scores, subset)
                if subset.any() else None}
         for name, subset in (("called_as_their_type", own), ("called_otherwise", ~own))}
+    table["by_group"] = group_figures(normal, aberrant, threshold)
     both = np.r_[normal_scores, ab_scores]
     truth = np.r_[np.zeros(len(normal_scores)), np.ones(len(ab_scores))]
     return {"threshold": threshold, "n_normal": len(normal_scores), "n_aberrant": len(ab_scores),
@@ -140,6 +152,27 @@ def chromosome_figures(normal, aberrant, threshold):
             "specificity": round(float(np.mean(normal_scores < threshold)), 4),
             "sensitivity": round(float(np.mean(ab_scores >= threshold)), 4),
             "aberrant_called_as_their_type": round(float(np.mean(own)), 4), **table}
+
+
+def group_figures(normal, aberrant, threshold):
+    """Per Denver group (A-G) of the labelled type: sensitivity at ``threshold`` and AUC of its
+    aberrant chromosomes against the normal chromosomes of the same group, and the group's
+    specificity."""
+    normal_groups = np.array([denver_group(labelled) for _, _, labelled in normal.values()])
+    normal_scores = np.array([s for s, _, _ in normal.values()])
+    ab_groups = np.array([denver_group(int(r["type"]) - 1) for r in aberrant])
+    ab_scores = np.array([r["score"] for r in aberrant])
+    figures = {}
+    for group in DENVER_GROUPS:
+        own, mine = normal_scores[normal_groups == group], ab_scores[ab_groups == group]
+        figures[group] = {
+            "n_normal": len(own), "n_aberrant": len(mine),
+            "specificity": round(float(np.mean(own < threshold)), 4) if len(own) else None,
+            "sensitivity": round(float(np.mean(mine >= threshold)), 4) if len(mine) else None,
+            "auc_vs_normals": round(roc_auc(np.r_[own, mine], np.r_[np.zeros(len(own)),
+                                                                   np.ones(len(mine))]), 4)
+            if len(own) and len(mine) else None}
+    return figures
 
 
 def cell_operating_point(normal, aberrant, specificity):
@@ -165,7 +198,7 @@ def evaluate_structural(pipe, data_dir, labels_csv, options=None):
     if pipe.structural is None:
         raise ValueError("the model has no structural score (vfinfer export-structural)")
     threshold = pipe.structural.threshold
-    normal, any_flagged = score_cells(pipe, data_dir, labels_csv)
+    normal, any_flagged, _ = score_cells(pipe, data_dir, labels_csv)
     with tempfile.TemporaryDirectory() as tmp:
         aberrant, copies = aberrant_scores(pipe, data_dir, labels_csv, len(any_flagged),
                                            options, tmp)
@@ -179,7 +212,16 @@ def evaluate_structural(pipe, data_dir, labels_csv, options=None):
             float(np.mean(list(any_flagged.values()))), 4),
             **cell_operating_point(normal, aberrant, CELL_SPECIFICITY)},
         "aberrant_copies": copies}
+    if pipe.structural.arms:
+        report["arm"] = aberrant_arm_figures(aberrant, threshold)
     return report, _plots(normal, aberrant, threshold)
+
+
+def aberrant_arm_figures(aberrant, threshold):
+    """``arm_figures`` of the aberrant chromosomes' named arms (step 4 of the module doc)."""
+    return arm_figures([r["named_arm"] for r in aberrant], [r["arm"] for r in aberrant],
+                       [r["kind"] for r in aberrant], [r["score"] >= threshold for r in aberrant],
+                       [(r["named_arm_prob"] or 0.0) >= ARM_CLEAR for r in aberrant])
 
 
 def _plots(normal, aberrant, threshold):
