@@ -17,11 +17,12 @@ cells, each scored by the full pipeline (``vfinfer run``'s), so conditioned on t
    bin (5-10 %, >= 10 %) and both; per Denver group (A-G) of the labelled type, both figures
    against that group's normal chromosomes, and its specificity. The threshold is the
    manifest's: nothing is tuned on these cells. Beside it, what a cell-level operating point
-   would give: the threshold at which 1 in 20 of these normal cells has a flag, and the sensitivity at it (read off the test
-   cells themselves, so a figure of what is possible, not a threshold to ship).
-4. With the arm output: how often the arm it names is the changed one (p, q, or both for a
-   pericentric inversion), over the aberrant chromosomes, the flagged ones and per kind, and
-   the share of flagged ones whose warning names an arm (probability >= ``ARM_CLEAR``).
+   would give: the threshold at which 1 in 20 of these normal cells has a flag, and the
+   sensitivity at it (read off the test cells themselves, so a figure of what is possible,
+   not a threshold to ship).
+4. With the arm output: how often the arm it names on a flagged aberrant chromosome is the
+   changed one (p, q, or both for a pericentric inversion), overall and per kind, and the
+   share of flagged ones whose warning names an arm (probability >= ``ARM_CLEAR``).
 """
 
 import csv
