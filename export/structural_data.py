@@ -41,6 +41,7 @@ class ExampleOptions:
     normals_per_cell: int = 0  # 0: every chromosome of the cell
     aberrant_per_cell: int = 8
     homologue: bool = False  # pair each chromosome with its homologue (module doc)
+    augment: bool = False  # the trainer's photometric augmentation (structural_train)
 
 
 @dataclass

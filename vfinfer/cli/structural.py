@@ -79,10 +79,13 @@ def _widths(_ctx, _param, value):
 @click.option("--arm/--no-arm", "arm_head", default=True, show_default=True,
               help="A second output that names where the change lies (p arm, q arm, or "
                    "both), trained on the aberrations' labels; the warnings name the arm.")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Also vary each canvas's gamma, blur and noise in training (the mirror "
+                   "and the darkness gain are always on).")
 @one_line_errors
 def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
                      aberrant_per_cell, size_min, size_max, canvas, widths, homologue, pool,
-                     arm_head):
+                     arm_head, augment):
     """Train the structural score on labelled normal cells against synthetic aberrations of
     their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
     normal chromosomes of held-out slides)."""
@@ -96,7 +99,8 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
                         pool=pool, arm_head=arm_head)
     options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
                              normals_per_cell=normals_per_cell,
-                             aberrant_per_cell=aberrant_per_cell, homologue=homologue)
+                             aberrant_per_cell=aberrant_per_cell, homologue=homologue,
+                             augment=augment)
     path = train.train_structural(data_dir, out_dir, labels_csv=labels_csv, epochs=epochs,
                                   seed=seed, threads=threads, options=options, net=net)
     click.echo(f"wrote {path}")
