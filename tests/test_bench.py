@@ -147,3 +147,11 @@ def test_run_bench_times_ours_and_eager_case_by_case(model_dir, monkeypatch):
     assert report["pytorch_eager"]["ratio_median"] == sorted(p["ratio"] for p in pairs)[1]
     assert report["end_to_end_ms_per_case"]["n"] == 3
     assert "median of the 3 pairs' ratios" in format_report(report)
+
+
+def test_structural_cost_is_what_the_score_adds_to_a_case():
+    from vfinfer.tools.benchmarking.bench import structural_cost
+
+    cost = structural_cost([10.0, 20.0, 5.0], [110.0, 120.0, 105.0])
+    assert cost["structural_added_fraction"] == pytest.approx(0.1)
+    assert cost["structural_ms_per_case"]["median"] == pytest.approx(10.0)

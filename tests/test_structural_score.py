@@ -621,3 +621,16 @@ def test_photometric_augmentation_keeps_the_background_and_the_band_positions():
     assert float((y - x).abs().mean()) > 1e-3  # it changes the chromosome
     profile = y[:, 0, 8:24, 6:10].mean(dim=2)  # the bands stay in order, darkest at the end
     assert (profile.argmax(dim=1) >= 12).all()
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_bench_reports_the_structural_stage(arm_model):
+    from vfinfer.tools.benchmarking.bench import format_report, run_bench
+
+    report = run_bench(arm_model[0], backend="ort", n_cases=2, n_chromosomes=5, warmup_s=0)
+    assert "structural" not in report["stages_ms_per_case"]
+    assert report["structural_ms_per_case"]["n"] == 2
+    assert 0.0 < report["structural_added_fraction"] < 1.0
+    assert "structural score" in format_report(report)
+    plain = run_bench(demo_model_dir(), backend="ort", n_cases=1, n_chromosomes=5, warmup_s=0)
+    assert "structural_ms_per_case" not in plain

@@ -33,7 +33,8 @@ from vfinfer.util.atomic import write_atomic
 from vfinfer.util.images import read_case
 from vfinfer.util.machine import cpu_info
 
-STAGES = ("read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch", "write")
+STAGES = ("read", "preprocess", "gnet", "crop", "lnet", "heads", "dispatch", "structural",
+          "write")  # structural: only a model with the structural score has it
 BATCH_RUNS = 3  # repetitions of the batch (throughput) run; the median is reported
 
 
@@ -198,6 +199,7 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
             backend_info = pipe.backend.describe()
             used_batch = pipe.batch_size
         ref = eager_report(eager, pairs) if eager else {"skipped": no_reference}
+    structural = per_stage.pop("structural")
 
     gmac = count_macs(manifest.config) / 1e9
     e2e = percentiles(end_to_end)
@@ -233,9 +235,24 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
         else None,
         "pytorch_eager": ref,
     }
+    return _with_extras(report, ref, structural, end_to_end)
+
+
+def _with_extras(report, ref, structural, end_to_end):
+    """The report with the eager speedup and the structural score's cost where they apply."""
     if "ratio_median" in ref:
         report["speedup_vs_pytorch"] = ref["ratio_median"]  # the median of the pairs' ratios
+    if any(structural):
+        report.update(structural_cost(structural, end_to_end))
     return report
+
+
+def structural_cost(structural, end_to_end):
+    """The structural score's stage per case and what it adds to a case: the median over
+    cases of its ms / (the case's end-to-end ms without it)."""
+    added = [s / (total - s) for s, total in zip(structural, end_to_end)]
+    return {"structural_ms_per_case": percentiles(structural),
+            "structural_added_fraction": float(np.median(added))}
 
 
 def format_report(report):
@@ -261,6 +278,9 @@ def format_report(report):
                  f"{report['achieved_gmacs']:.1f} GMAC/s in the networks"
                  + (f" = {peak:.0%} of FP32 peak {cpu['fp32_peak_gmacs']:.0f} GMAC/s "
                     f"({cpu['peak_rule']})" if peak else ""))
+    if "structural_ms_per_case" in report:
+        lines.append(f"structural score {report['structural_ms_per_case']['median']:.2f} ms per "
+                     f"case: adds {report['structural_added_fraction']:.1%} to a case")
     ref = report["pytorch_eager"]
     if "ratio_median" in ref:
         lines.append(f"PyTorch eager, preprocess to heads, same threads, interleaved case by "
