@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vfinfer.io.labels import by_cell, cell_slides
-from vfinfer.pipeline.structural import conditions, fit_canvas, structural_crop, with_homologues
+from vfinfer.pipeline.structural import canvas_of, conditions, structural_crop, with_homologues
 from vfinfer.tools.synthesis.structural import KINDS
 from vfinfer.tools.synthesis.structural_cases import SourceCell, draw_one
 
@@ -42,6 +42,7 @@ class ExampleOptions:
     aberrant_per_cell: int = 8
     homologue: bool = False  # pair each chromosome with its homologue (module doc)
     augment: bool = False  # the trainer's photometric augmentation (structural_train)
+    fit: str = "each"  # how a chromosome is scaled onto the canvas (pipeline.structural.FITS)
 
 
 @dataclass
@@ -149,11 +150,13 @@ class _Cell:
         every chromosome of the cell is fitted, to be paired."""
         lengths = self.lengths
         if not options.homologue:
-            canvases = [fit_canvas(self.crops[i], options.height, options.width) for i in wanted]
+            canvases = [canvas_of(self.crops[i], options.height, options.width, options.fit,
+                                  median) for i in wanted]
             cond = conditions([self.types[i] for i in wanted], [lengths[i] for i in wanted],
                               median)
             return {i: (canvases[k], cond[k]) for k, i in enumerate(wanted)}
-        canvases = np.stack([fit_canvas(c, options.height, options.width) for c in self.crops])
+        canvases = np.stack([canvas_of(c, options.height, options.width, options.fit, median)
+                             for c in self.crops])
         paired, extra = with_homologues(canvases, self.types, lengths, median)
         cond = np.concatenate([conditions(self.types, lengths, median), extra], axis=1)
         return {i: (paired[i], cond[i]) for i in wanted}

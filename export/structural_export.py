@@ -23,7 +23,7 @@ import torch
 from vfinfer.backends.ort import make_session
 from vfinfer.model.classes import N_TYPES
 from vfinfer.model.manifest import load_manifest, sha256_file, write_json_atomic
-from vfinfer.pipeline.structural import ARMS
+from vfinfer.pipeline.structural import ARMS, CELL_MEDIAN_SHARE
 from vfinfer.tools.precision.onnx_graph import io_records
 
 from .onnx_export import (
@@ -41,6 +41,10 @@ HOMOLOGUE_NOTE = ("; with the homologue: 1 when the called type has another copy
                   "then log(its mask height / the median); image channel 1: that copy's "
                   "canvas (of several, the one differing least; white when none)")
 PARITY_BATCHES = (1, 7, 46)
+FIT_TEXT = {"each": "fitted into height x width keeping aspect, centred on white",
+            "cell": f"scaled by the cell's factor (its median length to "
+                    f"{CELL_MEDIAN_SHARE:.0%} of the height; shrunk to fit when too big), top "
+                    f"row at the top, centred across, on white"}
 
 
 def random_inputs(net, batch, seed=0):
@@ -87,9 +91,10 @@ def structural_section(net, payload, path, checkpoint, parity):
     return {
         "file": GRAPH_FILE, "sha256": sha256_file(path), "inputs": inputs, "outputs": outputs,
         "input": {"height": net.height, "width": net.width, "homologue": net.homologue,
+                  "fit": net.fit,
                   "image": "light-background cut-out turned q-arm down by the called polarity, "
-                           "white outside its mask, cropped to the mask, fitted into height x "
-                           "width keeping aspect, centred on white; (255 - x) / 255",
+                           "white outside its mask, cropped to the mask, " + FIT_TEXT[net.fit]
+                           + "; (255 - x) / 255",
                   "cond": "24-way one-hot of the called type, then log(mask height / the "
                           "cell's median mask height)" + (HOMOLOGUE_NOTE if net.homologue
                                                           else "")},

@@ -8,14 +8,15 @@ which deletions, duplications, inversions and translocations change. The conditi
 one-hot of the called type and the log relative length) is concatenated before two fully
 connected layers; the output ``score`` is the sigmoid of one logit: the probability that the
 chromosome is aberrant. With ``homologue``, the canvas has a second channel (the homologue's)
-and the condition two more values. With ``arm_head``, a second linear layer on the same hidden
+and the condition two more values. ``fit`` records how its canvases are made (each
+chromosome fitted, or the cell's scale). With ``arm_head``, a second linear layer on the same hidden
 features gives three logits for where the change lies (``vfinfer.pipeline.structural.ARMS``).
 """
 
 import torch
 from torch import nn
 
-from vfinfer.pipeline.structural import ARMS, cond_size
+from vfinfer.pipeline.structural import ARMS, FITS, cond_size
 
 DEFAULT_WIDTHS = (16, 32, 48, 64)
 DEFAULT_HIDDEN = 64
@@ -27,10 +28,14 @@ class StructuralNet(nn.Module):
     """``forward(image, cond) -> logit`` (N,); ``score`` is its sigmoid (N, 1)."""
 
     def __init__(self, widths=DEFAULT_WIDTHS, hidden=DEFAULT_HIDDEN, height=DEFAULT_HEIGHT,
-                 width=DEFAULT_WIDTH, homologue=False, pool="global", arm_head=False):
+                 width=DEFAULT_WIDTH, homologue=False, pool="global", arm_head=False,
+                 fit="each"):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+        self.fit = fit  # how its inputs are made (vfinfer.pipeline.structural.canvas_of)
         self.pool = pool
         self.widths, self.hidden = tuple(int(w) for w in widths), int(hidden)
         self.height, self.width = int(height), int(width)
@@ -80,6 +85,7 @@ class StructuralNet(nn.Module):
         spec.update({"homologue": True} if self.homologue else {})
         spec.update({"pool": self.pool} if self.pool != "global" else {})
         spec.update({"arm_head": True} if self.arm_head else {})
+        spec.update({"fit": self.fit} if self.fit != "each" else {})
         return spec
 
 

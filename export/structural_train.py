@@ -209,9 +209,11 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     net = net or StructuralNet()
-    options = options or ExampleOptions(net.height, net.width, homologue=net.homologue)
-    if options.homologue != net.homologue:
-        raise ValueError("the examples and the network disagree on the homologue channel")
+    options = options or ExampleOptions(net.height, net.width, homologue=net.homologue,
+                                        fit=net.fit)
+    if (options.homologue, options.fit) != (net.homologue, net.fit):
+        raise ValueError("the examples and the network disagree on the homologue channel or "
+                         "the canvas fit")
     workers = max(1, int(threads or 1))
     train_cells, train, val, record = _data(data_dir, labels_csv, seed, val_share, options,
                                             workers, log)

@@ -634,3 +634,65 @@ def test_bench_reports_the_structural_stage(arm_model):
     assert "structural score" in format_report(report)
     plain = run_bench(demo_model_dir(), backend="ort", n_cases=1, n_chromosomes=5, warmup_s=0)
     assert "structural_ms_per_case" not in plain
+
+
+def test_cell_canvas_keeps_the_cells_scale_and_the_top_row():
+    from vfinfer.pipeline.structural import CELL_MEDIAN_SHARE, canvas_of
+
+    long = np.full((80, 20), 100, np.uint8)
+    short = np.full((40, 20), 100, np.uint8)
+    median = 60.0
+    a, b = (canvas_of(c, 96, 32, "cell", median) for c in (long, short))
+    scale = CELL_MEDIAN_SHARE * 96 / median
+    heights = [int((c < 255).any(axis=1).sum()) for c in (a, b)]
+    assert heights == [round(80 * scale), round(40 * scale)]  # one scale: 2:1 stays 2:1
+    assert (a[0] < 255).any() and (b[0] < 255).any()  # both start at the top row
+    huge = canvas_of(np.full((400, 20), 100, np.uint8), 96, 32, "cell", median)
+    assert (huge < 255).any(axis=1).sum() == 96  # too long for the scale: fitted
+    each = canvas_of(np.full((40, 10), 100, np.uint8), 96, 32, "each")  # fitted: 96 tall
+    assert (each < 255).any(axis=1).sum() == 96 and not (each[:, 0] < 255).any()
+    with pytest.raises(ValueError, match="fit must be one of"):
+        canvas_of(short, 96, 32, "stretch")
+
+
+def test_structural_inputs_with_cell_fit_use_the_cells_median():
+    cells = [np.full((h, 12), 90, np.uint8) for h in (30, 60, 90)]
+    framed = [np.pad(c, 4, constant_values=255) for c in cells]
+    x, cond = structural_inputs(framed, [0, 1, 2], 96, 32, fit="cell")
+    heights = [int((row > 0).any(axis=1).sum()) for row in x[:, 0]]
+    assert heights == [round(h * 0.45 * 96 / 60) for h in (30, 60, 90)]
+    np.testing.assert_allclose(cond[:, 24], np.log([0.5, 1.0, 1.5]), atol=1e-6)
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_cell_fit_model_runtime_matches_reference(cells, tmp_path):
+    import torch
+
+    from vfinfer_export.structural_data import ExampleOptions
+    from vfinfer_export.structural_export import export_structural
+    from vfinfer_export.structural_model import StructuralNet
+    from vfinfer_export.structural_train import load_structural, train_structural
+
+    net = StructuralNet(widths=(4, 8), hidden=8, height=32, width=16, fit="cell")
+    with pytest.raises(ValueError, match="canvas fit"):
+        train_structural(cells, tmp_path / "bad", epochs=1, net=net, options=ExampleOptions(
+            32, 16, normals_per_cell=4, aberrant_per_cell=1), log=lambda _: None)
+    path = train_structural(cells, tmp_path / "run", epochs=1, seed=0, threads=1,
+                            val_share=0.5, net=net, options=ExampleOptions(
+                                32, 16, normals_per_cell=12, aberrant_per_cell=4, fit="cell"),
+                            log=lambda _: None)
+    folder = tmp_path / "demo"
+    shutil.copytree(demo_model_dir(), folder)
+    export_structural(path, folder, threads=1, log=lambda _: None)
+    section = json.loads((folder / "manifest.json").read_text())["structural"]
+    assert section["input"]["fit"] == "cell" and "cell's factor" in section["input"]["image"]
+    images, files = _cell_images(cells)
+    with Pipeline(folder, backend="ort") as pipe:
+        rows = pipe.run_case(images, files=files)["chromosomes"]
+    types = [type_index(row["type"]) for row in rows]
+    x, cond = structural_inputs(images, types, 32, 16, fit="cell")
+    loaded, _ = load_structural(path)
+    assert loaded.spec()["fit"] == "cell"
+    with torch.no_grad():
+        ref = loaded.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
+    np.testing.assert_allclose([row["structural"]["score"] for row in rows], ref, atol=1e-5)

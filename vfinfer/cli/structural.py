@@ -44,6 +44,35 @@ def _widths(_ctx, _param, value):
     return widths
 
 
+NETWORK_OPTIONS = (
+    click.option("--canvas", default="96x32", show_default=True, callback=_canvas,
+                 help="HEIGHTxWIDTH of the canvas each chromosome is fitted into."),
+    click.option("--widths", default="16,32,48,64", show_default=True, callback=_widths,
+                 help="Channels of the conv blocks (each halves the canvas)."),
+    click.option("--homologue/--no-homologue", default=False, show_default=True,
+                 help="Show the score each chromosome's homologue too (the other copy of its "
+                      "type in the cell) and train on unlike pairs."),
+    click.option("--pool", default="rows", show_default=True,
+                 type=click.Choice(["global", "rows"]),
+                 help="global: average and max over the last feature map; rows: each row's "
+                      "average kept in order along the chromosome (the order of its bands)."),
+    click.option("--arm/--no-arm", "arm_head", default=True, show_default=True,
+                 help="A second output that names where the change lies (p arm, q arm, or "
+                      "both), trained on the aberrations' labels; the warnings name the arm."),
+    click.option("--fit", default="each", show_default=True, type=click.Choice(["each", "cell"]),
+                 help="each: every chromosome fitted to the canvas; cell: all of a cell at one "
+                      "scale (its median length to 45 % of the canvas height), top-aligned, so "
+                      "that a shortened or lengthened chromosome looks so."),
+)
+
+
+def _network_options(command):
+    """``NETWORK_OPTIONS`` (the score network and its inputs) on a command."""
+    for option in reversed(NETWORK_OPTIONS):
+        command = option(command)
+    return command
+
+
 @main.command("train-structural")
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--labels", "labels_csv", default=None, type=click.Path(path_type=Path),
@@ -65,27 +94,14 @@ def _widths(_ctx, _param, value):
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.option("--size-max", default=0.4, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
-@click.option("--canvas", default="96x32", show_default=True, callback=_canvas,
-              help="HEIGHTxWIDTH of the canvas each chromosome is fitted into.")
-@click.option("--widths", default="16,32,48,64", show_default=True, callback=_widths,
-              help="Channels of the conv blocks (each halves the canvas).")
-@click.option("--homologue/--no-homologue", default=False, show_default=True,
-              help="Show the score each chromosome's homologue too (the other copy of its "
-                   "type in the cell) and train on unlike pairs.")
-@click.option("--pool", default="rows", show_default=True,
-              type=click.Choice(["global", "rows"]),
-              help="global: average and max over the last feature map; rows: each row's "
-                   "average kept in order along the chromosome (the order of its bands).")
-@click.option("--arm/--no-arm", "arm_head", default=True, show_default=True,
-              help="A second output that names where the change lies (p arm, q arm, or "
-                   "both), trained on the aberrations' labels; the warnings name the arm.")
+@_network_options
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Also vary each canvas's gamma, blur and noise in training (the mirror "
                    "and the darkness gain are always on).")
 @one_line_errors
 def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
                      aberrant_per_cell, size_min, size_max, canvas, widths, homologue, pool,
-                     arm_head, augment):
+                     arm_head, augment, fit):
     """Train the structural score on labelled normal cells against synthetic aberrations of
     their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
     normal chromosomes of held-out slides)."""
@@ -96,11 +112,11 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
     from vfinfer_export.structural_model import StructuralNet
 
     net = StructuralNet(widths=widths, height=canvas[0], width=canvas[1], homologue=homologue,
-                        pool=pool, arm_head=arm_head)
+                        pool=pool, arm_head=arm_head, fit=fit)
     options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
                              normals_per_cell=normals_per_cell,
                              aberrant_per_cell=aberrant_per_cell, homologue=homologue,
-                             augment=augment)
+                             augment=augment, fit=fit)
     path = train.train_structural(data_dir, out_dir, labels_csv=labels_csv, epochs=epochs,
                                   seed=seed, threads=threads, options=options, net=net)
     click.echo(f"wrote {path}")

@@ -11,7 +11,11 @@ Its inputs, made here for training (``vfinfer_export.structural_train``) and inf
 - ``image`` (N, 1, H, W) float32: the light-background cut-out turned q-arm down (by the
   called polarity, when the model calls polarity), its pixels outside the chromosome's mask
   (``vfinfer.util.geometry.body_mask``) set to white, cropped to the mask, scaled to fit an
-  H x W canvas keeping its aspect, centred on white; values are darkness, (255 - x) / 255;
+  H x W canvas keeping its aspect, centred on white (manifest ``input.fit`` "each"), or, with
+  ``fit`` "cell", scaled by one factor for the whole cell (its median length to
+  ``CELL_MEDIAN_SHARE`` of H), top row at the top, so that a shorter or longer chromosome
+  looks shorter or longer and its bands keep their distance from the p-arm end; values are
+  darkness, (255 - x) / 255;
 - ``cond`` (N, 25) float32: the called type as a 24-way one-hot, then log(length / the
   cell's median length), the length being the mask's height (so the score sees whether a
   chromosome is longer or shorter than its type should be in this cell).
@@ -39,6 +43,8 @@ from vfinfer.util.geometry import body_mask
 
 ARMS = ("p", "q", "pq")  # the arm output's classes: p arm, q arm, both (around the centromere)
 COND_SIZE = N_TYPES + 1  # one-hot type, log relative length
+FITS = ("each", "cell")  # each chromosome fitted to the canvas, or all at the cell's scale
+CELL_MEDIAN_SHARE = 0.45  # fit "cell": the cell's median length, as a share of the height
 HOMOLOGUE_COND = 2  # has a homologue, its log relative length
 BACKGROUND = 255
 
@@ -72,21 +78,47 @@ def fit_canvas(crop, height, width):
     return out
 
 
-def structural_inputs(images, types, height, width, flip=None, homologue=False):
+def cell_canvas(crop, height, width, median):
+    """``crop`` scaled by the cell's factor (its median length ``median`` becomes
+    ``CELL_MEDIAN_SHARE`` of ``height``; a chromosome that would not fit is scaled down to
+    fit), its top row at the canvas's top, centred across, on white."""
+    h, w = crop.shape
+    scale = min(CELL_MEDIAN_SHARE * height / max(float(median), 1.0), height / h, width / w)
+    size = (max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale))))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = np.full((height, width), BACKGROUND, dtype=np.uint8)
+    left = (width - size[0]) // 2
+    out[:size[1], left:left + size[0]] = cv2.resize(crop, size, interpolation=interpolation)
+    return out
+
+
+def canvas_of(crop, height, width, fit="each", median=None):
+    """The canvas of one crop: ``fit_canvas`` (``fit`` "each") or ``cell_canvas`` ("cell",
+    with the cell's median length)."""
+    if fit == "each":
+        return fit_canvas(crop, height, width)
+    if fit == "cell":
+        return cell_canvas(crop, height, width, median)
+    raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+
+
+def structural_inputs(images, types, height, width, flip=None, homologue=False, fit="each"):
     """The ``image`` and ``cond`` inputs (module doc) of one cell's cut-outs.
 
     ``images``: light-background uint8 cut-outs, upright; ``types``: 0-based types (called,
     or labelled in training); ``flip``: per image, True to turn it upside down first (called
-    q-arm up); ``homologue``: add each chromosome's homologue (module doc). The median length
-    is taken over these images: pass one cell at a time.
+    q-arm up); ``homologue``: add each chromosome's homologue (module doc); ``fit``: how each
+    is scaled onto the canvas (``canvas_of``). The median length is taken over these images:
+    pass one cell at a time.
     """
     if len(images) != len(types):
         raise ValueError(f"{len(images)} images but {len(types)} types")
     flip = [False] * len(images) if flip is None else list(flip)
     crops = [structural_crop(img[::-1] if f else img) for img, f in zip(images, flip)]
-    canvases = np.stack([fit_canvas(c, height, width) for c in crops]) if crops else \
-        np.zeros((0, height, width), np.uint8)
     lengths = [c.shape[0] for c in crops]
+    median = float(np.median(lengths)) if lengths else 1.0
+    canvases = np.stack([canvas_of(c, height, width, fit, median) for c in crops]) if crops \
+        else np.zeros((0, height, width), np.uint8)
     cond = conditions(types, lengths)
     if not homologue:
         return darkness(canvases), cond
@@ -158,6 +190,7 @@ class StructuralScorer:
         self.height = int(section["input"]["height"])
         self.width = int(section["input"]["width"])
         self.homologue = bool(section["input"].get("homologue", False))
+        self.fit = section["input"].get("fit", "each")
         self.runner = runner_factory(section["file"])
 
         self.arms = tuple(section.get("arms") or ())  # empty: no arm output
@@ -170,7 +203,7 @@ class StructuralScorer:
         """(the score of each cut-out of one cell (N,), the arm probabilities (N, 3) in
         ``self.arms`` order, or None when the graph has no arm output)."""
         image, cond = structural_inputs(images, types, self.height, self.width, flip,
-                                        self.homologue)
+                                        self.homologue, self.fit)
         if not len(image):
             return np.zeros(0, np.float32), (np.zeros((0, len(self.arms)), np.float32)
                                              if self.arms else None)
