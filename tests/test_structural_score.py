@@ -449,6 +449,9 @@ def test_eval_structural_reports_kinds_sizes_and_curves(model, cells, tmp_path):
     assert 0.0 <= chrom["auc"] <= 1.0 and report["normal_cells"]["n"] == 3
     assert report["aberrant_copies"]["copies"] == 3
     assert report["normal_cells"]["cell_specificity"] == 0.95
+    point = report["at_test_specificity"]
+    assert point["specificity"] == 0.99 and 0.0 <= point["sensitivity_there"] <= 1.0
+    assert "99 % specificity on these normal chromosomes" in done.output
     for name in ("roc", "pr"):
         picture = cv2.imread(str(out.with_name(f"screen_{name}.png")))
         assert picture is not None and picture.shape[0] > 400
@@ -696,3 +699,14 @@ def test_cell_fit_model_runtime_matches_reference(cells, tmp_path):
     with torch.no_grad():
         ref = loaded.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
     np.testing.assert_allclose([row["structural"]["score"] for row in rows], ref, atol=1e-5)
+
+
+def test_chromosome_operating_point_compares_models_at_one_specificity():
+    from vfinfer.tools.evaluation.structural_screen import chromosome_operating_point
+
+    normal = {("c", f"{i}.png"): (i / 100, 0, 0) for i in range(100)}  # 0.00 .. 0.99
+    aberrant = [{"score": 0.995, "size": "0.2"}, {"score": 0.975, "size": "0.3"},
+                {"score": 0.999, "size": "0.07"}, {"score": 0.5, "size": "0.06"}]
+    point = chromosome_operating_point(normal, aberrant, 0.99)
+    assert 0.98 < point["threshold"] <= 0.99  # flags 1 of the 100 normals (0.99)
+    assert point["sensitivity_there"] == 0.5 and point["sensitivity_ge_10pct_there"] == 0.5

@@ -190,6 +190,7 @@ def structural_lines(report):
     """The report's summary lines."""
     chrom, copies, cells = report["chromosomes"], report["aberrant_copies"], \
         report["normal_cells"]
+    point = report["at_test_specificity"]
     sizes = ", ".join(f"{name} {v['sensitivity']} (AUC {v['auc_vs_normals']})"
                       for name, v in chrom["by_size"].items())
     kinds = ", ".join(f"{kind} {v['sensitivity']}" for kind, v in chrom["by_kind"].items())
@@ -206,6 +207,9 @@ def structural_lines(report):
             f"at a threshold flagging 1 in 20 of these normal cells "
             f"({cells['threshold_for_cell_specificity']:.4f}): sensitivity "
             f"{cells['sensitivity_there']}, >= 10 % {cells['sensitivity_ge_10pct_there']}",
+            f"at the threshold giving 99 % specificity on these normal chromosomes "
+            f"({point['threshold']:.4f}): sensitivity {point['sensitivity_there']}, >= 10 % "
+            f"{point['sensitivity_ge_10pct_there']}",
             *_arm_lines(report.get("arm"))]
 
 

@@ -19,7 +19,8 @@ cells, each scored by the full pipeline (``vfinfer run``'s), so conditioned on t
    manifest's: nothing is tuned on these cells. Beside it, what a cell-level operating point
    would give: the threshold at which 1 in 20 of these normal cells has a flag, and the
    sensitivity at it (read off the test cells themselves, so a figure of what is possible,
-   not a threshold to ship).
+   not a threshold to ship); and likewise the sensitivity at the threshold that gives 99 %
+   specificity on these normal chromosomes, to compare models at one specificity.
 4. With the arm output: how often the arm it names on a flagged aberrant chromosome is the
    changed one (p, q, or both for a pericentric inversion), overall and per kind, and the
    share of flagged ones whose warning names an arm (probability >= ``ARM_CLEAR``).
@@ -49,6 +50,7 @@ from vfinfer.tools.synthesis.structural_cases import write_structural_cases
 from vfinfer.util.images import read_gray8
 
 CELL_SPECIFICITY = 0.95  # 1 in 20 normal cells with a flag
+CHROMOSOME_SPECIFICITY = 0.99  # the target's specificity, read off the test normals
 
 
 @dataclass
@@ -176,20 +178,33 @@ def group_figures(normal, aberrant, threshold):
     return figures
 
 
+def sensitivity_at(aberrant, threshold):
+    """The sensitivity at ``threshold``: all aberrant chromosomes and those of >= 10 % of the
+    length."""
+    scores = np.array([r["score"] for r in aberrant])
+    large = np.array([float(r["size"]) >= 0.10 for r in aberrant], bool)
+    return {"sensitivity_there": round(float(np.mean(scores >= threshold)), 4),
+            "sensitivity_ge_10pct_there": round(float(np.mean(scores[large] >= threshold)), 4)
+            if large.any() else None}
+
+
 def cell_operating_point(normal, aberrant, specificity):
     """The threshold at which at most ``1 - specificity`` of the normal cells have a flag
-    (each cell judged by its highest score), and the sensitivity there: all aberrant
-    chromosomes and those of >= 10 % of the length."""
+    (each cell judged by its highest score), and ``sensitivity_at`` it."""
     highest = {}
     for (cell, _), (score, _, _) in normal.items():
         highest[cell] = max(score, highest.get(cell, 0.0))
     threshold = threshold_for_specificity(list(highest.values()), specificity)
-    scores = np.array([r["score"] for r in aberrant])
-    large = np.array([float(r["size"]) >= 0.10 for r in aberrant], bool)
     return {"cell_specificity": specificity, "threshold_for_cell_specificity": threshold,
-            "sensitivity_there": round(float(np.mean(scores >= threshold)), 4),
-            "sensitivity_ge_10pct_there": round(float(np.mean(scores[large] >= threshold)), 4)
-            if large.any() else None}
+            **sensitivity_at(aberrant, threshold)}
+
+
+def chromosome_operating_point(normal, aberrant, specificity):
+    """The threshold at which ``specificity`` of these normal chromosomes score below it, and
+    ``sensitivity_at`` it: models compared at one specificity, whatever their thresholds."""
+    threshold = threshold_for_specificity([s for s, _, _ in normal.values()], specificity)
+    return {"specificity": specificity, "threshold": threshold,
+            **sensitivity_at(aberrant, threshold)}
 
 
 def evaluate_structural(pipe, data_dir, labels_csv, options=None):
@@ -209,6 +224,8 @@ def evaluate_structural(pipe, data_dir, labels_csv, options=None):
                  "seed": options.seed, "sizes": [options.size_min, options.size_max],
                  "kinds": list(KINDS)},
         "chromosomes": chromosome_figures(normal, aberrant, threshold),
+        "at_test_specificity": chromosome_operating_point(normal, aberrant,
+                                                          CHROMOSOME_SPECIFICITY),
         "normal_cells": {"n": len(any_flagged), "share_any_flagged": round(
             float(np.mean(list(any_flagged.values()))), 4),
             **cell_operating_point(normal, aberrant, CELL_SPECIFICITY)},
