@@ -41,7 +41,6 @@ class ExampleOptions:
     normals_per_cell: int = 0  # 0: every chromosome of the cell
     aberrant_per_cell: int = 8
     homologue: bool = False  # pair each chromosome with its homologue (module doc)
-    augment: bool = False  # the trainer's photometric augmentation (structural_train)
     fit: str = "each"  # how a chromosome is scaled onto the canvas (pipeline.structural.FITS)
 
 

@@ -9,8 +9,7 @@ cells and synthetic aberrations of them, made anew for each epoch (seed + epoch:
 aberrations, other normals drawn); validation examples likewise from the held-out slides,
 once, with another seed. Each epoch shuffles the examples and flips each canvas left-right
 at random with a random gain on its darkness; binary cross-entropy, Adam, cosine decay of the
-learning rate to 5 %. With ``options.augment``, each canvas also gets ``photometric``'s gamma,
-blur and noise. With the arm head, the loss adds ``ARM_WEIGHT`` times the cross-entropy
+learning rate to 5 %. With the arm head, the loss adds ``ARM_WEIGHT`` times the cross-entropy
 of the arm logits on the aberrant examples (where the change lies: p, q or both arms).
 
 Each epoch writes ``OUT/last.pt`` (atomic) and ``OUT/history.json``. The end chooses the
@@ -108,27 +107,10 @@ def _uniform(rng, low, high, shape):
     return torch.from_numpy(rng.uniform(low, high, shape).astype(np.float32))
 
 
-def photometric(x, rng):
-    """The staining and optics a cell may differ in, on darkness canvases (N, C, H, W), each
-    drawn per canvas: a gamma of 0.7-1.4, a blur (3x3 Gaussian, sigma 1) mixed in by 0-100 %,
-    and Gaussian noise of standard deviation 0-0.03; nothing moves (band order and positions
-    are what the score reads) and the white outside the chromosome stays white."""
-    n, channels, height, width = x.shape
-    inside = x > 0
-    x = x.clamp_min(1e-6) ** _uniform(rng, 0.7, 1.4, (n, channels, 1, 1))
-    kernel = torch.tensor([1.0, 2.0, 1.0])
-    kernel = (kernel[:, None] * kernel[None, :] / 16.0)[None, None]
-    blurred = F.conv2d(x.reshape(-1, 1, height, width), kernel, padding=1).reshape(x.shape)
-    x = x + _uniform(rng, 0.0, 1.0, (n, channels, 1, 1)) * (blurred - x)
-    noise = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32))
-    x = x + _uniform(rng, 0.0, 0.03, (n, channels, 1, 1)) * noise
-    return torch.where(inside, x.clamp(0, 1), torch.zeros(()))
-
-
-def _batches(examples, rng, augment=False):
+def _batches(examples, rng):
     """Shuffled training batches: (image, cond, label, arm) tensors, each channel (the
     chromosome, its homologue) flipped left-right and given a gain on its darkness at random,
-    on its own; with ``augment``, ``photometric`` too."""
+    on its own."""
     order = rng.permutation(len(examples))
     for start in range(0, len(order), BATCH):
         idx = order[start:start + BATCH]
@@ -137,8 +119,6 @@ def _batches(examples, rng, augment=False):
         flip = torch.from_numpy(rng.random((n, channels)) < 0.5)
         x = torch.where(flip[:, :, None, None], x.flip(-1), x)
         x = (x * _uniform(rng, 0.8, 1.2, (n, channels, 1, 1))).clamp(0, 1)
-        if augment:
-            x = photometric(x, rng)
         yield (x, torch.from_numpy(examples.cond[idx]), torch.from_numpy(examples.label[idx]),
                torch.from_numpy(arm_targets([examples.arm[i] for i in idx])))
 
@@ -154,13 +134,13 @@ def _loss(net, x, cond, y, arm):
     return loss
 
 
-def _epoch(net, optimizer, examples, rng, schedule, augment=False):
+def _epoch(net, optimizer, examples, rng, schedule):
     """One pass over the examples; ``schedule``: (step, total steps, peak learning rate);
     returns (mean loss, steps done)."""
     net.train()
     losses = []
     step, total, lr = schedule
-    for x, cond, y, arm in _batches(examples, rng, augment):
+    for x, cond, y, arm in _batches(examples, rng):
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
         loss = _loss(net, x, cond, y, arm)
@@ -196,8 +176,6 @@ def _data(data_dir, labels_csv, seed, val_share, options, workers, log):
                         "per_cell": options.aberrant_per_cell},
         "normals_per_cell": options.normals_per_cell or "all",
         "homologue": options.homologue,
-        "augment": "gain, mirror" + (", gamma, blur, noise (photometric)" if options.augment
-                                     else ""),
     }
     return train_cells, train, val, record
 
@@ -226,7 +204,7 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
     for epoch in range(epochs):
         if epoch:  # new aberrations (and normals drawn) each epoch
             train = make_examples(train_cells, seed + epoch, options, workers)
-        loss, step = _epoch(net, optimizer, train, rng, (step, total, lr), options.augment)
+        loss, step = _epoch(net, optimizer, train, rng, (step, total, lr))
         scores, arms = predict_with_arm(net, val.canvas, val.cond)
         figures = validation_figures(scores, val, threshold_for_specificity(
             scores[val.label == 0], SPECIFICITY), arms)

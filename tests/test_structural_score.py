@@ -479,13 +479,10 @@ def test_train_structural_command_defaults_to_row_pooling_and_the_arm(cells, tmp
     net, payload = load_structural(tmp_path / "pairs" / "structural.pt")
     assert net.spec()["homologue"] is True and "pool" not in net.spec()
     assert "arm_head" not in net.spec() and "arm" not in payload["validation"]
-    assert "photometric" not in payload["training"]["augment"]
     assert payload["training"]["homologue"] is True
-    done = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "aug"), "--augment"])
+    done = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "cell"), "--fit", "cell"])
     assert done.exit_code == 0, done.output
-    _, payload = load_structural(tmp_path / "aug" / "structural.pt")
-    assert "photometric" in payload["training"]["augment"]
-    assert payload["training"]["homologue"] is False
+    assert load_structural(tmp_path / "cell" / "structural.pt")[0].spec()["fit"] == "cell"
 
 
 # -- the arm output -----------------------------------------------------------------------------
@@ -611,22 +608,6 @@ def test_denver_groups_cover_every_type_once():
     assert [denver_group(i) for i in (0, 4, 22, 12, 17, 19, 20, 23)] == list("ABCDEFGG")
 
 
-def test_photometric_augmentation_keeps_the_background_and_the_band_positions():
-    torch = pytest.importorskip("torch")
-    from vfinfer_export.structural_train import photometric
-
-    x = torch.zeros(6, 1, 32, 16)
-    x[:, :, 8:24, 4:12] = torch.linspace(0.1, 0.9, 16)[None, None, :, None]
-    y = photometric(x, np.random.default_rng(0))
-    again = photometric(x, np.random.default_rng(0))
-    assert torch.equal(y, again) and y.shape == x.shape
-    assert float(y[x == 0].abs().max()) == 0.0 and 0.0 <= float(y.min()) <= float(y.max()) <= 1
-    assert float((y - x).abs().mean()) > 1e-3  # it changes the chromosome
-    profile = y[:, 0, 8:24, 6:10].mean(dim=2)  # the bands stay in order, darkest at the end
-    assert (profile.argmax(dim=1) >= 12).all()
-
-
-@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_bench_reports_the_structural_stage(arm_model):
     from vfinfer.tools.benchmarking.bench import format_report, run_bench
 

@@ -95,13 +95,10 @@ def _network_options(command):
 @click.option("--size-max", default=0.4, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @_network_options
-@click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Also vary each canvas's gamma, blur and noise in training (the mirror "
-                   "and the darkness gain are always on).")
 @one_line_errors
 def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
                      aberrant_per_cell, size_min, size_max, canvas, widths, homologue, pool,
-                     arm_head, augment, fit):
+                     arm_head, fit):
     """Train the structural score on labelled normal cells against synthetic aberrations of
     their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
     normal chromosomes of held-out slides)."""
@@ -116,7 +113,7 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
     options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
                              normals_per_cell=normals_per_cell,
                              aberrant_per_cell=aberrant_per_cell, homologue=homologue,
-                             augment=augment, fit=fit)
+                             fit=fit)
     path = train.train_structural(data_dir, out_dir, labels_csv=labels_csv, epochs=epochs,
                                   seed=seed, threads=threads, options=options, net=net)
     click.echo(f"wrote {path}")
