@@ -691,3 +691,15 @@ def test_chromosome_operating_point_compares_models_at_one_specificity():
     point = chromosome_operating_point(normal, aberrant, 0.99)
     assert 0.98 < point["threshold"] <= 0.99  # flags 1 of the 100 normals (0.99)
     assert point["sensitivity_there"] == 0.5 and point["sensitivity_ge_10pct_there"] == 0.5
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_unknown_canvas_fit_is_refused_with_the_manifest_named(model, tmp_path):
+    folder = tmp_path / "future"
+    shutil.copytree(model, folder)
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    data["structural"]["input"]["fit"] = "stretch"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelDirError, match="manifest.json: structural input fit 'stretch'"):
+        Pipeline(folder, backend="ort")

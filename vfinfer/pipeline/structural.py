@@ -41,7 +41,7 @@ import numpy as np
 from vfinfer.model.classes import N_TYPES
 from vfinfer.util.geometry import body_mask
 
-ARMS = ("p", "q", "pq")  # the arm output's classes: p arm, q arm, both (around the centromere)
+ARMS = ("p", "q", "pq")  # the arm output's classes: p arm, q arm, both (across the centromere)
 COND_SIZE = N_TYPES + 1  # one-hot type, log relative length
 FITS = ("each", "cell")  # each chromosome fitted to the canvas, or all at the cell's scale
 CELL_MEDIAN_SHARE = 0.45  # fit "cell": the cell's median length, as a share of the height
@@ -191,9 +191,8 @@ class StructuralScorer:
         self.width = int(section["input"]["width"])
         self.homologue = bool(section["input"].get("homologue", False))
         self.fit = section["input"].get("fit", "each")
-        self.runner = runner_factory(section["file"])
-
         self.arms = tuple(section.get("arms") or ())  # empty: no arm output
+        self.runner = runner_factory(section["file"])
 
     def scores(self, images, types, flip=None):
         """The score of each cut-out of one cell (float32 (N,), 0..1)."""
