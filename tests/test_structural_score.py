@@ -198,24 +198,31 @@ def model(trained, tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def homologue_model(cells, tmp_path_factory):
-    """A copy of the demo model with a tiny structural net that sees the homologue."""
+def _tiny_model(cells, run_dir, model_dir, **net_options):
+    """(A copy of the demo model with a tiny structural net of ``net_options`` trained one
+    epoch on the synthetic cells and exported into it, the checkpoint)."""
     pytest.importorskip("torch")
     from vfinfer_export.structural_data import ExampleOptions
     from vfinfer_export.structural_export import export_structural
     from vfinfer_export.structural_model import StructuralNet
     from vfinfer_export.structural_train import train_structural
 
-    net = StructuralNet(widths=(4, 8), hidden=8, height=32, width=16, homologue=True)
-    options = ExampleOptions(32, 16, normals_per_cell=12, aberrant_per_cell=4, homologue=True)
-    path = train_structural(cells, tmp_path_factory.mktemp("run"), epochs=1, seed=0,
-                            threads=1, val_share=0.5, options=options, net=net,
-                            log=lambda _: None)
-    folder = tmp_path_factory.mktemp("model") / "demo"
+    net = StructuralNet(widths=(4, 8), hidden=8, height=32, width=16, **net_options)
+    options = ExampleOptions(32, 16, normals_per_cell=12, aberrant_per_cell=4,
+                             homologue=net.homologue, fit=net.fit)
+    path = train_structural(cells, run_dir, epochs=1, seed=0, threads=1, val_share=0.5,
+                            options=options, net=net, log=lambda _: None)
+    folder = model_dir / "demo"
     shutil.copytree(demo_model_dir(), folder)
     export_structural(path, folder, threads=1, log=lambda _: None)
     return folder, path
+
+
+@pytest.fixture(scope="module")
+def homologue_model(cells, tmp_path_factory):
+    """A copy of the demo model with a tiny structural net that sees the homologue."""
+    return _tiny_model(cells, tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("model"),
+                       homologue=True)
 
 
 def _with_threshold(model, tmp_path, threshold):
@@ -517,22 +524,8 @@ def test_arm_targets_leave_normal_examples_out_of_the_loss():
 @pytest.fixture(scope="module")
 def arm_model(cells, tmp_path_factory):
     """A copy of the demo model with a tiny structural net with the arm head."""
-    pytest.importorskip("torch")
-    from vfinfer_export.structural_data import ExampleOptions
-    from vfinfer_export.structural_export import export_structural
-    from vfinfer_export.structural_model import StructuralNet
-    from vfinfer_export.structural_train import train_structural
-
-    net = StructuralNet(widths=(4, 8), hidden=8, height=32, width=16, pool="rows",
-                        arm_head=True)
-    options = ExampleOptions(32, 16, normals_per_cell=12, aberrant_per_cell=4)
-    path = train_structural(cells, tmp_path_factory.mktemp("run"), epochs=1, seed=0,
-                            threads=1, val_share=0.5, options=options, net=net,
-                            log=lambda _: None)
-    folder = tmp_path_factory.mktemp("model") / "demo"
-    shutil.copytree(demo_model_dir(), folder)
-    export_structural(path, folder, threads=1, log=lambda _: None)
-    return folder, path
+    return _tiny_model(cells, tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("model"),
+                       pool="rows", arm_head=True)
 
 
 @pytest.mark.slow  # trains and exports a tiny network (a few seconds)
@@ -653,7 +646,6 @@ def test_cell_fit_model_runtime_matches_reference(cells, tmp_path):
     import torch
 
     from vfinfer_export.structural_data import ExampleOptions
-    from vfinfer_export.structural_export import export_structural
     from vfinfer_export.structural_model import StructuralNet
     from vfinfer_export.structural_train import load_structural, train_structural
 
@@ -661,13 +653,7 @@ def test_cell_fit_model_runtime_matches_reference(cells, tmp_path):
     with pytest.raises(ValueError, match="canvas fit"):
         train_structural(cells, tmp_path / "bad", epochs=1, net=net, options=ExampleOptions(
             32, 16, normals_per_cell=4, aberrant_per_cell=1), log=lambda _: None)
-    path = train_structural(cells, tmp_path / "run", epochs=1, seed=0, threads=1,
-                            val_share=0.5, net=net, options=ExampleOptions(
-                                32, 16, normals_per_cell=12, aberrant_per_cell=4, fit="cell"),
-                            log=lambda _: None)
-    folder = tmp_path / "demo"
-    shutil.copytree(demo_model_dir(), folder)
-    export_structural(path, folder, threads=1, log=lambda _: None)
+    folder, path = _tiny_model(cells, tmp_path / "run", tmp_path, fit="cell")
     section = json.loads((folder / "manifest.json").read_text())["structural"]
     assert section["input"]["fit"] == "cell" and "cell's factor" in section["input"]["image"]
     images, files = _cell_images(cells)
