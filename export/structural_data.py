@@ -49,7 +49,8 @@ class Examples:
     """Arrays of examples: ``canvas`` (N, H, W) uint8 ((N, 2, H, W) with the homologue),
     ``cond`` (N, 25) float32 ((N, 27) with the homologue), ``label``
     (N,) 1 = aberrant, ``kind`` ("" for normal), ``size`` (0 for normal), ``cell``, ``arm``
-    (p, q or pq; "" for normal)."""
+    (p, q or pq; "" for normal), ``segment`` (N, 2): the changed segment's start and end as
+    fractions of the source chromosome's length from its p-arm end (0, 0 for normal)."""
 
     canvas: np.ndarray
     cond: np.ndarray
@@ -58,6 +59,7 @@ class Examples:
     size: np.ndarray = None
     cell: list = field(default_factory=list)
     arm: list = field(default_factory=list)
+    segment: np.ndarray = None
 
     def __len__(self):
         return len(self.label)
@@ -116,8 +118,11 @@ def cell_examples(name, items, seed, options):
     canvas, cond = _inputs(picks, median, options)
     kinds = [k for *_, k, _ in picks]
     arms = [changed[i].arm if k else "" for _, i, k, _ in picks]
+    segment = np.array([(changed[i].start, changed[i].end) if k else (0.0, 0.0)
+                        for _, i, k, _ in picks], np.float32).reshape(-1, 2)
     return Examples(canvas, cond, np.array([k != "" for k in kinds], np.float32), kinds,
-                    np.array([s for *_, s in picks], np.float32), [name] * len(picks), arms)
+                    np.array([s for *_, s in picks], np.float32), [name] * len(picks), arms,
+                    segment)
 
 
 @dataclass
@@ -195,4 +200,5 @@ def join(parts):
                     [k for p in parts for k in p.kind],
                     np.concatenate([p.size for p in parts]),
                     [c for p in parts for c in p.cell],
-                    [a for p in parts for a in p.arm])
+                    [a for p in parts for a in p.arm],
+                    np.concatenate([p.segment for p in parts]))

@@ -10,7 +10,9 @@ connected layers; the output ``score`` is the sigmoid of one logit: the probabil
 chromosome is aberrant. With ``homologue``, the canvas has a second channel (the homologue's)
 and the condition two more values. ``fit`` records how its canvases are made (each
 chromosome fitted, or the cell's scale). With ``arm_head``, a second linear layer on the same hidden
-features gives three logits for where the change lies (``vfinfer.pipeline.structural.ARMS``).
+features gives three logits for where the change lies (``vfinfer.pipeline.structural.ARMS``);
+with ``position_head``, another gives the changed segment's start and end (fractions of the
+length), a training target only: it is not exported.
 """
 
 import torch
@@ -29,7 +31,7 @@ class StructuralNet(nn.Module):
 
     def __init__(self, widths=DEFAULT_WIDTHS, hidden=DEFAULT_HIDDEN, height=DEFAULT_HEIGHT,
                  width=DEFAULT_WIDTH, homologue=False, pool="global", arm_head=False,
-                 fit="each"):
+                 fit="each", position_head=False):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -55,6 +57,8 @@ class StructuralNet(nn.Module):
                                   nn.Linear(self.hidden, 1))
         self.arm_head = bool(arm_head)
         self.arm = nn.Linear(self.hidden, len(ARMS)) if self.arm_head else None
+        self.position_head = bool(position_head)  # training only: not exported
+        self.position = nn.Linear(self.hidden, 2) if self.position_head else None
 
     def _hidden(self, image, cond):
         """The features before the last layer of ``head``, (N, hidden)."""
@@ -74,6 +78,13 @@ class StructuralNet(nn.Module):
         hidden = self._hidden(image, cond)
         return self.head[-1](hidden)[:, 0], self.arm(hidden)
 
+    def forward_all(self, image, cond):
+        """(logit (N,), arm logits (N, 3) or None, segment (N, 2) in 0..1 or None): every
+        head the network has, for training."""
+        hidden = self._hidden(image, cond)
+        return (self.head[-1](hidden)[:, 0], self.arm(hidden) if self.arm_head else None,
+                torch.sigmoid(self.position(hidden)) if self.position_head else None)
+
     def score(self, image, cond):
         """The probability of an aberration, shape (N, 1) (the exported output)."""
         return torch.sigmoid(self.forward(image, cond))[:, None]
@@ -86,6 +97,7 @@ class StructuralNet(nn.Module):
         spec.update({"pool": self.pool} if self.pool != "global" else {})
         spec.update({"arm_head": True} if self.arm_head else {})
         spec.update({"fit": self.fit} if self.fit != "each" else {})
+        spec.update({"position_head": True} if self.position_head else {})
         return spec
 
 

@@ -10,7 +10,9 @@ aberrations, other normals drawn); validation examples likewise from the held-ou
 once, with another seed. Each epoch shuffles the examples and flips each canvas left-right
 at random with a random gain on its darkness; binary cross-entropy, Adam, cosine decay of the
 learning rate to 5 %. With the arm head, the loss adds ``ARM_WEIGHT`` times the cross-entropy
-of the arm logits on the aberrant examples (where the change lies: p, q or both arms).
+of the arm logits on the aberrant examples (where the change lies: p, q or both arms); with the
+position head, ``POSITION_WEIGHT`` times the smooth L1 of the predicted start and end of the
+changed segment.
 
 Each epoch writes ``OUT/last.pt`` (atomic) and ``OUT/history.json``. The end chooses the
 threshold: the lowest score that flags at most ``1 - specificity`` of the normal validation
@@ -41,6 +43,7 @@ from .structural_model import StructuralNet
 SPECIFICITY = 0.99
 BATCH = 128
 ARM_WEIGHT = 0.5
+POSITION_WEIGHT = 1.0
 NO_ARM = -1  # the arm target of a normal example (ignored by the loss)
 
 
@@ -120,17 +123,21 @@ def _batches(examples, rng):
         x = torch.where(flip[:, :, None, None], x.flip(-1), x)
         x = (x * _uniform(rng, 0.8, 1.2, (n, channels, 1, 1))).clamp(0, 1)
         yield (x, torch.from_numpy(examples.cond[idx]), torch.from_numpy(examples.label[idx]),
-               torch.from_numpy(arm_targets([examples.arm[i] for i in idx])))
+               torch.from_numpy(arm_targets([examples.arm[i] for i in idx])),
+               torch.from_numpy(examples.segment[idx]))
 
 
-def _loss(net, x, cond, y, arm):
-    """Binary cross-entropy of the score, plus the arm head's on the aberrant examples."""
-    if not net.arm_head:
-        return F.binary_cross_entropy_with_logits(net(x, cond), y)
-    logit, arm_logits = net.forward_with_arm(x, cond)
+def _loss(net, x, cond, y, arm, segment):
+    """Binary cross-entropy of the score, plus the arm head's cross-entropy and the position
+    head's smooth L1 on the aberrant examples."""
+    logit, arm_logits, position = net.forward_all(x, cond)
     loss = F.binary_cross_entropy_with_logits(logit, y)
-    if (arm != NO_ARM).any():
+    aberrant = y > 0
+    if arm_logits is not None and aberrant.any():
         loss = loss + ARM_WEIGHT * F.cross_entropy(arm_logits, arm, ignore_index=NO_ARM)
+    if position is not None and aberrant.any():
+        loss = loss + POSITION_WEIGHT * F.smooth_l1_loss(position[aberrant], segment[aberrant],
+                                                         beta=0.05)
     return loss
 
 
@@ -140,10 +147,10 @@ def _epoch(net, optimizer, examples, rng, schedule):
     net.train()
     losses = []
     step, total, lr = schedule
-    for x, cond, y, arm in _batches(examples, rng):
+    for x, cond, y, arm, segment in _batches(examples, rng):
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
-        loss = _loss(net, x, cond, y, arm)
+        loss = _loss(net, x, cond, y, arm, segment)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -689,3 +689,24 @@ def test_unknown_canvas_fit_is_refused_with_the_manifest_named(model, tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ModelDirError, match="manifest.json: structural input fit 'stretch'"):
         Pipeline(folder, backend="ort")
+
+
+@pytest.mark.slow  # trains and exports a tiny network (a few seconds)
+def test_position_head_trains_but_is_not_exported(cells, tmp_path):
+    torch = pytest.importorskip("torch")
+    from vfinfer_export.structural_model import StructuralExport
+    from vfinfer_export.structural_train import load_structural
+
+    folder, path = _tiny_model(cells, tmp_path / "run", tmp_path, pool="rows", arm_head=True,
+                               position_head=True)
+    net, _ = load_structural(path)
+    assert net.spec()["position_head"] is True
+    x, cond = torch.rand(3, 1, 32, 16), torch.zeros(3, 25)
+    with torch.no_grad():
+        logit, arm, segment = net.forward_all(x, cond)
+    assert logit.shape == (3,) and arm.shape == (3, 3) and segment.shape == (3, 2)
+    assert float(segment.min()) >= 0.0 and float(segment.max()) <= 1.0
+    with torch.no_grad():
+        assert len(StructuralExport(net)(x, cond)) == 2  # score and arm only
+    section = json.loads((folder / "manifest.json").read_text())["structural"]
+    assert [o["name"] for o in section["outputs"]] == ["score", "arm"]

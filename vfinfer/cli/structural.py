@@ -59,6 +59,9 @@ NETWORK_OPTIONS = (
     click.option("--arm/--no-arm", "arm_head", default=True, show_default=True,
                  help="A second output that names where the change lies (p arm, q arm, or "
                       "both), trained on the aberrations' labels; the warnings name the arm."),
+    click.option("--position/--no-position", "position_head", default=False, show_default=True,
+                 help="Also learn the changed segment's start and end along the chromosome "
+                      "(a training target only; nothing more is exported)."),
     click.option("--fit", default="each", show_default=True, type=click.Choice(["each", "cell"]),
                  help="each: every chromosome fitted to the canvas; cell: all of a cell at one "
                       "scale (its median length to 45 % of the canvas height), top-aligned, so "
@@ -98,7 +101,7 @@ def _network_options(command):
 @one_line_errors
 def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
                      aberrant_per_cell, size_min, size_max, canvas, widths, homologue, pool,
-                     arm_head, fit):
+                     arm_head, position_head, fit):
     """Train the structural score on labelled normal cells against synthetic aberrations of
     their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
     normal chromosomes of held-out slides)."""
@@ -109,7 +112,7 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
     from vfinfer_export.structural_model import StructuralNet
 
     net = StructuralNet(widths=widths, height=canvas[0], width=canvas[1], homologue=homologue,
-                        pool=pool, arm_head=arm_head, fit=fit)
+                        pool=pool, arm_head=arm_head, fit=fit, position_head=position_head)
     options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
                              normals_per_cell=normals_per_cell,
                              aberrant_per_cell=aberrant_per_cell, homologue=homologue,
