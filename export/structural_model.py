@@ -73,14 +73,9 @@ class StructuralNet(nn.Module):
         """The logit of each chromosome, shape (N,)."""
         return self.head[-1](self._hidden(image, cond))[:, 0]
 
-    def forward_with_arm(self, image, cond):
-        """(logit (N,), arm logits (N, 3)); needs ``arm_head``."""
-        hidden = self._hidden(image, cond)
-        return self.head[-1](hidden)[:, 0], self.arm(hidden)
-
     def forward_all(self, image, cond):
         """(logit (N,), arm logits (N, 3) or None, segment (N, 2) in 0..1 or None): every
-        head the network has, for training."""
+        head the network has."""
         hidden = self._hidden(image, cond)
         return (self.head[-1](hidden)[:, 0], self.arm(hidden) if self.arm_head else None,
                 torch.sigmoid(self.position(hidden)) if self.position_head else None)
@@ -113,5 +108,5 @@ class StructuralExport(nn.Module):
         """``StructuralNet.score`` (and the arm probabilities)."""
         if not self.net.arm_head:
             return self.net.score(image, cond)
-        logit, arm = self.net.forward_with_arm(image, cond)
+        logit, arm, _ = self.net.forward_all(image, cond)  # the position head: training only
         return torch.sigmoid(logit)[:, None], torch.softmax(arm, dim=1)

@@ -77,24 +77,18 @@ def _tensor_darkness(canvas):
 
 
 def predict(net, canvas, cond, batch=512):
-    """Scores (N,) float32 of uint8 canvases and conditions, in eval mode, no gradients."""
-    return predict_with_arm(net, canvas, cond, batch)[0]
-
-
-def predict_with_arm(net, canvas, cond, batch=512):
-    """(scores (N,), arm probabilities (N, 3) or None without the arm head), as ``predict``."""
+    """(scores (N,) float32, arm probabilities (N, 3) or None without the arm head) of uint8
+    canvases and conditions, in eval mode, no gradients."""
     net.eval()
     scores, arms = [], []
     with torch.no_grad():
         for start in range(0, len(canvas), batch):
             x = _tensor_darkness(canvas[start:start + batch])
             c = torch.from_numpy(cond[start:start + batch])
-            if net.arm_head:
-                logit, arm = net.forward_with_arm(x, c)
-                arms.append(torch.softmax(arm, dim=1))
-            else:
-                logit = net(x, c)
+            logit, arm, _ = net.forward_all(x, c)
             scores.append(torch.sigmoid(logit))
+            if arm is not None:
+                arms.append(torch.softmax(arm, dim=1))
     if not scores:
         return np.zeros(0, np.float32), (np.zeros((0, len(ARMS)), np.float32)
                                          if net.arm_head else None)
@@ -212,7 +206,7 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
         if epoch:  # new aberrations (and normals drawn) each epoch
             train = make_examples(train_cells, seed + epoch, options, workers)
         loss, step = _epoch(net, optimizer, train, rng, (step, total, lr))
-        scores, arms = predict_with_arm(net, val.canvas, val.cond)
+        scores, arms = predict(net, val.canvas, val.cond)
         figures = validation_figures(scores, val, threshold_for_specificity(
             scores[val.label == 0], SPECIFICITY), arms)
         history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_auc": figures["auc"],
@@ -233,7 +227,7 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
 
 def _finish(net, out, val, record, history, run, log):
     """Choose the threshold on the validation normals, write ``structural.pt``."""
-    scores, arms = predict_with_arm(net, val.canvas, val.cond)
+    scores, arms = predict(net, val.canvas, val.cond)
     threshold = threshold_for_specificity(scores[val.label == 0], SPECIFICITY)
     figures = validation_figures(scores, val, threshold, arms)
     log(f"threshold {threshold:.6f} (target specificity {SPECIFICITY:.0%}): validation "

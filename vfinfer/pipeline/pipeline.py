@@ -32,7 +32,7 @@ from vfinfer.calls.dispatch import argmax_types, dispatch
 from vfinfer.calls.karyotype import karyotype_summary
 from vfinfer.calls.verdict import judge
 from vfinfer.model.classes import Q_ARM_DOWN
-from vfinfer.model.manifest import ModelDirError, demo_model_dir, load_manifest
+from vfinfer.model.manifest import demo_model_dir, load_manifest
 from vfinfer.pipeline.network import Clock, run_network_batched
 from vfinfer.pipeline.preprocess import (
     batch_of,
@@ -41,7 +41,7 @@ from vfinfer.pipeline.preprocess import (
     size_normalize,
 )
 from vfinfer.pipeline.result import abnormality_section, assemble_result
-from vfinfer.pipeline.structural import FITS, StructuralScorer
+from vfinfer.pipeline.structural import StructuralScorer
 from vfinfer.pipeline.tta import add_views, merge_views
 from vfinfer.util.geometry import to_convention
 from vfinfer.util.images import to_gray8
@@ -193,11 +193,8 @@ class Pipeline:
         from vfinfer.backends.ort import OrtRunner
 
         path = self.manifest.structural_path()
-        fit = (section.get("input") or {}).get("fit", "each")
-        if fit not in FITS:
-            raise ModelDirError(f"{self.manifest.path}: structural input fit {fit!r} is not one "
-                                f"of {', '.join(FITS)} (a newer vfinfer's model?)")
-        return StructuralScorer(section, lambda _: OrtRunner(path, threads=threads))
+        return StructuralScorer(section, lambda _: OrtRunner(path, threads=threads),
+                                self.manifest.path)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from vfinfer.model.classes import N_TYPES
+from vfinfer.model.manifest import ModelDirError
 from vfinfer.util.geometry import body_mask
 
 ARMS = ("p", "q", "pq")  # the arm output's classes: p arm, q arm, both (across the centromere)
@@ -65,31 +66,32 @@ def structural_crop(light_image):
     return np.ascontiguousarray(clean[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
 
 
-def fit_canvas(crop, height, width):
-    """``crop`` scaled to fit ``height`` x ``width`` keeping its aspect, centred on white."""
+def _placed(crop, height, width, scale, centre_rows):
+    """``crop`` scaled by ``scale`` (at most to fit) on a white ``height`` x ``width`` canvas,
+    centred across, and down too with ``centre_rows`` (else at the top)."""
     h, w = crop.shape
-    scale = min(height / h, width / w)
+    scale = min(scale, height / h, width / w)
     size = (max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale))))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    scaled = cv2.resize(crop, size, interpolation=interpolation)
     out = np.full((height, width), BACKGROUND, dtype=np.uint8)
-    top, left = (height - size[1]) // 2, (width - size[0]) // 2
-    out[top:top + size[1], left:left + size[0]] = scaled
+    top = (height - size[1]) // 2 if centre_rows else 0
+    left = (width - size[0]) // 2
+    out[top:top + size[1], left:left + size[0]] = cv2.resize(crop, size,
+                                                             interpolation=interpolation)
     return out
+
+
+def fit_canvas(crop, height, width):
+    """``crop`` scaled to fit ``height`` x ``width`` keeping its aspect, centred on white."""
+    return _placed(crop, height, width, float("inf"), centre_rows=True)
 
 
 def cell_canvas(crop, height, width, median):
     """``crop`` scaled by the cell's factor (its median length ``median`` becomes
     ``CELL_MEDIAN_SHARE`` of ``height``; a chromosome that would not fit is scaled down to
     fit), its top row at the canvas's top, centred across, on white."""
-    h, w = crop.shape
-    scale = min(CELL_MEDIAN_SHARE * height / max(float(median), 1.0), height / h, width / w)
-    size = (max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale))))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    out = np.full((height, width), BACKGROUND, dtype=np.uint8)
-    left = (width - size[0]) // 2
-    out[:size[1], left:left + size[0]] = cv2.resize(crop, size, interpolation=interpolation)
-    return out
+    scale = CELL_MEDIAN_SHARE * height / max(float(median), 1.0)
+    return _placed(crop, height, width, scale, centre_rows=False)
 
 
 def canvas_of(crop, height, width, fit="each", median=None):
@@ -119,10 +121,10 @@ def structural_inputs(images, types, height, width, flip=None, homologue=False, 
     median = float(np.median(lengths)) if lengths else 1.0
     canvases = np.stack([canvas_of(c, height, width, fit, median) for c in crops]) if crops \
         else np.zeros((0, height, width), np.uint8)
-    cond = conditions(types, lengths)
+    cond = conditions(types, lengths, median)
     if not homologue:
         return darkness(canvases), cond
-    paired, extra = with_homologues(canvases, types, lengths)
+    paired, extra = with_homologues(canvases, types, lengths, median)
     return darkness(paired), np.concatenate([cond, extra], axis=1)
 
 
@@ -181,22 +183,21 @@ class StructuralScorer:
 
     ``section``: the manifest's ``structural`` record (``file``, ``input``, ``threshold``);
     ``runner_factory(file)``: a ``GraphRunner`` (``vfinfer.backends.ort.OrtRunner``) for the
-    section's graph file.
+    section's graph file; ``where``: the manifest, named in errors.
     """
 
-    def __init__(self, section, runner_factory):
+    def __init__(self, section, runner_factory, where="manifest.json"):
         self.section = section
         self.threshold = float(section["threshold"])
         self.height = int(section["input"]["height"])
         self.width = int(section["input"]["width"])
         self.homologue = bool(section["input"].get("homologue", False))
         self.fit = section["input"].get("fit", "each")
+        if self.fit not in FITS:
+            raise ModelDirError(f"{where}: structural input fit {self.fit!r} is not one of "
+                                f"{', '.join(FITS)} (a newer vfinfer's model?)")
         self.arms = tuple(section.get("arms") or ())  # empty: no arm output
         self.runner = runner_factory(section["file"])
-
-    def scores(self, images, types, flip=None):
-        """The score of each cut-out of one cell (float32 (N,), 0..1)."""
-        return self.assess(images, types, flip)[0]
 
     def assess(self, images, types, flip=None):
         """(the score of each cut-out of one cell (N,), the arm probabilities (N, 3) in

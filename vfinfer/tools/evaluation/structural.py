@@ -4,6 +4,8 @@ kind and size bin (numpy, SciPy's ranks): used by ``vfinfer train-structural`` a
 
 import numpy as np
 
+from vfinfer.pipeline.structural import ARMS
+
 SIZE_BINS = (("5-10%", 0.05, 0.10), (">=10%", 0.10, 1.01))
 
 
@@ -81,8 +83,6 @@ def arm_figures(named, true_arms, kinds, flagged, clear=None):
 
 def arm_names(arm_probs):
     """The arm (``ARMS``) each row of probabilities names."""
-    from vfinfer.pipeline.structural import ARMS
-
     return [ARMS[i] for i in np.argmax(arm_probs, axis=1)] if len(arm_probs) else []
 
 

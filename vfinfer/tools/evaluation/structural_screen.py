@@ -65,7 +65,8 @@ class ScreenOptions:
 
 
 def score_cells(pipe, data_dir, labels_csv):
-    """{(cell, file): (score, called type, labelled type)} and {cell: any flagged}."""
+    """{(cell, file): (score, called type, labelled type)}, {cell: any flagged} and
+    {(cell, file): (the arm named, its probability)} (None, None where no arm is named)."""
     scores, any_flagged, arms = {}, {}, {}
     for cell, items in by_cell(read_labels(data_dir, labels_csv)).items():
         files = [str(item.path.relative_to(Path(data_dir))) for item in items]
