@@ -5,7 +5,8 @@ Writes ``structural.onnx`` (inputs ``image`` (N, C, H, W) and ``cond`` (N, 25 or
 ``score`` (N, 1), and ``arm`` (N, 3) with the arm head, N dynamic;
 ``vfinfer.pipeline.structural``) beside the classifier's graphs
 and a ``structural`` section into its ``manifest.json``: the graph's file, sha256 and tensors,
-the input layout, the threshold with the validation figures it was chosen on, how the network
+the input layout, the threshold with the validation figures it was chosen on, the views scored
+(``tta``: one, or the mean with the mirror image), how the network
 was trained, and the parity of ONNX Runtime against PyTorch on random inputs of
 ``PARITY_BATCHES`` (max abs error of the score and the arm probabilities, tolerance
 ``PROBABILITY_TOLERANCE``, the share of chromosomes flagged alike at the threshold, and with
@@ -100,6 +101,11 @@ def structural_section(net, payload, path, checkpoint, parity):
                                                           else "")},
         "threshold": float(payload["threshold"]),
         "flag": "score >= threshold",
+        "tta": payload.get("tta", "none"),
+        **({"tta_note": "score: the mean over the canvas and its left-right mirror (the "
+                        "threshold chosen so); the mirror scored where the first view reaches "
+                        "min(0.5, 2 x threshold - 1)"} if payload.get("tta") == "mirror"
+           else {}),
         **({"arms": list(ARMS), "arm": "arm: probabilities of the change lying on the p arm, "
                                        "the q arm, or both (meaningful on flagged ones)"}
            if net.arm_head else {}),

@@ -14,10 +14,14 @@ of the arm logits on the aberrant examples (where the change lies: p, q or both 
 position head, ``POSITION_WEIGHT`` times the smooth L1 of the predicted start and end of the
 changed segment.
 
-Each epoch writes ``OUT/last.pt`` (atomic) and ``OUT/history.json``. The end chooses the
-threshold: the lowest score that flags at most ``1 - specificity`` of the normal validation
-chromosomes, records the validation figures at it, and writes ``OUT/structural.pt``
-(``save_structural``), which ``vfinfer export-structural`` adds to a model directory.
+Each epoch writes ``OUT/last.pt`` (atomic: the weights, the optimizer's state, the batch
+order's random state, the step and the history) and ``OUT/history.json``; ``resume`` goes on
+from it to the same weights an uninterrupted run reaches. The end chooses the threshold: the
+lowest score that flags at most ``1 - specificity`` of the normal validation chromosomes,
+records the validation figures at it, and writes ``OUT/structural.pt`` (``save_structural``),
+which ``vfinfer export-structural`` adds to a model directory. With ``tta`` "mirror" every
+validation score (and so the threshold) is the mean of the canvas's and its left-right
+mirror's, as the runtime scores (``vfinfer.pipeline.structural``, "Two views").
 """
 
 import io
@@ -33,7 +37,7 @@ import torch
 from torch.nn import functional as F
 
 from vfinfer.io.labels import read_labels
-from vfinfer.pipeline.structural import ARMS, darkness
+from vfinfer.pipeline.structural import ARMS, TTA_MODES, darkness
 from vfinfer.tools.evaluation.structural import threshold_for_specificity, validation_figures
 from vfinfer.util.atomic import write_atomic
 
@@ -76,19 +80,32 @@ def _tensor_darkness(canvas):
     return torch.from_numpy(darkness(canvas))
 
 
-def predict(net, canvas, cond, batch=512):
+def _views(net, x, c, tta):
+    """(score, arm probabilities or None) of one batch: of the canvas, or with ``tta``
+    "mirror" the mean over the canvas and its left-right mirror."""
+    outputs = [net.forward_all(view, c) for view in
+               ((x, x.flip(-1)) if tta == "mirror" else (x,))]
+    score = torch.stack([torch.sigmoid(logit) for logit, _, _ in outputs]).mean(0)
+    if outputs[0][1] is None:
+        return score, None
+    return score, torch.stack([torch.softmax(arm, dim=1) for _, arm, _ in outputs]).mean(0)
+
+
+def predict(net, canvas, cond, batch=512, tta="none"):
     """(scores (N,) float32, arm probabilities (N, 3) or None without the arm head) of uint8
-    canvases and conditions, in eval mode, no gradients."""
+    canvases and conditions, in eval mode, no gradients; ``tta``: "none" or "mirror" (the
+    mean over each canvas and its mirror)."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     net.eval()
     scores, arms = [], []
     with torch.no_grad():
         for start in range(0, len(canvas), batch):
             x = _tensor_darkness(canvas[start:start + batch])
-            c = torch.from_numpy(cond[start:start + batch])
-            logit, arm, _ = net.forward_all(x, c)
-            scores.append(torch.sigmoid(logit))
+            score, arm = _views(net, x, torch.from_numpy(cond[start:start + batch]), tta)
+            scores.append(score)
             if arm is not None:
-                arms.append(torch.softmax(arm, dim=1))
+                arms.append(arm)
     if not scores:
         return np.zeros(0, np.float32), (np.zeros((0, len(ARMS)), np.float32)
                                          if net.arm_head else None)
@@ -182,8 +199,12 @@ def _data(data_dir, labels_csv, seed, val_share, options, workers, log):
 
 
 def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threads=0,
-                     val_share=0.15, options=None, lr=2e-3, net=None, log=_stderr):
-    """Train, choose the threshold, write ``OUT/structural.pt``; returns its path."""
+                     val_share=0.15, options=None, lr=2e-3, net=None, log=_stderr,
+                     tta="mirror", resume=False):
+    """Train, choose the threshold, write ``OUT/structural.pt``; returns its path.
+    ``resume``: go on from ``OUT/last.pt`` (the same network and options)."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
@@ -194,47 +215,87 @@ def train_structural(data_dir, out_dir, labels_csv=None, epochs=8, seed=0, threa
         raise ValueError("the examples and the network disagree on the homologue channel or "
                          "the canvas fit")
     workers = max(1, int(threads or 1))
+    out = Path(out_dir)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+    rng = np.random.default_rng(seed)
+    first, step, history = _resumed(out / "last.pt", net, optimizer, rng) if resume \
+        else (0, 0, [])
     train_cells, train, val, record = _data(data_dir, labels_csv, seed, val_share, options,
                                             workers, log)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
-    rng, step, history = np.random.default_rng(seed), 0, []
     total = epochs * math.ceil(len(train) / BATCH)
-    started = time.perf_counter()
-    for epoch in range(epochs):
+    step = first * math.ceil(len(train) / BATCH) if step is None else step  # an older last.pt
+    started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    for epoch in range(first, epochs):
         if epoch:  # new aberrations (and normals drawn) each epoch
             train = make_examples(train_cells, seed + epoch, options, workers)
         loss, step = _epoch(net, optimizer, train, rng, (step, total, lr))
-        scores, arms = predict(net, val.canvas, val.cond)
-        figures = validation_figures(scores, val, threshold_for_specificity(
-            scores[val.label == 0], SPECIFICITY), arms)
-        history.append({"epoch": epoch + 1, "loss": round(loss, 5), "val_auc": figures["auc"],
-                        "val_sensitivity": figures["sensitivity"],
-                        "val_arm_right": figures.get("arm", {}).get("right_of_flagged"),
-                        "seconds": round(time.perf_counter() - started, 1)})
-        log(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, validation AUC "
-            f"{figures['auc'] or 0:.4f}, "
-            f"sensitivity at {SPECIFICITY:.0%} specificity {figures['sensitivity']:.3f} "
-            f"({time.perf_counter() - started:.0f} s)")
-        save_structural(net, out / "last.pt", {"epoch": epoch + 1})
+        history.append(_validate(net, val, tta, epoch, epochs, loss, started, log))
+        save_structural(net, out / "last.pt", {
+            "epoch": epoch + 1, "step": step, "history": history, "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "optimizer": optimizer.state_dict()})
         write_atomic(out / "history.json", json.dumps(history, indent=1).encode())
     return _finish(net, out, val, record, history, {"epochs": epochs, "seed": seed,
-                                                    "threads": threads, "lr": lr,
+                                                    "threads": threads, "lr": lr, "tta": tta,
                                                     "seconds": round(time.perf_counter()
                                                                      - started, 1)}, log)
 
 
+def _resumed(path, net, optimizer, rng):
+    """(the next epoch, the step, the history) of ``last.pt``, its weights loaded into
+    ``net``, its optimizer and random states (when recorded) into ``optimizer``, ``rng`` and
+    torch's."""
+    if not path.exists():
+        raise ValueError(f"{path}: nothing to resume (no last.pt in the run folder)")
+    saved, payload = load_structural(path)
+    if saved.spec() != net.spec():
+        raise ValueError(f"{path}: trained with another network ({saved.spec()}); resume with "
+                         f"the options it was started with")
+    net.load_state_dict(saved.state_dict())
+    if "optimizer" in payload:
+        optimizer.load_state_dict(payload["optimizer"])
+    if "rng" in payload:
+        rng.bit_generator.state = payload["rng"]
+    if "torch_rng" in payload:  # the dropout's
+        torch.set_rng_state(payload["torch_rng"])
+    history = list(payload.get("history") or _history_file(path.parent))
+    return int(payload["epoch"]), payload.get("step"), history
+
+
+def _history_file(out):
+    """The epochs in ``OUT/history.json`` ([] without it)."""
+    path = out / "history.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _validate(net, val, tta, epoch, epochs, loss, started, log):
+    """One epoch's history record: the validation figures at 99 % specificity."""
+    scores, arms = predict(net, val.canvas, val.cond, tta=tta)
+    figures = validation_figures(scores, val, threshold_for_specificity(
+        scores[val.label == 0], SPECIFICITY), arms)
+    log(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}, validation AUC "
+        f"{figures['auc'] or 0:.4f}, "
+        f"sensitivity at {SPECIFICITY:.0%} specificity {figures['sensitivity']:.3f} "
+        f"({time.perf_counter() - started:.0f} s)")
+    return {"epoch": epoch + 1, "loss": round(loss, 5), "val_auc": figures["auc"],
+            "val_sensitivity": figures["sensitivity"],
+            "val_arm_right": figures.get("arm", {}).get("right_of_flagged"),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 def _finish(net, out, val, record, history, run, log):
-    """Choose the threshold on the validation normals, write ``structural.pt``."""
-    scores, arms = predict(net, val.canvas, val.cond)
+    """Choose the threshold on the validation normals (scored with ``run["tta"]``), write
+    ``structural.pt``."""
+    scores, arms = predict(net, val.canvas, val.cond, tta=run["tta"])
     threshold = threshold_for_specificity(scores[val.label == 0], SPECIFICITY)
     figures = validation_figures(scores, val, threshold, arms)
-    log(f"threshold {threshold:.6f} (target specificity {SPECIFICITY:.0%}): validation "
+    log(f"threshold {threshold:.6f} (target specificity {SPECIFICITY:.0%}, "
+        f"{'two views' if run['tta'] == 'mirror' else 'one view'}): validation "
         f"specificity {figures['specificity']:.4f}, sensitivity {figures['sensitivity']:.4f}, "
         f"AUC {figures['auc'] or 0:.4f}")
     path = out / "structural.pt"
     save_structural(net, path, {
         "threshold": threshold, "target_specificity": SPECIFICITY, "validation": figures,
+        "tta": run["tta"],
         "training": {**record, **run, "history": history}})
     return path

@@ -19,10 +19,13 @@ from vfinfer.model.manifest import ModelDirError, demo_model_dir, sha256_file
 from vfinfer.pipeline import Pipeline
 from vfinfer.pipeline.result import NOT_SCREENED
 from vfinfer.pipeline.structural import (
+    TTA_GATE,
+    StructuralScorer,
     fit_canvas,
     homologues,
     structural_crop,
     structural_inputs,
+    tta_gate,
 )
 from vfinfer.tools.synthesis.cells import render_chromosome, write_cases
 from vfinfer.util.images import read_gray8
@@ -36,6 +39,30 @@ def _red(picture):
         return np.zeros(picture.shape, bool)
     b, g, r = (picture[..., k].astype(int) for k in range(3))
     return (r > 200) & (g < 80) & (b < 80)
+
+
+def _reference(net, x, cond, threshold, tta="mirror"):
+    """The PyTorch reference of the runtime's (scores, arm probabilities or None): one view,
+    or with ``tta`` "mirror" the mean with the mirrored canvas where the first view reaches
+    ``tta_gate(threshold)``."""
+    import torch
+
+    from vfinfer_export.structural_model import StructuralExport
+
+    export = StructuralExport(net).eval()
+
+    def view(image):
+        with torch.no_grad():
+            out = export(torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(cond))
+        return [o.numpy().reshape(len(image), -1) for o in
+                (out if isinstance(out, tuple) else (out,))]
+
+    first = view(x)
+    if tta == "mirror":
+        again = first[0][:, 0] >= tta_gate(threshold)
+        first = [np.where(again[:, None], (f + m) / 2, f) for f, m in zip(first, view(
+            x[..., ::-1]))]
+    return first[0][:, 0], first[1] if len(first) > 1 else None
 
 
 # -- pure functions -----------------------------------------------------------------------------
@@ -198,9 +225,10 @@ def model(trained, tmp_path_factory):
     return folder
 
 
-def _tiny_model(cells, run_dir, model_dir, **net_options):
+def _tiny_model(cells, run_dir, model_dir, tta="mirror", **net_options):
     """(A copy of the demo model with a tiny structural net of ``net_options`` trained one
-    epoch on the synthetic cells and exported into it, the checkpoint)."""
+    epoch on the synthetic cells (scored with ``tta``) and exported into it, the
+    checkpoint)."""
     pytest.importorskip("torch")
     from vfinfer_export.structural_data import ExampleOptions
     from vfinfer_export.structural_export import export_structural
@@ -211,7 +239,7 @@ def _tiny_model(cells, run_dir, model_dir, **net_options):
     options = ExampleOptions(32, 16, normals_per_cell=12, aberrant_per_cell=4,
                              homologue=net.homologue, fit=net.fit)
     path = train_structural(cells, run_dir, epochs=1, seed=0, threads=1, val_share=0.5,
-                            options=options, net=net, log=lambda _: None)
+                            options=options, net=net, log=lambda _: None, tta=tta)
     folder = model_dir / "demo"
     shutil.copytree(demo_model_dir(), folder)
     export_structural(path, folder, threads=1, log=lambda _: None)
@@ -222,7 +250,7 @@ def _tiny_model(cells, run_dir, model_dir, **net_options):
 def homologue_model(cells, tmp_path_factory):
     """A copy of the demo model with a tiny structural net that sees the homologue."""
     return _tiny_model(cells, tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("model"),
-                       homologue=True)
+                       tta="none", homologue=True)
 
 
 def _with_threshold(model, tmp_path, threshold):
@@ -300,8 +328,6 @@ def _cell_images(cells):
 
 @pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_runtime_scores_conditioned_on_called_type(model, cells, trained):
-    import torch
-
     from vfinfer_export.structural_train import load_structural
 
     images, files = _cell_images(cells)
@@ -318,13 +344,9 @@ def test_runtime_scores_conditioned_on_called_type(model, cells, trained):
     types = [type_index(row["type"]) for row in rows]
     x, cond = structural_inputs(images, types, 32, 16)  # demo model: polarity q-arm down
     net, _ = load_structural(trained)
-    with torch.no_grad():
-        ref = net.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
-    np.testing.assert_allclose(scores, ref, atol=1e-5)
+    np.testing.assert_allclose(scores, _reference(net, x, cond, threshold)[0], atol=1e-5)
     other = [(t + 1) % 24 for t in types]  # another type: another score
-    with torch.no_grad():
-        moved = net.score(torch.from_numpy(x), torch.from_numpy(
-            structural_inputs(images, other, 32, 16)[1])).numpy()[:, 0]
+    moved = _reference(net, x, structural_inputs(images, other, 32, 16)[1], threshold)[0]
     assert np.abs(moved - scores).max() > 1e-4
 
 
@@ -332,8 +354,6 @@ def test_runtime_scores_conditioned_on_called_type(model, cells, trained):
 def test_size_normalized_model_scores_the_cut_outs_unscaled(model, trained, cells, tmp_path):
     """The score was trained on cut-outs as they are: a model that size-normalizes its
     classifier's input still gives the score the unscaled cut-outs."""
-    import torch
-
     from vfinfer_export.structural_train import load_structural
 
     folder = tmp_path / "size-norm"
@@ -347,21 +367,20 @@ def test_size_normalized_model_scores_the_cut_outs_unscaled(model, trained, cell
         rows = pipe.run_case(images, files=files)["chromosomes"]
     types = [type_index(row["type"]) for row in rows]
     x, cond = structural_inputs(images, types, 32, 16)
-    net, _ = load_structural(trained)
-    with torch.no_grad():
-        ref = net.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
-    np.testing.assert_allclose([row["structural"]["score"] for row in rows], ref, atol=1e-5)
+    net, payload = load_structural(trained)
+    np.testing.assert_allclose([row["structural"]["score"] for row in rows],
+                               _reference(net, x, cond, payload["threshold"])[0], atol=1e-5)
 
 
 @pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_homologue_score_runtime_matches_reference(homologue_model, cells):
-    import torch
-
+    """Trained with one view (``tta`` "none"): the runtime scores each chromosome once."""
     from vfinfer_export.structural_train import load_structural
 
     folder, checkpoint = homologue_model
     section = json.loads((folder / "manifest.json").read_text())["structural"]
     assert section["input"]["homologue"] is True and section["network"]["homologue"] is True
+    assert section["tta"] == "none" and "tta_note" not in section
     assert [i["shape"][1] for i in section["inputs"]] == [2, 27]
     images, files = _cell_images(cells)
     with Pipeline(folder, backend="ort") as pipe:
@@ -369,10 +388,10 @@ def test_homologue_score_runtime_matches_reference(homologue_model, cells):
     types = [type_index(row["type"]) for row in rows]
     x, cond = structural_inputs(images, types, 32, 16, homologue=True)
     net, payload = load_structural(checkpoint)
-    assert payload["training"]["homologue"] is True
-    with torch.no_grad():
-        ref = net.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
-    np.testing.assert_allclose([row["structural"]["score"] for row in rows], ref, atol=1e-5)
+    assert payload["training"]["homologue"] is True and payload["tta"] == "none"
+    np.testing.assert_allclose([row["structural"]["score"] for row in rows],
+                               _reference(net, x, cond, payload["threshold"], "none")[0],
+                               atol=1e-5)
 
 
 @pytest.mark.slow  # trains and exports a tiny network (a few seconds)
@@ -479,14 +498,14 @@ def test_train_structural_command_defaults_to_row_pooling_and_the_arm(cells, tmp
     assert done.exit_code == 0, done.output
     net, payload = load_structural(tmp_path / "rows" / "structural.pt")
     assert net.spec()["pool"] == "rows" and "homologue" not in net.spec()
-    assert net.spec()["arm_head"] is True
+    assert net.spec()["arm_head"] is True and payload["tta"] == "mirror"
     paired = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "pairs"), "--homologue",
-                                       "--pool", "global", "--no-arm"])
+                                       "--pool", "global", "--no-arm", "--tta", "none"])
     assert paired.exit_code == 0, paired.output
     net, payload = load_structural(tmp_path / "pairs" / "structural.pt")
     assert net.spec()["homologue"] is True and "pool" not in net.spec()
     assert "arm_head" not in net.spec() and "arm" not in payload["validation"]
-    assert payload["training"]["homologue"] is True
+    assert payload["training"]["homologue"] is True and payload["tta"] == "none"
     done = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "cell"), "--fit", "cell"])
     assert done.exit_code == 0, done.output
     assert load_structural(tmp_path / "cell" / "structural.pt")[0].spec()["fit"] == "cell"
@@ -530,9 +549,6 @@ def arm_model(cells, tmp_path_factory):
 
 @pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_arm_output_exported_with_parity_and_matches_reference(arm_model, cells):
-    import torch
-
-    from vfinfer_export.structural_model import StructuralExport
     from vfinfer_export.structural_train import load_structural
 
     folder, path = arm_model
@@ -549,11 +565,9 @@ def test_arm_output_exported_with_parity_and_matches_reference(arm_model, cells)
                  ["chromosomes"]]
         scores, arms = pipe.structural.assess(images, types)
     x, cond = structural_inputs(images, types, 32, 16)
-    with torch.no_grad():
-        ref_scores, ref_arms = StructuralExport(net)(torch.from_numpy(x),
-                                                    torch.from_numpy(cond))
-    np.testing.assert_allclose(scores, ref_scores.numpy()[:, 0], atol=1e-5)
-    np.testing.assert_allclose(arms, ref_arms.numpy(), atol=1e-5)
+    ref_scores, ref_arms = _reference(net, x, cond, payload["threshold"])
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    np.testing.assert_allclose(arms, ref_arms, atol=1e-5)
     assert arms.shape == (len(images), 3) and np.allclose(arms.sum(1), 1, atol=1e-5)
 
 
@@ -643,8 +657,6 @@ def test_structural_inputs_with_cell_fit_use_the_cells_median():
 
 @pytest.mark.slow  # trains and exports a tiny network (a few seconds)
 def test_cell_fit_model_runtime_matches_reference(cells, tmp_path):
-    import torch
-
     from vfinfer_export.structural_data import ExampleOptions
     from vfinfer_export.structural_model import StructuralNet
     from vfinfer_export.structural_train import load_structural, train_structural
@@ -661,11 +673,10 @@ def test_cell_fit_model_runtime_matches_reference(cells, tmp_path):
         rows = pipe.run_case(images, files=files)["chromosomes"]
     types = [type_index(row["type"]) for row in rows]
     x, cond = structural_inputs(images, types, 32, 16, fit="cell")
-    loaded, _ = load_structural(path)
+    loaded, payload = load_structural(path)
     assert loaded.spec()["fit"] == "cell"
-    with torch.no_grad():
-        ref = loaded.score(torch.from_numpy(x), torch.from_numpy(cond)).numpy()[:, 0]
-    np.testing.assert_allclose([row["structural"]["score"] for row in rows], ref, atol=1e-5)
+    np.testing.assert_allclose([row["structural"]["score"] for row in rows],
+                               _reference(loaded, x, cond, payload["threshold"])[0], atol=1e-5)
 
 
 def test_chromosome_operating_point_compares_models_at_one_specificity():
@@ -710,3 +721,109 @@ def test_position_head_trains_but_is_not_exported(cells, tmp_path):
         assert len(StructuralExport(net)(x, cond)) == 2  # score and arm only
     section = json.loads((folder / "manifest.json").read_text())["structural"]
     assert [o["name"] for o in section["outputs"]] == ["score", "arm"]
+
+
+# -- two views (the mirror) and resuming ---------------------------------------------------------
+def test_tta_gate_lets_no_unscored_chromosome_reach_the_threshold():
+    for threshold in (0.3, 0.6, 0.74, 0.75, 0.9, 0.999):
+        gate = tta_gate(threshold)
+        assert gate <= TTA_GATE
+        below = np.linspace(0.0, gate, 50, endpoint=False) if gate > 0 else np.zeros(0)
+        assert np.all((below + 1.0) / 2 < threshold)  # a perfect mirror score cannot flag it
+    assert tta_gate(0.99) == TTA_GATE and tta_gate(0.6) == pytest.approx(0.2)
+    assert tta_gate(0.3) < 0  # every score is at the gate: all scored twice
+
+
+class _BrightnessRunner:
+    """A stand-in structural graph: the score is the mean darkness of each canvas's left half
+    (so a mirror image scores its right half); records the batches it ran."""
+
+    def __init__(self):
+        self.batches = []
+
+    def infer(self, feeds):
+        image = feeds["image"]
+        self.batches.append(len(image))
+        score = image[..., : image.shape[-1] // 2].mean(axis=(1, 2, 3))
+        return {"score": score[:, None].astype(np.float32)}
+
+    def close(self):
+        pass
+
+
+def _scorer(tta, threshold=0.6):
+    runner = _BrightnessRunner()
+    section = {"file": "structural.onnx", "threshold": threshold, "tta": tta,
+               "input": {"height": 32, "width": 16}}
+    return StructuralScorer(section, lambda _: runner), runner
+
+
+def _two_tone(left, right):
+    """A 40 x 12 chromosome on white, its left and right halves of the given grays."""
+    image = np.full((48, 20), 255, np.uint8)
+    image[4:44, 4:10], image[4:44, 10:16] = left, right
+    return image
+
+
+def test_mirror_view_scores_only_the_chromosomes_that_could_be_flagged():
+    images = [_two_tone(0, 160), _two_tone(0, 0), _two_tone(200, 120)]
+    one, runner_one = _scorer("none")
+    first, arms = one.assess(images, [0, 1, 2])
+    mirrored, _ = one.assess([_two_tone(160, 0)], [0])
+    two, runner_two = _scorer("mirror")
+    scores, _ = two.assess(images, [0, 1, 2])
+    assert runner_one.batches == [3, 1] and arms is None
+    gate = tta_gate(0.6)  # 0.2: a first view under it cannot reach 0.6 on average
+    assert (first >= gate).tolist() == [True, True, False]
+    assert runner_two.batches == [3, 2]  # the pale one is scored once
+    assert scores[0] == pytest.approx((first[0] + mirrored[0]) / 2, abs=1e-6)
+    assert scores[1] == pytest.approx(first[1]) and scores[2] == first[2]
+    assert (first >= 0.6).tolist() == [True, True, False]
+    assert (scores >= 0.6).tolist() == [False, True, False]  # dark on one side only
+
+
+def test_unknown_tta_is_refused_with_the_manifest_named():
+    with pytest.raises(ModelDirError, match="manifest.json: structural tta 'flip'"):
+        _scorer("flip")
+
+
+def _resume_run(cells, out, epochs, resume=False):
+    import torch
+
+    from vfinfer_export.structural_data import ExampleOptions
+    from vfinfer_export.structural_model import StructuralNet
+    from vfinfer_export.structural_train import train_structural
+
+    torch.manual_seed(3)
+    net = StructuralNet(widths=(4, 8), hidden=8, height=32, width=16)
+    options = ExampleOptions(32, 16, normals_per_cell=6, aberrant_per_cell=2)
+    return train_structural(cells, out, epochs=epochs, seed=3, threads=1, val_share=0.5,
+                            options=options, net=net, log=lambda _: None, resume=resume)
+
+
+@pytest.mark.slow  # trains a tiny network three times (a few seconds)
+def test_resume_reaches_the_weights_of_an_uninterrupted_run(cells, tmp_path):
+    pytest.importorskip("torch")
+    from vfinfer_export.structural_train import load_structural
+
+    straight = load_structural(_resume_run(cells, tmp_path / "straight", 2))
+    _resume_run(cells, tmp_path / "parts", 1)
+    resumed = load_structural(_resume_run(cells, tmp_path / "parts", 2, resume=True))
+    for name, value in straight[0].state_dict().items():
+        assert np.array_equal(value.numpy(), resumed[0].state_dict()[name].numpy()), name
+    assert resumed[1]["threshold"] == straight[1]["threshold"]
+    assert [h["epoch"] for h in resumed[1]["training"]["history"]] == [1, 2]
+    assert straight[1]["tta"] == "mirror" and straight[1]["training"]["tta"] == "mirror"
+    with pytest.raises(ValueError, match="nothing to resume"):
+        _resume_run(cells, tmp_path / "empty", 2, resume=True)
+
+
+@pytest.mark.slow  # trains a tiny network (a few seconds)
+def test_resume_refuses_another_network(cells, tmp_path):
+    pytest.importorskip("torch")
+    _resume_run(cells, tmp_path / "run", 1)
+    args = ["train-structural", str(cells), "--out", str(tmp_path / "run"), "--epochs", "2",
+            "--canvas", "32x16", "--widths", "4,4", "--threads", "1", "--resume"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code != 0 and "trained with another network" in done.output
+    assert "Traceback" not in done.output

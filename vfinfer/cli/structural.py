@@ -97,11 +97,17 @@ def _network_options(command):
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.option("--size-max", default=0.4, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--tta", default="mirror", show_default=True, type=click.Choice(["mirror", "none"]),
+              help="mirror: each chromosome scored as the mean over it and its left-right "
+                   "mirror image (the threshold chosen so; the runtime does the same); none: "
+                   "one view.")
+@click.option("--resume", is_flag=True,
+              help="Go on from OUT/last.pt (started with the same options).")
 @_network_options
 @one_line_errors
 def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, normals_per_cell,
-                     aberrant_per_cell, size_min, size_max, canvas, widths, homologue, pool,
-                     arm_head, position_head, fit):
+                     aberrant_per_cell, size_min, size_max, tta, resume, canvas, widths,
+                     homologue, pool, arm_head, position_head, fit):
     """Train the structural score on labelled normal cells against synthetic aberrations of
     their chromosomes; writes OUT/structural.pt with its threshold (99 % specificity on the
     normal chromosomes of held-out slides)."""
@@ -111,6 +117,7 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
     from vfinfer_export.structural_data import ExampleOptions
     from vfinfer_export.structural_model import StructuralNet
 
+    train.torch.manual_seed(seed)  # the network's initial weights follow --seed too
     net = StructuralNet(widths=widths, height=canvas[0], width=canvas[1], homologue=homologue,
                         pool=pool, arm_head=arm_head, fit=fit, position_head=position_head)
     options = ExampleOptions(net.height, net.width, size_min=size_min, size_max=size_max,
@@ -118,7 +125,8 @@ def train_structural(data_dir, labels_csv, out_dir, epochs, seed, threads, norma
                              aberrant_per_cell=aberrant_per_cell, homologue=homologue,
                              fit=fit)
     path = train.train_structural(data_dir, out_dir, labels_csv=labels_csv, epochs=epochs,
-                                  seed=seed, threads=threads, options=options, net=net)
+                                  seed=seed, threads=threads, options=options, net=net,
+                                  tta=tta, resume=resume)
     click.echo(f"wrote {path}")
 
 

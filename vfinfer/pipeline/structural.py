@@ -31,6 +31,14 @@ A score trained with the arm head (manifest ``outputs`` holds ``arm``, ``train-s
 --arm``) has a second output, ``arm`` (N, 3): the probabilities of ``ARMS``, where the change
 lies on the upright chromosome (p arm, q arm, or both arms: a pericentric inversion). It is
 trained on the aberrant examples only, so on a normal chromosome it means nothing.
+
+Two views (manifest ``tta`` "mirror", ``train-structural --tta mirror``, the default): a
+chromosome's score (and arm probabilities) is the mean over its canvas and the canvas's
+left-right mirror, which shows the same bands in the same order; the threshold was chosen on
+validation scores taken the same way. Only the chromosomes whose first view scores at least
+``tta_gate(threshold)`` are scored a second time: the mean of any other cannot reach the
+threshold, so the flags are those of scoring every chromosome twice at a fraction of the cost,
+and the scores of the others are their first view's.
 """
 
 import math
@@ -48,6 +56,15 @@ FITS = ("each", "cell")  # each chromosome fitted to the canvas, or all at the c
 CELL_MEDIAN_SHARE = 0.45  # fit "cell": the cell's median length, as a share of the height
 HOMOLOGUE_COND = 2  # has a homologue, its log relative length
 BACKGROUND = 255
+TTA_MODES = ("none", "mirror")  # one view, or the mean with the left-right mirror
+TTA_GATE = 0.5  # a first view scoring this much is scored on its mirror too
+
+
+def tta_gate(threshold):
+    """The first-view score from which a chromosome is scored on its mirror too (module doc,
+    "Two views"): ``TTA_GATE``, lower for a threshold under (1 + TTA_GATE) / 2, since a
+    first view under 2 x threshold - 1 cannot bring the mean of the two to the threshold."""
+    return min(TTA_GATE, 2.0 * float(threshold) - 1.0)
 
 
 def cond_size(homologue):
@@ -197,6 +214,10 @@ class StructuralScorer:
             raise ModelDirError(f"{where}: structural input fit {self.fit!r} is not one of "
                                 f"{', '.join(FITS)} (a newer vfinfer's model?)")
         self.arms = tuple(section.get("arms") or ())  # empty: no arm output
+        self.tta = section.get("tta", "none")
+        if self.tta not in TTA_MODES:
+            raise ModelDirError(f"{where}: structural tta {self.tta!r} is not one of "
+                                f"{', '.join(TTA_MODES)} (a newer vfinfer's model?)")
         self.runner = runner_factory(section["file"])
 
     def assess(self, images, types, flip=None):
@@ -208,7 +229,25 @@ class StructuralScorer:
             return np.zeros(0, np.float32), (np.zeros((0, len(self.arms)), np.float32)
                                              if self.arms else None)
         out = self.runner.infer({"image": image, "cond": cond})
-        return out["score"].reshape(-1), out["arm"] if self.arms else None
+        score, arm = out["score"].reshape(-1), out["arm"] if self.arms else None
+        if self.tta == "mirror":
+            return self._with_mirror(image, cond, score, arm)
+        return score, arm
+
+    def _with_mirror(self, image, cond, score, arm):
+        """``score`` and ``arm`` of the first view, averaged with the mirror's where the first
+        view scores at least ``tta_gate`` (module doc, "Two views")."""
+        again = np.flatnonzero(score >= tta_gate(self.threshold))
+        if not len(again):
+            return score, arm
+        out = self.runner.infer({"image": np.ascontiguousarray(image[again][..., ::-1]),
+                                 "cond": cond[again]})
+        score = score.copy()
+        score[again] = (score[again] + out["score"].reshape(-1)) / 2
+        if arm is not None:
+            arm = np.array(arm, copy=True)
+            arm[again] = (arm[again] + out["arm"]) / 2
+        return score, arm
 
     def close(self):
         """Release the session."""
