@@ -155,3 +155,35 @@ def test_structural_cost_is_what_the_score_adds_to_a_case():
     cost = structural_cost([10.0, 20.0, 5.0], [110.0, 120.0, 105.0])
     assert cost["structural_added_fraction"] == pytest.approx(0.1)
     assert cost["structural_ms_per_case"]["median"] == pytest.approx(10.0)
+
+
+def test_given_cases_are_the_first_case_folders(tmp_path):
+    from vfinfer.tools.benchmarking.bench import given_cases
+
+    for name in ("c", "a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "1.png").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    assert [p.name for p in given_cases(tmp_path, 2)] == ["a", "b"]
+    assert given_cases(tmp_path / "a", 5) == [tmp_path / "a"]  # one case folder itself
+    with pytest.raises(ValueError, match="not a folder of cells"):
+        given_cases(tmp_path / "missing", 2)
+
+
+@pytest.mark.slow
+def test_cli_times_the_users_own_cells(model_dir, tmp_path):
+    from vfinfer.tools.synthesis.cells import write_cases
+
+    write_cases("47,XY,+21", tmp_path / "cells", 4, cases=2)
+    out = tmp_path / "bench.json"
+    done = CliRunner().invoke(main, ["bench", "--model", str(model_dir), "--backend", "ort",
+                                     "--cells", str(tmp_path / "cells"), "--cases", "5",
+                                     "--warmup", "0", "--no-reference", "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["cases"] == 2 and report["settings"]["chromosomes"] == 47
+    assert report["settings"]["cells"] == str(tmp_path / "cells")
+    assert report["end_to_end_ms_per_case"]["n"] == 2
+    assert "47 chromosomes per case, 2 cases" in done.output
+    missing = CliRunner().invoke(main, ["bench", "--cells", str(tmp_path / "nope")])
+    assert missing.exit_code != 0 and "not a folder of cells" in missing.output

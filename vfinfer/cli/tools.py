@@ -401,10 +401,13 @@ def domain(case_dirs, model_dir, backend, threads, labels_csv, dry_run):
               help="Warm-up seconds.")
 @click.option("--no-reference", is_flag=True, help="Skip the PyTorch eager comparison.")
 @click.option("--no-karyogram", is_flag=True, help="Write results without karyogram.png.")
+@click.option("--cells", "cells_dir", type=click.Path(path_type=Path),
+              help="Time your own cells: the first --cases case folders under this folder, "
+                   "instead of synthetic ones (--chromosomes does not apply).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report.")
 @one_line_errors
 def bench(model_dir, backend, precision, threads, batch_size, preset, n_cases, chromosomes,
-          warmup, no_reference, no_karyogram, json_path):
+          warmup, no_reference, no_karyogram, cells_dir, json_path):
     """Time whole cases stage by stage; compare with PyTorch eager."""
     from vfinfer.tools.benchmarking.bench import format_report, run_bench, save_report
 
@@ -417,7 +420,8 @@ def bench(model_dir, backend, precision, threads, batch_size, preset, n_cases, c
         report = run_bench(model_dir, backend=backend, n_cases=n_cases,
                            n_chromosomes=chromosomes, batch_size=batch_size, threads=threads,
                            warmup_s=warmup, reference=reference, no_reference=why_not,
-                           precision=precision, karyogram=not no_karyogram)
+                           precision=precision, karyogram=not no_karyogram,
+                           cells_dir=cells_dir)
     click.echo(format_report(report))
     if json_path:
         save_report(report, json_path)

@@ -1,6 +1,8 @@
 """``vfinfer bench``: per-stage and end-to-end latency of whole cases, with a JSON report.
 
-Cases come from ``vfinfer.tools.synthesis.cells`` (no outside data). After a time-based warm-up
+Cases come from ``vfinfer.tools.synthesis.cells`` (no outside data), or with ``cells_dir`` from
+the user's own case folders (``given_cases``: what a score that depends on the images, such as
+the structural score's second view, costs on real cells). After a time-based warm-up
 every case is timed from reading its files to writing its results, one after the other (latency);
 the pipeline's own stage clock splits the network part. Then the same cases go through
 ``vfinfer run``'s overlapped reader / engines / writer (``runner.run_with``) as one batch
@@ -76,6 +78,26 @@ def make_cases(root, n_cases, n_chromosomes, seed):
             for i in range(len(files), n_chromosomes):
                 shutil.copy(files[i % len(files)], case / f"extra_{i:03d}.png")
     return cases
+
+
+def given_cases(cells_dir, n_cases):
+    """The first ``n_cases`` case folders under ``cells_dir`` (sorted by name; every
+    sub-folder holding files is a case), or ``cells_dir`` itself when it holds no folder."""
+    cells_dir = Path(cells_dir)
+    if not cells_dir.is_dir():
+        raise ValueError(f"{cells_dir}: not a folder of cells")
+    cases = sorted(p for p in cells_dir.iterdir() if p.is_dir() and any(
+        f.is_file() for f in p.iterdir())) or [cells_dir]
+    return cases[:n_cases]
+
+
+def _bench_cases(tmp, cells_dir, n_cases, n_chromosomes, seed):
+    """(case folders, chromosomes per case): synthetic ones written under ``tmp``, or
+    ``given_cases`` of ``cells_dir`` and their mean count, rounded."""
+    if cells_dir is None:
+        return make_cases(tmp / "cases", n_cases, n_chromosomes, seed), n_chromosomes
+    cases = given_cases(cells_dir, n_cases)
+    return cases, round(float(np.mean([len(read_case(c)[0]) for c in cases])))
 
 
 def time_case(pipeline, case_dir, out_dir, karyogram=True):
@@ -180,13 +202,14 @@ def _time_cases(pipe, cases, out_dir, karyogram, warmup_s, eager=None):
 
 def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batch_size=None,
               threads=0, warmup_s=3.0, seed=0, reference=None, precision=None, log=print,
-              karyogram=True, no_reference="not requested"):
-    """Time synthetic cases; ``reference`` adds the PyTorch eager figures, else the report
+              karyogram=True, no_reference="not requested", cells_dir=None):
+    """Time synthetic cases (or ``given_cases`` of ``cells_dir``: ``n_chromosomes`` is then
+    their mean count, rounded); ``reference`` adds the PyTorch eager figures, else the report
     says ``no_reference`` in their place. ``reference(manifest, threads, batch_size)`` makes
     the eager timer (``vfinfer_export.reference.EagerTimer``, which the command line passes
     in: this layer never imports the torch side)."""
     with tempfile.TemporaryDirectory(prefix="vfinfer-bench-") as tmp:
-        cases = make_cases(Path(tmp) / "cases", n_cases, n_chromosomes, seed)
+        cases, n_chromosomes = _bench_cases(Path(tmp), cells_dir, n_cases, n_chromosomes, seed)
         out_dir = Path(tmp) / "out"
         with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
                       precision=precision) as pipe:
@@ -206,15 +229,16 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
     def summed(stages):
         return percentiles([sum(per_stage[s][i] for s in stages) for i in range(len(cases))])
 
-    network = summed(("gnet", "lnet", "heads"))
-    inference = summed(INFERENCE_STAGES)
+    network, inference = summed(("gnet", "lnet", "heads")), summed(INFERENCE_STAGES)
     cpu = cpu_facts()
     achieved = gmac * n_chromosomes / (network["median"] / 1000)
     report = {
         "machine": {"cpu": cpu, "platform": platform.platform(),
                     "python": platform.python_version()},
         "settings": {"model_dir": str(manifest.model_dir), "preset": manifest.config.preset,
-                     "backend": backend_info, "cases": n_cases, "chromosomes": n_chromosomes,
+                     "backend": backend_info, "cases": len(cases),
+                     "cells": str(cells_dir) if cells_dir else "synthetic 46,XY",
+                     "chromosomes": n_chromosomes,
                      "batch": used_batch, "threads": threads or "default",
                      "warmup_s": warmup_s, "warmup_cases": warm, "karyogram": karyogram},
         "gmac_per_chromosome": gmac,
