@@ -117,6 +117,24 @@ def test_mask_keeps_a_pale_chromosome_whole():
     assert axis_profile(rod, 1).length == 76
 
 
+def test_mask_is_the_largest_component_with_its_holes_filled():
+    image = np.full((60, 40), 255, np.uint8)
+    image[5:45, 5:25] = 80  # the chromosome (800 pixels) ...
+    image[20:26, 12:18] = 255  # ... with a hole
+    image[50:54, 30:34] = 30  # debris
+    mask = body_mask(image)
+    assert mask[5:45, 5:25].all() and mask.sum() == 800 and not mask[50:54, 30:34].any()
+    ring = np.full((60, 60), 255, np.uint8)
+    ring[0:60, 0:2] = ring[0:60, 58:60] = ring[0:2, :] = ring[58:60, :] = 40  # a thin frame
+    ring[15:45, 20:40] = 90  # the larger component, inside the frame's hole
+    mask = body_mask(ring)
+    assert mask.sum() == 600 and mask[15:45, 20:40].all()
+    corner = np.full((30, 20), 255, np.uint8)
+    corner[0:30, 0:8] = 70  # touching the borders
+    assert body_mask(corner).sum() == 240
+    assert not body_mask(np.full((10, 10), 255, np.uint8)).any()
+
+
 def test_mask_falls_back_to_otsu_without_a_white_background():
     gray = np.random.default_rng(0).integers(225, 250, size=(60, 30)).astype(np.uint8)
     gray[5:55, 10:20] = 70
