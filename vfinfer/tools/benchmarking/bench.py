@@ -237,7 +237,7 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
                     "python": platform.python_version()},
         "settings": {"model_dir": str(manifest.model_dir), "preset": manifest.config.preset,
                      "backend": backend_info, "cases": len(cases),
-                     "cells": str(cells_dir) if cells_dir else "synthetic 46,XY",
+                     "cells": str(cells_dir) if cells_dir else "synthetic (vfinfer synth)",
                      "chromosomes": n_chromosomes,
                      "batch": used_batch, "threads": threads or "default",
                      "warmup_s": warmup_s, "warmup_cases": warm, "karyogram": karyogram},
