@@ -24,7 +24,7 @@ import torch
 from vfinfer.backends.ort import make_session
 from vfinfer.model.classes import N_TYPES
 from vfinfer.model.manifest import load_manifest, sha256_file, write_json_atomic
-from vfinfer.pipeline.structural import ARMS, CELL_MEDIAN_SHARE
+from vfinfer.pipeline.structural import ARMS, CELL_MEDIAN_SHARE, TTA_GATE
 from vfinfer.tools.precision.onnx_graph import io_records
 
 from .onnx_export import (
@@ -104,7 +104,7 @@ def structural_section(net, payload, path, checkpoint, parity):
         "tta": payload.get("tta", "none"),
         **({"tta_note": "score: the mean over the canvas and its left-right mirror (the "
                         "threshold chosen so); the mirror scored where the first view reaches "
-                        "min(0.5, 2 x threshold - 1)"} if payload.get("tta") == "mirror"
+                        f"min({TTA_GATE}, 2 x threshold - 1)"} if payload.get("tta") == "mirror"
            else {}),
         **({"arms": list(ARMS), "arm": "arm: probabilities of the change lying on the p arm, "
                                        "the q arm, or both (meaningful on flagged ones)"}

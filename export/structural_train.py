@@ -93,10 +93,8 @@ def _views(net, x, c, tta):
 
 def predict(net, canvas, cond, batch=512, tta="none"):
     """(scores (N,) float32, arm probabilities (N, 3) or None without the arm head) of uint8
-    canvases and conditions, in eval mode, no gradients; ``tta``: "none" or "mirror" (the
-    mean over each canvas and its mirror)."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    canvases and conditions, in eval mode, no gradients; ``tta`` "mirror": the mean over each
+    canvas and its mirror (checked by ``train_structural``)."""
     net.eval()
     scores, arms = [], []
     with torch.no_grad():

@@ -195,6 +195,15 @@ def conditions(types, lengths, median=None):
     return cond
 
 
+def _known(value, allowed, what, where):
+    """``value`` when it is one of ``allowed``, else the ``ModelDirError`` naming the
+    manifest ``where`` and the structural section's ``what``."""
+    if value not in allowed:
+        raise ModelDirError(f"{where}: structural {what} {value!r} is not one of "
+                            f"{', '.join(allowed)} (a newer vfinfer's model?)")
+    return value
+
+
 class StructuralScorer:
     """The structural graph of a model directory.
 
@@ -209,15 +218,9 @@ class StructuralScorer:
         self.height = int(section["input"]["height"])
         self.width = int(section["input"]["width"])
         self.homologue = bool(section["input"].get("homologue", False))
-        self.fit = section["input"].get("fit", "each")
-        if self.fit not in FITS:
-            raise ModelDirError(f"{where}: structural input fit {self.fit!r} is not one of "
-                                f"{', '.join(FITS)} (a newer vfinfer's model?)")
+        self.fit = _known(section["input"].get("fit", "each"), FITS, "input fit", where)
         self.arms = tuple(section.get("arms") or ())  # empty: no arm output
-        self.tta = section.get("tta", "none")
-        if self.tta not in TTA_MODES:
-            raise ModelDirError(f"{where}: structural tta {self.tta!r} is not one of "
-                                f"{', '.join(TTA_MODES)} (a newer vfinfer's model?)")
+        self.tta = _known(section.get("tta", "none"), TTA_MODES, "tta", where)
         self.runner = runner_factory(section["file"])
 
     def assess(self, images, types, flip=None):
@@ -245,7 +248,7 @@ class StructuralScorer:
         score = score.copy()
         score[again] = (score[again] + out["score"].reshape(-1)) / 2
         if arm is not None:
-            arm = np.array(arm, copy=True)
+            arm = arm.copy()
             arm[again] = (arm[again] + out["arm"]) / 2
         return score, arm
 

@@ -91,15 +91,6 @@ def given_cases(cells_dir, n_cases):
     return cases[:n_cases]
 
 
-def _bench_cases(tmp, cells_dir, n_cases, n_chromosomes, seed):
-    """(case folders, chromosomes per case): synthetic ones written under ``tmp``, or
-    ``given_cases`` of ``cells_dir`` and their mean count, rounded."""
-    if cells_dir is None:
-        return make_cases(tmp / "cases", n_cases, n_chromosomes, seed), n_chromosomes
-    cases = given_cases(cells_dir, n_cases)
-    return cases, round(float(np.mean([len(read_case(c)[0]) for c in cases])))
-
-
 def time_case(pipeline, case_dir, out_dir, karyogram=True):
     """One case from files to written results; returns stage ms and the end-to-end ms."""
     start = time.perf_counter()
@@ -176,28 +167,34 @@ def _warm_up(pipe, cases, out_dir, karyogram, warmup_s):
 def _time_cases(pipe, cases, out_dir, karyogram, warmup_s, eager=None):
     """After the warm-up, each case once, one after the other, interleaved with ``eager``
     (``vfinfer_export.reference.EagerTimer``) when given: ``(ms per stage per case,
-    end-to-end ms per case, warm-up cases, pairs or None)``."""
+    end-to-end ms per case, chromosomes per case, warm-up cases, pairs or None)``."""
     warm = _warm_up(pipe, cases, out_dir, karyogram, warmup_s)
     per_stage = {s: [] for s in STAGES}
-    end_to_end = []
+    end_to_end, counts = [], []
 
     def ours(i):
-        stages, total, _n = time_case(pipe, cases[i], out_dir, karyogram)
+        stages, total, n = time_case(pipe, cases[i], out_dir, karyogram)
         for s in STAGES:
             per_stage[s].append(stages.get(s, 0.0))
         end_to_end.append(total)
+        counts.append(n)
         return sum(stages.get(s, 0.0) for s in INFERENCE_STAGES)
 
     if eager is None:
         for i in range(len(cases)):
             ours(i)
-        return per_stage, end_to_end, warm, None
+        return per_stage, end_to_end, counts, warm, None
     loaded = [read_case(c)[0] for c in cases]
     eager.warm_up(loaded[0], warmup_s)
     pairs = interleave(len(cases), ours, lambda i: eager(loaded[i]))
     for pair, case in zip(pairs, cases):
         pair["case"] = case.name
-    return per_stage, end_to_end, warm, pairs
+    return per_stage, end_to_end, counts, warm, pairs
+
+
+def _summed(per_stage, stages):
+    """The percentiles of each case's ms summed over ``stages``."""
+    return percentiles([sum(ms) for ms in zip(*(per_stage[s] for s in stages))])
 
 
 def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batch_size=None,
@@ -209,27 +206,27 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
     the eager timer (``vfinfer_export.reference.EagerTimer``, which the command line passes
     in: this layer never imports the torch side)."""
     with tempfile.TemporaryDirectory(prefix="vfinfer-bench-") as tmp:
-        cases, n_chromosomes = _bench_cases(Path(tmp), cells_dir, n_cases, n_chromosomes, seed)
+        cases = make_cases(Path(tmp) / "cases", n_cases, n_chromosomes, seed) \
+            if cells_dir is None else given_cases(cells_dir, n_cases)
         out_dir = Path(tmp) / "out"
         with Pipeline(model_dir, backend=backend, threads=threads, batch_size=batch_size,
                       precision=precision) as pipe:
             manifest = pipe.manifest
             eager = reference(manifest, threads, pipe.batch_size) if reference else None
-            per_stage, end_to_end, warm, pairs = _time_cases(pipe, cases, out_dir, karyogram,
-                                                             warmup_s, eager)
+            per_stage, end_to_end, counts, warm, pairs = _time_cases(
+                pipe, cases, out_dir, karyogram, warmup_s, eager)
             batch_run = time_batch_run(pipe, cases, Path(tmp) / "batch-out",
                                        karyogram=karyogram)
             backend_info = pipe.backend.describe()
             used_batch = pipe.batch_size
         ref = eager_report(eager, pairs) if eager else {"skipped": no_reference}
     structural = per_stage.pop("structural")
+    n_chromosomes = n_chromosomes if cells_dir is None else round(float(np.mean(counts)))
 
     gmac = count_macs(manifest.config) / 1e9
     e2e = percentiles(end_to_end)
-    def summed(stages):
-        return percentiles([sum(per_stage[s][i] for s in stages) for i in range(len(cases))])
-
-    network, inference = summed(("gnet", "lnet", "heads")), summed(INFERENCE_STAGES)
+    network = _summed(per_stage, ("gnet", "lnet", "heads"))
+    inference = _summed(per_stage, INFERENCE_STAGES)
     cpu = cpu_facts()
     achieved = gmac * n_chromosomes / (network["median"] / 1000)
     report = {
