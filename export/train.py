@@ -36,8 +36,13 @@ from (seed, epoch number), so a resumed run repeats what the interrupted one wou
 The recipe levers beyond the paper, all off by default (``RECIPE_DEFAULTS``, recorded in the
 run's options and the manifest's training record): ``augment="real"`` (scale jitter, gamma,
 blur, noise: ``vfinfer_export.data.REAL_AUGMENT``), ``balance`` (class-balanced sampling in
-every step's epochs), ``keep_best`` (each step ends on its best validation epoch) and
-``init`` (start from another model's weights): ``vfinfer_export.recipe``.
+every step's epochs), ``keep_best`` (each step ends on its best validation epoch),
+``box_jitter`` (Gaussian noise of that standard deviation added to the localizer's u of eq. 5
+before the crop, in the local-a and heads steps only: the L-Net and the heads learn from boxes
+a little off the localizer's, so that a small move of the box, from another lab's image or
+from a lower-precision G-Net, does not flip the call) and ``init`` (start from another model's
+weights): ``vfinfer_export.recipe``. A step given 0 epochs is skipped (with ``init``: its
+weights stay those of the init model).
 
 ``device`` (``vfinfer_export.device``): "cpu" (the default here; the command line's default
 is auto) trains exactly as described above; "cuda" moves the model and the batches to the
@@ -99,7 +104,8 @@ COSINE_FLOOR = 0.05  # the cosine schedule ends at this fraction of lr
 LOC_LR_SCALE = 0.1
 SPLIT_FILE = "split.json"  # OUT/split.json: the training and validation slides by name
 # the recipe levers beyond the paper (vfinfer_export.recipe, .data), off unless asked for
-RECIPE_DEFAULTS = {"augment": "paper", "balance": False, "keep_best": False, "init": None}
+RECIPE_DEFAULTS = {"augment": "paper", "balance": False, "keep_best": False, "box_jitter": 0.0,
+                   "init": None}
 
 
 def _stderr(message):
@@ -154,11 +160,21 @@ def cls_loss(type_logits, polarity_logits, types, polarities, weight=POLARITY_WE
     return loss
 
 
-def part_loss(model, part, batch, boxcar_k=BOXCAR_K, loc_weight=LOC_WEIGHT):
+def jittered(loc, sigma, generator):
+    """The localizer's u of eq. 5 plus Gaussian noise of standard deviation ``sigma`` drawn
+    from ``generator`` (a CPU ``torch.Generator``), kept in the sigmoid's range [0, 1]."""
+    noise = torch.randn(loc.shape, generator=generator).to(loc.device, loc.dtype)
+    return (loc + sigma * noise).clamp(0.0, 1.0)
+
+
+def part_loss(model, part, batch, boxcar_k=BOXCAR_K, loc_weight=LOC_WEIGHT, move_box=None):
     """Training loss of ``part`` on one batch (images, types, polarities, loc targets).
 
     Call ``prepare(model, part)`` first; frozen parts run without building a graph.
+    ``move_box``: a function of the localizer's u applied before the crop in the local-a and
+    heads steps (the ``box_jitter`` lever; None: the localizer's own boxes).
     """
+    move_box = move_box or (lambda loc: loc)
     images, types, polarities, targets = batch
     config = model.config
     gnet, lnet = model.gnet, model.lnet
@@ -172,7 +188,7 @@ def part_loss(model, part, batch, boxcar_k=BOXCAR_K, loc_weight=LOC_WEIGHT):
         return loc_loss(gnet.loc(trunk_out), targets)
     if part == "local-a":
         with torch.no_grad():
-            loc = gnet.loc(gnet.trunk(images))
+            loc = move_box(gnet.loc(gnet.trunk(images)))
             crops = varifocal_crop(images, loc, config)
         _, type_logits, polarity_logits = lnet(crops)
         return cls_loss(type_logits, polarity_logits, types, polarities)
@@ -189,7 +205,7 @@ def part_loss(model, part, batch, boxcar_k=BOXCAR_K, loc_weight=LOC_WEIGHT):
     if part == "heads":
         with torch.no_grad():
             g_features, loc, _, _ = gnet(images)
-            l_features = lnet(varifocal_crop(images, loc, config))[0]
+            l_features = lnet(varifocal_crop(images, move_box(loc), config))[0]
         type_logits, polarity_logits = model.heads(g_features, l_features)
         return cls_loss(type_logits, polarity_logits, types, polarities,
                         HEADS_POLARITY_WEIGHT)
@@ -308,7 +324,8 @@ def _fmt(value, spec):
 def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=None,
           batch_size=DEFAULT_BATCH, lr=DEFAULT_LR, lr_schedule="cosine", val_fraction=0.15,
           seed=0, resume=False, threads=None, limit=None, log=None, augment="paper",
-          balance=False, keep_best=False, init=None, device="cpu", corrections=()):
+          balance=False, keep_best=False, init=None, device="cpu", corrections=(),
+          box_jitter=0.0):
     """Train a Varifocal-Net with the four-step strategy; return the Path of OUT/model.pt.
 
     ``data_dir``: folder of the labels and images; ``labels``: the labels CSV (default
@@ -323,8 +340,9 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     The recipe levers, each off by default (``RECIPE_DEFAULTS``; docs/training.md, "Recipe"):
     ``augment`` paper | real (``vfinfer_export.data.REAL_AUGMENT``); ``balance``: class-balanced
     sampling (``vfinfer_export.data.balanced_order``); ``keep_best``: each step ends on its best
-    validation epoch; ``init``: a checkpoint or exported model directory whose weights the run
-    starts from (both ``vfinfer_export.recipe``). ``device``: cpu | cuda | auto (module doc).
+    validation epoch; ``box_jitter``: noise on the localizer's u for the L-Net and heads
+    steps (module doc); ``init``: a checkpoint or exported model directory whose weights the
+    run starts from (both ``vfinfer_export.recipe``). ``device``: cpu | cuda | auto (module doc).
     ``corrections``: directories of reviewed cases whose corrected calls are added to the
     training data (``vfinfer.io.review.reviewed_labels``).
     """
@@ -338,7 +356,10 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     _check_choices(lr_schedule, batch_size, augment)
     config = preset if isinstance(preset, ModelConfig) else preset_config(preset)
     resuming = resume and last_path.is_file()
+    if box_jitter < 0:
+        raise ValueError(f"box_jitter must be >= 0, got {box_jitter}")
     recipe = {"augment": augment, "balance": bool(balance), "keep_best": bool(keep_best),
+              "box_jitter": float(box_jitter),
               "init": resolve_init(init) if init and not resuming else None}
     options = _run_options(data_dir, labels, config, epochs, batch_size, lr, lr_schedule,
                            val_fraction, seed, limit, recipe)
@@ -422,6 +443,7 @@ def training_record(split, options, labelled, kept=None, device=None, mixed_prec
                        "balance": options.get("balance", False),
                        "keep_best": options.get("keep_best", False),
                        "kept_epochs": kept if options.get("keep_best") else None,
+                       "box_jitter": options.get("box_jitter", 0.0),
                        "init": init and {"checkpoint": init["checkpoint"],
                                          "sha256": init["sha256"]}},
             "device": device, "mixed_precision": mixed_precision}
@@ -572,6 +594,7 @@ def _train_epoch(model, part, optimizer, train_set, run, index, epoch, n_epochs)
     iterations = math.ceil(len(train_set) / batch_size)
     base_lr = options["lr"] * (options["loc_lr_scale"] if part in ("loc", "local-b") else 1)
     train_set.set_epoch(index)
+    move_box = _box_mover(options, part, index)
     total_loss, n, lr_now = 0.0, 0, base_lr
     for i, batch in enumerate(batches(train_set, batch_size,
                                       shuffle_seed=[options["seed"], index],
@@ -582,11 +605,24 @@ def _train_epoch(model, part, optimizer, train_set, run, index, epoch, n_epochs)
             group["lr"] = lr_now
         batch = device.batch(batch)
         with device.autocast():
-            loss = part_loss(model, part, batch, options["boxcar_k"], options["loc_weight"])
+            loss = part_loss(model, part, batch, options["boxcar_k"], options["loc_weight"],
+                             move_box)
         device.step(loss, optimizer)
         total_loss += float(loss.detach()) * len(batch[1])
         n += len(batch[1])
     return total_loss / max(1, n), lr_now
+
+
+def _box_mover(options, part, index):
+    """The ``box_jitter`` lever for one epoch of ``part`` (None where it does not apply): its
+    noise seeded from (seed, unit index), so a resumed run draws what the interrupted one
+    would have drawn."""
+    sigma = options.get("box_jitter", 0.0)
+    if not sigma or part not in ("local-a", "heads"):
+        return None
+    seed = int(np.random.SeedSequence([options["seed"], index]).generate_state(1)[0])
+    generator = torch.Generator().manual_seed(seed)
+    return lambda loc: jittered(loc, sigma, generator)
 
 
 def _log_epoch(log, entry):

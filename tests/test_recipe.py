@@ -1,6 +1,7 @@
 """The training recipe levers (``vfinfer_export.recipe``, ``vfinfer_export.data``): real-slide
 augmentation, class-balanced sampling, keeping each step's best epoch, transfer from another
-model's weights; size normalization in training as at run time."""
+model's weights, noise on the boxes the L-Net and the heads train on; size normalization in
+training as at run time."""
 
 import json
 from dataclasses import replace
@@ -48,10 +49,10 @@ def records(synth_dir):
 @pytest.fixture(scope="module")
 def trained(synth_dir, tmp_path_factory):
     """A short tiny run with every lever on (size normalization, real augmentation, balanced
-    sampling, best epochs kept) and the lines it logged."""
+    sampling, best epochs kept, box jitter) and the lines it logged."""
     out, lines = tmp_path_factory.mktemp("run") / "run", []
     path = _train(synth_dir, out, lines.append, replace(TINY, size_norm=30.0), augment="real",
-                  balance=True, keep_best=True)
+                  balance=True, keep_best=True, box_jitter=0.05)
     return path, lines
 
 
@@ -169,6 +170,7 @@ def test_keep_best_and_every_lever_are_recorded(trained):
     extra = torch.load(path, weights_only=True)["extra"]
     recipe = extra["training_record"]["recipe"]
     assert recipe["augment"] == "real" and recipe["balance"] and recipe["keep_best"]
+    assert recipe["box_jitter"] == 0.05
     assert set(recipe["kept_epochs"]) == {"gnet", "loc", "local", "heads"}
     assert sum(line.startswith("keep-best:") for line in lines) == 4
     assert tuple(extra["options"]["real_augment"]["scale"]) == (0.85, 1.15)
@@ -206,15 +208,61 @@ def test_resume_with_keep_best_matches_an_uninterrupted_run(synth_dir, tmp_path)
         if line.startswith("local-b epoch 1/"):
             raise Stop
 
-    full = _train(synth_dir, tmp_path / "full", lambda line: None, keep_best=True)
+    full = _train(synth_dir, tmp_path / "full", lambda line: None, keep_best=True,
+                  box_jitter=0.05)
     with pytest.raises(Stop):
-        _train(synth_dir, tmp_path / "cut", stop, keep_best=True)
+        _train(synth_dir, tmp_path / "cut", stop, keep_best=True, box_jitter=0.05)
     resumed = train(synth_dir, None, tmp_path / "cut", preset=TINY, epochs=SHORT,
                     batch_size=32, lr=2e-3, val_fraction=0.5, seed=0, threads=1,
-                    log=lambda line: None, resume=True, keep_best=True)
+                    log=lambda line: None, resume=True, keep_best=True, box_jitter=0.05)
     a, b = load_checkpoint(full).state_dict(), load_checkpoint(resumed).state_dict()
     for key, value in a.items():
         torch.testing.assert_close(b[key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_box_jitter_moves_the_boxes_of_the_l_net_and_heads_steps_only():
+    """The noise is seeded by (seed, unit), stays in the sigmoid's range, and only the local-a
+    and heads steps get it (the localizer's own steps learn from its real boxes)."""
+    from vfinfer_export.train import _box_mover
+
+    options = {"seed": 3, "box_jitter": 0.05}
+    assert _box_mover({"seed": 3, "box_jitter": 0.0}, "local-a", 4) is None
+    for part in ("gnet", "loc", "local-b"):
+        assert _box_mover(options, part, 4) is None
+    loc = torch.tensor([[0.0, 0.5, 1.0]] * 200)
+    moved = _box_mover(options, "local-a", 4)(loc)
+    again = _box_mover(options, "heads", 4)(loc)
+    other = _box_mover(options, "local-a", 5)(loc)
+    torch.testing.assert_close(moved, again)  # the same draw for the same (seed, unit)
+    assert not torch.equal(moved, other)
+    assert moved.min() >= 0.0 and moved.max() <= 1.0
+    spread = (moved[:, 1] - 0.5).std().item()
+    assert 0.035 < spread < 0.065  # about sigma where the clamp does not bite
+
+
+def test_box_jitter_changes_the_crops_the_l_net_learns_from():
+    from vfinfer_export.models import VarifocalNet
+    from vfinfer_export.train import part_loss, prepare
+
+    torch.manual_seed(0)
+    model = VarifocalNet(TINY)
+    batch = (torch.randn(4, 1, TINY.g_input, TINY.g_input), torch.tensor([0, 1, 2, 3]),
+             torch.tensor([0, 1, 0, 1]), torch.full((4, 3), 0.5))
+    for part in ("local-a", "heads"):
+        prepare(model, part)
+        losses = []
+        for move_box in (None, lambda loc: loc, lambda loc: (loc + 0.2).clamp(0, 1)):
+            torch.manual_seed(1)  # the same dropout draws for each
+            losses.append(float(part_loss(model, part, batch, move_box=move_box).detach()))
+        plain, same, shifted = losses
+        assert plain == same
+        assert plain != shifted
+
+
+def test_box_jitter_below_zero_is_refused(synth_dir, tmp_path):
+    with pytest.raises(ValueError, match="box_jitter must be >= 0"):
+        _train(synth_dir, tmp_path / "run", lambda line: None, box_jitter=-0.1)
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 @pytest.mark.slow
@@ -268,7 +316,7 @@ def test_old_runs_resume_with_the_levers_off(synth_dir, tmp_path):
         _train(synth_dir, tmp_path / "old", stop)
     last = tmp_path / "old" / "last.pt"
     payload = torch.load(last, weights_only=True)
-    for key in ("augment", "balance", "keep_best", "init", "real_augment"):
+    for key in ("augment", "balance", "keep_best", "box_jitter", "init", "real_augment"):
         payload["extra"]["options"].pop(key)
     payload["extra"].pop("best")
     torch.save(payload, last)
@@ -278,6 +326,30 @@ def test_old_runs_resume_with_the_levers_off(synth_dir, tmp_path):
     assert not any("using the checkpoint's" in line for line in lines)
     recipe = torch.load(path, weights_only=True)["extra"]["training_record"]["recipe"]
     assert recipe == {"augment": "paper", "balance": False, "keep_best": False,
-                      "kept_epochs": None, "init": None}
+                      "kept_epochs": None, "box_jitter": 0.0, "init": None}
     assert json.loads((tmp_path / "old" / "history.json").read_text())
 
+
+
+def test_cli_passes_skipped_steps_and_the_box_jitter(monkeypatch, synth_dir, tmp_path):
+    """``--epochs-gnet 0 --epochs-loc 0`` reach the trainer as skipped steps (with --init: only
+    the L-Net and the heads retrained), ``--box-jitter`` as the lever; out of range is usage."""
+    from click.testing import CliRunner
+
+    import vfinfer_export.train as trainer
+    from vfinfer.cli import main
+
+    seen = {}
+
+    def fake_train(data_dir, labels, out_dir, **options):
+        seen.update(options)
+        return tmp_path / "model.pt"
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    args = ["train", str(synth_dir), "--out", str(tmp_path / "run"), "--device", "cpu",
+            "--epochs-gnet", "0", "--epochs-loc", "0"]
+    result = CliRunner().invoke(main, [*args, "--box-jitter", "0.02"])
+    assert result.exit_code == 0, result.output
+    assert seen["epochs"] == {"gnet": 0, "loc": 0} and seen["box_jitter"] == 0.02
+    result = CliRunner().invoke(main, [*args, "--box-jitter", "0.5"])
+    assert result.exit_code == 2 and "--box-jitter" in result.output

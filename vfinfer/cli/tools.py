@@ -136,7 +136,7 @@ def tta_(model_dir, mode):
 
 def recipe_options(command):
     """The recipe levers of ``vfinfer train`` (docs/training.md, "Recipe"), each off by
-    default: ``--size-norm --augment --balance --keep-best --init``."""
+    default: ``--size-norm --augment --balance --keep-best --box-jitter --init``."""
     options = [
         click.option("--size-norm", "size_norm", default=None, metavar="REF_LENGTH",
                      type=click.FloatRange(min=0, min_open=True),
@@ -151,6 +151,11 @@ def recipe_options(command):
                      help="Class-balanced sampling: every type drawn equally often per epoch."),
         click.option("--keep-best", is_flag=True,
                      help="End each step on its epoch of best validation type accuracy."),
+        click.option("--box-jitter", default=0.0, show_default=True, metavar="SIGMA",
+                     type=click.FloatRange(min=0, max=0.2),
+                     help="Noise (standard deviation, in the localizer's 0-1 units of eq. 5) "
+                          "on the boxes the L-Net and the heads train on, so that a box a "
+                          "little off does not flip the call (docs/training.md, Recipe)."),
         click.option("--init", "init", type=click.Path(path_type=Path), default=None,
                      metavar="MODEL_OR_CHECKPOINT",
                      help="Start from these weights (a .pt checkpoint, or a model directory "
@@ -177,13 +182,13 @@ corrections_option = click.option(
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Run directory: last.pt (resumable), model.pt, history.json.")
 @click.option("--preset", default="compact", show_default=True, type=PRESET_CHOICE)
-@click.option("--epochs-gnet", type=click.IntRange(min=1),
+@click.option("--epochs-gnet", type=click.IntRange(min=0),
               help="Step 2 epochs (G-Net trunk + classification).")
-@click.option("--epochs-loc", type=click.IntRange(min=1),
+@click.option("--epochs-loc", type=click.IntRange(min=0),
               help="Step 3 epochs (localizer pre-training).")
-@click.option("--epochs-local", type=click.IntRange(min=1),
+@click.option("--epochs-local", type=click.IntRange(min=0),
               help="Step 4 rounds (L-Net / localizer alternation).")
-@click.option("--epochs-heads", type=click.IntRange(min=1), help="Stage 2 epochs (MLP heads).")
+@click.option("--epochs-heads", type=click.IntRange(min=0), help="Stage 2 epochs (MLP heads).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--lr-schedule", default="cosine", show_default=True,
@@ -205,8 +210,12 @@ corrections_option = click.option(
 @one_line_errors
 def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_local,
           epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit,
-          rotate_crop, corrections, size_norm, augment, balance, keep_best, init, device):
-    """Train a model with the paper's four-step strategy (section II-C)."""
+          rotate_crop, corrections, size_norm, augment, balance, keep_best, box_jitter, init,
+          device):
+    """Train a model with the paper's four-step strategy (section II-C).
+
+    A step given 0 epochs is skipped: with --init its weights stay those of the init model
+    (for example --epochs-gnet 0 --epochs-loc 0 retrains only the L-Net and the heads)."""
     import_export_side()
     device = training_device(device)
     from dataclasses import replace
@@ -215,7 +224,8 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
     from vfinfer_export.train import train as run_training
 
     epochs = {k: v for k, v in (("gnet", epochs_gnet), ("loc", epochs_loc),
-                                ("local", epochs_local), ("heads", epochs_heads)) if v}
+                                ("local", epochs_local), ("heads", epochs_heads))
+              if v is not None}
     started = time.perf_counter()
     config = replace(preset_config(preset), rotate_crop=rotate_crop,
                      size_norm=size_norm or 0.0)
@@ -224,7 +234,7 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
                               val_fraction=val_fraction, seed=seed, resume=resume,
                               threads=threads, limit=limit, augment=augment, balance=balance,
                               keep_best=keep_best, init=init, device=device,
-                              corrections=corrections)
+                              corrections=corrections, box_jitter=box_jitter)
     click.echo(f"wrote {model_path} in {(time.perf_counter() - started) / 60:.1f} min; export "
                f"it with: vfinfer export {model_path} --out engines/{preset}")
 
