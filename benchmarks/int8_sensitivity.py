@@ -87,7 +87,7 @@ class Setup:
         """The G-Net in INT8 with ``fp32_convs`` kept FP32 besides the rule's nodes."""
         path = self.work / f"{name}.onnx"
         extra = [{"node": c, "op": "Conv", "reason": "benchmark"} for c in fp32_convs]
-        quantize_graph(self.pre_path, path, {"image": self.feeds}, METHOD, self.kept + extra)
+        quantize_graph(self.pre_path, path, self.feeds, METHOD, self.kept + extra)
         return path
 
     def score(self, gnet_path):
@@ -127,7 +127,7 @@ def layers(setup):
 
 def greedy(setup, rows, steps, latency):
     order = sorted(setup.convs, key=lambda c: -rows[c]["select_type_tv_mean"])
-    image = setup.feeds[:46]
+    image = setup.feeds["image"][:46]
     total = sum(setup.macs.values())
     out = {"order": order, "fp32_gnet_ms": gnet_ms(setup.fp32["gnet"], image) if latency
            else None, "steps": []}

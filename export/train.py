@@ -353,11 +353,9 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     last_path = out_dir / "last.pt"
     if threads:
         torch.set_num_threads(int(threads))
-    _check_choices(lr_schedule, batch_size, augment)
+    _check_choices(lr_schedule, batch_size, augment, box_jitter)
     config = preset if isinstance(preset, ModelConfig) else preset_config(preset)
     resuming = resume and last_path.is_file()
-    if box_jitter < 0:
-        raise ValueError(f"box_jitter must be >= 0, got {box_jitter}")
     recipe = {"augment": augment, "balance": bool(balance), "keep_best": bool(keep_best),
               "box_jitter": float(box_jitter),
               "init": resolve_init(init) if init and not resuming else None}
@@ -385,7 +383,7 @@ def train(data_dir, labels=None, out_dir="runs/vfnet", preset="compact", epochs=
     return _save_final(model, units, run, train_set.polarity_labelled, log)
 
 
-def _check_choices(lr_schedule, batch_size, augment):
+def _check_choices(lr_schedule, batch_size, augment, box_jitter):
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}: choose one of "
                          f"{', '.join(LR_SCHEDULES)}")
@@ -394,6 +392,8 @@ def _check_choices(lr_schedule, batch_size, augment):
     if augment not in AUGMENT_MODES:
         raise ValueError(f"unknown augment {augment!r}: choose one of "
                          f"{', '.join(AUGMENT_MODES)}")
+    if box_jitter < 0:
+        raise ValueError(f"box_jitter must be >= 0, got {box_jitter}")
 
 
 def _restore(model, state, run, last_path, log):

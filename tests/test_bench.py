@@ -52,6 +52,15 @@ def test_cpu_facts_state_their_rule():
     assert facts["cores"] >= 1 and "cores x GHz" in facts["peak_rule"]
 
 
+def test_the_fp32_peak_is_compared_with_fp32_graphs_only():
+    from vfinfer.tools.benchmarking.bench import _peak_text
+
+    cpu = {"fp32_peak_gmacs": 80.0, "peak_rule": "cores x GHz x 16"}
+    assert _peak_text(1.1, cpu, "fp32") == " = 110% of FP32 peak 80 GMAC/s (cores x GHz x 16)"
+    assert _peak_text(None, cpu, "int8") == " (INT8 graphs: the FP32 peak does not bound them)"
+    assert _peak_text(None, {"fp32_peak_gmacs": None}, "fp32") == ""
+
+
 @pytest.mark.slow
 def test_cli_writes_json(model_dir, tmp_path):
     out = tmp_path / "bench.json"

@@ -212,10 +212,8 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
           epochs_heads, batch_size, lr, lr_schedule, val_fraction, seed, resume, threads, limit,
           rotate_crop, corrections, size_norm, augment, balance, keep_best, box_jitter, init,
           device):
-    """Train a model with the paper's four-step strategy (section II-C).
-
-    A step given 0 epochs is skipped: with --init its weights stay those of the init model
-    (for example --epochs-gnet 0 --epochs-loc 0 retrains only the L-Net and the heads)."""
+    """Train a model with the paper's four-step strategy (section II-C); a step given 0
+    epochs is skipped (with --init its weights stay the init model's)."""
     import_export_side()
     device = training_device(device)
     from dataclasses import replace
@@ -223,9 +221,8 @@ def train(data_dir, labels, out_dir, preset, epochs_gnet, epochs_loc, epochs_loc
     from vfinfer.model.config import preset as preset_config
     from vfinfer_export.train import train as run_training
 
-    epochs = {k: v for k, v in (("gnet", epochs_gnet), ("loc", epochs_loc),
-                                ("local", epochs_local), ("heads", epochs_heads))
-              if v is not None}
+    epochs = dict(gnet=epochs_gnet, loc=epochs_loc, local=epochs_local, heads=epochs_heads)
+    epochs = {step: n for step, n in epochs.items() if n is not None}
     started = time.perf_counter()
     config = replace(preset_config(preset), rotate_crop=rotate_crop,
                      size_norm=size_norm or 0.0)

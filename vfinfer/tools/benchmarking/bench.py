@@ -252,11 +252,28 @@ def run_bench(model_dir=None, backend="auto", n_cases=20, n_chromosomes=46, batc
         "batch_run_ms_per_image": float(np.median(batch_run)) / n_chromosomes,
         "batch_run_outside_networks_fraction": 1 - network["median"] / np.median(batch_run),
         "achieved_gmacs": achieved,
-        "fraction_of_fp32_peak": achieved / cpu["fp32_peak_gmacs"] if cpu["fp32_peak_gmacs"]
-        else None,
+        "fraction_of_fp32_peak": _fp32_fraction(achieved, cpu, backend_info),
         "pytorch_eager": ref,
     }
     return _with_extras(report, ref, structural, end_to_end)
+
+
+def _fp32_fraction(achieved, cpu, backend_info):
+    """Achieved GMAC/s over the FP32 peak; None for INT8 / FP16 / BF16 graphs, which the FP32
+    peak does not bound, and where the peak is unknown."""
+    if not cpu["fp32_peak_gmacs"] or backend_info.get("precision", "fp32") != "fp32":
+        return None
+    return achieved / cpu["fp32_peak_gmacs"]
+
+
+def _peak_text(peak, cpu, precision):
+    """`` = N % of FP32 peak ...`` for FP32 graphs; what the figure is not for the others."""
+    if peak:
+        return (f" = {peak:.0%} of FP32 peak {cpu['fp32_peak_gmacs']:.0f} GMAC/s "
+                f"({cpu['peak_rule']})")
+    if precision != "fp32":
+        return f" ({precision.upper()} graphs: the FP32 peak does not bound them)"
+    return ""
 
 
 def _with_extras(report, ref, structural, end_to_end):
@@ -297,8 +314,7 @@ def format_report(report):
     peak = report["fraction_of_fp32_peak"]
     lines.append(f"{report['gmac_per_chromosome']:.3f} GMAC/chromosome, "
                  f"{report['achieved_gmacs']:.1f} GMAC/s in the networks"
-                 + (f" = {peak:.0%} of FP32 peak {cpu['fp32_peak_gmacs']:.0f} GMAC/s "
-                    f"({cpu['peak_rule']})" if peak else ""))
+                 + _peak_text(peak, cpu, s["backend"].get("precision", "fp32")))
     if "structural_ms_per_case" in report:
         lines.append(f"structural score {report['structural_ms_per_case']['median']:.2f} ms per "
                      f"case: adds {report['structural_added_fraction']:.1%} to a case")
