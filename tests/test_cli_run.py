@@ -232,3 +232,38 @@ def test_a_failed_write_fails_only_its_case(tmp_path, model_dir, chromosome, mon
     assert "bad: failed: cannot write results (simulated drawing failure)" in result.output
     assert (out / "first" / "result.json").exists() and (out / "last" / "result.json").exists()
     assert not (out / "bad" / "result.json").exists()
+
+
+def test_the_first_line_names_a_precision_other_than_fp32():
+    from vfinfer.io.runner import backend_line
+
+    assert backend_line({"name": "onnxruntime-cpu", "precision": "fp32"}) == "onnxruntime-cpu"
+    assert backend_line({"name": "onnxruntime-cpu"}) == "onnxruntime-cpu"
+    every = {"name": "onnxruntime-cpu", "precision": "int8",
+             "int8_graphs": ["gnet", "lnet", "heads"]}
+    assert backend_line(every) == "onnxruntime-cpu, precision int8"
+    some = {**every, "int8_graphs": ["lnet", "heads"]}
+    assert backend_line(some) == ("onnxruntime-cpu, precision int8 (lnet, heads; the others "
+                                  "fp32)")
+    assert backend_line({"name": "tensorrt", "precision": "fp16"}) == "tensorrt, precision fp16"
+
+
+@pytest.mark.slow
+def test_the_demo_model_runs_its_int8_graphs(tmp_path, case_dirs):
+    """The bundled demo model ships INT8 graphs that its audit lets run: --precision int8
+    names them on the first line and calls the cells as FP32 does."""
+    from vfinfer.model.manifest import demo_model_dir, load_manifest
+
+    assert load_manifest(demo_model_dir()).data["int8_audit"]["usable"]
+    lines = {}
+    for precision in ("fp32", "int8"):
+        result = CliRunner().invoke(main, ["run", *map(str, case_dirs), "--out",
+                                           str(tmp_path / precision), "--precision", precision,
+                                           "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        lines[precision] = result.output.splitlines()
+    assert lines["int8"][0].endswith("backend onnxruntime-cpu, precision int8")
+    assert lines["fp32"][0].endswith("backend onnxruntime-cpu")
+    calls = {p: [line.split(", ")[1] for line in out if " chromosomes, " in line]
+             for p, out in lines.items()}
+    assert calls["int8"] == calls["fp32"] and calls["fp32"]

@@ -137,6 +137,17 @@ def case_line(result):
             f"{result['timing_ms']['total']:.0f} ms")
 
 
+
+def backend_line(details):
+    """The backend as the first line of ``vfinfer run`` names it: its name, and the precision
+    where it is not FP32 (with the graphs that run in INT8 when only some do)."""
+    precision = details.get("precision", "fp32")
+    if precision == "fp32":
+        return details["name"]
+    graphs = details.get("int8_graphs")
+    return f"{details['name']}, precision {precision}" + (
+        f" ({', '.join(graphs)}; the others fp32)" if graphs and len(graphs) < 3 else "")
+
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="auto", karyogram=True, threads=0, batch_size=None,
               overwrite=False, precision=None, echo=print, progress=None, background="auto",
@@ -154,7 +165,7 @@ def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-result
                   dispatch_mode=dispatch_mode, precision=precision, background=background,
                   force_karyotype=force_karyotype) as pipeline:
         echo(f"model {pipeline.manifest.model_dir} ({pipeline.config.preset}), "
-             f"backend {pipeline.backend.name}")
+             f"backend {backend_line(pipeline.backend.describe())}")
         echo(f"dispatch {pipeline.dispatch_mode} ({pipeline.dispatch_reason})")
         if any(is_metaphase(d) for d in case_dirs):
             from vfinfer.segment.segmenter import Segmenter
