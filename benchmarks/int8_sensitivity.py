@@ -25,7 +25,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from vfinfer.tools.precision.agreement import (
     network_outputs,
 )
 from vfinfer.tools.precision.int8_data import read_case_dirs, read_inputs
+from vfinfer.tools.precision.int8_latency import session_times
 from vfinfer.tools.precision.int8_rules import complete_kept, sensitive_nodes
 from vfinfer.tools.precision.quantize import preprocess_graph, quantize_graph
 
@@ -104,15 +104,8 @@ class Setup:
 def gnet_ms(path, image, threads=2, repeats=30):
     """Median ms of one G-Net session run on ``image`` (batch 46)."""
     session = make_session(str(path), threads)
-    name = session.get_inputs()[0].name
-    for _ in range(3):
-        session.run(None, {name: image})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {name: image})
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    inputs = {session.get_inputs()[0].name: image}
+    return float(np.median(session_times(session, inputs, repeats, warmup=3)))
 
 
 def layers(setup):
@@ -198,8 +191,9 @@ def main():
         report = {"command": " ".join(["python", *sys.argv]), "method": METHOD,
                   "holdout_images": len(setup.holdout), "select_images": len(setup.select),
                   "kept_by_rule": [k["node"] for k in setup.kept]}
-        report["all_convs_int8"] = setup.score(setup.build([], "all"))
-        report["paths"] = paths(setup, setup.work / "all.onnx")
+        every_conv = setup.build([], "all")
+        report["all_convs_int8"] = setup.score(every_conv)
+        report["paths"] = paths(setup, every_conv)
         print(report["paths"], flush=True)
         if not args.skip_layers:
             report["layers"] = layers(setup)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfinfer.io.results import ResultExistsError, existing_result, write_case
+from vfinfer.model.manifest import GRAPH_ROLES
 from vfinfer.pipeline import Pipeline, PreparedCase
 from vfinfer.pipeline.metaphase import mark_segmented
 from vfinfer.util.images import CaseError, ImageReadError, list_case, read_gray8
@@ -137,7 +138,6 @@ def case_line(result):
             f"{result['timing_ms']['total']:.0f} ms")
 
 
-
 def backend_line(details):
     """The backend as the first line of ``vfinfer run`` names it: its name, and the precision
     where it is not FP32 (with the graphs that run in INT8 when only some do)."""
@@ -146,7 +146,9 @@ def backend_line(details):
         return details["name"]
     graphs = details.get("int8_graphs")
     return f"{details['name']}, precision {precision}" + (
-        f" ({', '.join(graphs)}; the others fp32)" if graphs and len(graphs) < 3 else "")
+        f" ({', '.join(graphs)}; the others fp32)"
+        if graphs and len(graphs) < len(GRAPH_ROLES) else "")
+
 
 def run_cases(case_dirs, model_dir=None, backend="auto", out_dir="vfinfer-results",
               dispatch_mode="auto", karyogram=True, threads=0, batch_size=None,

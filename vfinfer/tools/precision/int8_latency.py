@@ -16,6 +16,19 @@ LATENCY_THREADS = (1, 2)
 LATENCY_REPEATS = 10
 
 
+def session_times(session, inputs, repeats, warmup):
+    """ms of each of ``repeats`` timed ``session.run`` calls on ``inputs``, after ``warmup``
+    untimed ones."""
+    for _ in range(warmup):
+        session.run(None, inputs)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, inputs)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def measure_latency(fp32_paths, int8_paths, feeds, threads=LATENCY_THREADS,
                     batch=LATENCY_BATCH, repeats=LATENCY_REPEATS, warmup=2):
     """Median / min ms per graph call, FP32 vs INT8, on ORT CPU at each thread count.
@@ -35,14 +48,8 @@ def measure_latency(fp32_paths, int8_paths, feeds, threads=LATENCY_THREADS,
             inputs = {name: np.ascontiguousarray(a[index]) for name, a in feeds[role].items()}
             row = {}
             for precision, paths in (("fp32", fp32_paths), ("int8", int8_paths)):
-                session = make_session(paths[role], count)
-                for _ in range(warmup):
-                    session.run(None, inputs)
-                times = []
-                for _ in range(repeats):
-                    started = time.perf_counter()
-                    session.run(None, inputs)
-                    times.append((time.perf_counter() - started) * 1000)
+                times = session_times(make_session(paths[role], count), inputs, repeats,
+                                      warmup)
                 row[precision] = {"median_ms": round(float(np.median(times)), 3),
                                   "min_ms": round(float(np.min(times)), 3)}
             row["speedup_median"] = round(row["fp32"]["median_ms"] / row["int8"]["median_ms"], 3)
