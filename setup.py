@@ -18,6 +18,7 @@ setup(
         "click>=8.1",
         "scipy>=1.10",  # optimal dispatch (linear_sum_assignment)
         "jinja2>=3.1",  # the case report, OUT/<case>/report.html
+        "pillow>=9.1",  # indexed PNGs: a karyogram with red marks (vfinfer.util.images)
     ],
     extras_require={
         # torch>=2.4 is met by the 2.13.0 CPU wheel when it is installed first (see README)

@@ -215,14 +215,14 @@ def test_lines_follow_the_case_order(tmp_path, model_dir, chromosome):
 def test_a_failed_write_fails_only_its_case(tmp_path, model_dir, chromosome, monkeypatch):
     import vfinfer.io.results
 
-    real_render = vfinfer.io.results.render_karyogram
+    real_render = vfinfer.io.results.karyogram_layers
 
     def render(images, *args, title="", **kwargs):
         if title.startswith("bad"):
             raise ValueError("simulated drawing failure")
         return real_render(images, *args, title=title, **kwargs)
 
-    monkeypatch.setattr(vfinfer.io.results, "render_karyogram", render)
+    monkeypatch.setattr(vfinfer.io.results, "karyogram_layers", render)
     files = {"a.png": png(chromosome)}
     dirs = [make_case(tmp_path, name, files) for name in ("first", "bad", "last")]
     out = tmp_path / "out"

@@ -145,3 +145,27 @@ def test_png_is_gray_without_flags_and_colour_with_them():
             assert decoded.ndim == 2 and np.array_equal(decoded, drawn[:, :, 0])
             assert np.array_equal(drawn[:, :, 0], drawn[:, :, 2])
             assert np.array_equal(drawn[:, :, 0], drawn[:, :, 1])
+
+
+def test_indexed_png_decodes_to_the_gray_picture_with_the_highlight():
+    """encode_gray_png: a free gray level carries the colour (exact); with every level in
+    use, the rarest is merged into its neighbour and nothing else changes."""
+    from vfinfer.util.images import encode_gray_png
+
+    rng = np.random.default_rng(0)
+    highlight = np.zeros((40, 64), bool)
+    highlight[5:9, 10:30] = True
+    for gray in (rng.integers(0, 200, (40, 64), dtype=np.uint8),  # 200-255 unused
+                 np.arange(40 * 64, dtype=np.uint16).reshape(40, 64).astype(np.uint8)):
+        rarest = int(np.argmin(np.bincount(gray.ravel(), minlength=256)))
+        decoded = cv2.imdecode(np.frombuffer(encode_gray_png(gray, highlight, (255, 0, 0)),
+                                             np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.shape == (40, 64, 3)
+        assert (decoded[highlight] == (0, 0, 255)).all()  # BGR of RGB red
+        kept = ~highlight & (gray != rarest)
+        assert np.array_equal(decoded[kept][:, 0], gray[kept])
+        assert np.array_equal(decoded[kept][:, 0], decoded[kept][:, 2])
+        moved = ~highlight & (gray == rarest)
+        assert (np.abs(decoded[moved][:, 0].astype(int) - rarest) <= 1).all()
+    plain = encode_gray_png(gray, np.zeros_like(highlight))
+    assert cv2.imdecode(np.frombuffer(plain, np.uint8), cv2.IMREAD_UNCHANGED).ndim == 2

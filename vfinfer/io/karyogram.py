@@ -1,7 +1,12 @@
 """Karyogram picture: chromosome cut-outs arranged in the standard clinical layout.
 
-``render_karyogram`` is a pure function (numpy + OpenCV only, no file I/O) that returns an
-H x W x 3 uint8 BGR image ready for ``cv2.imencode('.png', ...)``.
+``karyogram_layers`` is a pure function (numpy + OpenCV only, no file I/O) that draws the
+picture as two layers: a one-channel gray picture and a mask of what is drawn in red (the
+low-confidence frames, the structural marks and their legend). Gray pictures are a third of
+the memory a colour canvas moves, and ``vfinfer.util.images.encode_gray_png`` writes them as a
+one-channel PNG, or as an indexed (palette) PNG when something is red, at a third of the
+encoding time of a colour one. ``render_karyogram`` composes the two into an H x W x 3 uint8
+BGR image (the same pixels as the PNG decodes to).
 
 Layout (ISCN groups, as in clinical karyograms)::
 
@@ -28,10 +33,11 @@ LAYOUT = (
 )
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-WHITE = (255, 255, 255)
-BLACK = (0, 0, 0)
-RED = (0, 0, 255)
-LINE_GREY = (190, 190, 190)
+WHITE = 255
+BLACK = 0
+LINE_GREY = 190
+RED = (0, 0, 255)  # BGR of the red layer
+INK = 255  # what the red layer is drawn with (anti-aliased edges under half of it are dropped)
 
 MIN_WIDTH = 1600  # canvas width unless a row needs more
 MARGIN = 40  # left/right margin of the canvas
@@ -58,7 +64,19 @@ TRIANGLE = 7  # half width of the structural mark, px
 
 def render_karyogram(images, types, polarities, low_confidence, title="", notes=(),
                      structural=None):
-    """Arrange chromosome cut-outs into a karyogram picture.
+    """Arrange chromosome cut-outs into a karyogram picture: ``karyogram_layers`` composed
+    into one H x W x 3 uint8 BGR image (the red layer in pure red)."""
+    gray, red = karyogram_layers(images, types, polarities, low_confidence, title, notes,
+                                 structural)
+    picture = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    if red is not None:
+        picture[red] = RED
+    return picture
+
+
+def karyogram_layers(images, types, polarities, low_confidence, title="", notes=(),
+                     structural=None):
+    """Arrange chromosome cut-outs into a karyogram picture, as (gray, red).
 
     images: list of 2-D uint8 grayscale cut-outs (white background, dark chromosome).
     types: 0-based type per image (0-21 = autosomes 1-22, 22 = X, 23 = Y).
@@ -70,7 +88,8 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
     structural: bool per image (None: none), chromosomes flagged by the structural score;
         each gets a red triangle pointing down at its top left corner, explained in a legend
         line.
-    Returns an H x W x 3 uint8 BGR image.  Raises ValueError on inconsistent input.
+    Returns (gray, red): the H x W uint8 gray picture and the H x W bool mask of the pixels
+    drawn in red, or None when nothing is red. Raises ValueError on inconsistent input.
     """
     images, types, polarities, flags = _validate(images, types, polarities, low_confidence)
     marks = _structural_marks(structural, len(images))
@@ -78,7 +97,7 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
     notes = [_ascii(n) for n in ([notes] if isinstance(notes, str) else list(notes or ()))]
 
     if not images:
-        return _render_empty(title, notes)
+        return _render_empty(title, notes), None
 
     chroms = _scaled_chromosomes(images, polarities)
     slots = {t: [] for t in range(N_TYPES)}
@@ -101,7 +120,8 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
     footer_h = _footer_height(footer)
     height = rows_end + footer_h + 16
 
-    canvas = np.full((height, width, 3), 255, np.uint8)
+    canvas = np.full((height, width), WHITE, np.uint8)
+    red = np.zeros((height, width), np.uint8)
     _draw_title(canvas, title)
     placed = [None] * len(images)  # (x, y, w, h) of each chromosome, for the markers
     for row, top, chrom_h, req in zip(LAYOUT, row_tops, row_heights, row_required):
@@ -109,13 +129,13 @@ def render_karyogram(images, types, polarities, low_confidence, title="", notes=
                   (width - 2 * MARGIN - req), (slots, chroms, content_w), placed)
     for i, flag in enumerate(flags):
         if flag:
-            _draw_marker(canvas, *placed[i])
+            _draw_marker(red, *placed[i])
     for i, mark in enumerate(marks):
         if mark:
-            _draw_structural_mark(canvas, placed[i][0], placed[i][1] - MARK_PAD - 2)
+            _draw_structural_mark(red, placed[i][0], placed[i][1] - MARK_PAD - 2)
 
-    _draw_footer(canvas, footer, height - footer_h - 16)
-    return canvas
+    _draw_footer((canvas, red), footer, height - footer_h - 16)
+    return canvas, (red >= INK // 2 if any(flags) or any(marks) else None)
 
 
 def _row_geometry(chroms, slots, top):
@@ -249,7 +269,7 @@ def _draw_slot(canvas, indices, chroms, t, centre, base_y, placed):
         h, w = img.shape
         y = bottom - h
         region = canvas[y:y + h, x:x + w]
-        np.minimum(region, img[:, :, None], out=region)  # darken: white stays transparent
+        np.minimum(region, img, out=region)  # darken: white stays transparent
         placed[i] = (x, y, w, h)
         x += w + CHROM_GAP
     line_w = max(content, MIN_SLOT_CONTENT) + 16
@@ -261,20 +281,22 @@ def _draw_slot(canvas, indices, chroms, t, centre, base_y, placed):
                 LABEL_SCALE, BLACK, LABEL_THICK, cv2.LINE_AA)
 
 
-def _draw_marker(canvas, x, y, w, h):
+def _draw_marker(red, x, y, w, h):
+    """The low-confidence frame and "?" around a chromosome, on the ``red`` layer."""
     x0, y0 = x - MARK_PAD, y - MARK_PAD
     x1, y1 = x + w - 1 + MARK_PAD, min(y + h - 1 + MARK_PAD, y + h + BASE_GAP - 3)
-    cv2.rectangle(canvas, (x0, y0), (x1, y1), RED, 2, cv2.LINE_8)
+    cv2.rectangle(red, (x0, y0), (x1, y1), INK, 2, cv2.LINE_8)
     (tw, _), _ = cv2.getTextSize("?", FONT, MARK_SCALE, MARK_THICK)
-    cv2.putText(canvas, "?", (x1 - tw + 1, y0 - 5), FONT, MARK_SCALE, RED, MARK_THICK,
+    cv2.putText(red, "?", (x1 - tw + 1, y0 - 5), FONT, MARK_SCALE, INK, MARK_THICK,
                 cv2.LINE_AA)
 
 
-def _draw_structural_mark(canvas, x, y):
-    """A filled red triangle pointing down at (x, y): the structural score's flag."""
+def _draw_structural_mark(red, x, y):
+    """A filled triangle pointing down at (x, y) on the ``red`` layer: the structural
+    score's flag."""
     points = np.array([[x, y], [x - TRIANGLE, y - 2 * TRIANGLE], [x + TRIANGLE, y - 2 * TRIANGLE]],
                       np.int32)
-    cv2.fillConvexPoly(canvas, points, RED, cv2.LINE_AA)
+    cv2.fillConvexPoly(red, points, INK, cv2.LINE_AA)
 
 
 # ----------------------------------------------------------------------------- text
@@ -359,9 +381,12 @@ def _footer_height(lines):
     return 14 + len(lines) * _line_step() + 4
 
 
-def _draw_footer(canvas, lines, top):
+def _draw_footer(layers, lines, top):
+    """The footer's lines: text on the gray canvas, the legends' symbols on the red layer
+    (``layers``: (canvas, red))."""
     if not lines:
         return
+    canvas, red = layers
     width = canvas.shape[1]
     cv2.line(canvas, (MARGIN, top), (width - MARGIN, top), LINE_GREY, 1)
     step = _line_step()
@@ -370,12 +395,12 @@ def _draw_footer(canvas, lines, top):
     for kind, text in lines:
         x = MARGIN
         if kind == "legend":
-            cv2.rectangle(canvas, (x, y - th - 2), (x + 14, y + 3), RED, 2)
-            cv2.putText(canvas, "?", (x + 18, y), FONT, TEXT_SCALE, RED, 2, cv2.LINE_AA)
+            cv2.rectangle(red, (x, y - th - 2), (x + 14, y + 3), INK, 2)
+            cv2.putText(red, "?", (x + 18, y), FONT, TEXT_SCALE, INK, 2, cv2.LINE_AA)
             x += 18 + cv2.getTextSize("?", FONT, TEXT_SCALE, 2)[0][0] + 8
             text = "= " + text
         elif kind == "structural":
-            _draw_structural_mark(canvas, x + TRIANGLE, y + 2)
+            _draw_structural_mark(red, x + TRIANGLE, y + 2)
             x += 2 * TRIANGLE + 8
             text = "= " + text
         cv2.putText(canvas, text, (x, y), FONT, TEXT_SCALE, BLACK, TEXT_THICK, cv2.LINE_AA)
@@ -389,11 +414,11 @@ def _render_empty(title, notes):
     footer = _footer_lines(False, notes, width)
     footer_h = _footer_height(footer)
     height = title_h + body_h + footer_h + 16
-    canvas = np.full((height, width, 3), 255, np.uint8)
+    canvas = np.full((height, width), WHITE, np.uint8)
     _draw_title(canvas, title)
     msg = "no chromosomes"
     (tw, th), _ = cv2.getTextSize(msg, FONT, 1.0, 2)
     cv2.putText(canvas, msg, ((width - tw) // 2, title_h + (body_h + th) // 2), FONT, 1.0,
                 BLACK, 2, cv2.LINE_AA)
-    _draw_footer(canvas, footer, height - footer_h - 16)
+    _draw_footer((canvas, None), footer, height - footer_h - 16)
     return canvas

@@ -13,10 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from vfinfer.io.karyogram import render_karyogram
+from vfinfer.io.karyogram import karyogram_layers
 from vfinfer.io.report import REPORT_NAME, report_html
 from vfinfer.model.classes import type_index
-from vfinfer.util.images import FAST_PNG, encode_png
+from vfinfer.util.images import encode_gray_png
 
 REVIEW_DIR = "review"  # a person's review of the result (vfinfer.io.review)
 IMAGES_DIR = "images"  # the images as classified (vfinfer run --keep-images)
@@ -53,7 +53,7 @@ def summary_of(result):
 
 def karyogram_png(result, images):
     chromosomes = result["chromosomes"]
-    picture = render_karyogram(
+    gray, red = karyogram_layers(
         images,
         [type_index(c["type"]) for c in chromosomes],
         [0 if c["polarity"] == "q-arm up" else 1 for c in chromosomes],
@@ -62,10 +62,7 @@ def karyogram_png(result, images):
         notes=result["warnings"],
         structural=[c.get("structural", {}).get("flagged", False) for c in chromosomes],
     )
-    if not any(c["low_confidence"] or c.get("structural", {}).get("flagged")
-               for c in chromosomes):
-        picture = picture[:, :, 0]  # no red frame: the picture is gray, one channel is enough
-    return encode_png(picture, FAST_PNG, "the karyogram")
+    return encode_gray_png(gray, red, what="the karyogram")  # one channel, or a palette
 
 
 def existing_result(case_dir):

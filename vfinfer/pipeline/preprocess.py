@@ -10,6 +10,8 @@ comes from the model's ModelConfig / manifest. ``preprocess`` and ``to_canvas`` 
 normalized cut-out; the trainer (``vfinfer_export.data``) calls the same functions.
 """
 
+import math
+
 import cv2
 import numpy as np
 
@@ -92,23 +94,54 @@ def size_normalize(normalized, facts, config, cells=None):
 
 
 def batch_of(normalized, config):
-    """Normalized cut-outs -> (N, 1, g_input, g_input) float32 batch: each on its canvas,
-    then ``zscore`` of all of them at once (the same numbers, one pass over the batch)."""
-    canvases = np.empty((len(normalized), config.g_input, config.g_input), dtype=np.uint8)
+    """Normalized cut-outs -> (N, 1, g_input, g_input) float32 batch: each on its canvas
+    (``to_canvas``'s numbers, the resize done for the whole stack: ``resize_stack``), then
+    ``zscore_batch``."""
+    canvases = np.empty((len(normalized), config.canvas, config.canvas), dtype=np.uint8)
     for i, image in enumerate(normalized):
-        canvases[i] = to_canvas(image, config)
-    return zscore_batch(canvases)[:, None]
+        canvases[i] = pad_to_canvas(image, config.canvas, config.pad_value)
+    return zscore_batch(resize_stack(canvases, config.g_input))[:, None]
+
+
+def resize_stack(canvases, size):
+    """``to_canvas``'s resize of each square canvas of an (N, C, C) uint8 stack to (size,
+    size). A shrink whose scale C / size is exact in binary floating point (C / gcd(C, size)
+    times a power of two over size, as 176 -> 128 and 320 -> 256 are) is one area resize of
+    the stack seen as a single (N * C, C) image: output row ``k * size`` starts exactly on
+    source row ``k * C``, so no output pixel mixes two canvases and every number is the one
+    resizing each canvas alone gives (tested). Anything else: canvas by canvas."""
+    n, side = len(canvases), canvases.shape[1]
+    if side == size or n == 0:
+        return canvases.reshape(n, size, size)
+    step = size // math.gcd(side, size)
+    if size < side and step & (step - 1) == 0:
+        tall = cv2.resize(canvases.reshape(n * side, side), (size, n * size),
+                          interpolation=cv2.INTER_AREA)
+        return tall.reshape(n, size, size)
+    interpolation = cv2.INTER_AREA if size < side else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(c, (size, size), interpolation=interpolation)
+                     for c in canvases])
 
 
 def zscore_batch(canvases):
-    """``zscore`` of each (H, W) image of an (N, H, W) uint8 stack, as one float32 array
-    (the same numbers: computed in float64, as ``zscore`` does, then rounded)."""
-    x = canvases.astype(np.float64)
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    std = np.maximum(x.std(axis=(1, 2), keepdims=True), STD_FLOOR)
-    x -= mean
-    x /= std
-    return x.astype(np.float32)
+    """Eq. 11 for each (H, W) image of an (N, H, W) uint8 stack, as one float32 array.
+
+    Each image's mean and variance come from its 256-bin histogram in integers (exact), and
+    its pixels go through a 256-entry table of (v - mean) / std computed in float64 and
+    rounded to float32: ``zscore``'s numbers (its two-pass std can differ in the last
+    float64 bit, which leaves the float32 values the same but for a rare last bit)."""
+    pixels = canvases.shape[1] * canvases.shape[2]
+    levels = np.arange(256, dtype=np.int64)
+    hist = np.array([cv2.calcHist([c], [0], None, [256], [0, 256]).ravel() for c in canvases],
+                    dtype=np.int64).reshape(len(canvases), 256)
+    sums, squares = hist @ levels, hist @ (levels * levels)
+    mean = sums / pixels
+    std = np.maximum(np.sqrt((pixels * squares - sums * sums) / pixels ** 2), STD_FLOOR)
+    table = ((levels - mean[:, None]) / std[:, None]).astype(np.float32)
+    out = np.empty(canvases.shape, dtype=np.float32)
+    for i, image in enumerate(canvases):
+        out[i] = cv2.LUT(image, table[i])
+    return out
 
 
 def preprocess_batch(images, config, background="auto", cells=None):

@@ -21,6 +21,9 @@ Public API
     ``list_case`` + ``read_gray8`` on every file; raises on the first bad file.
 ``encode_png(image, params=()) -> bytes``
     The one PNG encoder (``FAST_PNG``: the settings for large pictures such as karyograms).
+``encode_gray_png(gray, highlight=None, colour=...) -> bytes``
+    A gray picture with some pixels in one colour (the karyogram's red marks) as a
+    one-channel PNG, or an indexed (palette) one when any pixel is highlighted.
 
 Pixel conversion rules (``read_gray8``)
 ---------------------------------------
@@ -57,6 +60,7 @@ EXIF orientation is ignored (``IMREAD_UNCHANGED``); multi-page TIFFs give the fi
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import stat
@@ -77,6 +81,7 @@ __all__ = [
     "ImageTooLargeError",
     "MAX_PIXELS",
     "decode_gray8",
+    "encode_gray_png",
     "encode_png",
     "list_case",
     "read_case",
@@ -459,3 +464,40 @@ def encode_png(image, params=(), what="the picture"):
     if not ok:
         raise ValueError(f"could not encode {what} as PNG")
     return encoded.tobytes()
+
+
+# zlib's fastest level with run-length matching for indexed PNGs (Pillow), as FAST_PNG does for
+# one-channel ones: on a karyogram as fast, and about 12 % larger
+PALETTE_PNG = {"compress_level": 1, "compress_type": 3}  # 3: zlib.Z_RLE
+
+
+def encode_gray_png(gray, highlight=None, colour=(255, 0, 0), what="the picture"):
+    """A 2-D uint8 ``gray`` picture as PNG bytes, the pixels of the bool mask ``highlight``
+    (None: none) shown in ``colour`` (RGB).
+
+    Without a highlighted pixel: a one-channel PNG (``FAST_PNG``). With one: an indexed PNG
+    (Pillow) whose palette is the gray ramp with one entry given to ``colour``: a gray level
+    the picture does not use, so it decodes to exactly the gray picture with the highlighted
+    pixels in ``colour``; when all 256 levels occur, the rarest one is merged into its
+    neighbour. One byte per pixel, where a colour PNG would take three and three times as
+    long to encode."""
+    if highlight is None or not highlight.any():
+        return encode_png(gray, FAST_PNG, what)
+    from PIL import Image  # the one user of Pillow; imported when a picture needs it
+
+    counts = cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel()
+    index = int(np.argmin(counts))  # a free level when there is one
+    indexed = gray.copy()
+    if counts[index]:
+        indexed[indexed == index] = index - 1 if index else 1
+    indexed[highlight] = index
+    palette = np.repeat(np.arange(256, dtype=np.uint8), 3)
+    palette[3 * index:3 * index + 3] = colour
+    picture = Image.frombytes("P", (gray.shape[1], gray.shape[0]), indexed.tobytes())
+    picture.putpalette(palette.tobytes())
+    buffer = io.BytesIO()
+    try:
+        picture.save(buffer, "PNG", **PALETTE_PNG)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"could not encode {what} as PNG ({exc})") from None
+    return buffer.getvalue()
