@@ -8,8 +8,12 @@ Every training image is read once (``vfinfer.io.labelme``), normalized as the ru
 (``vfinfer.segment.channels.target_maps``). An epoch draws ``crops_per_image`` square crops
 of ``crop`` pixels from every image, most of them centred on a chromosome pixel, flipped and
 turned by multiples of 90 degrees at random, with a random gain, offset and noise on the
-intensities. Loss: per-channel binary cross-entropy (weights ``CHANNEL_WEIGHTS``: touch and
-overlap are thin and rare) plus a soft Dice term per channel. Adam, cosine decay of the
+intensities; with ``scale_jitter`` S > 0 each crop is also scaled by a random factor between
+1 / (1 + S) and 1 + S (log-uniform: a window of crop / factor pixels resized to the crop,
+the image bilinearly, the target maps by nearest neighbour), so that the network sees
+chromosomes of other sizes than the training images' (other magnifications and cameras).
+Loss: per-channel binary cross-entropy (weights ``CHANNEL_WEIGHTS``: touch and overlap are
+thin and rare) plus a soft Dice term per channel. Adam, cosine decay of the
 learning rate to 5 % over the run.
 
 Each epoch writes ``OUT/last.pt`` (atomic: weights, optimizer state, epoch, history) and
@@ -30,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -94,8 +99,16 @@ def areas_record(areas):
             "median": round(float(np.median(values)), 1)}
 
 
-def _crop_at(rng, x, t, size):
-    """One random crop (padded with the background when the image is smaller)."""
+def _crop_at(rng, x, t, size, scale_jitter=0.0):
+    """One random crop (padded with the background when the image is smaller), scaled by a
+    random factor when ``scale_jitter`` > 0 (see the module doc)."""
+    if scale_jitter > 0:
+        factor = math.exp(rng.uniform(-1.0, 1.0) * math.log1p(scale_jitter))
+        window = max(8, int(round(size / factor)))
+        xc, tc = _crop_at(rng, x, t, window)
+        return (cv2.resize(xc, (size, size), interpolation=cv2.INTER_LINEAR),
+                np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+                          for m in tc]))
     h, w = x.shape
     if rng.random() < ON_CHROMOSOME and t[0].any():
         ys, xs = np.nonzero(t[0])
@@ -123,10 +136,10 @@ def _augment(rng, x, t):
     return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(t)
 
 
-def epoch_batches(examples, seed, epoch, crop, crops_per_image, batch_size):
+def epoch_batches(examples, seed, epoch, crop, crops_per_image, batch_size, scale_jitter=0.0):
     """The epoch's augmented crops in batches of (x (B,1,S,S), targets (B,3,S,S))."""
     rng = np.random.default_rng([seed, epoch, 0x5E6])
-    items = [_augment(rng, *_crop_at(rng, x, t, crop))
+    items = [_augment(rng, *_crop_at(rng, x, t, crop, scale_jitter))
              for x, t in examples for _ in range(crops_per_image)]
     order = rng.permutation(len(items))
     for start in range(0, len(order), batch_size):
@@ -180,7 +193,8 @@ def _run_epochs(net, optimizer, examples, options, state, out, log, device):
         net.train()
         for i, batch in enumerate(epoch_batches(
                 examples, options["seed"], epoch, options["crop"],
-                options["crops_per_image"], options["batch_size"])):
+                options["crops_per_image"], options["batch_size"],
+                options.get("scale_jitter", 0.0))):
             xs, ts = device.batch(batch)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(options["lr"], epoch * per_epoch + i, total)
@@ -204,11 +218,12 @@ def _run_epochs(net, optimizer, examples, options, state, out, log, device):
 
 def train_seg(data_dir, out_dir, files=None, widths=(16, 32, 64, 96), epochs=40, crop=256,
               crops_per_image=4, batch_size=8, lr=2e-3, seed=0, threads=0, resume=False,
-              background="dark", data_description=None, log=_stderr, device="cpu"):
+              background="dark", data_description=None, log=_stderr, device="cpu",
+              scale_jitter=0.0):
     """Train on the labelme files of ``data_dir`` (all, or the names in ``files``); returns
     the path of ``OUT/seg.pt``. ``data_description`` (e.g. how synthetic data was made) goes
     into the training record instead of the directory name. ``device``: cpu | cuda | auto.
-    See the module doc."""
+    ``scale_jitter``: see the module doc (0: off). See the module doc."""
     device = TrainDevice(device)  # before any work: --device cuda without CUDA fails here
     if threads:
         torch.set_num_threads(int(threads))
@@ -220,7 +235,7 @@ def train_seg(data_dir, out_dir, files=None, widths=(16, 32, 64, 96), epochs=40,
     options = {"data": str(data_dir), "files": names, "widths": list(widths),
                "epochs": int(epochs), "crop": int(crop), "crops_per_image": int(crops_per_image),
                "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-               "background": background}
+               "background": background, "scale_jitter": float(scale_jitter)}
     net, state, extra = SegNet(widths), {"epoch": 0, "history": []}, None
     if resume and (out / "last.pt").is_file():
         net, extra = load_seg_checkpoint(out / "last.pt")

@@ -97,3 +97,36 @@ def test_wrong_checkpoint_is_named(tmp_path):
     torch.save({"state_dict": {}}, bad)
     with pytest.raises(ValueError, match="not a vfinfer segmentation checkpoint"):
         load_seg_checkpoint(bad)
+
+
+def test_scale_jitter_scales_crops_and_their_maps_alike():
+    """--scale-jitter: crops of the asked size whose maps stay binary and lie on the scaled
+    chromosome; off, the crops are those of a run without the option (same seed)."""
+    from vfinfer_export.seg_train import epoch_batches
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((120, 160), np.float32)
+    targets = np.zeros((3, 120, 160), np.uint8)
+    x[40:80, 60:70], targets[0, 40:80, 60:70] = 3.0, 1  # one bright 40 x 10 chromosome
+    x += rng.normal(0, 0.01, x.shape).astype(np.float32)
+    examples = [(x, targets)]
+
+    def batches(jitter):
+        return list(epoch_batches(examples, 0, 0, 64, 6, 3, scale_jitter=jitter))
+
+    def whole_areas(found):
+        areas = []
+        for xs, ts in found:
+            assert xs.shape[1:] == (1, 64, 64) and ts.shape[1:] == (3, 64, 64)
+            assert set(np.unique(ts.numpy())) <= {0.0, 1.0}
+            on = ts[:, 0].numpy() > 0
+            assert (xs[:, 0].numpy()[on] > 1.0).mean() > 0.9  # the map lies on the chromosome
+            edge = on[:, 0].any(1) | on[:, -1].any(1) | on[:, :, 0].any(1) | on[:, :, -1].any(1)
+            areas += [int(m.sum()) for m, cut in zip(on, edge) if m.any() and not cut]
+        return areas
+
+    plain, again = batches(0.0), batches(0.0)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(plain, again))
+    assert set(whole_areas(plain)) == {400}  # the 40 x 10 chromosome, turned or not
+    scaled = whole_areas(batches(0.5))
+    assert any(abs(area - 400) > 100 for area in scaled)  # other sizes

@@ -69,3 +69,34 @@ def test_level_quantile_is_numpys_percentile():
         as_float = image.astype(np.float32)
         assert level_quantile(image, 0.5) == float(np.median(as_float))
         assert level_quantile(image, 0.995) == float(np.percentile(as_float, 99.5))
+
+
+def test_test_time_flips_average_the_maps_of_the_mirror_images(tmp_path):
+    """``vfinfer tta SEGMODEL mirror|flips``: the maps are the mean of the network's maps of
+    the mirror images, each flipped back; a bad mode or manifest value is refused."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from vfinfer.cli import main
+
+    model_dir = tmp_path / "seg"
+    shutil.copytree(demo_seg_model_dir(), model_dir)
+    image, _ = render_metaphase(5, "46,XY", size=(320, 240))
+    plain = Segmenter(model_dir)
+    maps = {axes: np.flip(plain.maps(np.flip(image, axes)), tuple(a + 1 for a in axes))
+            for axes in ((), (1,), (0,), (0, 1))}
+    plain.close()
+    assert not np.allclose(maps[()], maps[(1,)], atol=1e-3)  # the network is not symmetric
+    for mode, used in (("mirror", ((), (1,))), ("flips", tuple(maps))):
+        done = CliRunner().invoke(main, ["tta", str(model_dir), mode])
+        assert done.exit_code == 0 and f"-> {mode}" in done.output
+        flipped = Segmenter(model_dir)
+        assert flipped.describe()["tta"] == mode
+        averaged = flipped.maps(image)
+        flipped.close()
+        assert np.allclose(averaged, np.mean([maps[a] for a in used], axis=0), atol=1e-6)
+    manifest = model_dir / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"tta": "flips"', '"tta": "spin"'))
+    with pytest.raises(ValueError, match="tta 'spin' is not one of none, mirror, flips"):
+        load_seg_model(model_dir)

@@ -119,6 +119,9 @@ def eval_seg(data_dir, seg_model, seg_precision, list_path, threads, json_path):
               help="Channels per U-Net level.")
 @click.option("--crop", default=256, show_default=True, type=click.IntRange(min=32))
 @click.option("--crops-per-image", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--scale-jitter", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Scale each training crop by a random factor between 1/(1+S) and 1+S "
+                   "(chromosomes of other sizes: other magnifications and cameras); 0: off.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=2e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -128,8 +131,8 @@ def eval_seg(data_dir, seg_model, seg_precision, list_path, threads, json_path):
               help="How the data was made, for the manifest (default: DATA_DIR).")
 @device_option
 @one_line_errors
-def train_seg(data_dir, out_dir, list_path, epochs, widths, crop, crops_per_image, batch_size,
-              lr, seed, threads, resume, describe_data, device):
+def train_seg(data_dir, out_dir, list_path, epochs, widths, crop, crops_per_image, scale_jitter,
+              batch_size, lr, seed, threads, resume, describe_data, device):
     """Train the segmentation network on annotated metaphases (DATA_DIR of labelme .json
     files, or one COCO JSON file) and export it to OUT/model."""
     import_export_side()
@@ -143,7 +146,8 @@ def train_seg(data_dir, out_dir, list_path, epochs, widths, crop, crops_per_imag
                         widths=tuple(int(w) for w in widths.split(",")), epochs=epochs,
                         crop=crop, crops_per_image=crops_per_image, batch_size=batch_size,
                         lr=lr, seed=seed, threads=threads, resume=resume,
-                        data_description=describe_data, log=_log, device=device)
+                        data_description=describe_data, log=_log, device=device,
+                        scale_jitter=scale_jitter)
     net, extra = load_seg_checkpoint(path)
     export_seg(net, Path(out_dir) / "model", {"kind": "checkpoint", "path": str(path)},
                training=extra.get("training"), overwrite=True, log=_log)

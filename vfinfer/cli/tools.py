@@ -121,13 +121,20 @@ def _model_to_export(checkpoint, preset, config_path, random_init, seed, trust_p
 
 @main.command("tta")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.argument("mode", type=click.Choice(TTA_MODES))
+@click.argument("mode", type=click.Choice(["none", "mirror", "flips"]))
 @one_line_errors
 def tta_(model_dir, mode):
-    """Set a model directory's test-time augmentation: none or mirror (each image and its
-    left-right mirror, probabilities averaged; 2x the network time)."""
+    """Set a model directory's test-time augmentation. A classifier: none or mirror (each
+    image and its left-right mirror, probabilities averaged; 2x the network time). A
+    segmentation model: none, mirror or flips (the maps of the metaphase and its left-right
+    mirror image, or of all four mirror images, flipped back and averaged; 2x or 4x the
+    segmentation network's time)."""
     from vfinfer.model.manifest import set_tta
+    from vfinfer.segment.model import is_seg_model_dir, set_seg_tta
 
+    if is_seg_model_dir(model_dir):
+        click.echo(f"{model_dir}: tta {set_seg_tta(model_dir, mode)} -> {mode}")
+        return
     previous, notes = set_tta(model_dir, mode)
     click.echo(f"{model_dir}: tta {previous} -> {mode}")
     for note in notes:

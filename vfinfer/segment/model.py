@@ -26,10 +26,14 @@ import cv2
 import numpy as np
 
 from vfinfer.segment.instances import InstanceParams
+from vfinfer.util.atomic import write_json_atomic
 from vfinfer.util.geometry import detect_background, to_convention
 
 SEG_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# test-time flips of the maps (``vfinfer.segment.segmenter.network_maps``): the network on the
+# image and its mirror images, each map flipped back, the probabilities averaged
+SEG_TTA_FLIPS = {"none": ((),), "mirror": ((), (1,)), "flips": ((), (1,), (0,), (0, 1))}
 MIN_SPREAD = 8.0
 DEFAULT_MAX_SIDE = 4096
 
@@ -112,6 +116,13 @@ class SegModel:
         return SegInput.from_dict(self.data["input"])
 
     @property
+    def tta(self) -> str:
+        """The test-time flips of the maps: ``none`` (one pass), ``mirror`` (and the
+        left-right mirror image: 2 passes) or ``flips`` (and the up-down and both-ways mirror
+        images: 4 passes); set by ``vfinfer tta``."""
+        return self.data.get("tta", "none")
+
+    @property
     def params(self) -> InstanceParams:
         """The thresholds of the instance step."""
         return InstanceParams.from_dict(self.data.get("instances", {}))
@@ -183,10 +194,36 @@ def load_seg_model(model_dir: Union[str, os.PathLike]) -> SegModel:
     for key in ("input", "graphs", "instances"):
         if key not in data:
             raise SegModelError(f"{path}: missing '{key}'")
+    if data.get("tta", "none") not in SEG_TTA_FLIPS:
+        raise SegModelError(f"{path}: tta {data['tta']!r} is not one of "
+                            f"{', '.join(SEG_TTA_FLIPS)}")
     graph = model_dir / data["graphs"].get("seg", {}).get("file", "seg.onnx")
     if not graph.is_file():
         raise SegModelError(f"{graph}: segmentation graph missing")
     return SegModel(model_dir, data)
+
+
+def is_seg_model_dir(model_dir: Union[str, os.PathLike]) -> bool:
+    """Whether ``model_dir``'s manifest says it is a segmentation model (False for anything
+    else, an unreadable manifest included: the classifier's loader names that problem)."""
+    try:
+        data = json.loads((Path(model_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == "segmentation"
+
+
+def set_seg_tta(model_dir: Union[str, os.PathLike], mode: str) -> str:
+    """Set a segmentation model directory's test-time flips (``SegModel.tta``); the graph is
+    untouched, the instance thresholds stay those tuned without them. Returns the previous
+    mode."""
+    model = load_seg_model(model_dir)
+    if mode not in SEG_TTA_FLIPS:
+        raise SegModelError(f"tta of a segmentation model must be one of "
+                            f"{', '.join(SEG_TTA_FLIPS)}, not {mode!r}")
+    previous, model.data["tta"] = model.tta, mode
+    write_json_atomic(model.model_dir / MANIFEST_NAME, model.data)
+    return previous
 
 
 def demo_seg_model_dir() -> Path:

@@ -18,7 +18,12 @@ import numpy as np
 
 from vfinfer.backends.base import BackendError
 from vfinfer.segment.instances import instances_from_maps
-from vfinfer.segment.model import demo_seg_model_dir, load_seg_model, prepare_input
+from vfinfer.segment.model import (
+    SEG_TTA_FLIPS,
+    demo_seg_model_dir,
+    load_seg_model,
+    prepare_input,
+)
 from vfinfer.util.geometry import detect_background
 from vfinfer.util.images import to_gray8
 
@@ -37,12 +42,18 @@ class Segmentation:
     timing_ms: dict = field(default_factory=dict)
 
 
-def network_maps(runner, spec, gray, background="auto"):
+def network_maps(runner, spec, gray, background="auto", tta="none"):
     """(3, H, W) float32 probabilities of a segmentation graph's ``runner`` for a gray uint8
-    image, ``spec`` the model's ``SegInput``."""
-    x, _ = prepare_input(gray, spec, background)
-    probs = runner.infer({"image": x})["probs"][0]
-    return probs[:, :gray.shape[0], :gray.shape[1]]
+    image, ``spec`` the model's ``SegInput``; with ``tta`` (``SEG_TTA_FLIPS``) the mean of
+    the maps of the image's mirror images, each flipped back."""
+    if background == "auto":
+        background = detect_background(gray)  # once: a mirror image has the same border
+    passes = []
+    for axes in SEG_TTA_FLIPS[tta]:
+        x, _ = prepare_input(np.flip(gray, axes) if axes else gray, spec, background)
+        probs = runner.infer({"image": x})["probs"][0, :, :gray.shape[0], :gray.shape[1]]
+        passes.append(np.flip(probs, tuple(a + 1 for a in axes)) if axes else probs)
+    return passes[0] if len(passes) == 1 else np.mean(passes, axis=0, dtype=np.float32)
 
 
 def _runner(model, backend, threads, precision):
@@ -93,11 +104,13 @@ class Segmenter:
         described = self.model.describe()
         if self.precision != "fp32":
             described["precision"] = self.precision
+        if self.model.tta != "none":
+            described["tta"] = self.model.tta
         return described
 
     def maps(self, gray, background="auto"):
         """(3, H, W) float32 probabilities of the network for a gray uint8 image."""
-        return network_maps(self.runner, self.model.input, gray, background)
+        return network_maps(self.runner, self.model.input, gray, background, self.model.tta)
 
     def segment(self, image, background="auto", name="image"):
         """Instances of one metaphase image (2-D array; 16-bit, float or colour converted)."""
