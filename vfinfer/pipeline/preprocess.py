@@ -105,11 +105,11 @@ def batch_of(normalized, config):
 
 def resize_stack(canvases, size):
     """``to_canvas``'s resize of each square canvas of an (N, C, C) uint8 stack to (size,
-    size). A shrink whose scale C / size is exact in binary floating point (C / gcd(C, size)
-    times a power of two over size, as 176 -> 128 and 320 -> 256 are) is one area resize of
-    the stack seen as a single (N * C, C) image: output row ``k * size`` starts exactly on
-    source row ``k * C``, so no output pixel mixes two canvases and every number is the one
-    resizing each canvas alone gives (tested). Anything else: canvas by canvas."""
+    size). A shrink whose scale C / size is exact in binary floating point (size / gcd(C,
+    size) a power of two, as for 176 -> 128 and 320 -> 256) is one area resize of the stack
+    seen as a single (N * C, C) image: output row ``k * size`` starts exactly on source row
+    ``k * C``, so no output pixel mixes two canvases and every number is the one resizing
+    each canvas alone gives (tested). Anything else: canvas by canvas."""
     n, side = len(canvases), canvases.shape[1]
     if side == size or n == 0:
         return canvases.reshape(n, size, size)
