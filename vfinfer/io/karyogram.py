@@ -127,15 +127,20 @@ def karyogram_layers(images, types, polarities, low_confidence, title="", notes=
     for row, top, chrom_h, req in zip(LAYOUT, row_tops, row_heights, row_required):
         _draw_row(canvas, row, top + MARKER_ROOM + chrom_h + BASE_GAP,
                   (width - 2 * MARGIN - req), (slots, chroms, content_w), placed)
+    _draw_marks(red, flags, marks, placed)
+    _draw_footer((canvas, red), footer, height - footer_h - 16)
+    return canvas, (red >= INK // 2 if any(flags) or any(marks) else None)
+
+
+def _draw_marks(red, flags, marks, placed):
+    """The low-confidence frames (``flags``) and structural marks (``marks``) of the
+    chromosomes ``placed`` at (x, y, w, h), on the ``red`` layer."""
     for i, flag in enumerate(flags):
         if flag:
             _draw_marker(red, *placed[i])
     for i, mark in enumerate(marks):
         if mark:
             _draw_structural_mark(red, placed[i][0], placed[i][1] - MARK_PAD - 2)
-
-    _draw_footer((canvas, red), footer, height - footer_h - 16)
-    return canvas, (red >= INK // 2 if any(flags) or any(marks) else None)
 
 
 def _row_geometry(chroms, slots, top):
