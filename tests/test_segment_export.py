@@ -130,3 +130,32 @@ def test_scale_jitter_scales_crops_and_their_maps_alike():
     assert set(whole_areas(plain)) == {400}  # the 40 x 10 chromosome, turned or not
     scaled = whole_areas(batches(0.5))
     assert any(abs(area - 400) > 100 for area in scaled)  # other sizes
+
+
+def test_tuning_reaches_a_seam_the_network_is_unsure_of(monkeypatch):
+    """export-seg --tune: the grid goes down to touch thresholds a briefly trained network
+    needs (its seams between touching chromosomes at a fraction of a percent), and the best
+    instance F1 wins."""
+    from types import SimpleNamespace
+
+    import vfinfer.backends.ort
+    import vfinfer.io.labelme
+    import vfinfer.segment.segmenter
+    from vfinfer.segment.instances import InstanceParams
+    from vfinfer_export.seg_export import tune_instance_params
+
+    left, right = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    left[10:50, 10:20], right[10:50, 20:30] = True, True  # side by side, touching
+    probs = np.zeros((3, 64, 64), np.float32)
+    probs[0][left | right] = 0.9
+    probs[2][10:50, 19:21] = 0.004  # the seam, barely seen
+    monkeypatch.setattr(vfinfer.backends.ort, "OrtRunner", lambda path: None)
+    monkeypatch.setattr(vfinfer.io.labelme, "read_labelme", lambda path: SimpleNamespace(
+        image=np.zeros((64, 64), np.uint8), polygons=[]))
+    monkeypatch.setattr(vfinfer.io.labelme, "polygon_masks", lambda polygons, shape: [left, right])
+    monkeypatch.setattr(vfinfer.segment.segmenter, "network_maps",
+                        lambda runner, spec, image: probs)
+    params, grid = tune_instance_params("seg.onnx", None, ["a.json"], InstanceParams())
+    assert params.touch < 0.004 and params.chromosome == 0.5
+    assert max(g["f1"] for g in grid) == 1.0
+    assert all(g["f1"] < 1.0 for g in grid if g["touch"] > 0.004)  # one object: the pair
