@@ -25,6 +25,7 @@ from vfinfer.cli.options import (
     usage,
 )
 from vfinfer.model.config import TTA_MODES
+from vfinfer.segment.model import SEG_TTA_FLIPS
 from vfinfer.tools.evaluation import MIN_ABNORMAL_CELLS
 
 
@@ -121,7 +122,7 @@ def _model_to_export(checkpoint, preset, config_path, random_init, seed, trust_p
 
 @main.command("tta")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.argument("mode", type=click.Choice(["none", "mirror", "flips"]))
+@click.argument("mode", type=click.Choice(list(dict.fromkeys([*TTA_MODES, *SEG_TTA_FLIPS]))))
 @one_line_errors
 def tta_(model_dir, mode):
     """Set a model directory's test-time augmentation. A classifier: none or mirror (each

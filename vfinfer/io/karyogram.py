@@ -4,9 +4,9 @@
 picture as two layers: a one-channel gray picture and a mask of what is drawn in red (the
 low-confidence frames, the structural marks and their legend). Gray pictures are a third of
 the memory a colour canvas moves, and ``vfinfer.util.images.encode_gray_png`` writes them as a
-one-channel PNG, or as an indexed (palette) PNG when something is red, at a third of the
-encoding time of a colour one. ``render_karyogram`` composes the two into an H x W x 3 uint8
-BGR image (the same pixels as the PNG decodes to).
+one-channel PNG, or as an indexed (palette) PNG when something is red, in less than half
+the encoding time of a colour one (``benchmarks/karyogram_png.py``). ``render_karyogram``
+composes the two into an H x W x 3 uint8 BGR image (the same pixels as the PNG decodes to).
 
 Layout (ISCN groups, as in clinical karyograms)::
 

@@ -35,20 +35,16 @@ def pad_to_canvas(image, canvas, pad_value):
 
 
 def zscore(image):
-    """Eq. 11: (x - mean) / std of this one image, in float32."""
-    x = image.astype(np.float32)
-    mean = x.mean(dtype=np.float64)
-    std = x.std(dtype=np.float64)
-    return ((x - mean) / max(std, STD_FLOOR)).astype(np.float32)
+    """Eq. 11: (x - mean) / std of one uint8 image, in float32 (``zscore_batch`` of it: the
+    trainer and the runtime compute the same numbers)."""
+    return zscore_batch(np.ascontiguousarray(image)[None])[0]
 
 
 def to_canvas(image, config):
-    """A normalized uint8 cut-out -> uint8 (g_input, g_input): padded canvas, resized."""
+    """A normalized uint8 cut-out -> uint8 (g_input, g_input): padded canvas, resized
+    (``resize_stack`` of one canvas)."""
     canvas = pad_to_canvas(image, config.canvas, config.pad_value)
-    if config.canvas != config.g_input:
-        interpolation = cv2.INTER_AREA if config.g_input < config.canvas else cv2.INTER_LINEAR
-        canvas = cv2.resize(canvas, (config.g_input, config.g_input), interpolation=interpolation)
-    return canvas
+    return resize_stack(canvas[None], config.g_input)[0]
 
 
 def preprocess(image, config):
@@ -94,9 +90,8 @@ def size_normalize(normalized, facts, config, cells=None):
 
 
 def batch_of(normalized, config):
-    """Normalized cut-outs -> (N, 1, g_input, g_input) float32 batch: each on its canvas
-    (``to_canvas``'s numbers, the resize done for the whole stack: ``resize_stack``), then
-    ``zscore_batch``."""
+    """Normalized cut-outs -> (N, 1, g_input, g_input) float32 batch: ``to_canvas`` of each
+    with the resize done for the whole stack (``resize_stack``), then ``zscore_batch``."""
     canvases = np.empty((len(normalized), config.canvas, config.canvas), dtype=np.uint8)
     for i, image in enumerate(normalized):
         canvases[i] = pad_to_canvas(image, config.canvas, config.pad_value)
@@ -104,12 +99,13 @@ def batch_of(normalized, config):
 
 
 def resize_stack(canvases, size):
-    """``to_canvas``'s resize of each square canvas of an (N, C, C) uint8 stack to (size,
-    size). A shrink whose scale C / size is exact in binary floating point (size / gcd(C,
-    size) a power of two, as for 176 -> 128 and 320 -> 256) is one area resize of the stack
-    seen as a single (N * C, C) image: output row ``k * size`` starts exactly on source row
-    ``k * C``, so no output pixel mixes two canvases and every number is the one resizing
-    each canvas alone gives (tested). Anything else: canvas by canvas."""
+    """Each square canvas of an (N, C, C) uint8 stack resized to (size, size): area
+    interpolation to shrink, bilinear to enlarge. A shrink whose scale C / size is exact in
+    binary floating point (size / gcd(C, size) a power of two, as for 176 -> 128 and
+    320 -> 256) is one area resize of the stack seen as a single (N * C, C) image: output
+    row ``k * size`` starts exactly on source row ``k * C``, so no output pixel mixes two
+    canvases and every number is the one resizing each canvas alone gives (tested).
+    Anything else: canvas by canvas."""
     n, side = len(canvases), canvases.shape[1]
     if side == size or n == 0:
         return canvases.reshape(n, size, size)
@@ -128,8 +124,7 @@ def zscore_batch(canvases):
 
     Each image's mean and variance come from its 256-bin histogram in integers (exact), and
     its pixels go through a 256-entry table of (v - mean) / std computed in float64 and
-    rounded to float32: ``zscore``'s numbers (its two-pass std can differ in the last
-    float64 bit, which leaves the float32 values the same but for a rare last bit)."""
+    rounded to float32 (a blank image: zeros, its std floored at ``STD_FLOOR``)."""
     pixels = canvases.shape[1] * canvases.shape[2]
     levels = np.arange(256, dtype=np.int64)
     hist = np.array([cv2.calcHist([c], [0], None, [256], [0, 256]).ravel() for c in canvases],

@@ -479,7 +479,7 @@ def encode_gray_png(gray, highlight=None, colour=(255, 0, 0), what="the picture"
     (Pillow) whose palette is the gray ramp with one entry given to ``colour``: a gray level
     the picture does not use, so it decodes to exactly the gray picture with the highlighted
     pixels in ``colour``; when all 256 levels occur, the rarest one is merged into its
-    neighbour. One byte per pixel, where a colour PNG would take three and three times as
+    neighbour. One byte per pixel, where a colour PNG would take three and over twice as
     long to encode."""
     if highlight is None or not highlight.any():
         return encode_png(gray, FAST_PNG, what)
