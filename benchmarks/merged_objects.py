@@ -1,9 +1,9 @@
 """What the segmentation's objects are, measured against annotated polygons: per object how
 many annotated chromosomes it holds (more than half of each one's area inside it: 0 a piece or
 debris, 1 a chromosome, 2 or more a merge), its area relative to the metaphase's median
-object, its solidity (pixels / convex hull area) and, given ``vfinfer run``'s results of the
-same folders, the classifier's top probability; and how well simple rules on those figures
-would pick out the merges.
+object, its solidity (``vfinfer.segment.review.solidity``) and, given ``vfinfer run``'s
+results of the same folders, the called type's probability; and how well simple rules on those
+figures pick out the merges, the runtime's (``merge_suspects``) among them.
 
     vfinfer segment SYN/*.png --out SEG
     vfinfer run SEG/*/ --out RUN --no-report
@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from vfinfer.io.labelme import polygon_masks, read_labelme
+from vfinfer.segment.review import MERGE_AREA, MERGE_PROB, MERGE_SOLIDITY, solidity
 
 RULE_AREAS = (1.2, 1.4, 1.6)
 RULE_SOLIDITIES = (0.75, 0.8, 0.85)
@@ -46,13 +47,10 @@ def cell_objects(cell, source, results=None):
     rows = []
     for cutout in segments["cutouts"]:
         full = _object_mask(cell, cutout, metaphase.image.shape[:2])
-        contours, _ = cv2.findContours(full.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_SIMPLE)
-        hull = cv2.contourArea(cv2.convexHull(np.vstack(contours)))
         rows.append({"image": cell.name, "file": cutout["file"],
                      "holds": int(sum((full & t).sum() > 0.5 * t.sum() for t in truth)),
                      "relative_area": round(float(full.sum() / median), 3),
-                     "solidity": round(float(min(1.0, full.sum() / max(hull, 1.0))), 3),
+                     "solidity": round(solidity(full), 3),
                      "type_prob": probs.get(cutout["file"]), "review": cutout["review"]})
     return rows
 
@@ -85,7 +83,11 @@ def summary(rows):
               "chromosomes": _hits(kinds["chromosome"], area, solidity, prob)}
              for area in RULE_AREAS for solidity in RULE_SOLIDITIES
              for prob in (None, *RULE_PROBS)]
-    return {"kinds": out, "rules": rules}
+    built = {"relative_area_min": MERGE_AREA, "solidity_max": MERGE_SOLIDITY,
+             "type_prob_below": MERGE_PROB,
+             **{kind: _hits(kinds[key], MERGE_AREA, MERGE_SOLIDITY, MERGE_PROB)
+                for kind, key in (("merges", "merge"), ("chromosomes", "chromosome"))}}
+    return {"kinds": out, "rules": rules, "built_rule": built}
 
 
 def main():

@@ -24,11 +24,13 @@ import numpy as np
 from vfinfer.pipeline.pipeline import Pipeline
 from vfinfer.segment.cutouts import make_cutouts
 from vfinfer.segment.overlay import overlay_png
+from vfinfer.segment.review import merge_suspects
 from vfinfer.segment.segmenter import Segmentation, Segmenter
 from vfinfer.util.images import SEGMENTATION_DIR, to_gray8
 
 # below this many chromosomes a metaphase is reported, but the count says the cell is partial
 FEW_CHROMOSOMES = 30
+REVIEW_NOTE = "segmentation to review: "
 
 
 class NoChromosomesError(ValueError):
@@ -81,7 +83,7 @@ def review_note(cutouts):
              for flag, names in named.items() if names]
     if not parts:
         return []
-    return [f"segmentation to review: {'; '.join(parts)}; see the overlay"]
+    return [f"{REVIEW_NOTE}{'; '.join(parts)}; see the overlay"]
 
 
 def mark_segmented(prepared, case_dir=None):
@@ -105,8 +107,22 @@ def prepare_metaphase(pipeline, segmenter, image, name):
     return segmented, mark_segmented(prepared)
 
 
+def flag_merge_suspects(result, segmented):
+    """Add ``split`` to the cut-outs that ``merge_suspects`` finds by their calls in
+    ``result`` and renew the segmentation's review warning."""
+    probs = [row["type_prob"] for row in result["chromosomes"]]
+    suspects = merge_suspects(segmented.cutouts, probs)
+    for cut, suspect in zip(segmented.cutouts, suspects):
+        if suspect and "split" not in cut.review:
+            cut.review.append("split")
+    segmented.notes = [note for note in segmented.notes
+                       if not note.startswith(REVIEW_NOTE)] + review_note(segmented.cutouts)
+
+
 def attach_segmentation(result, segmented, segmenter):
-    """Add each chromosome's ``segment`` and the ``segmentation`` section to ``result``."""
+    """Add each chromosome's ``segment`` and the ``segmentation`` section to ``result``,
+    after ``flag_merge_suspects``."""
+    flag_merge_suspects(result, segmented)
     for row, cut in zip(result["chromosomes"], segmented.cutouts):
         row["segment"] = {k: v for k, v in cut.record().items() if k != "file"}
     result["segmentation"] = segmented.section(segmenter)
