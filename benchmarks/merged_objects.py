@@ -13,12 +13,13 @@ figures pick out the merges, the runtime's (``merge_suspects``) among them.
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 
 from vfinfer.io.labelme import polygon_masks, read_labelme
-from vfinfer.segment.review import MERGE_AREA, MERGE_PROB, MERGE_SOLIDITY, solidity
+from vfinfer.segment.review import MERGE_AREA, MERGE_PROB, MERGE_SOLIDITY, merge_suspects, solidity
 
 RULE_AREAS = (1.2, 1.4, 1.6)
 RULE_SOLIDITIES = (0.75, 0.8, 0.85)
@@ -44,15 +45,15 @@ def cell_objects(cell, source, results=None):
     if results is not None:
         calls = json.loads((results / cell.name / "result.json").read_text())["chromosomes"]
         probs = {c["file"]: c["type_prob"] for c in calls}
-    rows = []
-    for cutout in segments["cutouts"]:
-        full = _object_mask(cell, cutout, metaphase.image.shape[:2])
-        rows.append({"image": cell.name, "file": cutout["file"],
-                     "holds": int(sum((full & t).sum() > 0.5 * t.sum() for t in truth)),
-                     "relative_area": round(float(full.sum() / median), 3),
-                     "solidity": round(solidity(full), 3),
-                     "type_prob": probs.get(cutout["file"]), "review": cutout["review"]})
-    return rows
+    masks = [_object_mask(cell, c, metaphase.image.shape[:2]) for c in segments["cutouts"]]
+    suspects = ([False] * len(masks) if results is None else merge_suspects(
+        [SimpleNamespace(mask=m) for m in masks], [probs[c["file"]] for c in segments["cutouts"]]))
+    return [{"image": cell.name, "file": cutout["file"],
+             "holds": int(sum((full & t).sum() > 0.5 * t.sum() for t in truth)),
+             "relative_area": round(float(full.sum() / median), 3),
+             "solidity": round(solidity(full), 3), "type_prob": probs.get(cutout["file"]),
+             "review": cutout["review"], "merge_suspect": suspect}
+            for cutout, full, suspect in zip(segments["cutouts"], masks, suspects)]
 
 
 def _quantiles(values):
@@ -68,8 +69,9 @@ def _hits(rows, area, solidity, prob):
 
 
 def summary(rows):
-    """Per kind (piece, chromosome, merge): count, p10/p50/p90 of each figure, flags; and the
-    rules' merges caught against chromosomes caught."""
+    """Per kind (piece, chromosome, merge): count, p10/p50/p90 of each figure, flags; the
+    grid's rules' merges caught against chromosomes caught; and the same for the runtime's
+    rule (``merge_suspects`` itself, with its thresholds)."""
     kinds = {"piece or debris": [r for r in rows if r["holds"] == 0],
              "chromosome": [r for r in rows if r["holds"] == 1],
              "merge": [r for r in rows if r["holds"] >= 2]}
@@ -84,9 +86,9 @@ def summary(rows):
              for area in RULE_AREAS for solidity in RULE_SOLIDITIES
              for prob in (None, *RULE_PROBS)]
     built = {"relative_area_min": MERGE_AREA, "solidity_max": MERGE_SOLIDITY,
-             "type_prob_below": MERGE_PROB,
-             **{kind: _hits(kinds[key], MERGE_AREA, MERGE_SOLIDITY, MERGE_PROB)
-                for kind, key in (("merges", "merge"), ("chromosomes", "chromosome"))}}
+             "type_prob_below": MERGE_PROB}
+    built |= {kind: sum(r["merge_suspect"] for r in kinds[key])
+             for kind, key in (("merges", "merge"), ("chromosomes", "chromosome"))}
     return {"kinds": out, "rules": rules, "built_rule": built}
 
 
